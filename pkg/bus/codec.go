@@ -1,0 +1,164 @@
+package bus
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Codec is a wire encoding: msgpack (the default) or JSON.
+type Codec uint8
+
+const (
+	// MsgPack is the default codec. Struct fields are named by their json tags.
+	MsgPack Codec = iota
+	// JSON is chosen by a Content-Type: application/json header, or by a body
+	// whose first non-space byte is '{', or by an empty body.
+	JSON
+)
+
+// Header names and values used on the wire.
+const (
+	HeaderContentType  = "Content-Type"
+	ContentTypeJSON    = "application/json"
+	ContentTypeMsgPack = "application/msgpack"
+)
+
+// String returns "msgpack" or "json".
+func (c Codec) String() string {
+	if c == JSON {
+		return "json"
+	}
+	return "msgpack"
+}
+
+// ContentType returns the MIME type of the codec.
+func (c Codec) ContentType() string {
+	if c == JSON {
+		return ContentTypeJSON
+	}
+	return ContentTypeMsgPack
+}
+
+// DetectCodec picks the codec of a request: the Content-Type header when it
+// names one, else JSON when the body is empty or its first non-space byte is
+// '{', else msgpack. An empty body counts as JSON so that a bare
+// an empty `nats req` gets a reply a person can read. A msgpack request is
+// always a map (0x80-0x8f, 0xde, 0xdf), so it never starts with '{'.
+func DetectCodec(h nats.Header, body []byte) Codec {
+	if h != nil {
+		switch ct := h.Get(HeaderContentType); {
+		case strings.HasPrefix(ct, ContentTypeJSON):
+			return JSON
+		case strings.HasPrefix(ct, ContentTypeMsgPack):
+			return MsgPack
+		}
+	}
+	for _, b := range body {
+		switch b {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '{':
+			return JSON
+		}
+		return MsgPack
+	}
+	return JSON
+}
+
+// Marshal encodes v. Struct fields use their json tags in both codecs.
+func (c Codec) Marshal(v any) ([]byte, error) {
+	if c == JSON {
+		return json.Marshal(v)
+	}
+	var buf bytes.Buffer
+	enc := msgpack.GetEncoder()
+	enc.Reset(&buf)
+	enc.SetCustomStructTag("json")
+	err := enc.Encode(v)
+	msgpack.PutEncoder(enc)
+	if err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Unmarshal decodes data into v. Unknown fields are ignored; a wrong type, a
+// truncated body or trailing bytes are errors. An empty body leaves v as is.
+func (c Codec) Unmarshal(data []byte, v any) error {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	if c == JSON {
+		return json.Unmarshal(data, v)
+	}
+	r := bytes.NewReader(data)
+	dec := msgpack.GetDecoder()
+	dec.Reset(r)
+	dec.SetCustomStructTag("json")
+	err := dec.Decode(v)
+	msgpack.PutDecoder(dec)
+	if err == nil && r.Len() > 0 {
+		err = fmt.Errorf("msgpack: %d trailing bytes", r.Len())
+	}
+	return err
+}
+
+// Time is an instant that travels as an RFC 3339 string with milliseconds in
+// UTC ("2026-11-25T20:35:01.123Z") in both codecs. The zero Time travels as
+// an empty string.
+type Time struct{ time.Time }
+
+// TimeLayout is the wire layout of Time.
+const TimeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// String formats t in the wire layout.
+func (t Time) String() string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(TimeLayout)
+}
+
+func (t *Time) parse(s string) error {
+	if s == "" {
+		t.Time = time.Time{}
+		return nil
+	}
+	v, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return fmt.Errorf("time %q is not RFC 3339", s)
+	}
+	t.Time = v
+	return nil
+}
+
+// MarshalJSON implements json.Marshaler.
+func (t Time) MarshalJSON() ([]byte, error) { return json.Marshal(t.String()) }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (t *Time) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return errors.New("time must be an RFC 3339 string")
+	}
+	return t.parse(s)
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (t Time) EncodeMsgpack(enc *msgpack.Encoder) error { return enc.EncodeString(t.String()) }
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (t *Time) DecodeMsgpack(dec *msgpack.Decoder) error {
+	s, err := dec.DecodeString()
+	if err != nil {
+		return errors.New("time must be an RFC 3339 string")
+	}
+	return t.parse(s)
+}

@@ -1,0 +1,132 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Error is a coded error: the form every error takes on the wire.
+//
+// Status is HTTP-like (400 invalid, 404 not found, 408 timeout, 409 conflict,
+// 413 too large, 429 overloaded, 500 internal, 503 unavailable) and travels in
+// micro's Nats-Service-Error-Code header. Code is a stable snake_case string
+// ("lock_held") and Message a human sentence; both travel in the body
+// {"code":..., "message":...} and the message in the Nats-Service-Error header.
+//
+// Services declare their sentinels with NewError and return them, or a copy
+// with a more precise message made by With. errors.Is matches two Errors with
+// the same Code, so a client that received a reply error can match it against
+// the service's sentinel on the far side of the network. A generic sentinel of
+// this package (ErrInvalid, ErrNotFound, ...) also matches every error of its
+// Status: errors.Is(err, bus.ErrConflict) is true for a "lock_held" error.
+type Error struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// NewError returns a coded error, usually kept as a package sentinel.
+func NewError(status int, code, message string) *Error {
+	return &Error{Status: status, Code: code, Message: message}
+}
+
+// Generic errors, one per status. They match any Error of the same status.
+var (
+	ErrInvalid     = NewError(400, "invalid", "invalid request")
+	ErrNotFound    = NewError(404, "not_found", "not found")
+	ErrTimeout     = NewError(408, "timeout", "timed out")
+	ErrConflict    = NewError(409, "conflict", "conflict")
+	ErrTooLarge    = NewError(413, "too_large", "too large")
+	ErrOverloaded  = NewError(429, "overloaded", "overloaded")
+	ErrInternal    = NewError(500, "internal", "internal error")
+	ErrUnavailable = NewError(503, "unavailable", "service unavailable")
+)
+
+var generic = map[int]*Error{}
+
+func init() {
+	for _, e := range []*Error{ErrInvalid, ErrNotFound, ErrTimeout, ErrConflict, ErrTooLarge, ErrOverloaded, ErrInternal, ErrUnavailable} {
+		generic[e.Status] = e
+	}
+}
+
+func (e *Error) Error() string {
+	return e.Code + ": " + e.Message
+}
+
+// Is reports whether target is an Error with the same Code, or a generic
+// sentinel of this package with the same Status.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	if !ok {
+		return false
+	}
+	return t.Code == e.Code || (generic[t.Status] == t && t.Status == e.Status)
+}
+
+// With returns a copy of e with the message set by format, keeping Status and
+// Code, so errors.Is still matches e.
+func (e *Error) With(format string, args ...any) *Error {
+	return &Error{Status: e.Status, Code: e.Code, Message: fmt.Sprintf(format, args...)}
+}
+
+// AsError turns any error into the coded error sent on the wire: an *Error in
+// its chain as is; a context deadline as ErrTimeout; anything else as
+// ErrInternal carrying its message.
+func AsError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return ErrTimeout.With("%s", err.Error())
+	}
+	return ErrInternal.With("%s", err.Error())
+}
+
+// errorReply builds the reply message for err in codec c.
+func errorReply(c Codec, err *Error) *nats.Msg {
+	body, merr := c.Marshal(err)
+	if merr != nil {
+		body = nil
+	}
+	m := &nats.Msg{Data: body, Header: nats.Header{}}
+	m.Header.Set(micro.ErrorHeader, err.Message)
+	m.Header.Set(micro.ErrorCodeHeader, strconv.Itoa(err.Status))
+	return m
+}
+
+// ReplyError returns the coded error carried by a reply, or nil when the reply
+// is not an error. The code comes from the body when it has one, else it is
+// the generic code of the status.
+func ReplyError(m *nats.Msg) *Error {
+	if m.Header == nil {
+		return nil
+	}
+	status := m.Header.Get(micro.ErrorCodeHeader)
+	if status == "" {
+		return nil
+	}
+	e := &Error{Message: m.Header.Get(micro.ErrorHeader)}
+	e.Status, _ = strconv.Atoi(status)
+	var body Error
+	if DetectCodec(m.Header, m.Data).Unmarshal(m.Data, &body) == nil && body.Code != "" {
+		e.Code = body.Code
+		if body.Message != "" {
+			e.Message = body.Message
+		}
+	}
+	if e.Code == "" {
+		if g, ok := generic[e.Status]; ok {
+			e.Code = g.Code
+		} else {
+			e.Code = "error_" + status
+		}
+	}
+	return e
+}

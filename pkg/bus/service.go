@@ -1,0 +1,511 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
+	"github.com/rs/zerolog"
+)
+
+// Handler serves one request. It returns the reply value, encoded in the
+// request's codec, or an error, sent as a coded error (see AsError).
+// Handlers run concurrently, up to Config.MaxConcurrent at once per service.
+// ctx is cancelled when the service is stopped and its grace period is over.
+type Handler func(ctx context.Context, req *Msg) (any, error)
+
+// Msg is one incoming request.
+type Msg struct {
+	*nats.Msg
+	Codec Codec // the codec of the request, also used for the reply
+}
+
+// Validator is implemented by request types that check themselves after
+// decoding. An error that is not an *Error becomes ErrInvalid.
+type Validator interface {
+	Validate() error
+}
+
+// Decode decodes the request body into v and validates it when v is a
+// Validator. A malformed body or a wrong type is ErrInvalid.
+func (r *Msg) Decode(v any) error {
+	if err := r.Codec.Unmarshal(r.Data, v); err != nil {
+		return ErrInvalid.With("malformed %s request: %v", r.Codec, err)
+	}
+	if val, ok := v.(Validator); ok {
+		if err := val.Validate(); err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				return err
+			}
+			return ErrInvalid.With("%s", err.Error())
+		}
+	}
+	return nil
+}
+
+// Typed adapts a function of a typed request to a Handler: the body is
+// decoded into a Req (and validated, see Validator) before fn is called.
+func Typed[Req, Resp any](fn func(ctx context.Context, req *Req) (Resp, error)) Handler {
+	return func(ctx context.Context, r *Msg) (any, error) {
+		req := new(Req)
+		if err := r.Decode(req); err != nil {
+			return nil, err
+		}
+		return fn(ctx, req)
+	}
+}
+
+// Endpoint is one request/reply endpoint of a service.
+type Endpoint struct {
+	Name     string // shown by `nats micro info`; letters, digits, '-' and '_'
+	Subject  string // the subject it listens on
+	Handler  Handler
+	Metadata map[string]string
+	// NoQueue makes every instance receive every request (for subjects that
+	// name one instance). By default instances share requests through the
+	// service's queue group.
+	NoQueue bool
+}
+
+// Observer is told of every request a service served, e.g. to export
+// metrics. err is nil for a successful reply. It must be safe for concurrent
+// use and fast.
+type Observer interface {
+	ObserveRequest(service, endpoint string, d time.Duration, err *Error)
+}
+
+// Config describes a service.
+type Config struct {
+	Name        string // service name ([A-Za-z0-9_-]+), e.g. "lock"; required
+	Version     string // semantic version, e.g. "0.1.0"; required
+	Description string
+	Metadata    map[string]string
+	Endpoints   []Endpoint
+	// QueueGroup shared by the instances of the service. Zero: the name.
+	QueueGroup string
+	// MaxConcurrent bounds the handlers running at once. When all are busy,
+	// further requests wait in the subscriptions' pending buffers. Zero: 256.
+	MaxConcurrent int
+	// MaxRequestBytes rejects larger request bodies with ErrTooLarge.
+	// Zero: no limit beyond the server's max payload.
+	MaxRequestBytes int
+	// Logger for panics and reply failures. Zero: no logs.
+	Logger zerolog.Logger
+	// Observer is told of every request. Zero: none.
+	Observer Observer
+}
+
+var (
+	nameRE   = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$`)
+)
+
+// Service is a request/reply service that speaks the NATS micro protocol:
+// `nats micro ls|info|stats|ping` find it, with its version, endpoints and
+// per-endpoint request, error and latency figures.
+//
+// It departs from nats.go/micro in one way: micro runs each endpoint's
+// handler serially inside its subscription callback and counts an error only
+// if the handler reported it before returning. A Service hands every request
+// to a goroutine, bounded by Config.MaxConcurrent, and counts requests, errors
+// and processing time when the reply is sent. It reuses micro's types and
+// subjects for discovery, so nothing differs on the wire.
+type Service struct {
+	nc      *nats.Conn
+	cfg     Config
+	id      string
+	log     zerolog.Logger
+	eps     []*endpoint
+	sem     chan struct{}
+	ctx     context.Context // handlers' context
+	cancel  context.CancelFunc
+	started time.Time
+
+	mu       sync.Mutex
+	running  bool
+	closing  bool                 // no handler may start any more
+	stopping chan struct{}        // closed with closing set
+	subs     []*nats.Subscription // control subjects
+	inflight sync.WaitGroup
+	done     chan struct{}
+}
+
+type endpoint struct {
+	Endpoint
+	queue     string
+	sub       *nats.Subscription
+	requests  atomic.Int64
+	errors    atomic.Int64
+	procNanos atomic.Int64
+	mu        sync.Mutex
+	lastError string
+}
+
+// NewService checks cfg and returns a service ready to Start.
+func NewService(nc *nats.Conn, cfg Config) (*Service, error) {
+	if nc == nil {
+		return nil, errors.New("bus: nil connection")
+	}
+	if !nameRE.MatchString(cfg.Name) {
+		return nil, fmt.Errorf("bus: service name %q: want letters, digits, '-' or '_'", cfg.Name)
+	}
+	if !semverRE.MatchString(cfg.Version) {
+		return nil, fmt.Errorf("bus: service %s: version %q is not semantic (e.g. 1.2.3)", cfg.Name, cfg.Version)
+	}
+	if cfg.QueueGroup == "" {
+		cfg.QueueGroup = cfg.Name
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 256
+	}
+	s := &Service{
+		nc:   nc,
+		cfg:  cfg,
+		id:   nuid.Next(),
+		log:  cfg.Logger.With().Str("service", cfg.Name).Logger(),
+		sem:  make(chan struct{}, cfg.MaxConcurrent),
+		done: make(chan struct{}),
+	}
+	seen := map[string]bool{}
+	for _, e := range cfg.Endpoints {
+		switch {
+		case !nameRE.MatchString(e.Name):
+			return nil, fmt.Errorf("bus: service %s: endpoint name %q: want letters, digits, '-' or '_'", cfg.Name, e.Name)
+		case seen[e.Name]:
+			return nil, fmt.Errorf("bus: service %s: endpoint %q declared twice", cfg.Name, e.Name)
+		case e.Subject == "" || !subjectValid(e.Subject):
+			return nil, fmt.Errorf("bus: service %s: endpoint %s: invalid subject %q", cfg.Name, e.Name, e.Subject)
+		case e.Handler == nil:
+			return nil, fmt.Errorf("bus: service %s: endpoint %s: nil handler", cfg.Name, e.Name)
+		}
+		seen[e.Name] = true
+		ep := &endpoint{Endpoint: e}
+		if !e.NoQueue {
+			ep.queue = cfg.QueueGroup
+		}
+		s.eps = append(s.eps, ep)
+	}
+	return s, nil
+}
+
+func subjectValid(s string) bool {
+	toks := strings.Split(s, ".")
+	for i, tok := range toks {
+		if tok == "" || strings.ContainsAny(tok, " \t\r\n") || (tok == ">" && i != len(toks)-1) {
+			return false
+		}
+	}
+	return true
+}
+
+// ID is this instance's id, unique among the instances of the service.
+func (s *Service) ID() string { return s.id }
+
+// Name is the service name.
+func (s *Service) Name() string { return s.cfg.Name }
+
+// Done is closed once the service has stopped.
+func (s *Service) Done() <-chan struct{} { return s.done }
+
+// Start subscribes the endpoints and the micro discovery subjects. The
+// handlers' context derives from ctx, with its cancellation removed: a
+// service stops through Stop.
+func (s *Service) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running || s.stopping != nil {
+		return errors.New("bus: service already started")
+	}
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.stopping = make(chan struct{})
+	s.started = time.Now().UTC()
+	for _, ep := range s.eps {
+		var err error
+		cb := s.dispatcher(ep)
+		if ep.queue != "" {
+			ep.sub, err = s.nc.QueueSubscribe(ep.Subject, ep.queue, cb)
+		} else {
+			ep.sub, err = s.nc.Subscribe(ep.Subject, cb)
+		}
+		if err != nil {
+			s.unsubscribeLocked()
+			return fmt.Errorf("bus: service %s: subscribe %s: %w", s.cfg.Name, ep.Subject, err)
+		}
+	}
+	for _, v := range []micro.Verb{micro.PingVerb, micro.InfoVerb, micro.StatsVerb} {
+		reply := s.control(v)
+		for _, subj := range []string{
+			mustControlSubject(v, "", ""),
+			mustControlSubject(v, s.cfg.Name, ""),
+			mustControlSubject(v, s.cfg.Name, s.id),
+		} {
+			sub, err := s.nc.Subscribe(subj, reply)
+			if err != nil {
+				s.unsubscribeLocked()
+				return fmt.Errorf("bus: service %s: subscribe %s: %w", s.cfg.Name, subj, err)
+			}
+			s.subs = append(s.subs, sub)
+		}
+	}
+	s.running = true
+	return nil
+}
+
+func mustControlSubject(v micro.Verb, name, id string) string {
+	subj, err := micro.ControlSubject(v, name, id)
+	if err != nil {
+		panic(err) // names are validated in NewService
+	}
+	return subj
+}
+
+func (s *Service) unsubscribeLocked() {
+	for _, sub := range s.subs {
+		_ = sub.Unsubscribe()
+	}
+	s.subs = nil
+	for _, ep := range s.eps {
+		if ep.sub != nil {
+			_ = ep.sub.Unsubscribe()
+		}
+	}
+}
+
+// Stop stops taking requests (requests already delivered to this instance
+// are still served), waits for the handlers in flight, and returns. If ctx
+// ends first, the handlers' context is cancelled and Stop returns ctx.Err().
+func (s *Service) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.running {
+		s.mu.Unlock()
+		return nil
+	}
+	s.running = false
+	for _, sub := range s.subs {
+		_ = sub.Unsubscribe()
+	}
+	var closed []<-chan nats.SubStatus
+	for _, ep := range s.eps {
+		ch := ep.sub.StatusChanged(nats.SubscriptionClosed)
+		if err := ep.sub.Drain(); err == nil {
+			closed = append(closed, ch)
+		} else {
+			_ = ep.sub.Unsubscribe()
+		}
+	}
+	s.mu.Unlock()
+
+	var err error
+	for _, ch := range closed {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		if err != nil {
+			break
+		}
+	}
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	close(s.stopping) // a callback still waiting for a slot answers 503
+	idle := make(chan struct{})
+	go func() { s.inflight.Wait(); close(idle) }()
+	if err == nil {
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	s.cancel()
+	if err != nil {
+		for _, ep := range s.eps {
+			_ = ep.sub.Unsubscribe()
+		}
+		<-idle // handlers see ctx cancelled; they must return
+	}
+	close(s.done)
+	return err
+}
+
+// dispatcher returns the subscription callback of an endpoint: it takes a
+// concurrency slot (waiting while all are busy) and serves the request in a
+// goroutine of its own.
+func (s *Service) dispatcher(ep *endpoint) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.stopping:
+			s.refuse(ep, m)
+			return
+		}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			<-s.sem
+			s.refuse(ep, m)
+			return
+		}
+		s.inflight.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer func() { <-s.sem; s.inflight.Done() }()
+			s.serve(ep, m)
+		}()
+	}
+}
+
+func (s *Service) refuse(ep *endpoint, m *nats.Msg) {
+	s.reply(ep, m, DetectCodec(m.Header, m.Data), time.Now(), nil, ErrUnavailable.With("service %s is stopping", s.cfg.Name))
+}
+
+func (s *Service) serve(ep *endpoint, m *nats.Msg) {
+	start := time.Now()
+	req := &Msg{Msg: m, Codec: DetectCodec(m.Header, m.Data)}
+	if s.cfg.MaxRequestBytes > 0 && len(m.Data) > s.cfg.MaxRequestBytes {
+		s.reply(ep, m, req.Codec, start, nil, ErrTooLarge.With("request of %d bytes exceeds the limit of %d", len(m.Data), s.cfg.MaxRequestBytes))
+		return
+	}
+	resp, err := s.call(ep, req)
+	s.reply(ep, m, req.Codec, start, resp, err)
+}
+
+func (s *Service) call(ep *endpoint, req *Msg) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error().Str("endpoint", ep.Name).Str("subject", req.Subject).
+				Interface("panic", r).Bytes("stack", debug.Stack()).Msg("handler panicked")
+			resp, err = nil, ErrInternal.With("internal error: the %s handler failed", ep.Name)
+		}
+	}()
+	return ep.Handler(s.ctx, req)
+}
+
+// reply sends the reply (or error) of a request and records it in the stats.
+func (s *Service) reply(ep *endpoint, m *nats.Msg, c Codec, start time.Time, resp any, err error) {
+	var out *nats.Msg
+	var cerr *Error
+	if err == nil {
+		data, merr := c.Marshal(resp)
+		switch {
+		case merr != nil:
+			cerr = ErrInternal.With("encoding the reply: %v", merr)
+		case int64(len(data)) > s.nc.MaxPayload():
+			cerr = ErrTooLarge.With("reply of %d bytes exceeds the server's max payload", len(data))
+		default:
+			out = &nats.Msg{Data: data}
+		}
+	} else {
+		cerr = AsError(err)
+	}
+	if cerr != nil {
+		out = errorReply(c, cerr)
+	}
+	if m.Reply != "" {
+		if rerr := m.RespondMsg(out); rerr != nil {
+			s.log.Warn().Err(rerr).Str("endpoint", ep.Name).Msg("cannot send reply")
+		}
+	}
+	d := time.Since(start)
+	ep.requests.Add(1)
+	ep.procNanos.Add(int64(d))
+	if cerr != nil {
+		ep.errors.Add(1)
+		ep.mu.Lock()
+		ep.lastError = cerr.Error()
+		ep.mu.Unlock()
+		if cerr.Status >= 500 {
+			s.log.Error().Str("endpoint", ep.Name).Str("code", cerr.Code).Msg(cerr.Message)
+		}
+	}
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.ObserveRequest(s.cfg.Name, ep.Name, d, cerr)
+	}
+}
+
+func (s *Service) identity() micro.ServiceIdentity {
+	md := s.cfg.Metadata
+	if md == nil {
+		md = map[string]string{}
+	}
+	return micro.ServiceIdentity{Name: s.cfg.Name, ID: s.id, Version: s.cfg.Version, Metadata: md}
+}
+
+// Info describes the service as `nats micro info` shows it.
+func (s *Service) Info() micro.Info {
+	info := micro.Info{
+		ServiceIdentity: s.identity(),
+		Type:            micro.InfoResponseType,
+		Description:     s.cfg.Description,
+		Endpoints:       []micro.EndpointInfo{},
+	}
+	for _, ep := range s.eps {
+		info.Endpoints = append(info.Endpoints, micro.EndpointInfo{
+			Name: ep.Name, Subject: ep.Subject, QueueGroup: ep.queue, Metadata: ep.Metadata,
+		})
+	}
+	return info
+}
+
+// Stats returns the per-endpoint figures as `nats micro stats` shows them.
+func (s *Service) Stats() micro.Stats {
+	st := micro.Stats{
+		ServiceIdentity: s.identity(),
+		Type:            micro.StatsResponseType,
+		Started:         s.started,
+		Endpoints:       []*micro.EndpointStats{},
+	}
+	for _, ep := range s.eps {
+		n := ep.requests.Load()
+		es := &micro.EndpointStats{
+			Name:           ep.Name,
+			Subject:        ep.Subject,
+			QueueGroup:     ep.queue,
+			NumRequests:    int(n),
+			NumErrors:      int(ep.errors.Load()),
+			ProcessingTime: time.Duration(ep.procNanos.Load()),
+		}
+		if n > 0 {
+			es.AverageProcessingTime = es.ProcessingTime / time.Duration(n)
+		}
+		ep.mu.Lock()
+		es.LastError = ep.lastError
+		ep.mu.Unlock()
+		st.Endpoints = append(st.Endpoints, es)
+	}
+	return st
+}
+
+func (s *Service) control(v micro.Verb) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		var body any
+		switch v {
+		case micro.PingVerb:
+			body = micro.Ping{ServiceIdentity: s.identity(), Type: micro.PingResponseType}
+		case micro.InfoVerb:
+			body = s.Info()
+		default:
+			body = s.Stats()
+		}
+		data, err := json.Marshal(body)
+		if err == nil {
+			err = m.Respond(data)
+		}
+		if err != nil {
+			s.log.Warn().Err(err).Str("subject", m.Subject).Msg("cannot answer discovery request")
+		}
+	}
+}
