@@ -91,6 +91,9 @@ func (c Codec) Marshal(v any) ([]byte, error) {
 
 // Unmarshal decodes data into v. Unknown fields are ignored; a wrong type, a
 // truncated body or trailing bytes are errors. An empty body leaves v as is.
+// Strings are taken as they come: msgpack's str type must hold UTF-8 but the
+// decoder does not check it, and JSON replaces invalid sequences, so a service
+// checks the strings it keeps (names, keys) with utf8.ValidString.
 func (c Codec) Unmarshal(data []byte, v any) error {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil

@@ -1,0 +1,457 @@
+package bus_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"go.uber.org/goleak"
+
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type greetReq struct {
+	Name  string `json:"name"`
+	Count int    `json:"count"`
+}
+
+func (r *greetReq) Validate() error {
+	if r.Name == "" {
+		return errors.New("name is required")
+	}
+	return nil
+}
+
+type greetResp struct {
+	Greeting string   `json:"greeting"`
+	Stamp    bus.Time `json:"stamp"`
+}
+
+var errShy = bus.NewError(409, "shy", "too shy to greet")
+
+func greet(_ context.Context, r *greetReq) (*greetResp, error) {
+	switch r.Name {
+	case "shy":
+		return nil, errShy.With("%s will not say hello", r.Name)
+	case "panic":
+		panic("boom")
+	}
+	return &greetResp{Greeting: strings.Repeat("hello "+r.Name+" ", max(r.Count, 1)), Stamp: bus.Time{Time: time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC)}}, nil
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// startService starts a service on its own connection and stops it at cleanup.
+func startService(t *testing.T, s *bustest.Server, cfg bus.Config) *bus.Service {
+	t.Helper()
+	svc, err := bus.NewService(s.Connect(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := svc.Stop(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	return svc
+}
+
+func greeter(t *testing.T) (*bustest.Server, *bus.Service, *nats.Conn) {
+	s := bustest.RunServer(t)
+	svc := startService(t, s, bus.Config{
+		Name: "greeter", Version: "1.0.0", Description: "says hello",
+		MaxRequestBytes: 1024,
+		Endpoints:       []bus.Endpoint{{Name: "greet", Subject: "test.greet", Handler: bus.Typed(greet)}},
+	})
+	return s, svc, s.Connect()
+}
+
+func TestMsgPackRoundTrip(t *testing.T) {
+	_, _, nc := greeter(t)
+	resp, err := bus.Request[greetReq, greetResp](ctx(t), nc, "test.greet", greetReq{Name: "ann"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Greeting != "hello ann " || resp.Stamp.String() != "2026-01-02T03:04:05.006Z" {
+		t.Fatalf("reply = %+v", resp)
+	}
+}
+
+// A JSON request (by its first byte or by its header) gets a JSON reply with
+// snake_case fields and an RFC 3339 instant with milliseconds.
+func TestJSONRequestGetsJSONReply(t *testing.T) {
+	_, _, nc := greeter(t)
+	for _, m := range []*nats.Msg{
+		{Subject: "test.greet", Data: []byte(` {"name":"bob","extra":true}`)},
+		{Subject: "test.greet", Data: []byte(`{"name":"bob"}`), Header: nats.Header{"Content-Type": []string{"application/json"}}},
+	} {
+		reply, err := bus.RequestMsg(ctx(t), nc, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := `{"greeting":"hello bob ","stamp":"2026-01-02T03:04:05.006Z"}`
+		if string(reply.Data) != want {
+			t.Fatalf("reply = %s, want %s", reply.Data, want)
+		}
+	}
+}
+
+func TestCodedErrors(t *testing.T) {
+	_, svc, nc := greeter(t)
+	cases := []struct {
+		name   string
+		data   []byte
+		status int
+		code   string
+		is     error
+	}{
+		{"service sentinel", []byte(`{"name":"shy"}`), 409, "shy", errShy},
+		{"malformed json", []byte(`{"name":`), 400, "invalid", bus.ErrInvalid},
+		{"malformed msgpack", []byte{0x81, 0xa4, 'n'}, 400, "invalid", bus.ErrInvalid},
+		{"wrong type", []byte(`{"name":42}`), 400, "invalid", bus.ErrInvalid},
+		{"validation", []byte(`{"count":2}`), 400, "invalid", bus.ErrInvalid},
+		{"too large", []byte(`{"name":"` + strings.Repeat("x", 2000) + `"}`), 413, "too_large", bus.ErrTooLarge},
+		{"panic", []byte(`{"name":"panic"}`), 500, "internal", bus.ErrInternal},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.greet", Data: c.data})
+			var e *bus.Error
+			if !errors.As(err, &e) {
+				t.Fatalf("err = %v, want a coded error", err)
+			}
+			if e.Status != c.status || e.Code != c.code || e.Message == "" {
+				t.Fatalf("err = %+v, want %d %s", e, c.status, c.code)
+			}
+			if !errors.Is(err, c.is) {
+				t.Fatalf("errors.Is(%v, %v) = false", err, c.is)
+			}
+		})
+	}
+	// The service survived all of it and counted each error.
+	if _, err := bus.Request[greetReq, greetResp](ctx(t), nc, "test.greet", greetReq{Name: "ann"}); err != nil {
+		t.Fatal(err)
+	}
+	st := svc.Stats().Endpoints[0]
+	if st.NumRequests != len(cases)+1 || st.NumErrors != len(cases) || !strings.HasPrefix(st.LastError, "internal") {
+		t.Fatalf("stats = %+v", st)
+	}
+}
+
+// The error reply carries micro's headers and a JSON body for a JSON request.
+func TestErrorWireFormat(t *testing.T) {
+	_, _, nc := greeter(t)
+	reply, err := nc.RequestWithContext(ctx(t), "test.greet", []byte(`{"name":"shy"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reply.Header.Get(micro.ErrorCodeHeader) != "409" || reply.Header.Get(micro.ErrorHeader) != "shy will not say hello" {
+		t.Fatalf("headers = %v", reply.Header)
+	}
+	if string(reply.Data) != `{"code":"shy","message":"shy will not say hello"}` {
+		t.Fatalf("body = %s", reply.Data)
+	}
+}
+
+func TestErrorIs(t *testing.T) {
+	remote := &bus.Error{Status: 409, Code: "shy", Message: "other text"}
+	if !errors.Is(remote, errShy) || !errors.Is(remote, bus.ErrConflict) {
+		t.Fatal("a remote error must match its sentinel and its status")
+	}
+	if errors.Is(remote, bus.ErrNotFound) || errors.Is(remote, bus.NewError(409, "other", "x")) {
+		t.Fatal("matched the wrong error")
+	}
+	if errors.Is(bus.ErrConflict, errShy) {
+		t.Fatal("a generic error must not match a specific one")
+	}
+}
+
+func TestNoResponders(t *testing.T) {
+	s := bustest.RunServer(t)
+	_, err := bus.Request[greetReq, greetResp](ctx(t), s.Connect(), "test.nobody", greetReq{Name: "x"})
+	if !errors.Is(err, bus.ErrUnavailable) || !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestRequestTimeout(t *testing.T) {
+	s := bustest.RunServer(t)
+	block := make(chan struct{})
+	defer close(block)
+	startService(t, s, bus.Config{Name: "slow", Version: "1.0.0", Endpoints: []bus.Endpoint{{
+		Name: "wait", Subject: "test.wait",
+		Handler: func(ctx context.Context, _ *bus.Msg) (any, error) { <-block; return nil, nil },
+	}}})
+	c, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := bus.Request[greetReq, greetResp](c, s.Connect(), "test.wait", greetReq{})
+	if !errors.Is(err, bus.ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// Handlers of one endpoint run at once, up to MaxConcurrent and no more.
+func TestHandlersRunConcurrently(t *testing.T) {
+	s := bustest.RunServer(t)
+	const limit = 4
+	var running, peak atomic.Int32
+	arrived := make(chan struct{}, 2*limit)
+	release := make(chan struct{})
+	startService(t, s, bus.Config{Name: "conc", Version: "1.0.0", MaxConcurrent: limit, Endpoints: []bus.Endpoint{{
+		Name: "work", Subject: "test.work",
+		Handler: func(ctx context.Context, _ *bus.Msg) (any, error) {
+			n := running.Add(1)
+			for {
+				p := peak.Load()
+				if n <= p || peak.CompareAndSwap(p, n) {
+					break
+				}
+			}
+			arrived <- struct{}{}
+			<-release
+			running.Add(-1)
+			return map[string]int{"ok": 1}, nil
+		},
+	}}})
+	nc := s.Connect()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*limit)
+	for range 2 * limit {
+		wg.Go(func() {
+			_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.work", Data: []byte("{}")})
+			errs <- err
+		})
+	}
+	for range limit { // limit handlers are in flight at the same time
+		<-arrived
+	}
+	select {
+	case <-arrived:
+		t.Fatal("more handlers than MaxConcurrent ran at once")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if peak.Load() != limit {
+		t.Fatalf("peak concurrency = %d, want %d", peak.Load(), limit)
+	}
+}
+
+// `nats micro` discovery: ping, info and stats answer on $SRV subjects with
+// micro's own types.
+func TestDiscovery(t *testing.T) {
+	_, svc, nc := greeter(t)
+	if _, err := bus.Request[greetReq, greetResp](ctx(t), nc, "test.greet", greetReq{Name: "ann"}); err != nil {
+		t.Fatal(err)
+	}
+	var info micro.Info
+	get(t, nc, "$SRV.INFO.greeter", &info)
+	if info.Type != micro.InfoResponseType || info.ID != svc.ID() || info.Version != "1.0.0" ||
+		len(info.Endpoints) != 1 || info.Endpoints[0].Subject != "test.greet" || info.Endpoints[0].QueueGroup != "greeter" {
+		t.Fatalf("info = %+v", info)
+	}
+	var stats micro.Stats
+	get(t, nc, "$SRV.STATS.greeter."+svc.ID(), &stats)
+	if stats.Type != micro.StatsResponseType || stats.Endpoints[0].NumRequests != 1 || stats.Endpoints[0].ProcessingTime <= 0 {
+		t.Fatalf("stats = %+v", stats)
+	}
+	var ping micro.Ping
+	get(t, nc, "$SRV.PING", &ping)
+	if ping.Type != micro.PingResponseType || ping.Name != "greeter" {
+		t.Fatalf("ping = %+v", ping)
+	}
+}
+
+func get(t *testing.T, nc *nats.Conn, subject string, v any) {
+	t.Helper()
+	m, err := nc.RequestWithContext(ctx(t), subject, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(m.Data, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Stop finishes the requests in flight before it returns, and then the
+// service no longer answers.
+func TestStopFinishesInFlight(t *testing.T) {
+	s := bustest.RunServer(t)
+	started := make(chan struct{})
+	release := make(chan struct{})
+	svc, err := bus.NewService(s.Connect(), bus.Config{Name: "drain", Version: "1.0.0", Endpoints: []bus.Endpoint{{
+		Name: "slow", Subject: "test.slow",
+		Handler: func(ctx context.Context, _ *bus.Msg) (any, error) {
+			close(started)
+			<-release
+			return map[string]bool{"done": true}, nil
+		},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	nc := s.Connect()
+	reply := make(chan error, 1)
+	go func() {
+		_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.slow", Data: []byte("{}")})
+		reply <- err
+	}()
+	<-started
+	stopped := make(chan error, 1)
+	go func() { stopped <- svc.Stop(ctx(t)) }()
+	select {
+	case <-svc.Done():
+		t.Fatal("stopped with a request in flight")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-reply; err != nil {
+		t.Fatalf("in-flight request: %v", err)
+	}
+	<-svc.Done()
+	if _, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.slow", Data: []byte("{}")}); !errors.Is(err, bus.ErrUnavailable) {
+		t.Fatalf("after stop: %v", err)
+	}
+}
+
+// Stop with an expired context cancels the handlers' context.
+func TestStopCancelsHandlers(t *testing.T) {
+	s := bustest.RunServer(t)
+	started := make(chan struct{})
+	svc, err := bus.NewService(s.Connect(), bus.Config{Name: "stuck", Version: "1.0.0", Endpoints: []bus.Endpoint{{
+		Name: "stuck", Subject: "test.stuck",
+		Handler: func(ctx context.Context, _ *bus.Msg) (any, error) {
+			close(started)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	nc := s.Connect()
+	go func() { _, _ = nc.Request("test.stuck", []byte("{}"), 5*time.Second) }()
+	<-started
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := svc.Stop(c); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("stop = %v", err)
+	}
+	<-svc.Done()
+}
+
+func TestConfigValidation(t *testing.T) {
+	s := bustest.RunServer(t)
+	nc := s.Connect()
+	h := bus.Typed(greet)
+	for _, cfg := range []bus.Config{
+		{Name: "bad name", Version: "1.0.0"},
+		{Name: "ok", Version: "v1"},
+		{Name: "ok", Version: "1.0.0", Endpoints: []bus.Endpoint{{Name: "a", Subject: "x", Handler: h}, {Name: "a", Subject: "y", Handler: h}}},
+		{Name: "ok", Version: "1.0.0", Endpoints: []bus.Endpoint{{Name: "a", Subject: "x..y", Handler: h}}},
+		{Name: "ok", Version: "1.0.0", Endpoints: []bus.Endpoint{{Name: "a", Subject: "x.>.y", Handler: h}}},
+		{Name: "ok", Version: "1.0.0", Endpoints: []bus.Endpoint{{Name: "a", Subject: "x"}}},
+	} {
+		if _, err := bus.NewService(nc, cfg); err == nil {
+			t.Errorf("config %+v accepted", cfg)
+		}
+	}
+}
+
+func TestEvents(t *testing.T) {
+	s := bustest.RunServer(t)
+	nc := s.Connect()
+	js := s.JetStream()
+	st, err := bus.EnsureEventStream(ctx(t), js, bus.EventStreamConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := st.Info(ctx(t)); info.Config.MaxAge != 24*time.Hour {
+		t.Fatalf("max age = %v", info.Config.MaxAge)
+	}
+	sub, err := nc.SubscribeSync("mesh.events.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := bus.NewEvents(nc, "lock", "inst1")
+	if err := ev.Emit("acquired", map[string]any{"name": "a", "token": 7}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Type, Time, Source string
+		Data               map[string]any
+	}
+	if err := json.Unmarshal(m.Data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != "mesh.events.lock.acquired" || got.Type != "lock.acquired" || got.Source != "inst1" || got.Data["token"] != 7.0 {
+		t.Fatalf("event %s = %+v", m.Subject, got)
+	}
+	if _, err := time.Parse(time.RFC3339, got.Time); err != nil {
+		t.Fatal(err)
+	}
+	// The stream keeps it.
+	if _, err := st.GetLastMsgForSubject(ctx(t), "mesh.events.lock.acquired"); err != nil {
+		t.Fatalf("event not in %s: %v", bus.EventStream, err)
+	}
+}
+
+func TestConnect(t *testing.T) {
+	s := bustest.RunServer(t)
+	nc, err := bus.Connect(ctx(t), bus.Options{URL: s.URL(), Name: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if !nc.IsConnected() {
+		t.Fatal("not connected")
+	}
+	// No server there: fails at once without Retry, at ctx's end with it.
+	if _, err := bus.Connect(ctx(t), bus.Options{URL: "nats://127.0.0.1:1"}); err == nil {
+		t.Fatal("connected to nothing")
+	}
+	c, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := bus.Connect(c, bus.Options{URL: "nats://127.0.0.1:1", Retry: true}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := bus.Connect(ctx(t), bus.Options{URL: s.URL(), TLSCert: "x"}); err == nil {
+		t.Fatal("cert without key accepted")
+	}
+}
