@@ -19,7 +19,7 @@ import (
 )
 
 // Handler serves one request. It returns the reply value, encoded in the
-// request's codec, or an error, sent as a coded error (see AsError).
+// request's codec (a Raw value is sent as it is), or an error, sent as a coded error (see AsError).
 // Handlers run concurrently, up to Config.MaxConcurrent at once per service.
 // ctx is cancelled when the service is stopped and its grace period is over.
 type Handler func(ctx context.Context, req *Msg) (any, error)
@@ -29,6 +29,9 @@ type Msg struct {
 	*nats.Msg
 	Codec Codec // the codec of the request, also used for the reply
 }
+
+// Raw is a reply sent as it is, without encoding.
+type Raw []byte
 
 // Validator is implemented by request types that check themselves after
 // decoding. An error that is not an *Error becomes ErrInvalid.
@@ -399,7 +402,11 @@ func (s *Service) reply(ep *endpoint, m *nats.Msg, c Codec, start time.Time, res
 	var out *nats.Msg
 	var cerr *Error
 	if err == nil {
-		data, merr := c.Marshal(resp)
+		data, isRaw := resp.(Raw)
+		var merr error
+		if !isRaw {
+			data, merr = c.Marshal(resp)
+		}
 		switch {
 		case merr != nil:
 			cerr = ErrInternal.With("encoding the reply: %v", merr)

@@ -189,7 +189,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // logger forwards the server's log lines to zerolog.
 type logger struct{ l zerolog.Logger }
 
-func (l logger) Noticef(f string, v ...any) { l.l.Info().Str("component", "nats").Msgf(f, v...) }
+// Noticef lines (the banner, the listen addresses) go to debug: the mesh
+// logs what matters of them itself.
+func (l logger) Noticef(f string, v ...any) { l.l.Debug().Str("component", "nats").Msgf(f, v...) }
 func (l logger) Warnf(f string, v ...any)   { l.l.Warn().Str("component", "nats").Msgf(f, v...) }
 func (l logger) Fatalf(f string, v ...any)  { l.l.Error().Str("component", "nats").Msgf(f, v...) }
 func (l logger) Errorf(f string, v ...any)  { l.l.Error().Str("component", "nats").Msgf(f, v...) }

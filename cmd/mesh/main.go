@@ -1,0 +1,98 @@
+// Command mesh runs the mesh (embedded NATS and every service, or one service
+// against a NATS you run) and talks to it from a terminal.
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// cli is the command line: global flags, then one command.
+type cli struct {
+	Conn     connFlags `embed:""`
+	LogLevel string    `name:"log-level" env:"MESH_LOG_LEVEL" default:"info" enum:"trace,debug,info,warn,error" help:"Log level (${enum})."`
+
+	Up      upCmd      `cmd:"" help:"Run the mesh: an embedded NATS server with JetStream and every service."`
+	Serve   serveCmd   `cmd:"" help:"Run one service against a NATS server."`
+	Status  statusCmd  `cmd:"" help:"Show the running services and the mesh's JetStream streams and buckets."`
+	Version versionCmd `cmd:"" help:"Print the version."`
+}
+
+// connFlags are the connection options of every command.
+type connFlags struct {
+	NATS     string        `name:"nats" env:"MESH_NATS" placeholder:"URL" help:"NATS server URL(s), comma-separated (default ${default_url}; for up: none, run an embedded server)."`
+	Creds    string        `env:"MESH_CREDS" type:"existingfile" help:"NATS credentials file."`
+	NKey     string        `name:"nkey" env:"MESH_NKEY" type:"existingfile" help:"NATS nkey seed file."`
+	User     string        `env:"MESH_USER" help:"NATS user."`
+	Password string        `env:"MESH_PASSWORD" help:"NATS password."`
+	Token    string        `env:"MESH_TOKEN" help:"NATS token."`
+	TLSCA    string        `name:"tls-ca" env:"MESH_TLS_CA" type:"existingfile" help:"CA certificate to verify the NATS server."`
+	TLSCert  string        `name:"tls-cert" env:"MESH_TLS_CERT" type:"existingfile" help:"Client certificate."`
+	TLSKey   string        `name:"tls-key" env:"MESH_TLS_KEY" type:"existingfile" help:"Client certificate key."`
+	Timeout  time.Duration `env:"MESH_TIMEOUT" default:"5s" help:"Timeout of a command's requests."`
+}
+
+func (c connFlags) options(name string, log zerolog.Logger) bus.Options {
+	return bus.Options{
+		URL: c.NATS, Name: name, Creds: c.Creds, NKey: c.NKey,
+		User: c.User, Password: c.Password, Token: c.Token,
+		TLSCA: c.TLSCA, TLSCert: c.TLSCert, TLSKey: c.TLSKey,
+		Logger: log,
+	}
+}
+
+// app is what every command gets: the parsed flags and a logger.
+type app struct {
+	conn connFlags
+	log  zerolog.Logger
+}
+
+func main() {
+	var c cli
+	ctx := kong.Parse(&c,
+		kong.Name("mesh"),
+		kong.Description("Mesh: a sharded cache, a lock service and a task scheduler on NATS."),
+		kong.UsageOnError(),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars{"default_url": bus.DefaultURL},
+	)
+	a := &app{conn: c.Conn, log: newLogger(c.LogLevel)}
+	if err := ctx.Run(a); err != nil {
+		fmt.Fprintln(os.Stderr, "mesh:", err)
+		os.Exit(1)
+	}
+}
+
+// newLogger logs JSON to stderr, or readable lines when stderr is a terminal.
+func newLogger(level string) zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(strings.ToLower(level))
+	if err != nil {
+		lvl = zerolog.InfoLevel
+	}
+	var l zerolog.Logger
+	if isatty.IsTerminal(os.Stderr.Fd()) {
+		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"})
+	} else {
+		l = zerolog.New(os.Stderr)
+	}
+	zerolog.TimeFieldFormat = bus.TimeLayout
+	return l.Level(lvl).With().Timestamp().Logger()
+}
+
+type versionCmd struct{}
+
+func (versionCmd) Run() error {
+	fmt.Println("mesh", version)
+	return nil
+}

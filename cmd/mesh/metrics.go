@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// metricsServer serves Prometheus metrics: the Go runtime, the process, and
+// the requests of every service of this process (it is their bus.Observer).
+type metricsServer struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	srv      *http.Server
+}
+
+func startMetrics(addr string, log zerolog.Logger) (*metricsServer, error) {
+	reg := prometheus.NewRegistry()
+	m := &metricsServer{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_requests_total",
+			Help: "Requests served, by service, endpoint and reply status (200 for success).",
+		}, []string{"service", "endpoint", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "mesh_request_duration_seconds",
+			Help:    "Time from receiving a request to sending its reply.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 18), // 50µs .. 6.5s
+		}, []string{"service", "endpoint"}),
+	}
+	reg.MustRegister(m.requests, m.latency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("metrics server failed")
+		}
+	}()
+	log.Info().Str("addr", ln.Addr().String()).Msg("serving metrics at /metrics")
+	return m, nil
+}
+
+// ObserveRequest implements bus.Observer.
+func (m *metricsServer) ObserveRequest(service, endpoint string, d time.Duration, err *bus.Error) {
+	status := "200"
+	if err != nil {
+		status = strconv.Itoa(err.Status)
+	}
+	m.requests.WithLabelValues(service, endpoint, status).Inc()
+	m.latency.WithLabelValues(service, endpoint).Observe(d.Seconds())
+}
+
+func (m *metricsServer) close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return m.srv.Shutdown(ctx)
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/meshkit/mesh/internal/node"
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/embed"
+)
+
+// runFlags are shared by up and serve.
+type runFlags struct {
+	Replicas int    `env:"MESH_REPLICAS" default:"1" help:"Replicas of the streams and buckets the services create (3 on a 3-node cluster)."`
+	Metrics  string `env:"MESH_METRICS" placeholder:"ADDR" help:"Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9090) at /metrics."`
+	Node     string `env:"MESH_NODE" help:"Name of this process in the mesh (default: the host name)."`
+}
+
+type upCmd struct {
+	runFlags
+	Listen   string   `env:"MESH_LISTEN" default:"127.0.0.1:4222" help:"Client address of the embedded NATS server."`
+	Data     string   `env:"MESH_DATA" default:".mesh/data" help:"JetStream store directory of the embedded server."`
+	Sync     string   `env:"MESH_SYNC" default:"default" help:"fsync policy of the store: default (NATS's: every 2 minutes), always (every write; much slower), or an interval such as 10s."`
+	Services []string `env:"MESH_SERVICES" placeholder:"NAME,..." help:"Services to run (default: all)."`
+}
+
+type serveCmd struct {
+	runFlags
+	Service string `arg:"" help:"The service to run."`
+}
+
+func (c *upCmd) Run(a *app) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var srv *embed.Server
+	opts := a.conn.options("mesh up", a.log)
+	if a.conn.NATS == "" {
+		if host, _, err := net.SplitHostPort(c.Listen); err == nil && !isLoopback(host) {
+			a.log.Warn().Str("listen", c.Listen).Msg("the embedded NATS server has no authentication and listens beyond loopback")
+		}
+		startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		var err error
+		srv, err = embed.Start(startCtx, embed.Config{Listen: c.Listen, DataDir: c.Data, Sync: c.Sync, Name: nodeName(c.Node), Logger: a.log})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("starting the embedded NATS server on %s: %w", c.Listen, err)
+		}
+		a.log.Info().Str("url", srv.ClientURL()).Str("data", c.Data).Str("sync", c.Sync).Msg("embedded NATS server ready")
+		opts.URL = srv.ClientURL()
+	}
+	err := a.run(ctx, opts, c.runFlags, c.Services, func(nc *nats.Conn) { printTour(nc.ConnectedUrl(), c.Services) })
+	if srv != nil {
+		shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err = errors.Join(err, srv.Shutdown(shutCtx))
+		a.log.Info().Msg("embedded NATS server stopped")
+	}
+	return err
+}
+
+func (c *serveCmd) Run(a *app) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	opts := a.conn.options("mesh serve "+c.Service, a.log)
+	opts.Retry = true // wait for a NATS server that is still starting
+	return a.run(ctx, opts, c.runFlags, []string{c.Service}, nil)
+}
+
+// run connects, starts the services and the metrics endpoint, waits for ctx
+// to end, and stops everything in reverse order.
+func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []string, ready func(*nats.Conn)) error {
+	nc, err := bus.Connect(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node)}
+	var metrics *metricsServer
+	if f.Metrics != "" {
+		if metrics, err = startMetrics(f.Metrics, a.log); err != nil {
+			return err
+		}
+		env.Observer = metrics
+	}
+	n, err := node.Start(ctx, nc, services, env)
+	if err == nil {
+		if ready != nil {
+			ready(nc)
+		}
+		<-ctx.Done()
+		a.log.Info().Msg("stopping")
+		stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err = n.Stop(stopCtx)
+	}
+	if metrics != nil {
+		err = errors.Join(err, metrics.close())
+	}
+	return errors.Join(err, nc.Flush())
+}
+
+// nodeName is the name of this process: the flag, else the host name.
+func nodeName(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if h, err := os.Hostname(); err == nil {
+		return h
+	}
+	return "mesh"
+}
+
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
+}
+
+// printTour tells a person at the terminal how to talk to the mesh.
+func printTour(url string, services []string) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nMesh is up. NATS: %s\n\n", url)
+	fmt.Fprintf(&b, "  nats micro ls                  # the running services\n")
+	fmt.Fprintf(&b, "  nats sub 'mesh.events.>'       # what the services do\n")
+	for _, d := range node.Defs() {
+		if len(services) > 0 && !slices.Contains(services, d.Name) {
+			continue
+		}
+		for _, line := range d.Tour {
+			fmt.Fprintf(&b, "  %s\n", line)
+		}
+	}
+	fmt.Fprintf(&b, "\nCtrl-C stops it.\n\n")
+	fmt.Fprint(os.Stdout, b.String())
+}

@@ -1,0 +1,133 @@
+// Package node runs the services of one mesh process, in order, and stops
+// them in reverse order. `mesh up` runs all of them; `mesh serve NAME` one.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/services/sys"
+)
+
+// Service is what a mesh service offers to its host process.
+type Service interface {
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+}
+
+// Env is what a process gives its services.
+type Env struct {
+	Logger      zerolog.Logger
+	Observer    bus.Observer // request metrics; may be nil
+	Replicas    int          // replicas of the streams and buckets a service creates; zero: 1
+	MeshVersion string
+	Node        string   // this process's name; zero: the host name
+	Services    []string // the services this process runs
+}
+
+// Def defines a service.
+type Def struct {
+	Name    string
+	Summary string
+	// Tour lists commands that show the service working, printed by `mesh up`.
+	Tour []string
+	New  func(nc *nats.Conn, env Env) (Service, error)
+}
+
+// Defs lists every service, in start order.
+func Defs() []Def {
+	return []Def{
+		{
+			Name:    "sys",
+			Summary: "process information and echo",
+			Tour: []string{
+				`nats req mesh.sys.info ''`,
+				`nats req mesh.sys.echo '{"hello":"mesh"}'`,
+			},
+			New: func(nc *nats.Conn, env Env) (Service, error) {
+				return sys.New(nc, sys.Config{MeshVersion: env.MeshVersion, Node: env.Node, Services: env.Services, Logger: env.Logger, Observer: env.Observer})
+			},
+		},
+	}
+}
+
+// Names lists the names of every service.
+func Names() []string {
+	var names []string
+	for _, d := range Defs() {
+		names = append(names, d.Name)
+	}
+	return names
+}
+
+// Node is the set of services running in this process.
+type Node struct {
+	log     zerolog.Logger
+	running []running
+}
+
+type running struct {
+	name string
+	svc  Service
+}
+
+// Start ensures the event stream, then creates and starts the named services
+// (all when names is empty) in the order of Defs. If one fails, those already
+// started are stopped.
+func Start(ctx context.Context, nc *nats.Conn, names []string, env Env) (*Node, error) {
+	all := Names()
+	if len(names) == 0 {
+		names = all
+	}
+	for _, n := range names {
+		if !slices.Contains(all, n) {
+			return nil, fmt.Errorf("unknown service %q (services: %s)", n, strings.Join(all, ", "))
+		}
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := bus.EnsureEventStream(ctx, js, bus.EventStreamConfig{Replicas: env.Replicas}); err != nil {
+		return nil, err
+	}
+	env.Services = names
+	n := &Node{log: env.Logger}
+	for _, d := range Defs() {
+		if !slices.Contains(names, d.Name) {
+			continue
+		}
+		svc, err := d.New(nc, env)
+		if err == nil {
+			err = svc.Start(ctx)
+		}
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("starting %s: %w", d.Name, err), n.Stop(ctx))
+		}
+		n.running = append(n.running, running{d.Name, svc})
+		env.Logger.Info().Str("service", d.Name).Msg("service started")
+	}
+	return n, nil
+}
+
+// Stop stops the services in reverse order of start.
+func (n *Node) Stop(ctx context.Context) error {
+	var errs []error
+	for i := len(n.running) - 1; i >= 0; i-- {
+		r := n.running[i]
+		if err := r.svc.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stopping %s: %w", r.name, err))
+		}
+		n.log.Info().Str("service", r.name).Msg("service stopped")
+	}
+	n.running = nil
+	return errors.Join(errs...)
+}
