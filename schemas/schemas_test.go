@@ -1,0 +1,214 @@
+package schemas_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/meshkit/mesh/internal/node"
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/schemas"
+)
+
+type exampleFile struct {
+	Subject  string    `json:"subject"`
+	Examples []example `json:"examples"`
+}
+
+type example struct {
+	Title   string          `json:"title"`
+	Request json.RawMessage `json:"request"`
+	Error   string          `json:"error"` // the expected error code; empty: a reply
+}
+
+func compile(t *testing.T) map[string]*jsonschema.Schema {
+	t.Helper()
+	c := jsonschema.NewCompiler()
+	names, err := fs.Glob(schemas.FS, "*.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		f, err := schemas.FS.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := jsonschema.UnmarshalJSON(f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := c.AddResource(url(name), doc); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	out := map[string]*jsonschema.Schema{}
+	for _, name := range names {
+		s, err := c.Compile(url(name))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		out[name] = s
+	}
+	return out
+}
+
+func url(name string) string { return "file:///mesh/schemas/" + name }
+
+func validate(t *testing.T, s *jsonschema.Schema, what string, data []byte) {
+	t.Helper()
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
+	if err != nil {
+		t.Errorf("%s: not JSON: %v: %s", what, err, data)
+		return
+	}
+	if err := s.Validate(v); err != nil {
+		t.Errorf("%s does not match its schema: %v\n%s", what, err, data)
+	}
+}
+
+// Every endpoint of every running service has a request schema, a reply
+// schema and examples; every example request, sent in JSON and in msgpack to
+// the real service, gets a reply (or the expected coded error) that matches
+// its schema; and every event matches event.json.
+func TestRepliesMatchSchemas(t *testing.T) {
+	sch := compile(t)
+	srv := bustest.RunServer(t)
+	nc := srv.Connect()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	events, err := nc.SubscribeSync("mesh.events.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := node.Start(ctx, srv.Connect(), nil, node.Env{Node: "schema-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Stop(ctx)
+
+	instances, err := bus.Discover(ctx, nc, "", 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{"error.json": true, "event.json": true, "defs.json": true}
+	tested := 0
+	for _, in := range instances {
+		for _, ep := range in.Info.Endpoints {
+			base := in.Info.Name + "." + ep.Name
+			reqName, repName := base+".request.json", base+".reply.json"
+			used[reqName], used[repName] = true, true
+			if sch[reqName] == nil || sch[repName] == nil {
+				t.Errorf("endpoint %s (%s): missing %s or %s", base, ep.Subject, reqName, repName)
+				continue
+			}
+			raw, err := os.ReadFile(filepath.Join("examples", base+".json"))
+			if err != nil {
+				t.Errorf("endpoint %s: no examples: %v", base, err)
+				continue
+			}
+			var ex exampleFile
+			if err := json.Unmarshal(raw, &ex); err != nil || len(ex.Examples) == 0 {
+				t.Errorf("examples/%s.json: %v (or no examples)", base, err)
+				continue
+			}
+			if ex.Subject != ep.Subject && !strings.ContainsAny(ep.Subject, "*>") {
+				t.Errorf("examples/%s.json: subject %s, the endpoint listens on %s", base, ex.Subject, ep.Subject)
+			}
+			for _, e := range ex.Examples {
+				what := fmt.Sprintf("%s example %q", base, e.Title)
+				if e.Error == "" {
+					validate(t, sch[reqName], what+" request", e.Request)
+				}
+				checkReply(t, sch, ctx, nc, ex.Subject, e, what, repName, e.Request)
+				packed, err := toMsgpack(e.Request)
+				if err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				checkReply(t, sch, ctx, nc, ex.Subject, e, what+" (msgpack)", repName, packed)
+				tested++
+			}
+		}
+	}
+	if tested == 0 {
+		t.Fatal("no endpoint was tested")
+	}
+	names, _ := fs.Glob(schemas.FS, "*.json")
+	for _, name := range names {
+		if !used[name] {
+			t.Errorf("%s belongs to no running endpoint", name)
+		}
+	}
+
+	if err := bus.NewEvents(nc, "test", "schema-test").Emit("checked", map[string]int{"examples": tested}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := events.NextMsg(2 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for the test event: %v", err)
+		}
+		validate(t, sch["event.json"], "event on "+m.Subject, m.Data)
+		if m.Subject == "mesh.events.test.checked" {
+			break
+		}
+	}
+}
+
+func checkReply(t *testing.T, sch map[string]*jsonschema.Schema, ctx context.Context, nc *nats.Conn, subject string, e example, what, repName string, body []byte) {
+	t.Helper()
+	reply, err := nc.RequestWithContext(ctx, subject, body)
+	if err != nil {
+		t.Errorf("%s: %v", what, err)
+		return
+	}
+	data := reply.Data
+	if bus.DetectCodec(nil, body) == bus.MsgPack {
+		if data, err = fromMsgpack(data); err != nil {
+			t.Errorf("%s: reply is not msgpack: %v", what, err)
+			return
+		}
+	}
+	rerr := bus.ReplyError(reply)
+	switch {
+	case rerr != nil && e.Error == "":
+		t.Errorf("%s: unexpected error %v", what, rerr)
+	case rerr == nil && e.Error != "":
+		t.Errorf("%s: got a reply, want error %s", what, e.Error)
+	case rerr != nil:
+		if rerr.Code != e.Error {
+			t.Errorf("%s: error %v, want code %s", what, rerr, e.Error)
+		}
+		validate(t, sch["error.json"], what+" error", data)
+	default:
+		validate(t, sch[repName], what+" reply", data)
+	}
+}
+
+func toMsgpack(j json.RawMessage) ([]byte, error) {
+	var v any
+	if err := json.Unmarshal(j, &v); err != nil {
+		return nil, err
+	}
+	return msgpack.Marshal(v)
+}
+
+func fromMsgpack(b []byte) ([]byte, error) {
+	var v any
+	if err := msgpack.Unmarshal(b, &v); err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
+}
