@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -56,6 +57,7 @@ func (c connFlags) options(name string, log zerolog.Logger) bus.Options {
 type app struct {
 	conn connFlags
 	log  zerolog.Logger
+	out  io.Writer // where results go: stdout
 }
 
 func main() {
@@ -67,7 +69,7 @@ func main() {
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Vars{"default_url": bus.DefaultURL},
 	)
-	a := &app{conn: c.Conn, log: newLogger(c.LogLevel)}
+	a := &app{conn: c.Conn, log: newLogger(c.LogLevel), out: os.Stdout}
 	if err := ctx.Run(a); err != nil {
 		fmt.Fprintln(os.Stderr, "mesh:", err)
 		os.Exit(1)
@@ -92,7 +94,7 @@ func newLogger(level string) zerolog.Logger {
 
 type versionCmd struct{}
 
-func (versionCmd) Run() error {
-	fmt.Println("mesh", version)
+func (versionCmd) Run(a *app) error {
+	fmt.Fprintln(a.out, "mesh", version)
 	return nil
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -116,17 +116,17 @@ func (c *statusCmd) Run(a *app) error {
 	sort.Slice(st.Streams, func(i, j int) bool { return st.Streams[i].Name < st.Streams[j].Name })
 
 	if c.JSON {
-		enc := json.NewEncoder(os.Stdout)
+		enc := json.NewEncoder(a.out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
 	}
-	printStatus(st)
+	printStatus(a.out, st)
 	return nil
 }
 
-func printStatus(st status) {
-	fmt.Printf("NATS: %s\n\n", st.Server)
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+func printStatus(out io.Writer, st status) {
+	fmt.Fprintf(out, "NATS: %s\n\n", st.Server)
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	if len(st.Services) == 0 {
 		fmt.Fprintln(w, "No mesh service is running.")
 	} else {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -42,6 +43,11 @@ type serveCmd struct {
 func (c *upCmd) Run(a *app) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return c.run(ctx, a)
+}
+
+// run runs the mesh until ctx ends.
+func (c *upCmd) run(ctx context.Context, a *app) error {
 	var srv *embed.Server
 	opts := a.conn.options("mesh up", a.log)
 	if a.conn.NATS == "" {
@@ -58,7 +64,7 @@ func (c *upCmd) Run(a *app) error {
 		a.log.Info().Str("url", srv.ClientURL()).Str("data", c.Data).Str("sync", c.Sync).Msg("embedded NATS server ready")
 		opts.URL = srv.ClientURL()
 	}
-	err := a.run(ctx, opts, c.runFlags, c.Services, func(nc *nats.Conn) { printTour(nc.ConnectedUrl(), c.Services) })
+	err := a.run(ctx, opts, c.runFlags, c.Services, func(nc *nats.Conn) { printTour(a.out, nc.ConnectedUrl(), c.Services) })
 	if srv != nil {
 		shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -126,7 +132,7 @@ func isLoopback(host string) bool {
 }
 
 // printTour tells a person at the terminal how to talk to the mesh.
-func printTour(url string, services []string) {
+func printTour(w io.Writer, url string, services []string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nMesh is up. NATS: %s\n\n", url)
 	fmt.Fprintf(&b, "  nats micro ls                  # the running services\n")
@@ -140,5 +146,5 @@ func printTour(url string, services []string) {
 		}
 	}
 	fmt.Fprintf(&b, "\nCtrl-C stops it.\n\n")
-	fmt.Fprint(os.Stdout, b.String())
+	fmt.Fprint(w, b.String())
 }

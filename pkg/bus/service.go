@@ -221,7 +221,8 @@ func (s *Service) Name() string { return s.cfg.Name }
 // Done is closed once the service has stopped.
 func (s *Service) Done() <-chan struct{} { return s.done }
 
-// Start subscribes the endpoints and the micro discovery subjects. The
+// Start subscribes the endpoints and the micro discovery subjects, and
+// returns once the server has them. The
 // handlers' context derives from ctx, with its cancellation removed: a
 // service stops through Stop.
 func (s *Service) Start(ctx context.Context) error {
@@ -262,6 +263,14 @@ func (s *Service) Start(ctx context.Context) error {
 		}
 	}
 	s.running = true
+	// Once Start returns, the server knows the subscriptions: a request sent
+	// by another connection reaches the service. (While disconnected, the
+	// subscriptions are sent on reconnect.)
+	if s.nc.IsConnected() {
+		if err := s.nc.FlushTimeout(5 * time.Second); err != nil {
+			s.log.Warn().Err(err).Msg("subscriptions not confirmed by the server")
+		}
+	}
 	return nil
 }
 

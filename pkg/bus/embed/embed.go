@@ -136,6 +136,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 
 // StartOptions starts a server from nats-server options, as Start does.
 func StartOptions(ctx context.Context, opts *server.Options, log zerolog.Logger, debug bool) (*Server, error) {
+	// The server retries a port in use until its deadline; say so at once.
+	if !opts.DontListen && opts.Port > 0 {
+		addr := net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("embed: cannot listen on %s: %w", addr, err)
+		}
+		l.Close()
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embed: %w", err)

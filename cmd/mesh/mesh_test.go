@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/services/sys"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a command
+// and the reads of a test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// mesh up serves every service on its embedded server, mesh status sees
+// them, and cancelling (Ctrl-C) stops everything cleanly.
+func TestUpStatusAndStop(t *testing.T) {
+	listen, metrics := freeAddr(t), freeAddr(t)
+	data := filepath.Join(t.TempDir(), "data")
+	out := &syncBuffer{}
+	a := &app{log: zerolog.Nop(), out: out, conn: connFlags{Timeout: 5 * time.Second}}
+	up := &upCmd{Listen: listen, Data: data, Sync: "always", runFlags: runFlags{Replicas: 1, Metrics: metrics, Node: "test-node"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- up.run(ctx, a) }()
+
+	url := "nats://" + listen
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	nc, err := bus.Connect(cctx, bus.Options{URL: url, Retry: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// The sys service answers once up has started it.
+	var info sys.InfoReply
+	for {
+		info, err = bus.Request[sys.InfoRequest, sys.InfoReply](cctx, nc, sys.SubjectInfo, sys.InfoRequest{})
+		if err == nil {
+			break
+		}
+		if cctx.Err() != nil {
+			t.Fatalf("sys never answered: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling for a service started by another goroutine
+	}
+	if info.Node != "test-node" || info.Server.Name != "test-node" {
+		t.Fatalf("info = %+v", info)
+	}
+	if !strings.Contains(out.String(), "nats req mesh.sys.info") {
+		t.Fatalf("up printed no tour:\n%s", out.String())
+	}
+
+	statusOut := &syncBuffer{}
+	sa := &app{log: zerolog.Nop(), out: statusOut, conn: connFlags{NATS: url, Timeout: 5 * time.Second}}
+	if err := (&statusCmd{JSON: true}).Run(sa); err != nil {
+		t.Fatal(err)
+	}
+	var st status
+	if err := json.Unmarshal([]byte(statusOut.String()), &st); err != nil {
+		t.Fatalf("%v: %s", err, statusOut)
+	}
+	if len(st.Services) != 1 || st.Services[0].Name != "sys" || st.Services[0].Instances != 1 || st.Services[0].Requests < 1 {
+		t.Fatalf("status services = %+v", st.Services)
+	}
+	if len(st.Streams) != 1 || st.Streams[0].Name != bus.EventStream {
+		t.Fatalf("status streams = %+v", st.Streams)
+	}
+
+	resp, err := httpGet("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(resp, `mesh_requests_total{endpoint="info",service="sys",status="200"}`) || !strings.Contains(resp, "go_goroutines") {
+		t.Fatalf("metrics lack request counts or runtime metrics:\n%.2000s", resp)
+	}
+
+	cancel() // Ctrl-C
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("up returned %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("up did not stop")
+	}
+	if _, err := os.Stat(filepath.Join(data, "jetstream")); err != nil {
+		t.Fatalf("no JetStream store in %s: %v", data, err)
+	}
+}
+
+func TestUpPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	a := &app{log: zerolog.Nop(), out: &syncBuffer{}}
+	up := &upCmd{Listen: l.Addr().String(), Data: t.TempDir(), runFlags: runFlags{Replicas: 1}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = up.run(ctx, a)
+	if err == nil || !strings.Contains(err.Error(), l.Addr().String()) {
+		t.Fatalf("err = %v, want an error naming the address", err)
+	}
+}
+
+func TestServeUnknownService(t *testing.T) {
+	a := &app{log: zerolog.Nop(), out: &syncBuffer{}}
+	up := &upCmd{Listen: freeAddr(t), Data: t.TempDir(), Services: []string{"nope"}, runFlags: runFlags{Replicas: 1}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := up.run(ctx, a); err == nil || !strings.Contains(err.Error(), `unknown service "nope"`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func httpGet(url string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}

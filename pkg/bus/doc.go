@@ -1,0 +1,41 @@
+// Package bus is the NATS toolbox every mesh service stands on: connecting,
+// the wire codec, coded errors, request/reply services that speak the NATS
+// micro protocol, typed requests, discovery and events.
+//
+// It is a toolbox the services call, never a framework that calls them: it
+// holds no globals and no registries, and starts goroutines only on behalf
+// of an object the caller owns and stops (a Service).
+//
+// # Wire conventions
+//
+// Codec: msgpack by default; JSON when a request carries
+// Content-Type: application/json, or its body starts with '{' (after
+// spaces), or is empty. The reply uses the request's codec. Struct fields
+// are named by their json tags (snake_case) in both codecs. Instants travel
+// as RFC 3339 strings with milliseconds (Time); durations as integer
+// milliseconds in fields named *_ms.
+//
+// Errors: an *Error has an HTTP-like Status, a stable Code and a Message. A
+// reply error carries micro's Nats-Service-Error (message) and
+// Nats-Service-Error-Code (status) headers and a {"code","message"} body in
+// the request's codec. Request and ReplyError rebuild the *Error on the
+// client, where errors.Is matches it against the service's sentinel (same
+// Code) or a generic sentinel of this package (same Status).
+//
+// # Services
+//
+// A Service answers the micro protocol with nats.go/micro's own types, so
+// `nats micro ls|info|stats` list it. It departs from nats.go/micro's
+// dispatch: micro calls a handler serially per endpoint and counts only the
+// errors a handler reported before returning; a Service runs handlers
+// concurrently (bounded by Config.MaxConcurrent), recovers panics into a 500
+// reply, and counts requests, errors and processing time per endpoint when
+// the reply is sent.
+//
+// # Subjects
+//
+//	subject                               what
+//	$SRV.PING|INFO|STATS                  every service instance (micro protocol)
+//	$SRV.PING|INFO|STATS.<name>[.<id>]    the instances of one service, one instance
+//	mesh.events.<service>.<what>          events (Events), kept by the stream MESH_EVENTS
+package bus
