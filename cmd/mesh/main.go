@@ -27,6 +27,7 @@ type cli struct {
 	Up      upCmd      `cmd:"" help:"Run the mesh: an embedded NATS server with JetStream and every service."`
 	Serve   serveCmd   `cmd:"" help:"Run one service against a NATS server."`
 	Status  statusCmd  `cmd:"" help:"Show the running services and the mesh's JetStream streams and buckets."`
+	Ring    ringCmd    `cmd:"" help:"Show the ring of a service: members, weights, partition shares, version."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }
 

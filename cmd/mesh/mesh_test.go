@@ -19,6 +19,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/pkg/ring/membership"
 	"github.com/meshkit/mesh/services/sys"
 )
 
@@ -172,4 +174,38 @@ func httpGet(url string) (string, error) {
 	}
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+func TestRing(t *testing.T) {
+	s := bustest.RunServer(t)
+	for i, w := range []float64{1, 3} {
+		a, err := membership.NewAnnouncer(s.Connect(), membership.AnnouncerConfig{Service: "cache", ID: fmt.Sprintf("n%d", i), Weight: w, Version: "1.2.3"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		defer a.Stop(context.Background())
+	}
+	out := &syncBuffer{}
+	a := &app{log: zerolog.Nop(), out: out, conn: connFlags{NATS: s.URL(), Timeout: 5 * time.Second}}
+	if err := (&ringCmd{Service: "cache", JSON: true}).Run(a); err != nil {
+		t.Fatal(err)
+	}
+	var st ringStatus
+	if err := json.Unmarshal([]byte(out.String()), &st); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if len(st.Members) != 2 || st.Members[0].Partitions+st.Members[1].Partitions != st.Partitions || st.Members[1].Version != "1.2.3" {
+		t.Fatalf("ring = %+v", st)
+	}
+	if share := st.Members[1].Share; share < 0.7 || share > 0.8 { // weight 3 of 4
+		t.Fatalf("weight-3 member's share = %.3f, want about 0.75", share)
+	}
+	out2 := &syncBuffer{}
+	a.out = out2
+	if err := (&ringCmd{Service: "cache"}).Run(a); err != nil || !strings.Contains(out2.String(), "n1") {
+		t.Fatalf("table: %v\n%s", err, out2)
+	}
 }
