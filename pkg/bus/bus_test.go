@@ -455,3 +455,20 @@ func TestConnect(t *testing.T) {
 		t.Fatal("cert without key accepted")
 	}
 }
+
+// A msgpack reply that is a bare number, even one whose byte is also JSON
+// whitespace or '{', decodes as the number.
+func TestScalarReplies(t *testing.T) {
+	s := bustest.RunServer(t)
+	startService(t, s, bus.Config{Name: "num", Version: "1.0.0", Endpoints: []bus.Endpoint{{
+		Name: "num", Subject: "test.num",
+		Handler: bus.Typed(func(_ context.Context, n *int) (int, error) { return *n, nil }),
+	}}})
+	nc := s.Connect()
+	for _, n := range []int{0, 9, 10, 13, 32, 123, -1, 1 << 40} {
+		got, err := bus.Request[int, int](ctx(t), nc, "test.num", n)
+		if err != nil || got != n {
+			t.Fatalf("echo of %d = %d, %v", n, got, err)
+		}
+	}
+}

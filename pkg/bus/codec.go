@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,8 +49,8 @@ func (c Codec) ContentType() string {
 
 // DetectCodec picks the codec of a request: the Content-Type header when it
 // names one, else JSON when the body is empty or its first non-space byte is
-// '{', else msgpack. An empty body counts as JSON so that a bare
-// an empty `nats req` gets a reply a person can read. A msgpack request is
+// '{', else msgpack. An empty body counts as JSON so that an empty
+// `nats req` gets a reply a person can read. A msgpack request is
 // always a map (0x80-0x8f, 0xde, 0xdf), so it never starts with '{'.
 func DetectCodec(h nats.Header, body []byte) Codec {
 	if h != nil {
@@ -60,6 +61,9 @@ func DetectCodec(h nats.Header, body []byte) Codec {
 			return MsgPack
 		}
 	}
+	if len(body) == 0 {
+		return JSON
+	}
 	for _, b := range body {
 		switch b {
 		case ' ', '\t', '\r', '\n':
@@ -67,9 +71,9 @@ func DetectCodec(h nats.Header, body []byte) Codec {
 		case '{':
 			return JSON
 		}
-		return MsgPack
+		break
 	}
-	return JSON
+	return MsgPack
 }
 
 // Marshal encodes v. Struct fields use their json tags in both codecs.
@@ -77,17 +81,55 @@ func (c Codec) Marshal(v any) ([]byte, error) {
 	if c == JSON {
 		return json.Marshal(v)
 	}
-	var buf bytes.Buffer
-	enc := msgpack.GetEncoder()
-	enc.Reset(&buf)
-	enc.SetCustomStructTag("json")
-	err := enc.Encode(v)
-	msgpack.PutEncoder(enc)
+	buf, err := c.encode(v)
 	if err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	out := bytes.Clone(buf.Bytes())
+	putBuffer(buf)
+	return out, nil
 }
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func putBuffer(b *bytes.Buffer) {
+	if b.Cap() <= 64<<10 {
+		bufPool.Put(b)
+	}
+}
+
+// encode encodes v into a pooled buffer, to be handed back with putBuffer
+// once its bytes are no longer used (nats.go copies a message's data when it
+// publishes it).
+func (c Codec) encode(v any) (*bytes.Buffer, error) {
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	var err error
+	if c == JSON {
+		var b []byte
+		b, err = json.Marshal(v)
+		buf.Write(b)
+	} else {
+		enc := msgpack.GetEncoder()
+		enc.Reset(buf)
+		enc.SetCustomStructTag("json")
+		err = enc.Encode(v)
+		msgpack.PutEncoder(enc)
+	}
+	if err != nil {
+		putBuffer(buf)
+		return nil, err
+	}
+	return buf, nil
+}
+
+// decoder is a msgpack decoder with its reader, pooled together.
+type decoder struct {
+	r bytes.Reader
+	d *msgpack.Decoder
+}
+
+var decPool = sync.Pool{New: func() any { return &decoder{d: msgpack.NewDecoder(nil)} }}
 
 // Unmarshal decodes data into v. Unknown fields are ignored; a wrong type, a
 // truncated body or trailing bytes are errors. An empty body leaves v as is.
@@ -95,21 +137,26 @@ func (c Codec) Marshal(v any) ([]byte, error) {
 // decoder does not check it, and JSON replaces invalid sequences, so a service
 // checks the strings it keeps (names, keys) with utf8.ValidString.
 func (c Codec) Unmarshal(data []byte, v any) error {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil
-	}
 	if c == JSON {
+		if len(bytes.TrimSpace(data)) == 0 {
+			return nil
+		}
 		return json.Unmarshal(data, v)
 	}
-	r := bytes.NewReader(data)
-	dec := msgpack.GetDecoder()
-	dec.Reset(r)
-	dec.SetCustomStructTag("json")
-	err := dec.Decode(v)
-	msgpack.PutDecoder(dec)
-	if err == nil && r.Len() > 0 {
-		err = fmt.Errorf("msgpack: %d trailing bytes", r.Len())
+	if len(data) == 0 {
+		return nil
 	}
+	dec := decPool.Get().(*decoder)
+	dec.r.Reset(data)
+	dec.d.Reset(&dec.r)
+	dec.d.SetCustomStructTag("json")
+	err := dec.d.Decode(v)
+	if err == nil && dec.r.Len() > 0 {
+		err = fmt.Errorf("msgpack: %d trailing bytes", dec.r.Len())
+	}
+	dec.r.Reset(nil)
+	dec.d.Reset(nil)
+	decPool.Put(dec)
 	return err
 }
 

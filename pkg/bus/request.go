@@ -21,15 +21,22 @@ const DefaultTimeout = 5 * time.Second
 // context.DeadlineExceeded).
 func Request[Req, Resp any](ctx context.Context, nc *nats.Conn, subject string, req Req) (Resp, error) {
 	var resp Resp
-	data, err := MsgPack.Marshal(req)
+	buf, err := MsgPack.encode(req)
 	if err != nil {
 		return resp, fmt.Errorf("bus: encoding request for %s: %w", subject, err)
 	}
-	reply, err := RequestMsg(ctx, nc, &nats.Msg{Subject: subject, Data: data})
+	m := &nats.Msg{Subject: subject, Data: buf.Bytes()}
+	if DetectCodec(nil, m.Data) != MsgPack {
+		// A scalar that looks like JSON (123 is '{'): say what it is.
+		m.Header = nats.Header{HeaderContentType: []string{ContentTypeMsgPack}}
+	}
+	reply, err := RequestMsg(ctx, nc, m)
+	putBuffer(buf) // published, so copied
 	if err != nil {
 		return resp, err
 	}
-	if err := DetectCodec(reply.Header, reply.Data).Unmarshal(reply.Data, &resp); err != nil {
+	// The reply is in the codec of the request.
+	if err := MsgPack.Unmarshal(reply.Data, &resp); err != nil {
 		return resp, fmt.Errorf("bus: decoding reply from %s: %w", subject, err)
 	}
 	return resp, nil
@@ -38,12 +45,18 @@ func Request[Req, Resp any](ctx context.Context, nc *nats.Conn, subject string, 
 // RequestMsg sends m and returns the reply, with the errors of Request: a
 // reply carrying a coded error is returned as that *Error.
 func RequestMsg(ctx context.Context, nc *nats.Conn, m *nats.Msg) (*nats.Msg, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
-		defer cancel()
+	var reply *nats.Msg
+	var err error
+	switch _, ok := ctx.Deadline(); {
+	case ok:
+		reply, err = nc.RequestMsgWithContext(ctx, m)
+	case ctx.Done() == nil: // cannot be cancelled: no context machinery needed
+		reply, err = nc.RequestMsg(m, DefaultTimeout)
+	default:
+		c, cancel := context.WithTimeout(ctx, DefaultTimeout)
+		reply, err = nc.RequestMsgWithContext(c, m)
+		cancel()
 	}
-	reply, err := nc.RequestMsgWithContext(ctx, m)
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):

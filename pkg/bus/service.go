@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -98,7 +99,8 @@ type Config struct {
 	// QueueGroup shared by the instances of the service. Zero: the name.
 	QueueGroup string
 	// MaxConcurrent bounds the handlers running at once. When all are busy,
-	// further requests wait in the subscriptions' pending buffers. Zero: 256.
+	// further requests wait in a queue of 4×MaxConcurrent, then in the
+	// subscriptions' pending buffers. Zero: 256.
 	MaxConcurrent int
 	// MaxRequestBytes rejects larger request bodies with ErrTooLarge.
 	// Zero: no limit beyond the server's max payload.
@@ -130,18 +132,26 @@ type Service struct {
 	id      string
 	log     zerolog.Logger
 	eps     []*endpoint
-	sem     chan struct{}
 	ctx     context.Context // handlers' context
 	cancel  context.CancelFunc
 	started time.Time
 
+	queue   chan job     // requests waiting for a worker
+	workers atomic.Int32 // running workers, at most MaxConcurrent
+	pending sync.WaitGroup
+	gate    sync.RWMutex // held shared while a callback counts a request in pending
+	closing bool         // under gate: no request may be counted any more
+
 	mu       sync.Mutex
 	running  bool
-	closing  bool                 // no handler may start any more
-	stopping chan struct{}        // closed with closing set
+	stopping chan struct{}        // closed when Stop stops waiting for the subscriptions
 	subs     []*nats.Subscription // control subjects
-	inflight sync.WaitGroup
 	done     chan struct{}
+}
+
+type job struct {
+	ep *endpoint
+	m  *nats.Msg
 }
 
 type endpoint struct {
@@ -173,12 +183,12 @@ func NewService(nc *nats.Conn, cfg Config) (*Service, error) {
 		cfg.MaxConcurrent = 256
 	}
 	s := &Service{
-		nc:   nc,
-		cfg:  cfg,
-		id:   nuid.Next(),
-		log:  cfg.Logger.With().Str("service", cfg.Name).Logger(),
-		sem:  make(chan struct{}, cfg.MaxConcurrent),
-		done: make(chan struct{}),
+		nc:    nc,
+		cfg:   cfg,
+		id:    nuid.Next(),
+		log:   cfg.Logger.With().Str("service", cfg.Name).Logger(),
+		queue: make(chan job, 4*cfg.MaxConcurrent),
+		done:  make(chan struct{}),
 	}
 	seen := map[string]bool{}
 	for _, e := range cfg.Endpoints {
@@ -329,12 +339,12 @@ func (s *Service) Stop(ctx context.Context) error {
 			break
 		}
 	}
-	s.mu.Lock()
+	close(s.stopping) // a callback still waiting for room in the queue answers 503
+	s.gate.Lock()
 	s.closing = true
-	s.mu.Unlock()
-	close(s.stopping) // a callback still waiting for a slot answers 503
+	s.gate.Unlock()
 	idle := make(chan struct{})
-	go func() { s.inflight.Wait(); close(idle) }()
+	go func() { s.pending.Wait(); close(idle) }()
 	if err == nil {
 		select {
 		case <-idle:
@@ -353,30 +363,63 @@ func (s *Service) Stop(ctx context.Context) error {
 	return err
 }
 
-// dispatcher returns the subscription callback of an endpoint: it takes a
-// concurrency slot (waiting while all are busy) and serves the request in a
-// goroutine of its own.
+// dispatcher returns the subscription callback of an endpoint: it queues the
+// request for a worker, starting one if fewer than MaxConcurrent run. A
+// worker serves requests until the queue is empty, so a burst is answered by
+// few goroutines whose replies leave in few writes, while a handler that
+// blocks (a lock waiting for its holder) holds up only its own worker.
 func (s *Service) dispatcher(ep *endpoint) nats.MsgHandler {
 	return func(m *nats.Msg) {
+		s.gate.RLock()
+		if s.closing {
+			s.gate.RUnlock()
+			s.refuse(ep, m)
+			return
+		}
+		s.pending.Add(1)
+		s.gate.RUnlock()
 		select {
-		case s.sem <- struct{}{}:
+		case s.queue <- job{ep, m}:
 		case <-s.stopping:
 			s.refuse(ep, m)
+			s.pending.Done()
 			return
 		}
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			<-s.sem
-			s.refuse(ep, m)
+		if s.claimWorker() {
+			go s.work()
+		}
+	}
+}
+
+// claimWorker takes a worker slot if one is free.
+func (s *Service) claimWorker() bool {
+	for {
+		n := s.workers.Load()
+		if n >= int32(s.cfg.MaxConcurrent) {
+			return false
+		}
+		if s.workers.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// work serves queued requests until the queue is empty.
+func (s *Service) work() {
+	for {
+		select {
+		case j := <-s.queue:
+			s.serve(j.ep, j.m)
+			s.pending.Done()
+			continue
+		default:
+		}
+		s.workers.Add(-1)
+		// A request queued after the check above may have found every slot
+		// taken; take it up unless another worker can.
+		if len(s.queue) == 0 || !s.claimWorker() {
 			return
 		}
-		s.inflight.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer func() { <-s.sem; s.inflight.Done() }()
-			s.serve(ep, m)
-		}()
 	}
 }
 
@@ -408,30 +451,39 @@ func (s *Service) call(ep *endpoint, req *Msg) (resp any, err error) {
 
 // reply sends the reply (or error) of a request and records it in the stats.
 func (s *Service) reply(ep *endpoint, m *nats.Msg, c Codec, start time.Time, resp any, err error) {
-	var out *nats.Msg
-	var cerr *Error
+	var (
+		data []byte // a successful reply
+		cerr *Error
+	)
 	if err == nil {
-		data, isRaw := resp.(Raw)
+		raw, isRaw := resp.(Raw)
+		data = raw
 		var merr error
 		if !isRaw {
-			data, merr = c.Marshal(resp)
+			var buf *bytes.Buffer
+			buf, merr = c.encode(resp)
+			if buf != nil {
+				defer putBuffer(buf) // the reply is copied when published
+				data = buf.Bytes()
+			}
 		}
 		switch {
 		case merr != nil:
 			cerr = ErrInternal.With("encoding the reply: %v", merr)
 		case int64(len(data)) > s.nc.MaxPayload():
 			cerr = ErrTooLarge.With("reply of %d bytes exceeds the server's max payload", len(data))
-		default:
-			out = &nats.Msg{Data: data}
 		}
 	} else {
 		cerr = AsError(err)
 	}
-	if cerr != nil {
-		out = errorReply(c, cerr)
-	}
 	if m.Reply != "" {
-		if rerr := m.RespondMsg(out); rerr != nil {
+		var rerr error
+		if cerr != nil {
+			rerr = m.RespondMsg(errorReply(c, cerr))
+		} else {
+			rerr = m.Respond(data)
+		}
+		if rerr != nil {
 			s.log.Warn().Err(rerr).Str("endpoint", ep.Name).Msg("cannot send reply")
 		}
 	}

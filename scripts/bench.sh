@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Runs the side-by-side benchmarks of bench/ (a Go module of its own).
+#
+#   scripts/bench.sh                  every benchmark, one after the other
+#   scripts/bench.sh transport [flags] bus echo vs raw nats echo vs Redis GET
+#   scripts/bench.sh ring [flags]      consistent-hash rings (no server)
+#
+# Flags after the benchmark's name go to its program (e.g. `transport
+# -duration 2s -cpuprofile /tmp/cpu.prof`). The servers a benchmark needs
+# (nats-server built from the module cache into bin/, redis-server from
+# Debian's package) are started here on 127.0.0.1 at free ports and stopped
+# on exit. Environment: NATS_PORT (default: the first free from 14222),
+# REDIS_PORT (from 16379), BENCH_TIMEOUT (seconds per benchmark, default 900).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$PWD
+tmp=$(mktemp -d)
+nats_pid=""
+redis_pid=""
+bench_pid=""
+timeout_s=${BENCH_TIMEOUT:-900}
+
+stop_servers() {
+	for pid in $nats_pid $redis_pid; do
+		kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+	done
+	nats_pid="" redis_pid=""
+}
+cleanup() {
+	if [ -n "$bench_pid" ]; then
+		kill "$bench_pid" 2>/dev/null && wait "$bench_pid" 2>/dev/null || true
+	fi
+	stop_servers
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+	local p=$1
+	while listening "$p"; do p=$((p + 1)); done
+	echo "$p"
+}
+
+# wait_port PORT PID NAME LOG: wait up to 10 s for PID to accept on PORT.
+wait_port() {
+	for _ in $(seq 100); do
+		listening "$1" && return 0
+		if ! kill -0 "$2" 2>/dev/null; then
+			echo "bench: $3 exited; its log:" >&2
+			cat "$4" >&2
+			exit 1
+		fi
+		sleep 0.1
+	done
+	echo "bench: $3 does not accept connections on 127.0.0.1:$1" >&2
+	exit 1
+}
+
+start_nats() {
+	echo "bench: building nats-server" >&2
+	go build -o bin/nats-server github.com/nats-io/nats-server/v2
+	nats_port=${NATS_PORT:-$(free_port 14222)}
+	bin/nats-server -a 127.0.0.1 -p "$nats_port" >"$tmp/nats.log" 2>&1 &
+	nats_pid=$!
+	wait_port "$nats_port" "$nats_pid" nats-server "$tmp/nats.log"
+	echo "bench: $(bin/nats-server --version) on 127.0.0.1:$nats_port" >&2
+}
+
+start_redis() {
+	if ! command -v redis-server >/dev/null; then
+		echo "bench: installing redis-server" >&2
+		apt-get update && apt-get install -y redis-server
+	fi
+	redis_port=${REDIS_PORT:-$(free_port 16379)}
+	redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$tmp" \
+		--save '' --appendonly no --daemonize no >"$tmp/redis.log" 2>&1 &
+	redis_pid=$!
+	wait_port "$redis_port" "$redis_pid" redis-server "$tmp/redis.log"
+	echo "bench: $(redis-server --version | cut -d' ' -f1-3) on 127.0.0.1:$redis_port" >&2
+}
+
+# in_bench CMD...: run CMD in bench/, bounded in time. It runs in the
+# background so that an interrupt reaches the trap at once; timeout passes
+# the signal on to CMD's whole process group (go run and the program).
+in_bench() {
+	(cd "$root/bench" && exec timeout "$timeout_s" "$@") &
+	bench_pid=$!
+	local rc=0
+	wait "$bench_pid" || rc=$?
+	bench_pid=""
+	return "$rc"
+}
+
+bench_transport() {
+	start_nats
+	start_redis
+	in_bench go run ./transport -nats "nats://127.0.0.1:$nats_port" -redis "127.0.0.1:$redis_port" "$@"
+	stop_servers
+}
+
+bench_ring() {
+	in_bench go run ./ring "$@"
+}
+
+all=(transport ring)
+case "${1:-all}" in
+all)
+	for b in "${all[@]}"; do
+		echo "bench: == $b ==" >&2
+		"bench_$b"
+	done
+	;;
+transport | ring)
+	b=$1
+	shift
+	"bench_$b" "$@"
+	;;
+*)
+	echo "usage: $0 [all | transport | ring] [flags of the benchmark]" >&2
+	exit 2
+	;;
+esac
