@@ -1,0 +1,356 @@
+package lock_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/services/lock"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// serve starts a lock service instance on its own connection.
+func serve(t *testing.T, url string) *lock.Server {
+	t.Helper()
+	nc := bustest.Connect(t, url)
+	s, err := lock.New(nc, lock.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	return s
+}
+
+func client(t *testing.T, url string) *lock.Client {
+	return lock.NewClient(bustest.Connect(t, url))
+}
+
+var opts = lock.Options{TTL: 2 * time.Second, Owner: "test"}
+
+func TestAcquireRelease(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	c := client(t, s.URL())
+	l, err := c.TryAcquire(ctx(t), "jobs.daily", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Token() == 0 || time.Until(l.ExpiresAt()) <= 0 {
+		t.Fatalf("lease token %d expires %v", l.Token(), l.ExpiresAt())
+	}
+	if _, err := c.TryAcquire(ctx(t), "jobs.daily", opts); !errors.Is(err, lock.ErrLocked) {
+		t.Fatalf("second try = %v, want ErrLocked", err)
+	}
+	info, err := c.Inspect(ctx(t), "jobs.daily")
+	if err != nil || !info.Held || len(info.Holders) != 1 || info.Holders[0].Token != l.Token() || info.Holders[0].Owner != "test" {
+		t.Fatalf("inspect = %+v, %v", info, err)
+	}
+	if err := l.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := c.TryAcquire(ctx(t), "jobs.daily", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Token() <= l.Token() {
+		t.Fatalf("token %d after %d: fencing tokens must grow", l2.Token(), l.Token())
+	}
+	if err := c.Release(ctx(t), "jobs.daily", l.Token()); !errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("release with a stale token = %v, want ErrNotHeld", err)
+	}
+	if _, err := c.Renew(ctx(t), "jobs.daily", l.Token(), time.Second*2); !errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("renew with a stale token = %v, want ErrNotHeld", err)
+	}
+	if err := l2.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	nc := bustest.Connect(t, s.URL())
+	for _, c := range []struct {
+		body string
+		is   error
+	}{
+		{`{"name":"","ttl_ms":5000}`, lock.ErrInvalidName},
+		{`{"name":"a..b","ttl_ms":5000}`, lock.ErrInvalidName},
+		{`{"name":"a b","ttl_ms":5000}`, lock.ErrInvalidName},
+		{`{"name":"a","ttl_ms":0}`, lock.ErrInvalidTTL},
+		{`{"name":"a","ttl_ms":-5}`, lock.ErrInvalidTTL},
+		{`{"name":"a","ttl_ms":999999999999}`, lock.ErrInvalidTTL},
+		{`{"name":"a","ttl_ms":5000,"wait_ms":-1}`, lock.ErrInvalid},
+		{`{"name":"a","ttl_ms":"5s"}`, bus.ErrInvalid},
+		{`{"name":`, bus.ErrInvalid},
+	} {
+		_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: lock.SubjectAcquire, Data: []byte(c.body)})
+		if !errors.Is(err, c.is) {
+			t.Errorf("%s: err = %v, want %v", c.body, err, c.is)
+		}
+	}
+	list, err := lock.NewClient(nc).List(ctx(t), "")
+	if err != nil || len(list.Locks) != 0 {
+		t.Fatalf("bad input changed something: %+v, %v", list, err)
+	}
+	if _, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: lock.SubjectRelease, Data: []byte(`{"name":"a","token":0}`)}); !errors.Is(err, lock.ErrInvalid) {
+		t.Fatalf("release without a token: %v", err)
+	}
+	if _, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: lock.SubjectRelease, Data: []byte(`{"name":"a","token":42}`)}); !errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("release of a lock not held: %v", err)
+	}
+}
+
+// Waiters are served in the order they asked, and each holder's token is
+// greater than the previous one's.
+func TestFIFO(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	serve(t, s.URL()) // two instances share the requests
+	c := client(t, s.URL())
+	first, err := c.TryAcquire(ctx(t), "fifo", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 6
+	order := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		// Join the line one after the other: wait until the previous one is in.
+		wg.Go(func() {
+			l, err := client(t, s.URL()).Acquire(ctx(t), "fifo", opts)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- i
+			if err := l.Release(ctx(t)); err != nil {
+				t.Error(err)
+			}
+		})
+		waitWaiters(t, c, "fifo", i+1)
+	}
+	if err := first.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(order)
+	want := 0
+	for got := range order {
+		if got != want {
+			t.Fatalf("waiter %d served in place %d", got, want)
+		}
+		want++
+	}
+	if want != n {
+		t.Fatalf("%d of %d waiters served", want, n)
+	}
+}
+
+func waitWaiters(t *testing.T, c *lock.Client, name string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := c.Inspect(ctx(t), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(info.Waiters) >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waiters, want %d", len(info.Waiters), n)
+		}
+		time.Sleep(5 * time.Millisecond) // polling the service's view of the line
+	}
+}
+
+// A holder that dies without releasing loses the lock when its TTL ends,
+// and the next waiter gets it then.
+func TestHolderDies(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	doomed := bustest.Connect(t, s.URL())
+	l, err := lock.NewClient(doomed).TryAcquire(ctx(t), "crash", lock.Options{TTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expires := l.ExpiresAt()
+	doomed.Close() // no release, no renewal
+	<-l.Done()
+	l2, err := client(t, s.URL()).Acquire(ctx(t), "crash", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := time.Since(expires)
+	if late > 1500*time.Millisecond {
+		t.Fatalf("next holder got the lock %v after the dead holder's lease ended", late)
+	}
+	if l2.Token() <= l.Token() {
+		t.Fatalf("token %d after %d", l2.Token(), l.Token())
+	}
+	if err := l2.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A lease renews itself past its TTL while held.
+func TestLeaseRenews(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	c := client(t, s.URL())
+	l, err := c.TryAcquire(ctx(t), "long", lock.Options{TTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := l.ExpiresAt()
+	time.Sleep(2500 * time.Millisecond) // longer than the TTL: renewals must keep it
+	if l.Err() != nil || !l.ExpiresAt().After(first) {
+		t.Fatalf("lease err %v, expires %v (first %v)", l.Err(), l.ExpiresAt(), first)
+	}
+	if _, err := c.TryAcquire(ctx(t), "long", opts); !errors.Is(err, lock.ErrLocked) {
+		t.Fatalf("the renewed lock was free: %v", err)
+	}
+	if err := l.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A lease whose lock was released under it (here: by token, elsewhere) is
+// lost at its next renewal.
+func TestLeaseLost(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	c := client(t, s.URL())
+	l, err := c.TryAcquire(ctx(t), "lost", lock.Options{TTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Release(ctx(t), "lost", l.Token()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("lease not lost")
+	}
+	if !errors.Is(l.Err(), lock.ErrLeaseLost) || !errors.Is(l.Err(), lock.ErrNotHeld) {
+		t.Fatalf("err = %v", l.Err())
+	}
+	if err := l.Release(ctx(t)); !errors.Is(err, lock.ErrLeaseLost) {
+		t.Fatalf("release of a lost lease = %v", err)
+	}
+}
+
+// A waiter whose wait runs out gets ErrWaitTimeout and leaves the line.
+func TestWaitTimeout(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	c := client(t, s.URL())
+	l, err := c.TryAcquire(ctx(t), "busy", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx(t), 300*time.Millisecond)
+	defer cancel()
+	if _, err := c.Acquire(wctx, "busy", opts); !errors.Is(err, lock.ErrWaitTimeout) {
+		t.Fatalf("err = %v, want ErrWaitTimeout", err)
+	}
+	info, err := c.Inspect(ctx(t), "busy")
+	if err != nil || len(info.Waiters) != 0 {
+		t.Fatalf("the waiter stayed in line: %+v, %v", info, err)
+	}
+	_ = l.Release(ctx(t))
+}
+
+// A semaphore never has more than limit holders.
+func TestSemaphore(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	const limit, workers, rounds = 3, 8, 5
+	o := lock.Options{TTL: 5 * time.Second, Limit: limit}
+	var holding, peak atomic.Int32
+	var wg sync.WaitGroup
+	for w := range workers {
+		c := client(t, s.URL())
+		wg.Go(func() {
+			for r := range rounds {
+				l, err := c.Acquire(ctx(t), "pool", o)
+				if err != nil {
+					t.Errorf("worker %d round %d: %v", w, r, err)
+					return
+				}
+				n := holding.Add(1)
+				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+				}
+				time.Sleep(5 * time.Millisecond) // hold it a moment
+				holding.Add(-1)
+				if err := l.Release(ctx(t)); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if p := peak.Load(); p > limit || p < 2 {
+		t.Fatalf("peak holders %d, want 2..%d", p, limit)
+	}
+}
+
+func TestLocker(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	mu := client(t, s.URL()).Locker("counter", opts)
+	var n int
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 5 {
+				mu.Lock()
+				v := n
+				time.Sleep(time.Millisecond)
+				n = v + 1
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if n != 20 {
+		t.Fatalf("n = %d: the locker let two in at once", n)
+	}
+}
+
+func TestList(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	c := client(t, s.URL())
+	for _, name := range []string{"a.1", "a.2", "b"} {
+		l, err := c.TryAcquire(ctx(t), name, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Release(ctx(t))
+	}
+	l, err := c.List(ctx(t), "a.")
+	if err != nil || len(l.Locks) != 2 || l.Locks[0].Name != "a.1" || l.Locks[1].Holders != 1 {
+		t.Fatalf("list = %+v, %v", l, err)
+	}
+}

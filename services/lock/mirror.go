@@ -1,0 +1,262 @@
+package lock
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// record is the value of a contender key w.<name>.<id>.
+type record struct {
+	Owner string   `json:"owner,omitempty"`
+	Token uint64   `json:"token,omitempty"` // the create revision; written by renewals
+	TTLms int64    `json:"ttl_ms"`
+	Limit int      `json:"limit,omitempty"`
+	Since bus.Time `json:"since"` // when the contender asked
+}
+
+// contender is one key of a lock, as the mirror last saw it.
+type contender struct {
+	id      string
+	rev     uint64 // revision of the last write, for compare-and-set
+	token   uint64 // create revision: place in line and fencing token
+	written time.Time
+	rec     record
+}
+
+func (c *contender) expiresAt() time.Time {
+	return c.written.Add(time.Duration(c.rec.TTLms) * time.Millisecond)
+}
+
+func (c *contender) limit() int { return max(c.rec.Limit, 1) }
+
+// mirror keeps, in memory, the contenders of every lock in the bucket, fed
+// by an ordered consumer. It is a view for waking waiters and answering
+// reads; every decision that must be exclusive is a compare-and-set on the
+// bucket.
+type mirror struct {
+	mu      sync.Mutex
+	locks   map[string]map[string]*contender // name -> id -> contender
+	lastSeq uint64
+	changed map[string]chan struct{} // name -> closed at the next change of that name
+	seq     chan struct{}            // closed at the next message
+	loaded  chan struct{}            // closed once the initial state is in
+}
+
+func newMirror() *mirror {
+	return &mirror{
+		locks:   map[string]map[string]*contender{},
+		changed: map[string]chan struct{}{},
+		seq:     make(chan struct{}),
+		loaded:  make(chan struct{}),
+	}
+}
+
+// splitKey splits a contender key w.<name>.<id> (after the bucket prefix).
+func splitKey(key string) (name, id string, ok bool) {
+	rest, ok := strings.CutPrefix(key, "w.")
+	if !ok {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(rest, '.')
+	if i <= 0 || i == len(rest)-1 {
+		return "", "", false
+	}
+	return rest[:i], rest[i+1:], true
+}
+
+// apply takes one message of the bucket's stream. It returns the contender
+// that the message shows expired on the server, if any, with its lock name.
+func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *contender) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return "", nil
+	}
+	name, id, ok := splitKey(strings.TrimPrefix(msg.Subject(), prefix))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lastSeq = meta.Sequence.Stream
+	close(m.seq)
+	m.seq = make(chan struct{})
+	if meta.NumPending == 0 {
+		select {
+		case <-m.loaded:
+		default:
+			close(m.loaded)
+		}
+	}
+	if !ok {
+		return "", nil
+	}
+	h := msg.Headers()
+	marker := h.Get("KV-Operation") != "" || h.Get(jetstream.MarkerReasonHeader) != ""
+	cs := m.locks[name]
+	if marker {
+		if c := cs[id]; c != nil {
+			delete(cs, id)
+			if len(cs) == 0 {
+				delete(m.locks, name)
+			}
+			if h.Get(jetstream.MarkerReasonHeader) != "" {
+				expired = c
+			}
+		}
+	} else {
+		var rec record
+		if json.Unmarshal(msg.Data(), &rec) != nil {
+			return "", nil
+		}
+		c := &contender{id: id, rev: meta.Sequence.Stream, token: rec.Token, written: meta.Timestamp, rec: rec}
+		if c.token == 0 {
+			c.token = c.rev
+		}
+		if cs == nil {
+			cs = map[string]*contender{}
+			m.locks[name] = cs
+		}
+		cs[id] = c
+	}
+	if ch, ok := m.changed[name]; ok {
+		close(ch)
+		delete(m.changed, name)
+	}
+	return name, expired
+}
+
+// watch returns a channel closed at the next change of name, and whether
+// the mirror has seen the bucket up to seq.
+func (m *mirror) watch(name string, seq uint64) (<-chan struct{}, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lastSeq < seq {
+		return m.seq, false
+	}
+	ch, ok := m.changed[name]
+	if !ok {
+		ch = make(chan struct{})
+		m.changed[name] = ch
+	}
+	return ch, true
+}
+
+// seen reports whether the mirror has seen the bucket up to seq.
+func (m *mirror) seen(seq uint64) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lastSeq >= seq
+}
+
+// sync waits until the mirror has seen the bucket up to seq.
+func (m *mirror) sync(ctx context.Context, seq uint64) error {
+	for {
+		m.mu.Lock()
+		ch, done := m.seq, m.lastSeq >= seq
+		m.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// sorted returns the contenders of name in line order (by token).
+func (m *mirror) sortedLocked(name string) []*contender {
+	cs := make([]*contender, 0, len(m.locks[name]))
+	for _, c := range m.locks[name] {
+		cs = append(cs, c)
+	}
+	slices.SortFunc(cs, func(a, b *contender) int {
+		switch {
+		case a.token < b.token:
+			return -1
+		case a.token > b.token:
+			return 1
+		}
+		return 0
+	})
+	return cs
+}
+
+// position tells whether contender id of name is present, and whether it
+// holds the lock: fewer than its limit are ahead of it.
+func (m *mirror) position(name, id string) (c contender, present, holds bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for ahead, x := range m.sortedLocked(name) {
+		if x.id == id {
+			return *x, true, ahead < x.limit()
+		}
+	}
+	return contender{}, false, false
+}
+
+// byToken finds the contender of name with token, and whether it holds.
+func (m *mirror) byToken(name string, token uint64) (c contender, found, holds bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for ahead, x := range m.sortedLocked(name) {
+		if x.token == token {
+			return *x, true, ahead < x.limit()
+		}
+	}
+	return contender{}, false, false
+}
+
+// inspect describes name.
+func (m *mirror) inspect(name string) InspectReply {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := InspectReply{Name: name, Limit: 1, Holders: []Holder{}, Waiters: []Holder{}}
+	for ahead, c := range m.sortedLocked(name) {
+		h := Holder{Owner: c.rec.Owner, Token: c.token, Since: c.rec.Since, ExpiresAt: bus.Time{Time: c.expiresAt()}}
+		r.Limit = c.limit()
+		if ahead < c.limit() {
+			r.Holders = append(r.Holders, h)
+		} else {
+			r.Waiters = append(r.Waiters, h)
+		}
+	}
+	r.Held = len(r.Holders) > 0
+	return r
+}
+
+// list summarizes the locks whose name starts with prefix.
+func (m *mirror) list(prefix string, limit int) ListReply {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var names []string
+	for name := range m.locks {
+		if strings.HasPrefix(name, prefix) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	r := ListReply{Locks: []LockSummary{}}
+	if len(names) > limit {
+		names, r.Truncated = names[:limit], true
+	}
+	for _, name := range names {
+		s := LockSummary{Name: name, Limit: 1}
+		for ahead, c := range m.sortedLocked(name) {
+			s.Limit = c.limit()
+			if ahead < c.limit() {
+				s.Holders++
+			} else {
+				s.Waiters++
+			}
+		}
+		r.Locks = append(r.Locks, s)
+	}
+	return r
+}

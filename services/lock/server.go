@@ -1,0 +1,383 @@
+package lock
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"github.com/rs/zerolog"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// Version is the version of the lock service.
+const Version = "0.1.0"
+
+// Bucket is the KV bucket that holds the locks.
+const Bucket = "MESH_LOCKS"
+
+// markerTTL is how long a release or expiry marker stays in the bucket: long
+// enough for every mirror to see it, short enough not to pile up.
+const markerTTL = 30 * time.Second
+
+// Config configures a Server.
+type Config struct {
+	// Replicas of the bucket (3 on a 3-node cluster). Zero: 1.
+	Replicas int
+	// MaxTTL bounds ttl_ms. Zero: 24 hours.
+	MaxTTL time.Duration
+	// MaxConcurrent bounds the requests served at once; a waiting acquire
+	// holds one. Zero: 4096.
+	MaxConcurrent int
+	// Logger, zero: no logs. Observer, zero: none.
+	Logger   zerolog.Logger
+	Observer bus.Observer
+}
+
+// Server is one instance of the lock service. Several may run at once: all
+// the state is in the bucket; an instance's memory holds only a mirror of it
+// and the requests it is serving.
+type Server struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	cfg    Config
+	log    zerolog.Logger
+	svc    *bus.Service
+	events *bus.Events
+	mirror *mirror
+	kv     jetstream.KeyValue
+	stream jetstream.Stream
+	prefix string // subject prefix of the bucket's keys
+	cons   jetstream.ConsumeContext
+}
+
+// New returns a lock service instance ready to Start.
+func New(nc *nats.Conn, cfg Config) (*Server, error) {
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.MaxTTL <= 0 {
+		cfg.MaxTTL = 24 * time.Hour
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 4096
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("service", "lock").Logger(), mirror: newMirror(), prefix: "$KV." + Bucket + "."}
+	s.svc, err = bus.NewService(nc, bus.Config{
+		Name:          "lock",
+		Version:       Version,
+		Description:   "Fenced, server-leased locks and semaphores with fair waiting",
+		MaxConcurrent: cfg.MaxConcurrent,
+		Logger:        cfg.Logger,
+		Observer:      cfg.Observer,
+		Endpoints: []bus.Endpoint{
+			{Name: "acquire", Subject: SubjectAcquire, Handler: bus.Typed(s.acquire)},
+			{Name: "release", Subject: SubjectRelease, Handler: bus.Typed(s.release)},
+			{Name: "renew", Subject: SubjectRenew, Handler: bus.Typed(s.renew)},
+			{Name: "inspect", Subject: SubjectInspect, Handler: bus.Typed(s.inspect)},
+			{Name: "list", Subject: SubjectList, Handler: bus.Typed(s.list)},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.events = bus.NewEvents(nc, "lock", s.svc.ID())
+	return s, nil
+}
+
+// Start ensures the bucket, loads the mirror and starts serving.
+func (s *Server) Start(ctx context.Context) error {
+	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         Bucket,
+		Description:    "Mesh locks: one key per holder or waiter, w.<name>.<id>",
+		History:        1,
+		LimitMarkerTTL: markerTTL,
+		Replicas:       s.cfg.Replicas,
+		Storage:        jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("lock: bucket %s: %w", Bucket, err)
+	}
+	s.kv = kv
+	if s.stream, err = s.js.Stream(ctx, "KV_"+Bucket); err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	cons, err := s.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{s.prefix + "w.>"},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	if s.cons, err = cons.Consume(s.onMsg); err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	if err := s.mirror.sync(ctx, info.State.LastSeq); err != nil {
+		s.cons.Stop()
+		return fmt.Errorf("lock: loading the locks: %w", err)
+	}
+	if err := s.svc.Start(ctx); err != nil {
+		s.cons.Stop()
+		return err
+	}
+	return nil
+}
+
+// Stop stops serving. Waiting acquires give up and leave the line.
+func (s *Server) Stop(ctx context.Context) error {
+	err := s.svc.Stop(ctx)
+	if s.cons != nil {
+		s.cons.Stop()
+	}
+	return err
+}
+
+// Done is closed once the service has stopped.
+func (s *Server) Done() <-chan struct{} { return s.svc.Done() }
+
+func (s *Server) onMsg(msg jetstream.Msg) {
+	name, expired := s.mirror.apply(msg, s.prefix)
+	if expired == nil {
+		return
+	}
+	// Every instance sees the expiry; the one whose marker replaces the
+	// server's (compare-and-set on its sequence) tells the world.
+	meta, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if s.purge(ctx, name, expired.id, meta.Sequence.Stream) == nil {
+			s.emit("expired", name, expired)
+		}
+	}()
+}
+
+func (s *Server) key(name, id string) string { return "w." + name + "." + id }
+
+func (s *Server) emit(what, name string, c *contender) {
+	_ = s.events.Emit(what, map[string]any{"name": name, "owner": c.rec.Owner, "token": c.token})
+}
+
+// write publishes a contender's record with a TTL; rev is the revision it
+// must replace (compare-and-set), or 0 for a new key.
+func (s *Server) write(ctx context.Context, name, id string, rec record, rev uint64) (uint64, error) {
+	data, _ := json.Marshal(rec)
+	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(time.Duration(rec.TTLms) * time.Millisecond), jetstream.WithExpectLastSequencePerSubject(rev)}
+	ack, err := s.js.Publish(ctx, s.prefix+s.key(name, id), data, opts...)
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// purge removes a contender key if it is still at revision rev, leaving a
+// marker that expires by itself.
+func (s *Server) purge(ctx context.Context, name, id string, rev uint64) error {
+	m := nats.NewMsg(s.prefix + s.key(name, id))
+	m.Header.Set("KV-Operation", "PURGE")
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	m.Header.Set(jetstream.MsgTTLHeader, markerTTL.String())
+	_, err := s.js.PublishMsg(ctx, m)
+	return err
+}
+
+// isConflict reports a failed compare-and-set.
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == 10164)
+}
+
+func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply, error) {
+	if err := checkTTL(r.TTLms, s.cfg.MaxTTL.Milliseconds()); err != nil {
+		return nil, err
+	}
+	ttl := time.Duration(r.TTLms) * time.Millisecond
+	id := nuid.Next()
+	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: time.Now()}}
+	rev, err := s.write(ctx, r.Name, id, rec, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: joining the line: %w", r.Name, err)
+	}
+	token := rev
+	rec.Token = token
+	written := time.Now()
+
+	// Wait in line: the mirror wakes this request when the lock changes.
+	// While waiting, the key is renewed at ttl/3, so that it outlives this
+	// request only by the ttl if this instance dies.
+	var deadline <-chan time.Time
+	if r.WaitMs > 0 {
+		t := time.NewTimer(time.Duration(r.WaitMs) * time.Millisecond)
+		defer t.Stop()
+		deadline = t.C
+	}
+	refresh := time.NewTicker(ttl / 3)
+	defer refresh.Stop()
+	leave := func(cause error) error {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := s.purge(cctx, r.Name, id, rev); err != nil && !isConflict(err) {
+			s.log.Warn().Err(err).Str("lock", r.Name).Msg("cannot leave the line; the key expires with its ttl")
+		}
+		return cause
+	}
+	for {
+		changed, seen := s.mirror.watch(r.Name, rev)
+		if seen {
+			_, present, holds := s.mirror.position(r.Name, id)
+			if !present {
+				// Our key is gone: it expired while this request waited.
+				return nil, leave(bus.ErrInternal.With("lock %s: the waiting request's key expired", r.Name))
+			}
+			if holds {
+				break
+			}
+			if r.WaitMs == 0 {
+				return nil, leave(ErrLocked.With("lock %s is held", r.Name))
+			}
+		}
+		select {
+		case <-changed:
+		case <-refresh.C:
+			if rev, err = s.write(ctx, r.Name, id, rec, rev); err != nil {
+				return nil, leave(fmt.Errorf("lock %s: renewing the place in line: %w", r.Name, err))
+			}
+			written = time.Now()
+		case <-deadline:
+			return nil, leave(ErrWaitTimeout.With("lock %s was still held after %dms", r.Name, r.WaitMs))
+		case <-ctx.Done():
+			return nil, leave(bus.ErrUnavailable.With("lock service stopping"))
+		}
+	}
+	// Granted. If it waited, the lease starts now.
+	if time.Since(written) > ttl/10 {
+		if rev, err = s.write(ctx, r.Name, id, rec, rev); err != nil {
+			return nil, leave(fmt.Errorf("lock %s: starting the lease: %w", r.Name, err))
+		}
+		written = time.Now()
+	}
+	s.emit("acquired", r.Name, &contender{token: token, rec: rec})
+	return &AcquireReply{Token: token, ExpiresAt: bus.Time{Time: written.Add(ttl)}}, nil
+}
+
+// find waits until the mirror has seen token's key, and returns it.
+func (s *Server) find(ctx context.Context, name string, token uint64) (contender, error) {
+	if !s.mirror.seen(token) {
+		// Granted through another instance a moment ago, or never: the
+		// bucket's last sequence tells.
+		info, err := s.stream.Info(ctx)
+		if err != nil {
+			return contender{}, fmt.Errorf("lock: %w", err)
+		}
+		if token > info.State.LastSeq {
+			return contender{}, ErrNotHeld.With("lock %s is not held with token %d", name, token)
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := s.mirror.sync(sctx, token); err != nil {
+			return contender{}, bus.ErrUnavailable.With("lock service is behind the bucket")
+		}
+	}
+	c, found, holds := s.mirror.byToken(name, token)
+	if !found || !holds {
+		return contender{}, ErrNotHeld.With("lock %s is not held with token %d", name, token)
+	}
+	return c, nil
+}
+
+func (s *Server) release(ctx context.Context, r *ReleaseRequest) (*ReleaseReply, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := s.find(ctx, r.Name, r.Token)
+		if err != nil {
+			return nil, err
+		}
+		err = s.purge(ctx, r.Name, c.id, c.rev)
+		if err == nil {
+			s.emit("released", r.Name, &c)
+			return &ReleaseReply{Released: true}, nil
+		}
+		if !isConflict(err) || attempt > 0 {
+			return nil, fmt.Errorf("lock %s: release: %w", r.Name, err)
+		}
+		// Renewed meanwhile through another instance: catch up and retry.
+		if err := s.syncAll(ctx); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (s *Server) renew(ctx context.Context, r *RenewRequest) (*RenewReply, error) {
+	if err := checkTTL(r.TTLms, s.cfg.MaxTTL.Milliseconds()); err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		c, err := s.find(ctx, r.Name, r.Token)
+		if err != nil {
+			return nil, err
+		}
+		rec := c.rec
+		rec.Token, rec.TTLms = c.token, r.TTLms
+		_, err = s.write(ctx, r.Name, c.id, rec, c.rev)
+		if err == nil {
+			return &RenewReply{ExpiresAt: bus.Time{Time: time.Now().Add(time.Duration(r.TTLms) * time.Millisecond)}}, nil
+		}
+		if !isConflict(err) || attempt > 0 {
+			return nil, fmt.Errorf("lock %s: renew: %w", r.Name, err)
+		}
+		if err := s.syncAll(ctx); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// syncAll waits until the mirror has seen everything the bucket holds now.
+func (s *Server) syncAll(ctx context.Context) error {
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := s.mirror.sync(sctx, info.State.LastSeq); err != nil {
+		return bus.ErrUnavailable.With("lock service is behind the bucket")
+	}
+	return nil
+}
+
+func (s *Server) inspect(ctx context.Context, r *InspectRequest) (*InspectReply, error) {
+	if err := s.syncAll(ctx); err != nil {
+		return nil, err
+	}
+	reply := s.mirror.inspect(r.Name)
+	return &reply, nil
+}
+
+func (s *Server) list(ctx context.Context, r *ListRequest) (*ListReply, error) {
+	if err := s.syncAll(ctx); err != nil {
+		return nil, err
+	}
+	limit := r.Limit
+	if limit == 0 {
+		limit = 1000
+	}
+	reply := s.mirror.list(r.Prefix, limit)
+	return &reply, nil
+}
