@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/vmihailenco/msgpack/v5"
+	"go.uber.org/goleak"
 
 	"github.com/meshkit/mesh/internal/node"
 	"github.com/meshkit/mesh/pkg/bus"
@@ -29,9 +31,59 @@ type exampleFile struct {
 
 type example struct {
 	Title   string          `json:"title"`
+	Before  []step          `json:"before"` // requests sent first, e.g. to hold a lock
 	Request json.RawMessage `json:"request"`
 	Error   string          `json:"error"` // the expected error code; empty: a reply
 }
+
+// step is a request sent before an example; its JSON reply is saved under
+// Save, so that a later request can say "${save.field}".
+type step struct {
+	Subject string          `json:"subject"`
+	Request json.RawMessage `json:"request"`
+	Save    string          `json:"save"`
+}
+
+var varRE = regexp.MustCompile(`"\$\{([a-z_]+)\.([a-z_]+)\}"`)
+
+// expand replaces ${run} in a request with the run's name (json or msgpack,
+// so that the two runs use different names), and a string "${save.field}"
+// with the field of a saved reply.
+func expand(t *testing.T, req json.RawMessage, run string, saved map[string]map[string]json.RawMessage) json.RawMessage {
+	t.Helper()
+	out := strings.ReplaceAll(string(req), "${run}", run)
+	out = varRE.ReplaceAllStringFunc(out, func(m string) string {
+		sub := varRE.FindStringSubmatch(m)
+		v, ok := saved[sub[1]][sub[2]]
+		if !ok {
+			t.Fatalf("%s: nothing saved as %s.%s", req, sub[1], sub[2])
+		}
+		return string(v)
+	})
+	return json.RawMessage(out)
+}
+
+// setup sends an example's before steps in JSON and saves their replies.
+func setup(t *testing.T, ctx context.Context, nc *nats.Conn, e example, run string) map[string]map[string]json.RawMessage {
+	t.Helper()
+	saved := map[string]map[string]json.RawMessage{}
+	for _, st := range e.Before {
+		reply, err := bus.RequestMsg(ctx, nc, &nats.Msg{Subject: st.Subject, Data: expand(t, st.Request, run, saved)})
+		if err != nil {
+			t.Fatalf("example %q: before %s: %v", e.Title, st.Subject, err)
+		}
+		if st.Save != "" {
+			fields := map[string]json.RawMessage{}
+			if err := json.Unmarshal(reply.Data, &fields); err != nil {
+				t.Fatalf("example %q: before %s: %v", e.Title, st.Subject, err)
+			}
+			saved[st.Save] = fields
+		}
+	}
+	return saved
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func compile(t *testing.T) map[string]*jsonschema.Schema {
 	t.Helper()
@@ -129,11 +181,12 @@ func TestRepliesMatchSchemas(t *testing.T) {
 			}
 			for _, e := range ex.Examples {
 				what := fmt.Sprintf("%s example %q", base, e.Title)
+				req := expand(t, e.Request, "json", setup(t, ctx, nc, e, "json"))
 				if e.Error == "" {
-					validate(t, sch[reqName], what+" request", e.Request)
+					validate(t, sch[reqName], what+" request", req)
 				}
-				checkReply(t, sch, ctx, nc, ex.Subject, e, what, repName, e.Request)
-				packed, err := toMsgpack(e.Request)
+				checkReply(t, sch, ctx, nc, ex.Subject, e, what, repName, req)
+				packed, err := toMsgpack(expand(t, e.Request, "msgpack", setup(t, ctx, nc, e, "msgpack")))
 				if err != nil {
 					t.Fatalf("%s: %v", what, err)
 				}
@@ -197,12 +250,36 @@ func checkReply(t *testing.T, sch map[string]*jsonschema.Schema, ctx context.Con
 	}
 }
 
+// toMsgpack encodes a JSON request as a msgpack client would: integral
+// numbers as integers, the rest as floats.
 func toMsgpack(j json.RawMessage) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.UseNumber()
 	var v any
-	if err := json.Unmarshal(j, &v); err != nil {
+	if err := dec.Decode(&v); err != nil {
 		return nil, err
 	}
-	return msgpack.Marshal(v)
+	return msgpack.Marshal(numbers(v))
+}
+
+func numbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		for k, e := range x {
+			x[k] = numbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = numbers(e)
+		}
+	}
+	return v
 }
 
 func fromMsgpack(b []byte) ([]byte, error) {

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/services/lock"
 	"github.com/meshkit/mesh/services/sys"
 )
 
@@ -54,6 +55,18 @@ func Defs() []Def {
 			},
 			New: func(nc *nats.Conn, env Env) (Service, error) {
 				return sys.New(nc, sys.Config{MeshVersion: env.MeshVersion, Node: env.Node, Services: env.Services, Logger: env.Logger, Observer: env.Observer})
+			},
+		},
+		{
+			Name:    "lock",
+			Summary: "fenced, server-leased locks and semaphores with fair waiting",
+			Tour: []string{
+				`nats req mesh.lock.acquire '{"name":"reports","owner":"me","ttl_ms":30000}'`,
+				`nats req mesh.lock.inspect '{"name":"reports"}'`,
+				`nats req mesh.lock.release '{"name":"reports","token":TOKEN}'`,
+			},
+			New: func(nc *nats.Conn, env Env) (Service, error) {
+				return lock.New(nc, lock.Config{Replicas: env.Replicas, Logger: env.Logger, Observer: env.Observer})
 			},
 		},
 	}
