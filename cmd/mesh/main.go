@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -28,6 +29,7 @@ type cli struct {
 	Serve   serveCmd   `cmd:"" help:"Run one service against a NATS server."`
 	Status  statusCmd  `cmd:"" help:"Show the running services and the mesh's JetStream streams and buckets."`
 	Ring    ringCmd    `cmd:"" help:"Show the ring of a service: members, weights, partition shares, version."`
+	Lock    lockCmd    `cmd:"" help:"Take, release, renew, inspect and list locks; hold one while a command runs."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }
 
@@ -72,6 +74,10 @@ func main() {
 	)
 	a := &app{conn: c.Conn, log: newLogger(c.LogLevel), out: os.Stdout}
 	if err := ctx.Run(a); err != nil {
+		var code exitCode
+		if errors.As(err, &code) {
+			os.Exit(int(code))
+		}
 		fmt.Fprintln(os.Stderr, "mesh:", err)
 		os.Exit(1)
 	}

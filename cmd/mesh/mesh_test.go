@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,9 +19,11 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
+	"github.com/meshkit/mesh/internal/node"
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/pkg/ring/membership"
+	"github.com/meshkit/mesh/services/lock"
 	"github.com/meshkit/mesh/services/sys"
 )
 
@@ -29,14 +32,42 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // syncBuffer is a bytes.Buffer safe for the concurrent writes of a command
 // and the reads of a test.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	written chan struct{} // closed at the next write
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.written != nil {
+		close(s.written)
+		s.written = nil
+	}
 	return s.b.Write(p)
+}
+
+// waitFor waits until the buffer holds text.
+func (s *syncBuffer) waitFor(t *testing.T, text string) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		s.mu.Lock()
+		if strings.Contains(s.b.String(), text) {
+			s.mu.Unlock()
+			return
+		}
+		if s.written == nil {
+			s.written = make(chan struct{})
+		}
+		ch := s.written
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("never printed %q; printed:\n%s", text, s.String())
+		}
+	}
 }
 
 func (s *syncBuffer) String() string {
@@ -65,32 +96,29 @@ func TestUpStatusAndStop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- up.run(ctx, a) }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			cancel()
+			<-done
+		}
+	})
+	out.waitFor(t, "Ctrl-C stops it") // the tour is printed once every service runs
+	if !strings.Contains(out.String(), "nats req mesh.sys.info") {
+		t.Fatalf("up printed no tour:\n%s", out.String())
+	}
 
 	url := "nats://" + listen
 	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer ccancel()
-	nc, err := bus.Connect(cctx, bus.Options{URL: url, Retry: true})
+	nc, err := bus.Connect(cctx, bus.Options{URL: url})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	// The sys service answers once up has started it.
-	var info sys.InfoReply
-	for {
-		info, err = bus.Request[sys.InfoRequest, sys.InfoReply](cctx, nc, sys.SubjectInfo, sys.InfoRequest{})
-		if err == nil {
-			break
-		}
-		if cctx.Err() != nil {
-			t.Fatalf("sys never answered: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling for a service started by another goroutine
-	}
-	if info.Node != "test-node" || info.Server.Name != "test-node" {
-		t.Fatalf("info = %+v", info)
-	}
-	if !strings.Contains(out.String(), "nats req mesh.sys.info") {
-		t.Fatalf("up printed no tour:\n%s", out.String())
+	info, err := bus.Request[sys.InfoRequest, sys.InfoReply](cctx, nc, sys.SubjectInfo, sys.InfoRequest{})
+	if err != nil || info.Node != "test-node" || info.Server.Name != "test-node" {
+		t.Fatalf("info = %+v, %v", info, err)
 	}
 
 	statusOut := &syncBuffer{}
@@ -102,10 +130,18 @@ func TestUpStatusAndStop(t *testing.T) {
 	if err := json.Unmarshal([]byte(statusOut.String()), &st); err != nil {
 		t.Fatalf("%v: %s", err, statusOut)
 	}
-	if len(st.Services) != 1 || st.Services[0].Name != "sys" || st.Services[0].Instances != 1 || st.Services[0].Requests < 1 {
+	services := map[string]serviceStatus{}
+	for _, s := range st.Services {
+		services[s.Name] = s
+	}
+	if len(services) != len(node.Names()) || services["sys"].Instances != 1 || services["sys"].Requests < 1 || services["lock"].Versions[0] != lock.Version {
 		t.Fatalf("status services = %+v", st.Services)
 	}
-	if len(st.Streams) != 1 || st.Streams[0].Name != bus.EventStream {
+	streams := map[string]string{}
+	for _, s := range st.Streams {
+		streams[s.Name] = s.Kind
+	}
+	if streams[bus.EventStream] != "stream" || streams[lock.Bucket] != "kv" {
 		t.Fatalf("status streams = %+v", st.Streams)
 	}
 
@@ -118,6 +154,7 @@ func TestUpStatusAndStop(t *testing.T) {
 	}
 
 	cancel() // Ctrl-C
+	stopped = true
 	select {
 	case err := <-done:
 		if err != nil {
@@ -207,5 +244,56 @@ func TestRing(t *testing.T) {
 	a.out = out2
 	if err := (&ringCmd{Service: "cache"}).Run(a); err != nil || !strings.Contains(out2.String(), "n1") {
 		t.Fatalf("table: %v\n%s", err, out2)
+	}
+}
+
+func TestLockCommands(t *testing.T) {
+	s := bustest.RunServer(t)
+	srv, err := lock.New(s.Connect(), lock.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop(context.Background())
+	out := &syncBuffer{}
+	a := &app{log: zerolog.Nop(), out: out, conn: connFlags{NATS: s.URL(), Timeout: 5 * time.Second}}
+
+	if err := (&lockAcquireCmd{Name: "nightly", JSON: true, lockFlags: lockFlags{TTL: 30 * time.Second, Owner: "ci"}}).Run(a); err != nil {
+		t.Fatal(err)
+	}
+	var got lock.AcquireReply
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil || got.Token == 0 {
+		t.Fatalf("acquire printed %q: %v", out, err)
+	}
+	if err := (&lockAcquireCmd{Name: "nightly", lockFlags: lockFlags{TTL: 30 * time.Second}}).Run(a); !errors.Is(err, lock.ErrLocked) {
+		t.Fatalf("second acquire: %v", err)
+	}
+	out2 := &syncBuffer{}
+	a.out = out2
+	if err := (&lockInspectCmd{Name: "nightly"}).Run(a); err != nil || !strings.Contains(out2.String(), "ci") {
+		t.Fatalf("inspect: %v\n%s", err, out2)
+	}
+	if err := (&lockReleaseCmd{Name: "nightly", Token: got.Token}).Run(a); err != nil {
+		t.Fatal(err)
+	}
+
+	// run: the command sees its token, its exit status comes back, and the
+	// lock is free afterwards.
+	out3 := &syncBuffer{}
+	a.out = out3
+	run := &lockRunCmd{Name: "nightly", Wait: 5 * time.Second, lockFlags: lockFlags{TTL: 5 * time.Second}, Command: []string{"--", "sh", "-c", `echo "token=$MESH_LOCK_TOKEN"; exit 3`}}
+	err = run.Run(a)
+	var code exitCode
+	if !errors.As(err, &code) || code != 3 {
+		t.Fatalf("run = %v, want exit status 3", err)
+	}
+	if !strings.Contains(out3.String(), "token=") || strings.Contains(out3.String(), "token=\n") {
+		t.Fatalf("the command did not see its token: %q", out3)
+	}
+	info, err := lock.NewClient(s.Connect()).Inspect(context.Background(), "nightly")
+	if err != nil || info.Held {
+		t.Fatalf("after run: %+v, %v", info, err)
 	}
 }

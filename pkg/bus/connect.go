@@ -52,7 +52,10 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 		nats.MaxReconnects(-1),
 		nats.CustomReconnectDelay(backoff),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
-			log.Warn().Err(err).Str("url", nc.ConnectedUrlRedacted()).Msg("nats disconnected")
+			if err == nil || nc.IsClosed() { // closed on purpose
+				return
+			}
+			log.Warn().Err(err).Msg("nats disconnected; reconnecting")
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
