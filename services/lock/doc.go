@@ -1,0 +1,66 @@
+// Package lock is the lock service of the mesh and its Go SDK: fenced,
+// server-leased locks and counting semaphores, with fair (FIFO) waiting.
+//
+// # Subjects
+//
+//	subject             request                                        reply
+//	mesh.lock.acquire   {name, owner, ttl_ms, wait_ms, limit}           {token, expires_at}
+//	mesh.lock.release   {name, token}                                  {released}
+//	mesh.lock.renew     {name, token, ttl_ms}                          {expires_at}
+//	mesh.lock.inspect   {name}                                         {name, held, limit, holders, waiters}
+//	mesh.lock.list      {prefix, limit}                                {locks, truncated}
+//	mesh.events.lock.acquired|released|expired                         event data {name, owner, token}
+//
+// Errors: lock_held (409, a try found it held), wait_timeout (408),
+// not_held (409, no holder has this token), invalid_name, invalid_ttl,
+// invalid (400). The Client maps them to ErrLocked, ErrWaitTimeout,
+// ErrNotHeld, ErrInvalidName, ErrInvalidTTL and ErrInvalid.
+//
+// # How it works
+//
+// All state is in the JetStream KV bucket MESH_LOCKS (History 1, with
+// LimitMarkerTTL so that an expiry leaves a marker that watchers see). Every
+// request to take a lock, holder or waiter alike, creates its own key
+// w.<name>.<id> with a per-key TTL (the lease lives on the server; no client
+// clock decides it). The key's create revision is its place in line and, once
+// granted, its fencing token. A key holds the lock when fewer than its limit
+// (1 for a lock) keys of the name with a smaller revision exist. So grants
+// follow the order of arrival, and tokens grow with every grant of a name
+// (revisions only grow), as with etcd's per-waiter keys.
+//
+// Each service instance mirrors the bucket through an ordered consumer. A
+// waiting acquire sleeps until the mirror reports a change of its lock name,
+// then checks its position in memory: a release wakes every local waiter of
+// that name for a look at a map, but only the one now first in line does any
+// round trip (herd-free). The uncontended path is one KV write to acquire
+// and one to release.
+//
+// Renewal publishes the key again with a new TTL and an expected last
+// sequence for the key (never kv.Update, which drops the TTL). Release
+// purges the key if it is still at the revision the mirror knows (a stale
+// holder can never remove a newer holder's key), leaving a marker that
+// expires by itself. Conflicts of these compare-and-sets come back as
+// JetStream error 10071, or 10164 on clustered streams.
+//
+// # A waiter that gives up never holds the lock beyond its TTL
+//
+// A waiting request's key is created with the requested TTL and renewed by
+// the instance serving the request every TTL/3 while it waits. When the
+// wait ends (wait_ms elapsed, 408), the instance stops (the request's
+// context is cancelled) or the client's try fails (409), the instance purges
+// the key before answering. If the instance dies instead, its renewals stop
+// and the key expires within one TTL. If the client gives up or its
+// connection drops while the service grants the lock, the grant's reply is
+// lost; nobody renews that lease, so it expires one TTL after the grant.
+// In every case the lock is held by a gone waiter for at most its TTL.
+//
+// Expiry is seen by every instance's mirror as the server's marker. One
+// instance replaces the marker with its own (a compare-and-set on the
+// marker's sequence, so only one succeeds) and emits the expired event.
+//
+// # Semaphores
+//
+// limit > 1 makes a name a counting semaphore: a key holds when fewer than
+// limit keys are ahead of it. Every contender of a name must ask with the
+// same limit; the limit is not stored per name.
+package lock
