@@ -354,3 +354,56 @@ func TestList(t *testing.T) {
 		t.Fatalf("list = %+v, %v", l, err)
 	}
 }
+
+// Once every key and marker has expired, the stream's last sequence names a
+// message that is gone: the service must still answer and start at once.
+func TestEmptiedBucket(t *testing.T) {
+	s := bustest.RunServer(t)
+	nc := bustest.Connect(t, s.URL())
+	start := func() *lock.Server {
+		srv, err := lock.New(nc, lock.Config{MarkerTTL: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		return srv
+	}
+	srv := start()
+	c := client(t, s.URL())
+	l, err := c.TryAcquire(ctx(t), "gone", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	js := bustest.JetStream(t, nc)
+	st, err := js.Stream(ctx(t), "KV_"+lock.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for { // until the markers (and the barrier keys) have expired
+		info, err := st.Info(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // waiting for the server's TTLs to run out
+	}
+	began := time.Now()
+	if info, err := c.Inspect(ctx(t), "gone"); err != nil || info.Held {
+		t.Fatalf("inspect = %+v, %v", info, err)
+	}
+	if err := srv.Stop(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	srv = start()
+	defer srv.Stop(context.Background())
+	if took := time.Since(began); took > time.Second {
+		t.Fatalf("inspect and a restart took %v on an emptied bucket", took)
+	}
+}

@@ -22,9 +22,6 @@ const Version = "0.1.0"
 // Bucket is the KV bucket that holds the locks.
 const Bucket = "MESH_LOCKS"
 
-// markerTTL is how long a release or expiry marker stays in the bucket: long
-// enough for every mirror to see it, short enough not to pile up.
-const markerTTL = 30 * time.Second
 
 // Config configures a Server.
 type Config struct {
@@ -35,6 +32,10 @@ type Config struct {
 	// MaxConcurrent bounds the requests served at once; a waiting acquire
 	// holds one. Zero: 4096.
 	MaxConcurrent int
+	// MarkerTTL is how long the marker of a released or expired key stays
+	// in the bucket: long enough for every instance's mirror to see it, even
+	// across a reconnection, short enough not to pile up. Zero: 30s.
+	MarkerTTL time.Duration
 	// Logger, zero: no logs. Observer, zero: none.
 	Logger   zerolog.Logger
 	Observer bus.Observer
@@ -67,6 +68,9 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 	}
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = 4096
+	}
+	if cfg.MarkerTTL <= 0 {
+		cfg.MarkerTTL = 30 * time.Second
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -101,7 +105,7 @@ func (s *Server) Start(ctx context.Context) error {
 		Bucket:         Bucket,
 		Description:    "Mesh locks: one key per holder or waiter, w.<name>.<id>",
 		History:        1,
-		LimitMarkerTTL: markerTTL,
+		LimitMarkerTTL: s.cfg.MarkerTTL,
 		Replicas:       s.cfg.Replicas,
 		Storage:        jetstream.FileStorage,
 	})
@@ -113,20 +117,16 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("lock: %w", err)
 	}
 	cons, err := s.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{s.prefix + "w.>"},
+		FilterSubjects: []string{s.prefix + ">"},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	})
-	if err != nil {
-		return fmt.Errorf("lock: %w", err)
-	}
-	info, err := s.stream.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
 	if s.cons, err = cons.Consume(s.onMsg); err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
-	if err := s.mirror.sync(ctx, info.State.LastSeq); err != nil {
+	if err := s.catchUp(ctx); err != nil {
 		s.cons.Stop()
 		return fmt.Errorf("lock: loading the locks: %w", err)
 	}
@@ -194,7 +194,7 @@ func (s *Server) purge(ctx context.Context, name, id string, rev uint64) error {
 	m.Header.Set("KV-Operation", "PURGE")
 	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
-	m.Header.Set(jetstream.MsgTTLHeader, markerTTL.String())
+	m.Header.Set(jetstream.MsgTTLHeader, s.cfg.MarkerTTL.String())
 	_, err := s.js.PublishMsg(ctx, m)
 	return err
 }
@@ -281,19 +281,9 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 // find waits until the mirror has seen token's key, and returns it.
 func (s *Server) find(ctx context.Context, name string, token uint64) (contender, error) {
 	if !s.mirror.seen(token) {
-		// Granted through another instance a moment ago, or never: the
-		// bucket's last sequence tells.
-		info, err := s.stream.Info(ctx)
-		if err != nil {
-			return contender{}, fmt.Errorf("lock: %w", err)
-		}
-		if token > info.State.LastSeq {
-			return contender{}, ErrNotHeld.With("lock %s is not held with token %d", name, token)
-		}
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		if err := s.mirror.sync(sctx, token); err != nil {
-			return contender{}, bus.ErrUnavailable.With("lock service is behind the bucket")
+		// Granted through another instance a moment ago, or never.
+		if err := s.catchUp(ctx); err != nil {
+			return contender{}, err
 		}
 	}
 	c, found, holds := s.mirror.byToken(name, token)
@@ -318,7 +308,7 @@ func (s *Server) release(ctx context.Context, r *ReleaseRequest) (*ReleaseReply,
 			return nil, fmt.Errorf("lock %s: release: %w", r.Name, err)
 		}
 		// Renewed meanwhile through another instance: catch up and retry.
-		if err := s.syncAll(ctx); err != nil {
+		if err := s.catchUp(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -342,28 +332,32 @@ func (s *Server) renew(ctx context.Context, r *RenewRequest) (*RenewReply, error
 		if !isConflict(err) || attempt > 0 {
 			return nil, fmt.Errorf("lock %s: renew: %w", r.Name, err)
 		}
-		if err := s.syncAll(ctx); err != nil {
+		if err := s.catchUp(ctx); err != nil {
 			return nil, err
 		}
 	}
 }
 
-// syncAll waits until the mirror has seen everything the bucket holds now.
-func (s *Server) syncAll(ctx context.Context) error {
-	info, err := s.stream.Info(ctx)
+// catchUp waits until the mirror has seen every write to the bucket made
+// before the call. The stream's last sequence cannot tell, as the message
+// that bears it may be gone (released keys' markers expire), so catchUp
+// writes a barrier of its own, a key sync.<instance> that expires by itself,
+// and waits to see it.
+func (s *Server) catchUp(ctx context.Context) error {
+	ack, err := s.js.Publish(ctx, s.prefix+"sync."+s.svc.ID(), nil, jetstream.WithMsgTTL(time.Second))
 	if err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := s.mirror.sync(sctx, info.State.LastSeq); err != nil {
-		return bus.ErrUnavailable.With("lock service is behind the bucket")
+	if err := s.mirror.sync(sctx, ack.Sequence); err != nil {
+		return bus.ErrUnavailable.With("the lock service is behind its bucket")
 	}
 	return nil
 }
 
 func (s *Server) inspect(ctx context.Context, r *InspectRequest) (*InspectReply, error) {
-	if err := s.syncAll(ctx); err != nil {
+	if err := s.catchUp(ctx); err != nil {
 		return nil, err
 	}
 	reply := s.mirror.inspect(r.Name)
@@ -371,7 +365,7 @@ func (s *Server) inspect(ctx context.Context, r *InspectRequest) (*InspectReply,
 }
 
 func (s *Server) list(ctx context.Context, r *ListRequest) (*ListReply, error) {
-	if err := s.syncAll(ctx); err != nil {
+	if err := s.catchUp(ctx); err != nil {
 		return nil, err
 	}
 	limit := r.Limit
