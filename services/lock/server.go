@@ -22,7 +22,6 @@ const Version = "0.1.0"
 // Bucket is the KV bucket that holds the locks.
 const Bucket = "MESH_LOCKS"
 
-
 // Config configures a Server.
 type Config struct {
 	// Replicas of the bucket (3 on a 3-node cluster). Zero: 1.
