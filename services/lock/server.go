@@ -186,13 +186,15 @@ func (s *Server) write(ctx context.Context, name, id string, rec record, rev uin
 	return ack.Sequence, nil
 }
 
-// purge removes a contender key if it is still at revision rev, leaving a
-// marker that expires by itself.
+// purge removes a contender key if it is still at revision rev (any
+// revision if rev is 0), leaving a marker that expires by itself.
 func (s *Server) purge(ctx context.Context, name, id string, rev uint64) error {
 	m := nats.NewMsg(s.prefix + s.key(name, id))
 	m.Header.Set("KV-Operation", "PURGE")
 	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
-	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	if rev != 0 {
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	}
 	m.Header.Set(jetstream.MsgTTLHeader, s.cfg.MarkerTTL.String())
 	_, err := s.js.PublishMsg(ctx, m)
 	return err
@@ -210,10 +212,24 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 	}
 	ttl := time.Duration(r.TTLms) * time.Millisecond
 	id := nuid.Next()
+	// leave takes this request's key out of the line before answering cause.
+	// The key is this request's alone, so no compare-and-set is needed. If
+	// that fails, the key may hold the lock (or a place in line) until its
+	// TTL runs out, so the answer is "unavailable", an unknown outcome,
+	// rather than cause.
+	leave := func(cause error) error {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := s.purge(cctx, r.Name, id, 0); err != nil {
+			s.log.Warn().Err(err).Str("lock", r.Name).Msg("cannot leave the line; the key expires with its ttl")
+			return bus.ErrUnavailable.With("lock %s: %v, and the request's key could not be removed: it expires within %dms", r.Name, cause, r.TTLms)
+		}
+		return cause
+	}
 	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: time.Now()}}
 	rev, err := s.write(ctx, r.Name, id, rec, 0)
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: joining the line: %w", r.Name, err)
+		return nil, leave(fmt.Errorf("joining the line: %w", err))
 	}
 	token := rev
 	rec.Token = token
@@ -230,14 +246,6 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 	}
 	refresh := time.NewTicker(ttl / 3)
 	defer refresh.Stop()
-	leave := func(cause error) error {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := s.purge(cctx, r.Name, id, rev); err != nil && !isConflict(err) {
-			s.log.Warn().Err(err).Str("lock", r.Name).Msg("cannot leave the line; the key expires with its ttl")
-		}
-		return cause
-	}
 	for {
 		changed, seen := s.mirror.watch(r.Name, rev)
 		if seen {
