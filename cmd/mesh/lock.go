@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,8 +11,6 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/lock"
@@ -42,17 +39,17 @@ func (f lockFlags) owner() string {
 	return fmt.Sprintf("%s@%s pid %d", os.Getenv("USER"), host, os.Getpid())
 }
 
-// connect connects for one command, bounded by the command timeout.
-func (a *app) connect(name string) (*nats.Conn, error) {
+// withLocks runs one request of a command with a lock client, bounded by
+// the command timeout.
+func (a *app) withLocks(name string, fn func(context.Context, *lock.Client) error) error {
+	nc, err := a.connect(name)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
 	defer cancel()
-	return bus.Connect(ctx, a.conn.options(name, a.log))
-}
-
-func (a *app) printJSON(v any) error {
-	enc := json.NewEncoder(a.out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	return fn(ctx, lock.NewClient(nc))
 }
 
 type lockAcquireCmd struct {
@@ -89,18 +86,13 @@ type lockReleaseCmd struct {
 }
 
 func (c *lockReleaseCmd) Run(a *app) error {
-	nc, err := a.connect("mesh lock release")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
-	defer cancel()
-	if err := lock.NewClient(nc).Release(ctx, c.Name, c.Token); err != nil {
-		return err
-	}
-	fmt.Fprintf(a.out, "released %s (token %d)\n", c.Name, c.Token)
-	return nil
+	return a.withLocks("mesh lock release", func(ctx context.Context, locks *lock.Client) error {
+		if err := locks.Release(ctx, c.Name, c.Token); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.out, "released %s (token %d)\n", c.Name, c.Token)
+		return nil
+	})
 }
 
 type lockRenewCmd struct {
@@ -110,19 +102,14 @@ type lockRenewCmd struct {
 }
 
 func (c *lockRenewCmd) Run(a *app) error {
-	nc, err := a.connect("mesh lock renew")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
-	defer cancel()
-	exp, err := lock.NewClient(nc).Renew(ctx, c.Name, c.Token, c.TTL)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(a.out, "renewed %s (token %d): expires %s\n", c.Name, c.Token, bus.Time{Time: exp})
-	return nil
+	return a.withLocks("mesh lock renew", func(ctx context.Context, locks *lock.Client) error {
+		exp, err := locks.Renew(ctx, c.Name, c.Token, c.TTL)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(a.out, "renewed %s (token %d): expires %s\n", c.Name, c.Token, bus.Time{Time: exp})
+		return nil
+	})
 }
 
 type lockInspectCmd struct {
@@ -131,14 +118,11 @@ type lockInspectCmd struct {
 }
 
 func (c *lockInspectCmd) Run(a *app) error {
-	nc, err := a.connect("mesh lock inspect")
-	if err != nil {
+	var r lock.InspectReply
+	err := a.withLocks("mesh lock inspect", func(ctx context.Context, locks *lock.Client) (err error) {
+		r, err = locks.Inspect(ctx, c.Name)
 		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
-	defer cancel()
-	r, err := lock.NewClient(nc).Inspect(ctx, c.Name)
+	})
 	if err != nil {
 		return err
 	}
@@ -167,14 +151,11 @@ type lockListCmd struct {
 }
 
 func (c *lockListCmd) Run(a *app) error {
-	nc, err := a.connect("mesh lock list")
-	if err != nil {
+	var r lock.ListReply
+	err := a.withLocks("mesh lock list", func(ctx context.Context, locks *lock.Client) (err error) {
+		r, err = locks.List(ctx, c.Prefix)
 		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
-	defer cancel()
-	r, err := lock.NewClient(nc).List(ctx, c.Prefix)
+	})
 	if err != nil {
 		return err
 	}

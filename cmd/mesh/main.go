@@ -3,6 +3,8 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/alecthomas/kong"
 	"github.com/mattn/go-isatty"
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -97,6 +100,20 @@ func newLogger(level string) zerolog.Logger {
 	}
 	zerolog.TimeFieldFormat = bus.TimeLayout
 	return l.Level(lvl).With().Timestamp().Logger()
+}
+
+// connect connects for one command, bounded by the command timeout.
+func (a *app) connect(name string) (*nats.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
+	defer cancel()
+	return bus.Connect(ctx, a.conn.options(name, a.log))
+}
+
+// printJSON prints v as indented JSON.
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 type versionCmd struct{}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 
@@ -36,7 +35,7 @@ type ringStatus struct {
 func (c *ringCmd) Run(a *app) error {
 	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
 	defer cancel()
-	nc, err := bus.Connect(ctx, a.conn.options("mesh ring", a.log))
+	nc, err := a.connect("mesh ring")
 	if err != nil {
 		return err
 	}
@@ -63,9 +62,7 @@ func (c *ringCmd) Run(a *app) error {
 		st.Members = append(st.Members, rm)
 	}
 	if c.JSON {
-		enc := json.NewEncoder(a.out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return a.printJSON(st)
 	}
 	if len(st.Members) == 0 {
 		fmt.Fprintf(a.out, "No member of %s is sending heartbeats.\n", c.Service)

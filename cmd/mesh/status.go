@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -48,7 +47,7 @@ type status struct {
 func (c *statusCmd) Run(a *app) error {
 	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
 	defer cancel()
-	nc, err := bus.Connect(ctx, a.conn.options("mesh status", a.log))
+	nc, err := a.connect("mesh status")
 	if err != nil {
 		return err
 	}
@@ -116,9 +115,7 @@ func (c *statusCmd) Run(a *app) error {
 	sort.Slice(st.Streams, func(i, j int) bool { return st.Streams[i].Name < st.Streams[j].Name })
 
 	if c.JSON {
-		enc := json.NewEncoder(a.out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return a.printJSON(st)
 	}
 	printStatus(a.out, st)
 	return nil

@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"slices"
@@ -170,47 +171,48 @@ func (m *mirror) sync(ctx context.Context, seq uint64) error {
 	}
 }
 
-// sorted returns the contenders of name in line order (by token).
-func (m *mirror) sortedLocked(name string) []*contender {
-	cs := make([]*contender, 0, len(m.locks[name]))
+// place is a contender with its standing in the line.
+type place struct {
+	*contender
+	holds bool // fewer than its limit are ahead of it
+}
+
+// lineLocked returns the contenders of name in line order (by token).
+func (m *mirror) lineLocked(name string) []place {
+	line := make([]place, 0, len(m.locks[name]))
 	for _, c := range m.locks[name] {
-		cs = append(cs, c)
+		line = append(line, place{contender: c})
 	}
-	slices.SortFunc(cs, func(a, b *contender) int {
-		switch {
-		case a.token < b.token:
-			return -1
-		case a.token > b.token:
-			return 1
+	slices.SortFunc(line, func(a, b place) int { return cmp.Compare(a.token, b.token) })
+	for ahead := range line {
+		line[ahead].holds = ahead < line[ahead].limit()
+	}
+	return line
+}
+
+// find returns the place of the contender of name that matches.
+func (m *mirror) find(name string, match func(*contender) bool) (contender, place, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range m.lineLocked(name) {
+		if match(p.contender) {
+			return *p.contender, p, true
 		}
-		return 0
-	})
-	return cs
+	}
+	return contender{}, place{}, false
 }
 
 // position tells whether contender id of name is present, and whether it
-// holds the lock: fewer than its limit are ahead of it.
-func (m *mirror) position(name, id string) (c contender, present, holds bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for ahead, x := range m.sortedLocked(name) {
-		if x.id == id {
-			return *x, true, ahead < x.limit()
-		}
-	}
-	return contender{}, false, false
+// holds the lock.
+func (m *mirror) position(name, id string) (present, holds bool) {
+	_, p, ok := m.find(name, func(c *contender) bool { return c.id == id })
+	return ok, p.holds
 }
 
 // byToken finds the contender of name with token, and whether it holds.
 func (m *mirror) byToken(name string, token uint64) (c contender, found, holds bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for ahead, x := range m.sortedLocked(name) {
-		if x.token == token {
-			return *x, true, ahead < x.limit()
-		}
-	}
-	return contender{}, false, false
+	c, p, ok := m.find(name, func(c *contender) bool { return c.token == token })
+	return c, ok, p.holds
 }
 
 // inspect describes name.
@@ -218,10 +220,10 @@ func (m *mirror) inspect(name string) InspectReply {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := InspectReply{Name: name, Limit: 1, Holders: []Holder{}, Waiters: []Holder{}}
-	for ahead, c := range m.sortedLocked(name) {
-		h := Holder{Owner: c.rec.Owner, Token: c.token, Since: c.rec.Since, ExpiresAt: bus.Time{Time: c.expiresAt()}}
-		r.Limit = c.limit()
-		if ahead < c.limit() {
+	for _, p := range m.lineLocked(name) {
+		h := Holder{Owner: p.rec.Owner, Token: p.token, Since: p.rec.Since, ExpiresAt: bus.Time{Time: p.expiresAt()}}
+		r.Limit = p.limit()
+		if p.holds {
 			r.Holders = append(r.Holders, h)
 		} else {
 			r.Waiters = append(r.Waiters, h)
@@ -248,9 +250,9 @@ func (m *mirror) list(prefix string, limit int) ListReply {
 	}
 	for _, name := range names {
 		s := LockSummary{Name: name, Limit: 1}
-		for ahead, c := range m.sortedLocked(name) {
-			s.Limit = c.limit()
-			if ahead < c.limit() {
+		for _, p := range m.lineLocked(name) {
+			s.Limit = p.limit()
+			if p.holds {
 				s.Holders++
 			} else {
 				s.Waiters++

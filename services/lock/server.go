@@ -249,7 +249,7 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 	for {
 		changed, seen := s.mirror.watch(r.Name, rev)
 		if seen {
-			_, present, holds := s.mirror.position(r.Name, id)
+			present, holds := s.mirror.position(r.Name, id)
 			if !present {
 				// Our key is gone: it expired while this request waited.
 				return nil, leave(bus.ErrInternal.With("lock %s: the waiting request's key expired", r.Name))
