@@ -122,7 +122,9 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
-	if s.cons, err = cons.Consume(s.onMsg); err != nil {
+	// Heartbeats every second: when the node serving the consumer goes
+	// away, the mirror notices (two missed) and resumes within seconds.
+	if s.cons, err = cons.Consume(s.onMsg, jetstream.PullHeartbeat(time.Second)); err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
 	if err := s.catchUp(ctx); err != nil {
@@ -237,7 +239,9 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 
 	// Wait in line: the mirror wakes this request when the lock changes.
 	// While waiting, the key is renewed at ttl/3, so that it outlives this
-	// request only by the ttl if this instance dies.
+	// request only by the ttl if this instance dies. A refusal is decided
+	// only on a mirror that has caught up with the bucket, so that a release
+	// that completed before this request began is always seen.
 	var deadline <-chan time.Time
 	if r.WaitMs > 0 {
 		t := time.NewTimer(time.Duration(r.WaitMs) * time.Millisecond)
@@ -246,20 +250,30 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 	}
 	refresh := time.NewTicker(ttl / 3)
 	defer refresh.Stop()
+	giveUp, caughtUp := r.WaitMs == 0, false
 	for {
 		changed, seen := s.mirror.watch(r.Name, rev)
-		if seen {
+		if seen || caughtUp {
 			present, holds := s.mirror.position(r.Name, id)
-			if !present {
-				// Our key is gone: it expired while this request waited.
-				return nil, leave(bus.ErrInternal.With("lock %s: the waiting request's key expired", r.Name))
-			}
 			if holds {
 				break
 			}
-			if r.WaitMs == 0 {
+			switch {
+			case !present:
+				// Our key is gone: it expired while this request waited.
+				return nil, leave(bus.ErrInternal.With("lock %s: the waiting request's key expired", r.Name))
+			case giveUp && caughtUp && r.WaitMs == 0:
 				return nil, leave(ErrLocked.With("lock %s is held", r.Name))
+			case giveUp && caughtUp:
+				return nil, leave(ErrWaitTimeout.With("lock %s was still held after %dms", r.Name, r.WaitMs))
 			}
+		}
+		if giveUp {
+			if err := s.catchUp(ctx); err != nil {
+				return nil, leave(err)
+			}
+			caughtUp = true
+			continue
 		}
 		select {
 		case <-changed:
@@ -269,7 +283,7 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 			}
 			written = time.Now()
 		case <-deadline:
-			return nil, leave(ErrWaitTimeout.With("lock %s was still held after %dms", r.Name, r.WaitMs))
+			giveUp = true
 		case <-ctx.Done():
 			return nil, leave(bus.ErrUnavailable.With("lock service stopping"))
 		}
@@ -285,15 +299,19 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 	return &AcquireReply{Token: token, ExpiresAt: bus.Time{Time: written.Add(ttl)}}, nil
 }
 
-// find waits until the mirror has seen token's key, and returns it.
+// find returns the holder of name with token. A token is only ever given
+// to a holder, so when the mirror does not show it holding, the mirror may be
+// behind (the grant, or the release of an earlier holder, went through
+// another instance): "not held" is decided only after catching up.
 func (s *Server) find(ctx context.Context, name string, token uint64) (contender, error) {
-	if !s.mirror.seen(token) {
-		// Granted through another instance a moment ago, or never.
-		if err := s.catchUp(ctx); err != nil {
-			return contender{}, err
-		}
-	}
 	c, found, holds := s.mirror.byToken(name, token)
+	if found && holds {
+		return c, nil
+	}
+	if err := s.catchUp(ctx); err != nil {
+		return contender{}, err
+	}
+	c, found, holds = s.mirror.byToken(name, token)
 	if !found || !holds {
 		return contender{}, ErrNotHeld.With("lock %s is not held with token %d", name, token)
 	}
