@@ -35,6 +35,16 @@
 // round trip (herd-free). The uncontended path is one KV write to acquire
 // and one to release.
 //
+// Answers are linearizable. A mirror may lag the bucket, but only by
+// missing newer writes: a newer key cannot stand ahead of an older one, and
+// a release it has not seen yet only makes a key wait longer. So a grant is
+// given as soon as the mirror shows the key first in line, while a refusal
+// (lock_held, wait_timeout) or a not_held answer is given only after the
+// instance has caught up: it writes a barrier key of its own and waits to
+// see it, so every write made before the request began is in view. The
+// tests check histories of concurrent clients with porcupine, on one server
+// with one and two instances and on a 3-node cluster losing a node.
+//
 // Renewal publishes the key again with a new TTL and an expected last
 // sequence for the key (never kv.Update, which drops the TTL). Release
 // purges the key if it is still at the revision the mirror knows (a stale
