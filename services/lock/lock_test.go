@@ -3,6 +3,7 @@ package lock_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -101,6 +102,7 @@ func TestBadInput(t *testing.T) {
 		{`{"name":"a","ttl_ms":5000,"wait_ms":-1}`, lock.ErrInvalid},
 		{`{"name":"a","ttl_ms":"5s"}`, bus.ErrInvalid},
 		{`{"name":`, bus.ErrInvalid},
+		{`{"name":"a","ttl_ms":5000,"owner":"` + strings.Repeat("x", 100<<10) + `"}`, bus.ErrTooLarge},
 	} {
 		_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: lock.SubjectAcquire, Data: []byte(c.body)})
 		if !errors.Is(err, c.is) {

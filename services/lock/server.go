@@ -81,8 +81,10 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		Version:       Version,
 		Description:   "Fenced, server-leased locks and semaphores with fair waiting",
 		MaxConcurrent: cfg.MaxConcurrent,
-		Logger:        cfg.Logger,
-		Observer:      cfg.Observer,
+		// The largest valid request is well under 1 KiB.
+		MaxRequestBytes: 64 << 10,
+		Logger:          cfg.Logger,
+		Observer:        cfg.Observer,
 		Endpoints: []bus.Endpoint{
 			{Name: "acquire", Subject: SubjectAcquire, Handler: bus.Typed(s.acquire)},
 			{Name: "release", Subject: SubjectRelease, Handler: bus.Typed(s.release)},
