@@ -38,8 +38,10 @@
 // Answers are linearizable. A mirror may lag the bucket, but only by
 // missing newer writes: a newer key cannot stand ahead of an older one, and
 // a release it has not seen yet only makes a key wait longer. So a grant is
-// given as soon as the mirror shows the key first in line, while a refusal
-// (lock_held, wait_timeout) or a not_held answer is given only after the
+// given as soon as the mirror shows the key first in line. A refusal
+// (lock_held, wait_timeout) is given only once the mirror has seen the
+// request's own key, written after every release that completed before the
+// request began. A not_held answer (release, renew) is given only after the
 // instance has caught up: it writes a barrier key of its own and waits to
 // see it, so every write made before the request began is in view. The
 // tests check histories of concurrent clients with porcupine, on one server

@@ -203,10 +203,22 @@ func (m *mirror) find(name string, match func(*contender) bool) (contender, plac
 }
 
 // position tells whether contender id of name is present, and whether it
-// holds the lock.
+// holds the lock. Every waiter of a name asks at every change of the name,
+// so it counts the keys ahead instead of sorting the line.
 func (m *mirror) position(name, id string) (present, holds bool) {
-	_, p, ok := m.find(name, func(c *contender) bool { return c.id == id })
-	return ok, p.holds
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	me := m.locks[name][id]
+	if me == nil {
+		return false, false
+	}
+	ahead := 0
+	for _, c := range m.locks[name] {
+		if c.token < me.token {
+			ahead++
+		}
+	}
+	return true, ahead < me.limit()
 }
 
 // byToken finds the contender of name with token, and whether it holds.

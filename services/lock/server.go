@@ -242,8 +242,9 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 	// Wait in line: the mirror wakes this request when the lock changes.
 	// While waiting, the key is renewed at ttl/3, so that it outlives this
 	// request only by the ttl if this instance dies. A refusal is decided
-	// only on a mirror that has caught up with the bucket, so that a release
-	// that completed before this request began is always seen.
+	// only once the mirror has seen this request's own key: every release
+	// that completed before the request began was written before that key,
+	// so it is in view.
 	var deadline <-chan time.Time
 	if r.WaitMs > 0 {
 		t := time.NewTimer(time.Duration(r.WaitMs) * time.Millisecond)
@@ -252,10 +253,14 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 	}
 	refresh := time.NewTicker(ttl / 3)
 	defer refresh.Stop()
-	giveUp, caughtUp := r.WaitMs == 0, false
+	giveUp := r.WaitMs == 0
+	var behind <-chan time.Time // bounds the wait for the mirror to see our key
+	if giveUp {
+		behind = time.After(5 * time.Second)
+	}
 	for {
 		changed, seen := s.mirror.watch(r.Name, rev)
-		if seen || caughtUp {
+		if seen {
 			present, holds := s.mirror.position(r.Name, id)
 			if holds {
 				break
@@ -264,18 +269,11 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 			case !present:
 				// Our key is gone: it expired while this request waited.
 				return nil, leave(bus.ErrInternal.With("lock %s: the waiting request's key expired", r.Name))
-			case giveUp && caughtUp && r.WaitMs == 0:
+			case giveUp && r.WaitMs == 0:
 				return nil, leave(ErrLocked.With("lock %s is held", r.Name))
-			case giveUp && caughtUp:
+			case giveUp:
 				return nil, leave(ErrWaitTimeout.With("lock %s was still held after %dms", r.Name, r.WaitMs))
 			}
-		}
-		if giveUp {
-			if err := s.catchUp(ctx); err != nil {
-				return nil, leave(err)
-			}
-			caughtUp = true
-			continue
 		}
 		select {
 		case <-changed:
@@ -285,7 +283,9 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 			}
 			written = time.Now()
 		case <-deadline:
-			giveUp = true
+			giveUp, deadline, behind = true, nil, time.After(5*time.Second)
+		case <-behind:
+			return nil, leave(bus.ErrUnavailable.With("the lock service is behind its bucket"))
 		case <-ctx.Done():
 			return nil, leave(bus.ErrUnavailable.With("lock service stopping"))
 		}
