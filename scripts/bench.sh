@@ -4,13 +4,17 @@
 #   scripts/bench.sh                  every benchmark, one after the other
 #   scripts/bench.sh transport [flags] bus echo vs raw nats echo vs Redis GET
 #   scripts/bench.sh ring [flags]      consistent-hash rings (no server)
+#   scripts/bench.sh lock [flags]      mesh lock service vs etcd mutex vs bare NATS KV
 #
 # Flags after the benchmark's name go to its program (e.g. `transport
 # -duration 2s -cpuprofile /tmp/cpu.prof`). The servers a benchmark needs
-# (nats-server built from the module cache into bin/, redis-server from
-# Debian's package) are started here on 127.0.0.1 at free ports and stopped
-# on exit. Environment: NATS_PORT (default: the first free from 14222),
-# REDIS_PORT (from 16379), BENCH_TIMEOUT (seconds per benchmark, default 900).
+# (nats-server built from the module cache into bin/, redis-server and etcd
+# from Debian's packages) are started here on 127.0.0.1 at free ports and
+# stopped on exit. Environment: NATS_PORT (default: the first free from 14222),
+# REDIS_PORT (from 16379), ETCD_PORT (client port, from 12379; the peer port
+# is the next free one), BENCH_TIMEOUT (seconds per benchmark, default 900),
+# NATS_SYNC (lock only: JetStream sync_interval, e.g. `always`; default: the
+# server's own, fsync every 2 minutes).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -18,14 +22,15 @@ root=$PWD
 tmp=$(mktemp -d)
 nats_pid=""
 redis_pid=""
+etcd_pid=""
 bench_pid=""
 timeout_s=${BENCH_TIMEOUT:-900}
 
 stop_servers() {
-	for pid in $nats_pid $redis_pid; do
+	for pid in $nats_pid $redis_pid $etcd_pid; do
 		kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
 	done
-	nats_pid="" redis_pid=""
+	nats_pid="" redis_pid="" etcd_pid=""
 }
 cleanup() {
 	if [ -n "$bench_pid" ]; then
@@ -60,11 +65,12 @@ wait_port() {
 	exit 1
 }
 
+# start_nats [ARGS...]: ARGS go to nats-server (e.g. -js -sd DIR).
 start_nats() {
 	echo "bench: building nats-server" >&2
 	go build -o bin/nats-server github.com/nats-io/nats-server/v2
 	nats_port=${NATS_PORT:-$(free_port 14222)}
-	bin/nats-server -a 127.0.0.1 -p "$nats_port" >"$tmp/nats.log" 2>&1 &
+	bin/nats-server -a 127.0.0.1 -p "$nats_port" "$@" >"$tmp/nats.log" 2>&1 &
 	nats_pid=$!
 	wait_port "$nats_port" "$nats_pid" nats-server "$tmp/nats.log"
 	echo "bench: $(bin/nats-server --version) on 127.0.0.1:$nats_port" >&2
@@ -81,6 +87,27 @@ start_redis() {
 	redis_pid=$!
 	wait_port "$redis_port" "$redis_pid" redis-server "$tmp/redis.log"
 	echo "bench: $(redis-server --version | cut -d' ' -f1-3) on 127.0.0.1:$redis_port" >&2
+}
+
+start_etcd() {
+	if ! command -v etcd >/dev/null; then
+		echo "bench: installing etcd-server" >&2
+		apt-get update && apt-get install -y etcd-server
+	fi
+	etcd_port=${ETCD_PORT:-$(free_port 12379)}
+	local peer
+	peer=$(free_port $((etcd_port + 1)))
+	# etcd's durability defaults are kept: the WAL is fsynced on every commit.
+	etcd --name bench --data-dir "$tmp/etcd" \
+		--listen-client-urls "http://127.0.0.1:$etcd_port" \
+		--advertise-client-urls "http://127.0.0.1:$etcd_port" \
+		--listen-peer-urls "http://127.0.0.1:$peer" \
+		--initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+		--initial-cluster "bench=http://127.0.0.1:$peer" \
+		--logger zap --log-outputs stderr >"$tmp/etcd.log" 2>&1 &
+	etcd_pid=$!
+	wait_port "$etcd_port" "$etcd_pid" etcd "$tmp/etcd.log"
+	echo "bench: $(etcd --version | head -1) on 127.0.0.1:$etcd_port (peer $peer)" >&2
 }
 
 # in_bench CMD...: run CMD in bench/, bounded in time. It runs in the
@@ -106,7 +133,30 @@ bench_ring() {
 	in_bench go run ./ring "$@"
 }
 
-all=(transport ring)
+bench_lock() {
+	local mon
+	local args=(-js -sd "$tmp/js")
+	mon=$(free_port 18222)
+	# JetStream file store in a temporary directory, with the server's
+	# default sync (fsync every 2 minutes) unless NATS_SYNC sets it.
+	if [ -n "${NATS_SYNC:-}" ]; then
+		printf 'jetstream {\n  sync_interval: %s\n}\n' "$NATS_SYNC" >"$tmp/nats-sync.conf"
+		args+=(-c "$tmp/nats-sync.conf")
+	fi
+	start_nats "${args[@]}" -m "$mon"
+	start_etcd
+	# The revision under test, for the table's header.
+	local rev
+	rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+	if git status --porcelain -- services/lock pkg/bus 2>/dev/null | grep -v '_test\.go$' | grep -q .; then
+		rev="$rev with uncommitted changes to services/lock or pkg/bus"
+	fi
+	in_bench go run ./lock -nats "nats://127.0.0.1:$nats_port" -nats-monitor "http://127.0.0.1:$mon" -nats-pid "$nats_pid" \
+		-etcd "http://127.0.0.1:$etcd_port" -etcd-pid "$etcd_pid" -source "$rev" "$@"
+	stop_servers
+}
+
+all=(transport ring lock)
 case "${1:-all}" in
 all)
 	for b in "${all[@]}"; do
@@ -114,13 +164,13 @@ all)
 		"bench_$b"
 	done
 	;;
-transport | ring)
+transport | ring | lock)
 	b=$1
 	shift
 	"bench_$b" "$@"
 	;;
 *)
-	echo "usage: $0 [all | transport | ring] [flags of the benchmark]" >&2
+	echo "usage: $0 [all | transport | ring | lock] [flags of the benchmark]" >&2
 	exit 2
 	;;
 esac

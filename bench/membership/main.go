@@ -12,8 +12,9 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strings"
 	"time"
+
+	"github.com/meshkit/mesh/bench/internal/machine"
 
 	"github.com/nats-io/nats.go"
 
@@ -107,7 +108,7 @@ func main() {
 		until(time.Now(), *nodes)
 	}
 
-	cpu := cpuModel()
+	cpu := machine.CPUModel()
 	fmt.Printf("membership: %d members, %d watchers, %d runs, H=%v, k=%d; %s, %d cores, %s, %s\n",
 		*nodes, *watchers, *runs, *interval, membership.DefaultMisses, cpu, runtime.NumCPU(), runtime.Version(), time.Now().UTC().Format("2006-01-02"))
 	fmt.Printf("%-28s %10s %10s %10s\n", "event (every watcher)", "median", "max", "bound")
@@ -121,16 +122,6 @@ func main() {
 	for _, w := range ws {
 		_ = w.Stop(ctx)
 	}
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
 }
 
 func check(err error) {

@@ -8,7 +8,6 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"hash/crc32"
@@ -20,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshkit/mesh/bench/internal/machine"
 
 	"github.com/buraksezer/consistent"
 	"github.com/cespare/xxhash/v2"
@@ -365,7 +366,7 @@ func main() {
 	}
 
 	fmt.Printf("%s; %d CPUs (nproc), GOMAXPROCS %d, %s, %s %s/%s, load average at start %s\n",
-		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOMAXPROCS(0), cpuModel(),
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOMAXPROCS(0), machine.CPUModel(),
 		runtime.Version(), runtime.GOOS, runtime.GOARCH, loadAvg())
 	fmt.Printf("%d members node-0..node-%d, %d random keys (\"key-%%016x\"); lookup ns/op = median of %d testing.Benchmark runs\n",
 		n, n-1, len(keys), *runs)
@@ -414,21 +415,6 @@ func printTable(ims []impl, res []result, n int) {
 	row("join: moved between unchanged members", "0", func(r result) string { return span(r.join.stranger) })
 	row("leave: keys moved", pct(1/float64(n)), func(r result) string { return span(r.leave.moved) })
 	row("leave: moved between unchanged members", "0", func(r result) string { return span(r.leave.stranger) })
-}
-
-func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
 }
 
 func loadAvg() string {

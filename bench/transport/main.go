@@ -15,7 +15,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -28,6 +27,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshkit/mesh/bench/internal/machine"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/nats-io/nats.go"
@@ -190,17 +191,11 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		}
 	}
 
-	if cfg.cpuprofile != "" {
-		f, err := os.Create(cfg.cpuprofile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := machine.CPUProfile(cfg.cpuprofile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 
 	var results []result
 	for _, c := range cfg.concs {
@@ -219,7 +214,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	}
 
 	fmt.Fprintf(w, "# transport baseline, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(w, "- machine: %s, nproc %d, GOMAXPROCS %d, %s/%s\n", cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(w, "- machine: %s, nproc %d, GOMAXPROCS %d, %s/%s\n", machine.CPUModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(w, "- go: %s\n", runtime.Version())
 	if natsInfo != "" {
 		fmt.Fprintf(w, "- nats-server: %s\n", natsInfo)
@@ -307,22 +302,6 @@ func writeAllocs(path string) error {
 		return err
 	}
 	return f.Close()
-}
-
-// cpuModel is the first "model name" of /proc/cpuinfo.
-func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
 }
 
 // describeRedis names the server's version and persistence settings.
