@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -470,5 +471,24 @@ func TestScalarReplies(t *testing.T) {
 		if err != nil || got != n {
 			t.Fatalf("echo of %d = %d, %v", n, got, err)
 		}
+	}
+}
+
+// A body whose header claims a huge string makes msgpack grow its buffer by
+// up to 1 MB a call; such decoders must not be pooled, or a stream of small
+// malformed requests holds memory without bound.
+func TestMalformedBodiesRetainNoMemory(t *testing.T) {
+	body := []byte("\x81\xa4name\xdb\xff\xff\xff\xff") // {"name": <a 4 GiB string>}, cut short
+	for range 300 {
+		var r fuzzReq
+		if err := bus.MsgPack.Unmarshal(body, &r); err == nil {
+			t.Fatal("decoded a truncated body")
+		}
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	if ms.HeapAlloc > 64<<20 {
+		t.Fatalf("%d MB of heap in use after 300 malformed bodies", ms.HeapAlloc>>20)
 	}
 }

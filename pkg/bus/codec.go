@@ -154,9 +154,15 @@ func (c Codec) Unmarshal(data []byte, v any) error {
 	if err == nil && dec.r.Len() > 0 {
 		err = fmt.Errorf("msgpack: %d trailing bytes", dec.r.Len())
 	}
-	dec.r.Reset(nil)
-	dec.d.Reset(nil)
-	decPool.Put(dec)
+	if err == nil {
+		// A failed decode may have grown the decoder's buffer to the length a
+		// malformed header claimed (msgpack grows it by up to 1 MB a call
+		// and never shrinks it), so only a decoder that read a valid body,
+		// whose buffer is bounded by the body, goes back to the pool.
+		dec.r.Reset(nil)
+		dec.d.Reset(nil)
+		decPool.Put(dec)
+	}
 	return err
 }
 
