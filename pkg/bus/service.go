@@ -122,9 +122,9 @@ var (
 //
 // It departs from nats.go/micro in one way: micro runs each endpoint's
 // handler serially inside its subscription callback and counts an error only
-// if the handler reported it before returning. A Service hands every request
-// to a goroutine, bounded by Config.MaxConcurrent, and counts requests, errors
-// and processing time when the reply is sent. It reuses micro's types and
+// if the handler reported it before returning. A Service queues every request
+// for worker goroutines, at most Config.MaxConcurrent at once, and counts
+// requests, errors and processing time when the reply is sent. It reuses micro's types and
 // subjects for discovery, so nothing differs on the wire.
 type Service struct {
 	nc      *nats.Conn
