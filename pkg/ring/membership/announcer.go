@@ -99,6 +99,13 @@ func (a *Announcer) Start(ctx context.Context) error {
 	a.probe = probe
 	a.stop = make(chan struct{})
 	go a.loop(subject)
+	// Once Start returns, the server knows the probe subscription, so a
+	// watcher started afterwards on another connection finds this member.
+	if a.nc.IsConnected() {
+		if err := a.nc.FlushTimeout(5 * time.Second); err != nil {
+			a.cfg.Logger.Warn().Err(err).Msg("membership: probe subscription not confirmed by the server")
+		}
+	}
 	return nil
 }
 
