@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -274,15 +275,7 @@ func runContended(ctx context.Context, sys system, sc scenario, id string, t tim
 //     the system's own line) than an earlier grant: the system did not
 //     serve its line in order.
 func analyze(c *cell, all []grant, from, end time.Time) {
-	slices.SortFunc(all, func(a, b grant) int {
-		switch {
-		case a.seq < b.seq:
-			return -1
-		case a.seq > b.seq:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(all, func(a, b grant) int { return cmp.Compare(a.seq, b.seq) })
 	in := func(g grant) bool { return !g.granted.Before(from) && g.granted.Before(end) }
 	var latest time.Time // the latest ask among the grants so far
 	var top uint64       // the highest token among the grants so far

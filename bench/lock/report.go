@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"slices"
@@ -34,15 +35,7 @@ func aggregate(cells []cell) []row {
 		for k := range rows[i].rounds {
 			byOps[k] = &rows[i].rounds[k]
 		}
-		slices.SortFunc(byOps, func(a, b *cell) int {
-			switch {
-			case a.ops < b.ops:
-				return -1
-			case a.ops > b.ops:
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(byOps, func(a, b *cell) int { return cmp.Compare(a.ops, b.ops) })
 		rows[i].med = byOps[(len(byOps)-1)/2]
 	}
 	return rows

@@ -48,7 +48,6 @@ type mirror struct {
 	lastSeq uint64
 	changed map[string]chan struct{} // name -> closed at the next change of that name
 	seq     chan struct{}            // closed at the next message
-	loaded  chan struct{}            // closed once the initial state is in
 }
 
 func newMirror() *mirror {
@@ -56,7 +55,6 @@ func newMirror() *mirror {
 		locks:   map[string]map[string]*contender{},
 		changed: map[string]chan struct{}{},
 		seq:     make(chan struct{}),
-		loaded:  make(chan struct{}),
 	}
 }
 
@@ -86,13 +84,6 @@ func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *
 	m.lastSeq = meta.Sequence.Stream
 	close(m.seq)
 	m.seq = make(chan struct{})
-	if meta.NumPending == 0 {
-		select {
-		case <-m.loaded:
-		default:
-			close(m.loaded)
-		}
-	}
 	if !ok {
 		return "", nil
 	}
@@ -145,13 +136,6 @@ func (m *mirror) watch(name string, seq uint64) (<-chan struct{}, bool) {
 		m.changed[name] = ch
 	}
 	return ch, true
-}
-
-// seen reports whether the mirror has seen the bucket up to seq.
-func (m *mirror) seen(seq uint64) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.lastSeq >= seq
 }
 
 // sync waits until the mirror has seen the bucket up to seq.

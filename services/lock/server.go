@@ -52,7 +52,6 @@ type Server struct {
 	events *bus.Events
 	mirror *mirror
 	kv     jetstream.KeyValue
-	stream jetstream.Stream
 	prefix string // subject prefix of the bucket's keys
 	cons   jetstream.ConsumeContext
 }
@@ -114,10 +113,11 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("lock: bucket %s: %w", Bucket, err)
 	}
 	s.kv = kv
-	if s.stream, err = s.js.Stream(ctx, "KV_"+Bucket); err != nil {
+	stream, err := s.js.Stream(ctx, "KV_"+Bucket)
+	if err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
-	cons, err := s.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{s.prefix + ">"},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	})
