@@ -492,3 +492,53 @@ func TestMalformedBodiesRetainNoMemory(t *testing.T) {
 		t.Fatalf("%d MB of heap in use after 300 malformed bodies", ms.HeapAlloc>>20)
 	}
 }
+
+// An Inline endpoint answers in the subscription's callback; a request that
+// continues on a worker does not hold up the next one, and both are counted.
+func TestInlineContinue(t *testing.T) {
+	s := bustest.RunServer(t)
+	release := make(chan struct{})
+	svc := startService(t, s, bus.Config{Name: "inline", Version: "1.0.0", Endpoints: []bus.Endpoint{{
+		Name: "op", Subject: "test.inline", Inline: true,
+		Handler: func(ctx context.Context, m *bus.Msg) (any, error) {
+			if string(m.Data) == `{"slow":true}` {
+				return bus.Continue(func(ctx context.Context) (any, error) {
+					<-release
+					return map[string]string{"from": "worker"}, nil
+				}), nil
+			}
+			if string(m.Data) == `{"panic":true}` {
+				return bus.Continue(func(ctx context.Context) (any, error) { panic("boom") }), nil
+			}
+			return map[string]string{"from": "callback"}, nil
+		},
+	}}})
+	nc := s.Connect()
+	slow := make(chan *nats.Msg, 1)
+	go func() {
+		m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.inline", Data: []byte(`{"slow":true}`)})
+		if err != nil {
+			t.Error(err)
+		}
+		slow <- m
+	}()
+	// The slow request is parked on a worker: a fast one is answered while
+	// it waits.
+	var fast map[string]string
+	get(t, nc, "test.inline", &fast)
+	if fast["from"] != "callback" {
+		t.Fatalf("fast reply = %v", fast)
+	}
+	close(release)
+	if m := <-slow; m == nil || string(m.Data) != `{"from":"worker"}` {
+		t.Fatalf("slow reply = %v", m)
+	}
+	_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.inline", Data: []byte(`{"panic":true}`)})
+	if !errors.Is(err, bus.ErrInternal) {
+		t.Fatalf("a panicking continuation: err = %v, want a 500", err)
+	}
+	st := svc.Stats().Endpoints[0]
+	if st.NumRequests != 3 || st.NumErrors != 1 {
+		t.Fatalf("stats = %d requests, %d errors; want 3 and 1", st.NumRequests, st.NumErrors)
+	}
+}

@@ -34,6 +34,12 @@ type Msg struct {
 // Raw is a reply sent as it is, without encoding.
 type Raw []byte
 
+// Continue is what an Inline handler returns when a request needs work that
+// may block (a request to another service, a wait): the service runs the
+// function on a worker, as it runs the handlers of other endpoints, and
+// replies with its result.
+type Continue func(ctx context.Context) (any, error)
+
 // Validator is implemented by request types that check themselves after
 // decoding. An error that is not an *Error becomes ErrInvalid.
 type Validator interface {
@@ -80,6 +86,12 @@ type Endpoint struct {
 	// name one instance). By default instances share requests through the
 	// service's queue group.
 	NoQueue bool
+	// Inline runs the handler in the subscription's callback, one request
+	// at a time, without the hand-off to a worker: for handlers that answer
+	// from memory in a microsecond or so, where the hand-off would cost more
+	// than the work. Such a handler must not block; for a request that
+	// needs to, it returns a Continue, which runs on a worker.
+	Inline bool
 }
 
 // Observer is told of every request a service served, e.g. to export
@@ -152,6 +164,10 @@ type Service struct {
 type job struct {
 	ep *endpoint
 	m  *nats.Msg
+	// Set when an Inline handler continues on a worker.
+	cont  Continue
+	codec Codec
+	start time.Time
 }
 
 type endpoint struct {
@@ -363,11 +379,12 @@ func (s *Service) Stop(ctx context.Context) error {
 	return err
 }
 
-// dispatcher returns the subscription callback of an endpoint: it queues the
-// request for a worker, starting one if fewer than MaxConcurrent run. A
-// worker serves requests until the queue is empty, so a burst is answered by
-// few goroutines whose replies leave in few writes, while a handler that
-// blocks (a lock waiting for its holder) holds up only its own worker.
+// dispatcher returns the subscription callback of an endpoint: it serves an
+// Inline endpoint's request at once, and queues the others for a worker,
+// starting one if fewer than MaxConcurrent run. A worker serves requests
+// until the queue is empty, so a burst is answered by few goroutines whose
+// replies leave in few writes, while a handler that blocks (a lock waiting
+// for its holder) holds up only its own worker.
 func (s *Service) dispatcher(ep *endpoint) nats.MsgHandler {
 	return func(m *nats.Msg) {
 		s.gate.RLock()
@@ -378,16 +395,25 @@ func (s *Service) dispatcher(ep *endpoint) nats.MsgHandler {
 		}
 		s.pending.Add(1)
 		s.gate.RUnlock()
-		select {
-		case s.queue <- job{ep, m}:
-		case <-s.stopping:
-			s.refuse(ep, m)
-			s.pending.Done()
+		if ep.Inline {
+			s.serve(job{ep: ep, m: m})
 			return
 		}
-		if s.claimWorker() {
-			go s.work()
-		}
+		s.enqueue(job{ep: ep, m: m})
+	}
+}
+
+// enqueue hands a counted request to a worker.
+func (s *Service) enqueue(j job) {
+	select {
+	case s.queue <- j:
+	case <-s.stopping:
+		s.refuse(j.ep, j.m)
+		s.pending.Done()
+		return
+	}
+	if s.claimWorker() {
+		go s.work()
 	}
 }
 
@@ -409,8 +435,7 @@ func (s *Service) work() {
 	for {
 		select {
 		case j := <-s.queue:
-			s.serve(j.ep, j.m)
-			s.pending.Done()
+			s.serve(j)
 			continue
 		default:
 		}
@@ -427,26 +452,44 @@ func (s *Service) refuse(ep *endpoint, m *nats.Msg) {
 	s.reply(ep, m, DetectCodec(m.Header, m.Data), time.Now(), nil, ErrUnavailable.With("service %s is stopping", s.cfg.Name))
 }
 
-func (s *Service) serve(ep *endpoint, m *nats.Msg) {
-	start := time.Now()
-	req := &Msg{Msg: m, Codec: DetectCodec(m.Header, m.Data)}
-	if s.cfg.MaxRequestBytes > 0 && len(m.Data) > s.cfg.MaxRequestBytes {
-		s.reply(ep, m, req.Codec, start, nil, ErrTooLarge.With("request of %d bytes exceeds the limit of %d", len(m.Data), s.cfg.MaxRequestBytes))
-		return
+// serve runs a counted request's handler (or its continuation) and replies,
+// unless an Inline handler continues on a worker.
+func (s *Service) serve(j job) {
+	ep, m := j.ep, j.m
+	var (
+		resp any
+		err  error
+	)
+	if j.cont != nil {
+		resp, err = s.call(ep, m.Subject, func() (any, error) { return j.cont(s.ctx) })
+	} else {
+		j.start = time.Now()
+		j.codec = DetectCodec(m.Header, m.Data)
+		if s.cfg.MaxRequestBytes > 0 && len(m.Data) > s.cfg.MaxRequestBytes {
+			err = ErrTooLarge.With("request of %d bytes exceeds the limit of %d", len(m.Data), s.cfg.MaxRequestBytes)
+		} else {
+			req := &Msg{Msg: m, Codec: j.codec}
+			resp, err = s.call(ep, m.Subject, func() (any, error) { return ep.Handler(s.ctx, req) })
+		}
+		if cont, ok := resp.(Continue); ok && err == nil {
+			j.cont = cont
+			s.enqueue(j)
+			return
+		}
 	}
-	resp, err := s.call(ep, req)
-	s.reply(ep, m, req.Codec, start, resp, err)
+	s.reply(ep, m, j.codec, j.start, resp, err)
+	s.pending.Done()
 }
 
-func (s *Service) call(ep *endpoint, req *Msg) (resp any, err error) {
+func (s *Service) call(ep *endpoint, subject string, fn func() (any, error)) (resp any, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.log.Error().Str("endpoint", ep.Name).Str("subject", req.Subject).
+			s.log.Error().Str("endpoint", ep.Name).Str("subject", subject).
 				Interface("panic", r).Bytes("stack", debug.Stack()).Msg("handler panicked")
 			resp, err = nil, ErrInternal.With("internal error: the %s handler failed", ep.Name)
 		}
 	}()
-	return ep.Handler(s.ctx, req)
+	return fn()
 }
 
 // reply sends the reply (or error) of a request and records it in the stats.
