@@ -1,0 +1,601 @@
+package cache_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/services/cache"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// hb is the heartbeat interval of the tests' nodes: a crash is seen within
+// 4 of them.
+const hb = 100 * time.Millisecond
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+type node struct {
+	*cache.Server
+	nc *nats.Conn
+}
+
+// startNode starts a cache node on its own connection.
+func startNode(t *testing.T, url, id string, cfg cache.Config) node {
+	t.Helper()
+	nc := bustest.Connect(t, url)
+	cfg.ID, cfg.Heartbeat = id, hb
+	s, err := cache.New(nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	return node{s, nc}
+}
+
+func startClient(t *testing.T, url string) *cache.Client {
+	t.Helper()
+	c, err := cache.NewClient(bustest.Connect(t, url), cache.ClientConfig{Heartbeat: hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// waitMembers waits until every watcher's ring has n members, on its
+// change notifications.
+func waitMembers(t *testing.T, n int, ws ...interface {
+	Changed() <-chan struct{}
+	Len() int
+}) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for _, w := range ws {
+		for {
+			ch := w.Changed()
+			if w.Len() == n {
+				break
+			}
+			select {
+			case <-ch:
+			case <-deadline:
+				t.Fatalf("ring has %d members, want %d", w.Len(), n)
+			}
+		}
+	}
+}
+
+type nodeRing struct{ node }
+
+func (n nodeRing) Len() int { return n.Ring().Len() }
+
+type clientRing struct{ *cache.Client }
+
+func (c clientRing) Len() int { return c.Ring().Len() }
+
+func cluster(t *testing.T, n int, cfg cache.Config) (*bustest.Server, []node, *cache.Client) {
+	s := bustest.RunServer(t)
+	var nodes []node
+	for i := range n {
+		nodes = append(nodes, startNode(t, s.URL(), fmt.Sprintf("n%d", i), cfg))
+	}
+	c := startClient(t, s.URL())
+	var ws []interface {
+		Changed() <-chan struct{}
+		Len() int
+	}
+	for _, nd := range nodes {
+		ws = append(ws, nodeRing{nd})
+	}
+	ws = append(ws, clientRing{c})
+	waitMembers(t, n, ws...)
+	return s, nodes, c
+}
+
+func TestSetGetDelete(t *testing.T) {
+	_, _, c := cluster(t, 1, cache.Config{})
+	if _, err := c.Get(ctx(t), "a"); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("get of a missing key = %v, want ErrNotFound", err)
+	}
+	if err := c.Set(ctx(t), "a", []byte("one"), 0); err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.Get(ctx(t), "a")
+	if err != nil || string(v) != "one" {
+		t.Fatalf("get = %q, %v", v, err)
+	}
+	if ok, err := c.Delete(ctx(t), "a"); err != nil || !ok {
+		t.Fatalf("delete = %v, %v", ok, err)
+	}
+	if ok, err := c.Delete(ctx(t), "a"); err != nil || ok {
+		t.Fatalf("second delete = %v, %v; want false", ok, err)
+	}
+	if _, err := c.Get(ctx(t), "a"); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("get after delete = %v", err)
+	}
+}
+
+// Every node and the client compute the same owners, and a key is stored on
+// exactly its R owners.
+func TestOwnershipAgreesAndReplicas(t *testing.T) {
+	_, nodes, c := cluster(t, 3, cache.Config{})
+	for _, n := range nodes[1:] {
+		if n.Ring().Version() != nodes[0].Ring().Version() {
+			t.Fatal("the nodes' rings differ")
+		}
+	}
+	if c.Ring().Version() != nodes[0].Ring().Version() {
+		t.Fatal("the client's ring differs from the nodes'")
+	}
+	for i := range 60 {
+		k := fmt.Sprintf("k%d", i)
+		if err := c.Set(ctx(t), k, []byte(k), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := c.Stats(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Total.Items != 120 || len(st.Nodes) != 3 {
+		t.Fatalf("stats = %+v: want 120 items (60 keys × 2 copies) on 3 nodes", st.Total)
+	}
+}
+
+// A plain request to the service subject lands on any node, which forwards
+// it once to the owner.
+func TestForwardedRequests(t *testing.T) {
+	s, nodes, _ := cluster(t, 3, cache.Config{})
+	nc := bustest.Connect(t, s.URL())
+	for i := range 30 {
+		req := fmt.Sprintf(`{"key":"f%d","value":"v%d","ttl_ms":60000}`, i, i)
+		if _, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: cache.SubjectSet, Data: []byte(req)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 30 {
+		m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: cache.SubjectGet, Data: fmt.Appendf(nil, `{"key":"f%d"}`, i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep struct {
+			Found bool   `json:"found"`
+			Value string `json:"value"`
+			TTLms int64  `json:"ttl_ms"`
+		}
+		if err := json.Unmarshal(m.Data, &rep); err != nil || !rep.Found || rep.Value != fmt.Sprintf("v%d", i) || rep.TTLms <= 0 || rep.TTLms > 60000 {
+			t.Fatalf("get f%d = %s, %v", i, m.Data, err)
+		}
+	}
+	var forwards int64
+	for _, n := range nodes {
+		var st cache.NodeStats
+		if err := bus.MsgPack.Unmarshal(request(t, nc, cache.NodeSubject(n.ID(), "stats"), nil).Data, &st); err != nil {
+			t.Fatal(err)
+		}
+		forwards += st.Forwards
+	}
+	if forwards == 0 {
+		t.Fatal("no request was forwarded")
+	}
+}
+
+func request(t *testing.T, nc *nats.Conn, subject string, h nats.Header) *nats.Msg {
+	t.Helper()
+	data, _ := bus.MsgPack.Marshal(struct{}{})
+	m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: subject, Header: h, Data: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// A request that already made its hop is answered where it lands, even by a
+// node that does not own the key: two nodes whose rings disagree cannot
+// bounce it.
+func TestHopIsNeverForwarded(t *testing.T) {
+	s, nodes, c := cluster(t, 2, cache.Config{Replicas: 1})
+	nc := bustest.Connect(t, s.URL())
+	key := "bounce"
+	owner := c.Ring().Owner(key)
+	other := nodes[0].ID()
+	if other == owner {
+		other = nodes[1].ID()
+	}
+	data, _ := bus.MsgPack.Marshal(cache.GetRequest{Key: key})
+	m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: cache.NodeSubject(other, "get"), Header: nats.Header{cache.HeaderHop: {"forward"}}, Data: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep cache.GetReply
+	if err := bus.MsgPack.Unmarshal(m.Data, &rep); err != nil || rep.Found {
+		t.Fatalf("reply = %+v, %v", rep, err)
+	}
+	st, err := c.Stats(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Total.Forwards != 0 {
+		t.Fatalf("forwards = %d, want 0", st.Total.Forwards)
+	}
+}
+
+// A node that crashes (no leave) loses no key with R = 2: once the ring has
+// dropped it, every key is still readable.
+func TestCrashLosesNoKey(t *testing.T) {
+	_, nodes, c := cluster(t, 3, cache.Config{})
+	const n = 300
+	for i := range n {
+		if err := c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes[1].nc.Close() // gone without a leave
+	waitMembers(t, 2, nodeRing{nodes[0]}, nodeRing{nodes[2]}, clientRing{c})
+	for i := range n {
+		v, err := c.Get(ctx(t), fmt.Sprintf("key-%d", i))
+		if err != nil || string(v) != fmt.Sprintf("v%d", i) {
+			t.Fatalf("key-%d after the crash: %q, %v", i, v, err)
+		}
+	}
+}
+
+// While the crashed node is still in the client's ring, reads fall back to a
+// replica.
+func TestReadFallsBackToReplica(t *testing.T) {
+	_, nodes, c := cluster(t, 2, cache.Config{})
+	key := "fallback"
+	if err := c.Set(ctx(t), key, []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.ID() == c.Ring().Owner(key) {
+			n.nc.Close()
+		}
+	}
+	v, err := c.Get(ctx(t), key) // the client's ring still has the owner
+	if err != nil || string(v) != "x" {
+		t.Fatalf("get = %q, %v", v, err)
+	}
+}
+
+// A node that joins answers for the keys it now owns by asking their
+// previous owners: no key set before the join misses after it.
+func TestJoinCausesNoMiss(t *testing.T) {
+	s, nodes, c := cluster(t, 2, cache.Config{})
+	const n = 300
+	for i := range n {
+		if err := c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	added := startNode(t, s.URL(), "n9", cache.Config{})
+	waitMembers(t, 3, nodeRing{nodes[0]}, nodeRing{nodes[1]}, nodeRing{added}, clientRing{c})
+	moved := 0
+	for i := range n {
+		k := fmt.Sprintf("key-%d", i)
+		if c.Ring().Owner(k) == "n9" {
+			moved++
+		}
+		v, err := c.Get(ctx(t), k)
+		if err != nil || string(v) != fmt.Sprintf("v%d", i) {
+			t.Fatalf("%s after the join: %q, %v", k, v, err)
+		}
+	}
+	st, err := c.Stats(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved == 0 || st.Total.Handoffs != int64(moved) || st.Total.Misses != 0 {
+		t.Fatalf("%d keys moved to the new node; stats: %d hand-offs, %d misses", moved, st.Total.Handoffs, st.Total.Misses)
+	}
+}
+
+func TestTTLExpiry(t *testing.T) {
+	_, _, c := cluster(t, 1, cache.Config{})
+	if err := c.Set(ctx(t), "short", []byte("x"), 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(ctx(t), "long", []byte("y"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx(t), "short"); err != nil {
+		t.Fatalf("before expiry: %v", err)
+	}
+	// Expiry is the point of the test: the key must be gone once its
+	// deadline has passed.
+	time.Sleep(300 * time.Millisecond)
+	if _, err := c.Get(ctx(t), "short"); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("after expiry: %v, want ErrNotFound", err)
+	}
+	if _, err := c.Get(ctx(t), "long"); err != nil {
+		t.Fatalf("a key with a long TTL: %v", err)
+	}
+}
+
+// A write flood far beyond the bound leaves the store within a few percent
+// of it, evicting.
+func TestMemoryBound(t *testing.T) {
+	const maxBytes = 1 << 20
+	_, _, c := cluster(t, 1, cache.Config{MaxBytes: maxBytes})
+	value := bytes.Repeat([]byte("v"), 1000)
+	items := map[string][]byte{}
+	var peak int64
+	for i := range 5000 { // 5 MB of values
+		items[fmt.Sprintf("flood-%d", i)] = value
+		if len(items) == 100 {
+			if err := c.MSet(ctx(t), items, 0); err != nil {
+				t.Fatal(err)
+			}
+			clear(items)
+			st, err := c.Stats(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			peak = max(peak, st.Total.Bytes)
+		}
+	}
+	st, err := c.Stats(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peak > maxBytes*103/100 {
+		t.Fatalf("store reached %d bytes, bound %d", peak, maxBytes)
+	}
+	if st.Total.Evictions == 0 || st.Total.Items == 0 {
+		t.Fatalf("stats = %+v: want evictions and a non-empty store", st.Total)
+	}
+}
+
+// Bad input gets a coded error and stores nothing.
+func TestBadInput(t *testing.T) {
+	s, _, c := cluster(t, 1, cache.Config{MaxValueBytes: 100})
+	nc := bustest.Connect(t, s.URL())
+	cases := []struct {
+		subject, body string
+		want          *bus.Error
+	}{
+		{cache.SubjectSet, `{"key":"","value":"x"}`, cache.ErrInvalidKey},
+		{cache.SubjectSet, `{"key":"k","value":"x","ttl_ms":-1}`, cache.ErrInvalidTTL},
+		{cache.SubjectSet, fmt.Sprintf(`{"key":"k","value":"%0101d"}`, 0), cache.ErrValueTooLarge},
+		{cache.SubjectSet, fmt.Sprintf(`{"key":"%01025d","value":"x"}`, 0), cache.ErrInvalidKey},
+		{cache.SubjectSet, `{"key":"k","value":5}`, bus.ErrInvalid},
+		{cache.SubjectGet, `{"key":7}`, bus.ErrInvalid},
+		{cache.SubjectGet, `{"key":"k"`, bus.ErrInvalid},
+		{cache.SubjectMGet, `{"keys":[]}`, cache.ErrInvalid},
+		{cache.SubjectMSet, `{"items":[{"key":"k","value":"x"},{"key":"","value":"y"}]}`, cache.ErrInvalidKey},
+	}
+	for _, tc := range cases {
+		_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: tc.subject, Data: []byte(tc.body)})
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s %s: %v, want %v", tc.subject, tc.body, err, tc.want)
+		}
+	}
+	if _, err := c.Get(ctx(t), "k"); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("bad input stored something: %v", err)
+	}
+	if err := c.Set(ctx(t), "k", make([]byte, 101), 0); !errors.Is(err, cache.ErrValueTooLarge) {
+		t.Fatalf("SDK set of an oversized value = %v, want ErrValueTooLarge", err)
+	}
+	if _, err := nc.Request("mesh.cache.nope", nil, time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("unknown op = %v, want no responders", err)
+	}
+}
+
+// Binary values survive JSON as {"base64": ...}; text values are strings.
+func TestJSONValues(t *testing.T) {
+	s, _, c := cluster(t, 1, cache.Config{})
+	nc := bustest.Connect(t, s.URL())
+	bin := []byte{0xff, 0x00, 0xfe}
+	if err := c.Set(ctx(t), "bin", bin, 0); err != nil {
+		t.Fatal(err)
+	}
+	m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: cache.SubjectGet, Data: []byte(`{"key":"bin"}`)})
+	if err != nil || string(m.Data) != `{"found":true,"value":{"base64":"/wD+"}}` {
+		t.Fatalf("json get = %s, %v", m.Data, err)
+	}
+	if _, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: cache.SubjectSet, Data: []byte(`{"key":"b2","value":{"base64":"/wD+"}}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Get(ctx(t), "b2"); err != nil || !bytes.Equal(v, bin) {
+		t.Fatalf("get b2 = %v, %v", v, err)
+	}
+}
+
+func TestMGetMSet(t *testing.T) {
+	_, _, c := cluster(t, 3, cache.Config{})
+	items := map[string][]byte{}
+	var keys []string
+	for i := range 40 {
+		k := fmt.Sprintf("m%d", i)
+		keys = append(keys, k)
+		if i%4 != 0 {
+			items[k] = []byte("val-" + k)
+		}
+	}
+	if err := c.MSet(ctx(t), items, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	vals, err := c.MGet(ctx(t), keys...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range keys {
+		if want := items[k]; !bytes.Equal(vals[i], want) {
+			t.Fatalf("%s = %q, want %q", k, vals[i], want)
+		}
+	}
+}
+
+// Many callers that miss the same key at once cause one loader request.
+func TestLoaderSingleflight(t *testing.T) {
+	s := bustest.RunServer(t)
+	loaderNC := bustest.Connect(t, s.URL())
+	var calls atomic.Int32
+	release := make(chan struct{})
+	sub, err := loaderNC.Subscribe("app.users.load", func(m *nats.Msg) {
+		calls.Add(1)
+		var req cache.LoadRequest
+		_ = bus.MsgPack.Unmarshal(m.Data, &req)
+		go func() {
+			<-release
+			data, _ := bus.MsgPack.Marshal(cache.LoadReply{Found: req.Key != "users:none", Value: []byte("loaded " + req.Key), TTLms: 60000})
+			_ = m.Respond(data)
+		}()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	n := startNode(t, s.URL(), "n0", cache.Config{Loaders: map[string]string{"users": "app.users.load"}})
+	c := startClient(t, s.URL())
+	waitMembers(t, 1, clientRing{c}, nodeRing{n})
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Go(func() {
+			v, err := c.Get(ctx(t), "users:42")
+			if err == nil && string(v) != "loaded users:42" {
+				err = fmt.Errorf("value %q", v)
+			}
+			errs <- err
+		})
+	}
+	// Let every request reach the node before the loader answers: the
+	// node counts them as they wait.
+	waitFor(t, func() bool { return calls.Load() == 1 })
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("loader called %d times, want 1", calls.Load())
+	}
+	if _, err := c.Get(ctx(t), "users:42"); err != nil || calls.Load() != 1 {
+		t.Fatalf("a loaded value is cached: %v, %d calls", err, calls.Load())
+	}
+	if _, err := c.Get(ctx(t), "users:none"); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("loader without a value = %v, want ErrNotFound", err)
+	}
+	if _, err := c.Get(ctx(t), "other:1"); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("a namespace without a loader = %v", err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Concurrent sets and gets of shared keys from several clients (run with
+// -race): every read returns a value some writer wrote.
+func TestConcurrentSetGet(t *testing.T) {
+	s, _, _ := cluster(t, 3, cache.Config{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		c := startClient(t, s.URL())
+		waitMembers(t, 3, clientRing{c})
+		wg.Go(func() {
+			for i := range 200 {
+				k := fmt.Sprintf("shared-%d", i%10)
+				if w%2 == 0 {
+					if err := c.Set(ctx(t), k, fmt.Appendf(nil, "w%d-%d", w, i), 0); err != nil {
+						errs <- err
+						return
+					}
+					continue
+				}
+				v, err := c.Get(ctx(t), k)
+				if err != nil && !errors.Is(err, cache.ErrNotFound) {
+					errs <- err
+					return
+				}
+				if err == nil && !bytes.HasPrefix(v, []byte("w")) {
+					errs <- fmt.Errorf("read %q", v)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func TestEvents(t *testing.T) {
+	s := bustest.RunServer(t)
+	nc := bustest.Connect(t, s.URL())
+	sub, err := nc.SubscribeSync("mesh.events.cache.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a := startNode(t, s.URL(), "a", cache.Config{Grace: 200 * time.Millisecond})
+	b := startNode(t, s.URL(), "b", cache.Config{Grace: 200 * time.Millisecond})
+	waitMembers(t, 2, nodeRing{a}, nodeRing{b})
+	seen := map[string]bool{}
+	for !(seen["cache.node_joined"] && seen["cache.rebalance_started"] && seen["cache.rebalance_finished"]) {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("events seen: %v: %v", seen, err)
+		}
+		var ev bus.Event
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			t.Fatal(err)
+		}
+		seen[ev.Type] = true
+	}
+	if err := b.Stop(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal("no node_left event")
+		}
+		if bytes.Contains(m.Data, []byte(`"cache.node_left"`)) {
+			if !bytes.Contains(m.Data, []byte(`"node":"b"`)) {
+				t.Fatalf("node_left = %s", m.Data)
+			}
+			break
+		}
+	}
+}

@@ -1,0 +1,304 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/ring"
+	"github.com/meshkit/mesh/pkg/ring/membership"
+)
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	// Replicas must match the nodes' Config.Replicas: it tells the client
+	// where the copies of a key are. Zero: 2.
+	Replicas int
+	// AttemptTimeout bounds the wait for one node before the client tries
+	// the next copy holder. Zero: 1s.
+	AttemptTimeout time.Duration
+	// Heartbeat is the nodes' membership interval H. Zero: 1s.
+	Heartbeat time.Duration
+	Logger    zerolog.Logger // zero: no logs
+}
+
+// Client is the Go SDK of the cache. It keeps the ring from the nodes'
+// heartbeats and sends each request straight to the key's owner (a batch, to
+// as few copy holders as possible), falling back to a replica when the owner
+// does not answer in time. Start it before use; it is safe for concurrent use.
+type Client struct {
+	nc      *nats.Conn
+	cfg     ClientConfig
+	watcher *membership.Watcher
+}
+
+// NewClient returns a client ready to Start.
+func NewClient(nc *nats.Conn, cfg ClientConfig) (*Client, error) {
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 2
+	}
+	if cfg.AttemptTimeout <= 0 {
+		cfg.AttemptTimeout = time.Second
+	}
+	w, err := membership.NewWatcher(nc, membership.WatcherConfig{Service: Service, Interval: cfg.Heartbeat, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	return &Client{nc: nc, cfg: cfg, watcher: w}, nil
+}
+
+// Start learns the nodes (it asks them to announce themselves) and follows
+// their joins and leaves until Close.
+func (c *Client) Start(ctx context.Context) error { return c.watcher.Start(ctx) }
+
+// Close stops following the nodes.
+func (c *Client) Close(ctx context.Context) error { return c.watcher.Stop(ctx) }
+
+// Ring is the client's current view of the nodes.
+func (c *Client) Ring() *ring.Ring { return c.watcher.Ring() }
+
+// Changed returns a channel closed at the next change of the client's ring.
+func (c *Client) Changed() <-chan struct{} { return c.watcher.Changed() }
+
+func (c *Client) owners(r *ring.Ring, key string) []string {
+	return r.Owners(key, min(c.cfg.Replicas, r.Len()))
+}
+
+// do sends one request to the first node of nodes that answers, or to the
+// service subject (any node) when the client knows no node.
+func (c *Client) do(ctx context.Context, nodes []string, op string, req, resp any) error {
+	data, err := bus.MsgPack.Marshal(req)
+	if err != nil {
+		return err
+	}
+	if len(nodes) == 0 {
+		return c.send(ctx, "mesh.cache."+op, data, resp, 0)
+	}
+	for i, id := range nodes {
+		err = c.send(ctx, NodeSubject(id, op), data, resp, c.cfg.AttemptTimeout)
+		if err == nil || !unreachable(err) || ctx.Err() != nil || i == len(nodes)-1 {
+			break
+		}
+	}
+	return err
+}
+
+func (c *Client) send(ctx context.Context, subject string, data []byte, resp any, timeout time.Duration) error {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	rep, err := bus.RequestMsg(ctx, c.nc, &nats.Msg{Subject: subject, Data: data})
+	if err != nil {
+		return mapError(err)
+	}
+	return bus.MsgPack.Unmarshal(rep.Data, resp)
+}
+
+// mapError returns the package's sentinel for a coded error, so that
+// errors.Is(err, cache.ErrValueTooLarge) works after a round trip.
+func mapError(err error) error {
+	var e *bus.Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	for _, s := range sentinels {
+		if errors.Is(e, s) {
+			return s.With("%s", e.Message)
+		}
+	}
+	return err
+}
+
+// Get returns a key's value, or ErrNotFound.
+func (c *Client) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := CheckKey(key); err != nil {
+		return nil, err
+	}
+	var rep GetReply
+	if err := c.do(ctx, c.owners(c.Ring(), key), OpGet, GetRequest{Key: key}, &rep); err != nil {
+		return nil, err
+	}
+	if !rep.Found {
+		return nil, ErrNotFound.With("%q not found", key)
+	}
+	return rep.Value, nil
+}
+
+// Set stores a value on the key's owner and replicas; ttl 0 keeps it until
+// it is evicted or deleted. It returns once every copy is written.
+func (c *Client) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	req := SetRequest{Key: key, Value: value, TTLms: ttl.Milliseconds()}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	var rep SetReply
+	return c.do(ctx, c.owners(c.Ring(), key), OpSet, req, &rep)
+}
+
+// Delete removes a key from every copy holder and reports whether the owner
+// had it.
+func (c *Client) Delete(ctx context.Context, key string) (bool, error) {
+	if err := CheckKey(key); err != nil {
+		return false, err
+	}
+	var rep DelReply
+	err := c.do(ctx, c.owners(c.Ring(), key), OpDel, DelRequest{Key: key}, &rep)
+	return rep.Deleted, err
+}
+
+// MGet reads several keys at once: the values in the order of keys, nil for
+// a miss. Each key goes to one of its copy holders, chosen so that the batch
+// takes as few requests as possible; they run in parallel.
+func (c *Client) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
+	req := MGetRequest{Keys: keys}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	r := c.Ring()
+	out := make([][]byte, len(keys))
+	groups := c.cover(r, keys)
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	for gi, g := range groups {
+		wg.Go(func() {
+			sub := MGetRequest{Keys: make([]string, len(g.idx))}
+			for j, i := range g.idx {
+				sub.Keys[j] = keys[i]
+			}
+			var rep MGetReply
+			// The node forwards what it holds no copy of; when it does not
+			// answer, any node will do.
+			nodes := []string{g.node}
+			if g.node == "" {
+				nodes = nil
+			}
+			err := c.do(ctx, nodes, OpMGet, sub, &rep)
+			if err != nil && unreachable(err) && g.node != "" {
+				err = c.do(ctx, nil, OpMGet, sub, &rep)
+			}
+			if err == nil && len(rep.Values) != len(g.idx) {
+				err = bus.ErrInternal.With("mget: %d values for %d keys", len(rep.Values), len(g.idx))
+			}
+			if err != nil {
+				errs[gi] = err
+				return
+			}
+			for j, i := range g.idx {
+				if rep.Values[j].Found {
+					out[i] = rep.Values[j].Value
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}
+
+type group struct {
+	node string
+	idx  []int
+}
+
+// cover assigns each key to one of its copy holders, greedily taking the
+// node that holds the most unassigned keys first.
+func (c *Client) cover(r *ring.Ring, keys []string) []group {
+	if r.Len() == 0 {
+		all := make([]int, len(keys))
+		for i := range all {
+			all[i] = i
+		}
+		return []group{{idx: all}}
+	}
+	holders := make([][]string, len(keys))
+	for i, k := range keys {
+		holders[i] = c.owners(r, k)
+	}
+	assigned := make([]bool, len(keys))
+	left := len(keys)
+	var groups []group
+	for left > 0 {
+		count := map[string]int{}
+		best := ""
+		for i, hs := range holders {
+			if assigned[i] {
+				continue
+			}
+			for _, h := range hs {
+				count[h]++
+				if count[h] > count[best] || (count[h] == count[best] && h < best) {
+					best = h
+				}
+			}
+		}
+		g := group{node: best}
+		for i, hs := range holders {
+			if !assigned[i] && slices.Contains(hs, best) {
+				assigned[i] = true
+				g.idx = append(g.idx, i)
+				left--
+			}
+		}
+		groups = append(groups, g)
+	}
+	return groups
+}
+
+// MSet writes several keys with one TTL (0: none), through their owners.
+func (c *Client) MSet(ctx context.Context, items map[string][]byte, ttl time.Duration) error {
+	req := MSetRequest{}
+	for k, v := range items {
+		req.Items = append(req.Items, SetRequest{Key: k, Value: v, TTLms: ttl.Milliseconds()})
+	}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	r := c.Ring()
+	byOwner := map[string][]SetRequest{}
+	for _, it := range req.Items {
+		owner := ""
+		if r.Len() > 0 {
+			owner = r.Owner(it.Key)
+		}
+		byOwner[owner] = append(byOwner[owner], it)
+	}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for owner, items := range byOwner {
+		wg.Go(func() {
+			var nodes []string
+			if owner != "" {
+				nodes = []string{owner}
+			}
+			var rep MSetReply
+			err := c.do(ctx, nodes, OpMSet, MSetRequest{Items: items}, &rep)
+			if err != nil && unreachable(err) && owner != "" {
+				err = c.do(ctx, nil, OpMSet, MSetRequest{Items: items}, &rep)
+			}
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Stats returns the figures of every node and their sum.
+func (c *Client) Stats(ctx context.Context) (StatsReply, error) {
+	var rep StatsReply
+	err := c.do(ctx, nil, OpStats, StatsRequest{}, &rep)
+	return rep, err
+}

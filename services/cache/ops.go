@@ -1,0 +1,607 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/ring"
+	"github.com/meshkit/mesh/pkg/ring/membership"
+)
+
+// The handlers run Inline: a hit, a miss and a write without replicas are
+// answered from memory in the subscription's callback; whatever waits on
+// another node (a forward, a replica write, a hand-off, a loader) continues
+// on a worker.
+
+func hopOf(m *bus.Msg) string { return m.Header.Get(HeaderHop) }
+
+func formatVersion(r *ring.Ring) string {
+	if r.Len() == 0 {
+		return ""
+	}
+	return membership.FormatVersion(r.Version())
+}
+
+// lookup reads a key from the store.
+func (s *Server) lookup(key string) (GetReply, bool) {
+	v, left, ok := s.store.get(key)
+	if !ok {
+		return GetReply{}, false
+	}
+	rep := GetReply{Found: true, Value: v}
+	if left > 0 {
+		rep.TTLms = max(left.Milliseconds(), 1)
+	}
+	return rep, true
+}
+
+func (s *Server) hit(key string) (GetReply, bool) {
+	rep, ok := s.lookup(key)
+	if ok {
+		s.hits.Add(1)
+	}
+	return rep, ok
+}
+
+func (s *Server) get(_ context.Context, m *bus.Msg) (any, error) {
+	var req GetRequest
+	if err := m.Decode(&req); err != nil {
+		return nil, err
+	}
+	via := hopOf(m)
+	if via == hopHandoff { // a new owner asks what this node has
+		rep, _ := s.lookup(req.Key)
+		return rep, nil
+	}
+	var buf [4]string
+	owners := s.owners(s.ring(), req.Key, buf[:0])
+	mine := slices.Index(owners, s.cfg.ID)
+	if mine >= 0 || via != "" {
+		if rep, ok := s.hit(req.Key); ok {
+			return rep, nil
+		}
+	}
+	if mine == 0 || via != "" { // a miss at the owner (or where the owner sent it)
+		return s.miss(req.Key, owners), nil
+	}
+	owners = slices.Clone(owners)
+	return bus.Continue(func(ctx context.Context) (any, error) {
+		return s.relay(ctx, m, OpGet, withoutSelf(owners, s.cfg.ID))
+	}), nil
+}
+
+// miss answers a miss at the owner: at once when there is nobody to ask,
+// else on a worker that asks the previous owners or the loader.
+func (s *Server) miss(key string, owners []string) any {
+	from := s.handoffSources(key, owners)
+	if len(from) == 0 && s.loader(key) == "" {
+		s.misses.Add(1)
+		return GetReply{}
+	}
+	return bus.Continue(func(ctx context.Context) (any, error) { return s.fill(ctx, key, from) })
+}
+
+// handoffSources lists the nodes that may hold a key this owner misses: the
+// key's owners under the rings replaced within the grace period when this
+// node held no copy then, and while the node is new, its replicas.
+func (s *Server) handoffSources(key string, owners []string) []string {
+	now := time.Now()
+	s.mu.Lock()
+	prev := s.prev
+	s.mu.Unlock()
+	var out []string
+	add := func(ids []string) {
+		for _, id := range ids {
+			if id != s.cfg.ID && !slices.Contains(out, id) {
+				out = append(out, id)
+			}
+		}
+	}
+	for _, o := range prev {
+		if now.After(o.until) {
+			continue
+		}
+		if was := s.owners(o.r, key, nil); !slices.Contains(was, s.cfg.ID) {
+			add(was)
+		}
+	}
+	if now.Sub(s.started) < s.cfg.Grace {
+		add(owners)
+	}
+	return out
+}
+
+// loader returns the loader subject of a key's namespace, if any.
+func (s *Server) loader(key string) string {
+	if len(s.cfg.Loaders) == 0 {
+		return ""
+	}
+	ns, _, ok := strings.Cut(key, ":")
+	if !ok {
+		return ""
+	}
+	return s.cfg.Loaders[ns]
+}
+
+// fill resolves a miss at the owner, once per key however many requests
+// wait: from the previous owners, else from the loader.
+func (s *Server) fill(ctx context.Context, key string, from []string) (GetReply, error) {
+	s.mu.Lock()
+	if c, ok := s.calls[key]; ok {
+		s.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.rep, c.err
+		case <-ctx.Done():
+			return GetReply{}, ctx.Err()
+		}
+	}
+	c := &call{done: make(chan struct{})}
+	s.calls[key] = c
+	s.mu.Unlock()
+	c.rep, c.err = s.resolve(ctx, key, from)
+	s.mu.Lock()
+	delete(s.calls, key)
+	s.mu.Unlock()
+	close(c.done)
+	return c.rep, c.err
+}
+
+func (s *Server) resolve(ctx context.Context, key string, from []string) (GetReply, error) {
+	// A write may have landed since the miss was seen.
+	if rep, ok := s.hit(key); ok {
+		return rep, nil
+	}
+	for _, id := range from {
+		var rep GetReply
+		if err := s.ask(ctx, id, OpGet, hopHandoff, GetRequest{Key: key}, &rep); err != nil {
+			s.log.Debug().Err(err).Str("from", id).Msg("hand-off failed")
+			continue
+		}
+		if rep.Found {
+			s.store.set(key, rep.Value, time.Duration(rep.TTLms)*time.Millisecond)
+			s.handoffs.Add(1)
+			return rep, nil
+		}
+	}
+	subj := s.loader(key)
+	if subj == "" {
+		s.misses.Add(1)
+		return GetReply{}, nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, s.cfg.LoaderTimeout)
+	defer cancel()
+	lr, err := bus.Request[LoadRequest, LoadReply](lctx, s.nc, subj, LoadRequest{Key: key})
+	if err != nil {
+		return GetReply{}, ErrLoader.With("loader %s for %q: %v", subj, key, err)
+	}
+	s.misses.Add(1)
+	if !lr.Found {
+		return GetReply{}, nil
+	}
+	if lr.TTLms < 0 || len(lr.Value) > s.cfg.MaxValueBytes {
+		return GetReply{}, ErrLoader.With("loader %s for %q: a negative ttl_ms or a value above %d bytes", subj, key, s.cfg.MaxValueBytes)
+	}
+	s.loads.Add(1)
+	ttl := time.Duration(lr.TTLms) * time.Millisecond
+	s.store.set(key, lr.Value, ttl)
+	// The copies are written as a set would write them; a replica that
+	// fails only costs a later miss there.
+	var buf [4]string
+	if others := withoutSelf(s.owners(s.ring(), key, buf[:0]), s.cfg.ID); len(others) > 0 {
+		item := SetRequest{Key: key, Value: lr.Value, TTLms: lr.TTLms}
+		if err := s.copyTo(ctx, others, OpSet, item); err != nil {
+			s.log.Warn().Err(err).Str("key", key).Msg("loaded value not replicated")
+		}
+	}
+	rep := GetReply{Found: true, Value: lr.Value}
+	if lr.TTLms > 0 {
+		rep.TTLms = lr.TTLms
+	}
+	return rep, nil
+}
+
+func (s *Server) set(_ context.Context, m *bus.Msg) (any, error) {
+	var req SetRequest
+	if err := m.Decode(&req); err != nil {
+		return nil, err
+	}
+	if len(req.Value) > s.cfg.MaxValueBytes {
+		return nil, ErrValueTooLarge.With("value of %d bytes exceeds %d", len(req.Value), s.cfg.MaxValueBytes)
+	}
+	via := hopOf(m)
+	ttl := time.Duration(req.TTLms) * time.Millisecond
+	if via == hopReplica {
+		s.store.set(req.Key, req.Value, ttl)
+		return SetReply{Copies: 1}, nil
+	}
+	var buf [4]string
+	owners := s.owners(s.ring(), req.Key, buf[:0])
+	if owners[0] != s.cfg.ID && via == "" {
+		owners = slices.Clone(owners)
+		return bus.Continue(func(ctx context.Context) (any, error) {
+			return s.relay(ctx, m, OpSet, withoutSelf(owners, s.cfg.ID))
+		}), nil
+	}
+	s.store.set(req.Key, req.Value, ttl)
+	others := withoutSelf(owners, s.cfg.ID)
+	if len(others) == 0 {
+		return SetReply{Copies: 1}, nil
+	}
+	return bus.Continue(func(ctx context.Context) (any, error) {
+		if err := s.copyTo(ctx, others, OpSet, req); err != nil {
+			return nil, err
+		}
+		return SetReply{Copies: 1 + len(others)}, nil
+	}), nil
+}
+
+func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
+	var req DelRequest
+	if err := m.Decode(&req); err != nil {
+		return nil, err
+	}
+	via := hopOf(m)
+	if via == hopReplica {
+		return DelReply{Deleted: s.store.del(req.Key)}, nil
+	}
+	var buf [4]string
+	owners := s.owners(s.ring(), req.Key, buf[:0])
+	if owners[0] != s.cfg.ID && via == "" {
+		owners = slices.Clone(owners)
+		return bus.Continue(func(ctx context.Context) (any, error) {
+			return s.relay(ctx, m, OpDel, withoutSelf(owners, s.cfg.ID))
+		}), nil
+	}
+	deleted := s.store.del(req.Key)
+	// The previous owners lose their copy too, or a hand-off would bring
+	// the key back.
+	others := withoutSelf(owners, s.cfg.ID)
+	prev := s.handoffSources(req.Key, nil)
+	if len(others) == 0 && len(prev) == 0 {
+		return DelReply{Deleted: deleted}, nil
+	}
+	return bus.Continue(func(ctx context.Context) (any, error) {
+		for _, id := range prev {
+			if !slices.Contains(others, id) {
+				var r DelReply
+				_ = s.ask(ctx, id, OpDel, hopReplica, req, &r)
+			}
+		}
+		if err := s.copyTo(ctx, others, OpDel, req); err != nil {
+			return nil, err
+		}
+		return DelReply{Deleted: deleted}, nil
+	}), nil
+}
+
+// copyTo sends a write to replicas, all at once, and fails unless all
+// stored it.
+func (s *Server) copyTo(ctx context.Context, nodes []string, op string, req any) error {
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, id := range nodes {
+		wg.Go(func() {
+			var rep struct{}
+			if err := s.ask(ctx, id, op, hopReplica, req, &rep); err != nil {
+				errs[i] = ErrUnavailable.With("replica %s: %v", id, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// relay passes a request as it came to the first of nodes that answers,
+// marked so that it is not passed on again.
+func (s *Server) relay(ctx context.Context, m *bus.Msg, op string, nodes []string) (any, error) {
+	h := nats.Header{HeaderHop: []string{hopForward}}
+	if ct := m.Header.Get(bus.HeaderContentType); ct != "" {
+		h.Set(bus.HeaderContentType, ct)
+	}
+	var last error = ErrUnavailable.With("no node holds the key")
+	for _, id := range nodes {
+		s.forwards.Add(1)
+		actx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+		rep, err := bus.RequestMsg(actx, s.nc, &nats.Msg{Subject: NodeSubject(id, op), Header: h, Data: m.Data})
+		cancel()
+		if err == nil {
+			return bus.Raw(rep.Data), nil
+		}
+		if !unreachable(err) {
+			return nil, err
+		}
+		last = ErrUnavailable.With("node %s: %v", id, err)
+	}
+	return nil, last
+}
+
+// ask sends a request in msgpack to one node.
+func (s *Server) ask(ctx context.Context, id, op, via string, req, resp any) error {
+	data, err := bus.MsgPack.Marshal(req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+	defer cancel()
+	rep, err := bus.RequestMsg(ctx, s.nc, &nats.Msg{Subject: NodeSubject(id, op), Header: nats.Header{HeaderHop: []string{via}}, Data: data})
+	if err != nil {
+		return err
+	}
+	return bus.MsgPack.Unmarshal(rep.Data, resp)
+}
+
+func unreachable(err error) bool {
+	return errors.Is(err, bus.ErrUnavailable) || errors.Is(err, bus.ErrTimeout)
+}
+
+func withoutSelf(ids []string, self string) []string {
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if id != self {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func (s *Server) mget(_ context.Context, m *bus.Msg) (any, error) {
+	var req MGetRequest
+	if err := m.Decode(&req); err != nil {
+		return nil, err
+	}
+	via := hopOf(m)
+	r := s.ring()
+	rep := MGetReply{Values: make([]GetReply, len(req.Keys))}
+	var rest []int
+	var buf [4]string
+	for i, k := range req.Keys {
+		if via != "" || slices.Contains(s.owners(r, k, buf[:0]), s.cfg.ID) {
+			if v, ok := s.hit(k); ok {
+				rep.Values[i] = v
+				continue
+			}
+		}
+		rest = append(rest, i)
+	}
+	if len(rest) == 0 {
+		return rep, nil
+	}
+	return bus.Continue(func(ctx context.Context) (any, error) {
+		if err := s.mgetRest(ctx, r, req.Keys, rest, via != "", rep.Values); err != nil {
+			return nil, err
+		}
+		return rep, nil
+	}), nil
+}
+
+// mgetRest fills the values of the keys at rest: a miss this node owns (or
+// was sent) is resolved here; the others are asked of their owners, then of
+// their replicas, one request per node.
+func (s *Server) mgetRest(ctx context.Context, r *ring.Ring, keys []string, rest []int, owner bool, out []GetReply) error {
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		loadErr error
+	)
+	groups := map[string][]int{}
+	for _, i := range rest {
+		owners := s.owners(r, keys[i], nil)
+		if owner || owners[0] == s.cfg.ID {
+			switch v := s.miss(keys[i], owners).(type) {
+			case GetReply:
+				out[i] = v
+			case bus.Continue:
+				wg.Go(func() {
+					rep, err := v(ctx)
+					if err != nil {
+						mu.Lock()
+						loadErr = err
+						mu.Unlock()
+						return
+					}
+					out[i] = rep.(GetReply)
+				})
+			}
+			continue
+		}
+		groups[owners[0]] = append(groups[owners[0]], i)
+	}
+	err := s.askGroups(ctx, r, keys, groups, out)
+	wg.Wait()
+	return errors.Join(err, loadErr)
+}
+
+// askGroups sends each node its keys in one mget; the keys of a node that
+// does not answer go to their next copy holder.
+func (s *Server) askGroups(ctx context.Context, r *ring.Ring, keys []string, groups map[string][]int, out []GetReply) error {
+	for attempt := 1; len(groups) > 0; attempt++ {
+		var (
+			mu     sync.Mutex
+			failed = map[string][]int{}
+			wg     sync.WaitGroup
+		)
+		for id, idx := range groups {
+			wg.Go(func() {
+				req := MGetRequest{Keys: make([]string, len(idx))}
+				for j, i := range idx {
+					req.Keys[j] = keys[i]
+				}
+				var rep MGetReply
+				s.forwards.Add(1)
+				err := s.ask(ctx, id, OpMGet, hopForward, req, &rep)
+				if err == nil && len(rep.Values) == len(idx) {
+					for j, i := range idx {
+						out[i] = rep.Values[j]
+					}
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for _, i := range idx {
+					owners := withoutSelf(s.owners(r, keys[i], nil), s.cfg.ID)
+					if attempt >= len(owners) {
+						failed[""] = append(failed[""], i)
+						continue
+					}
+					next := owners[attempt]
+					failed[next] = append(failed[next], i)
+				}
+			})
+		}
+		wg.Wait()
+		if lost := failed[""]; len(lost) > 0 {
+			return ErrUnavailable.With("no copy holder of %q answered", keys[lost[0]])
+		}
+		groups = failed
+	}
+	return nil
+}
+
+func (s *Server) mset(_ context.Context, m *bus.Msg) (any, error) {
+	var req MSetRequest
+	if err := m.Decode(&req); err != nil {
+		return nil, err
+	}
+	for _, it := range req.Items {
+		if len(it.Value) > s.cfg.MaxValueBytes {
+			return nil, ErrValueTooLarge.With("value of %q: %d bytes exceeds %d", it.Key, len(it.Value), s.cfg.MaxValueBytes)
+		}
+	}
+	via := hopOf(m)
+	if via == hopReplica {
+		for _, it := range req.Items {
+			s.store.set(it.Key, it.Value, time.Duration(it.TTLms)*time.Millisecond)
+		}
+		return MSetReply{Stored: len(req.Items)}, nil
+	}
+	r := s.ring()
+	copies := map[string][]SetRequest{} // replica writes of the items stored here
+	forward := map[string][]SetRequest{}
+	for _, it := range req.Items {
+		owners := s.owners(r, it.Key, nil)
+		if owners[0] != s.cfg.ID && via == "" {
+			forward[owners[0]] = append(forward[owners[0]], it)
+			continue
+		}
+		s.store.set(it.Key, it.Value, time.Duration(it.TTLms)*time.Millisecond)
+		for _, id := range withoutSelf(owners, s.cfg.ID) {
+			copies[id] = append(copies[id], it)
+		}
+	}
+	if len(copies) == 0 && len(forward) == 0 {
+		return MSetReply{Stored: len(req.Items)}, nil
+	}
+	return bus.Continue(func(ctx context.Context) (any, error) {
+		errs := make(chan error, len(copies)+len(forward))
+		var wg sync.WaitGroup
+		send := func(id, via string, items []SetRequest) {
+			wg.Go(func() {
+				var rep MSetReply
+				err := s.ask(ctx, id, OpMSet, via, MSetRequest{Items: items}, &rep)
+				if via == hopForward && unreachable(err) {
+					// The owner is away: its first replica takes the write.
+					err = s.msetVia(ctx, r, items)
+				}
+				if err != nil {
+					errs <- ErrUnavailable.With("node %s: %v", id, err)
+				}
+			})
+		}
+		for id, items := range copies {
+			send(id, hopReplica, items)
+		}
+		for id, items := range forward {
+			s.forwards.Add(1)
+			send(id, hopForward, items)
+		}
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			return nil, err
+		}
+		return MSetReply{Stored: len(req.Items)}, nil
+	}), nil
+}
+
+// msetVia writes items whose owner did not answer through their next copy
+// holders, which act as owners.
+func (s *Server) msetVia(ctx context.Context, r *ring.Ring, items []SetRequest) error {
+	var last error
+	for _, it := range items {
+		owners := withoutSelf(s.owners(r, it.Key, nil), s.cfg.ID)
+		ok := false
+		for _, id := range owners[min(1, len(owners)):] {
+			var rep MSetReply
+			if last = s.ask(ctx, id, OpMSet, hopForward, MSetRequest{Items: []SetRequest{it}}, &rep); last == nil {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return ErrUnavailable.With("no copy holder of %q answered", it.Key)
+		}
+	}
+	return nil
+}
+
+func (s *Server) stats() NodeStats {
+	r := s.ring()
+	return NodeStats{
+		Node: s.cfg.ID, Hits: s.hits.Load(), Misses: s.misses.Load(), Loads: s.loads.Load(),
+		Handoffs: s.handoffs.Load(), Forwards: s.forwards.Load(), Evictions: s.store.evictions(),
+		Items: s.store.items(), Bytes: s.store.bytes(), MaxBytes: s.store.maxBytes,
+		Members: r.Len(), Ring: formatVersion(r),
+	}
+}
+
+func (s *Server) nodeStats(context.Context, *StatsRequest) (NodeStats, error) { return s.stats(), nil }
+
+// allStats asks every member of the ring for its figures and sums them.
+func (s *Server) allStats(ctx context.Context, _ *StatsRequest) (StatsReply, error) {
+	members := s.ring().Members()
+	nodes := make([]NodeStats, len(members))
+	ok := make([]bool, len(members))
+	var wg sync.WaitGroup
+	for i, mem := range members {
+		wg.Go(func() {
+			if mem.ID == s.cfg.ID {
+				nodes[i], ok[i] = s.stats(), true
+				return
+			}
+			ok[i] = s.ask(ctx, mem.ID, OpStats, hopForward, StatsRequest{}, &nodes[i]) == nil
+		})
+	}
+	wg.Wait()
+	var rep StatsReply
+	for i, n := range nodes {
+		if !ok[i] {
+			continue
+		}
+		rep.Nodes = append(rep.Nodes, n)
+		t := &rep.Total
+		t.Hits += n.Hits
+		t.Misses += n.Misses
+		t.Loads += n.Loads
+		t.Handoffs += n.Handoffs
+		t.Forwards += n.Forwards
+		t.Evictions += n.Evictions
+		t.Items += n.Items
+		t.Bytes += n.Bytes
+		t.MaxBytes += n.MaxBytes
+	}
+	if len(rep.Nodes) == 0 {
+		rep.Nodes = append(rep.Nodes, s.stats())
+		rep.Total = rep.Nodes[0]
+		rep.Total.Node = ""
+	}
+	rep.Total.Members = len(members)
+	return rep, nil
+}

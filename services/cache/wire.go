@@ -1,0 +1,271 @@
+package cache
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"unicode/utf8"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// Subjects of the cache service. Any node answers the service subjects (the
+// instances share them in a queue group); a node's own subjects are
+// NodeSubject(id, op).
+const (
+	SubjectGet   = "mesh.cache.get"
+	SubjectSet   = "mesh.cache.set"
+	SubjectDel   = "mesh.cache.del"
+	SubjectMGet  = "mesh.cache.mget"
+	SubjectMSet  = "mesh.cache.mset"
+	SubjectStats = "mesh.cache.stats"
+)
+
+// Operations, the last token of the subjects.
+const (
+	OpGet   = "get"
+	OpSet   = "set"
+	OpDel   = "del"
+	OpMGet  = "mget"
+	OpMSet  = "mset"
+	OpStats = "stats"
+)
+
+// NodeSubject is the subject of one node's operation: mesh.cache.node.<id>.<op>.
+func NodeSubject(id, op string) string { return "mesh.cache.node." + id + "." + op }
+
+// HeaderHop marks a request one node sends another; its value says why.
+// A request that carries it is never forwarded again, so two nodes whose
+// rings disagree cannot bounce a request between them.
+const HeaderHop = "Mesh-Hop"
+
+// Values of HeaderHop.
+const (
+	hopForward = "forward" // a node passes a request to the key's owner
+	hopReplica = "replica" // the owner writes (or deletes) a copy on a replica
+	hopHandoff = "handoff" // a new owner asks a previous owner for a key
+)
+
+// Limits checked at the edge.
+const (
+	MaxKeyLen = 1024 // bytes
+	// MaxBatch bounds the keys of one mget or mset.
+	MaxBatch = 1024
+	// DefaultMaxValueBytes is Config.MaxValueBytes when left zero.
+	DefaultMaxValueBytes = 1 << 20
+)
+
+// Errors of the cache service. Across the wire they are codes; the Client
+// maps them back, so errors.Is works on either side.
+var (
+	// ErrNotFound: the key is not in the cache. The service answers a miss
+	// with {"found": false}, not with an error; the Client returns this.
+	ErrNotFound = bus.NewError(404, "not_found", "key not found")
+	// ErrInvalidKey: empty, longer than MaxKeyLen, or not UTF-8.
+	ErrInvalidKey = bus.NewError(400, "invalid_key", "invalid key")
+	// ErrInvalidTTL: a negative ttl_ms.
+	ErrInvalidTTL = bus.NewError(400, "invalid_ttl", "invalid ttl_ms")
+	// ErrValueTooLarge: a value above the service's MaxValueBytes.
+	ErrValueTooLarge = bus.NewError(413, "value_too_large", "value too large")
+	// ErrInvalid: another field is wrong (an empty or oversized batch).
+	ErrInvalid = bus.NewError(400, "invalid", "invalid request")
+	// ErrUnavailable: the owner or a replica of a key did not answer.
+	ErrUnavailable = bus.NewError(503, "unavailable", "cache node unavailable")
+	// ErrLoader: the loader of a namespace failed.
+	ErrLoader = bus.NewError(502, "loader_failed", "the loader failed")
+)
+
+var sentinels = []*bus.Error{ErrNotFound, ErrInvalidKey, ErrInvalidTTL, ErrValueTooLarge, ErrInvalid, ErrUnavailable, ErrLoader}
+
+// Value is a cached value: any bytes. In msgpack it travels as bin (str is
+// accepted too). In JSON it is a string when the bytes are UTF-8 text, as
+// most cached values are, and {"base64": "..."} otherwise; a request may use
+// either form.
+type Value []byte
+
+type b64Value struct {
+	Base64 string `json:"base64"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (v Value) MarshalJSON() ([]byte, error) {
+	if utf8.Valid(v) {
+		return json.Marshal(string(v))
+	}
+	return json.Marshal(b64Value{base64.StdEncoding.EncodeToString(v)})
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (v *Value) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*v = Value(s)
+		return nil
+	}
+	var o b64Value
+	if err := json.Unmarshal(b, &o); err != nil {
+		return errors.New(`a value is a string or {"base64": "..."}`)
+	}
+	d, err := base64.StdEncoding.DecodeString(o.Base64)
+	if err != nil {
+		return errors.New("value: invalid base64")
+	}
+	*v = d
+	return nil
+}
+
+// GetRequest reads a key.
+type GetRequest struct {
+	Key string `json:"key"`
+}
+
+// GetReply is a hit or a miss.
+type GetReply struct {
+	Found bool  `json:"found"`
+	Value Value `json:"value,omitempty"`
+	// TTLms is the time the value has left; 0: no expiry.
+	TTLms int64 `json:"ttl_ms,omitempty"`
+}
+
+// SetRequest writes a key.
+type SetRequest struct {
+	Key   string `json:"key"`
+	Value Value  `json:"value"`
+	TTLms int64  `json:"ttl_ms,omitempty"` // 0: no expiry
+}
+
+// SetReply confirms a write: the owner and Copies-1 replicas have it.
+type SetReply struct {
+	Copies int `json:"copies"`
+}
+
+// DelRequest removes a key.
+type DelRequest struct {
+	Key string `json:"key"`
+}
+
+// DelReply tells whether the owner had the key.
+type DelReply struct {
+	Deleted bool `json:"deleted"`
+}
+
+// MGetRequest reads several keys.
+type MGetRequest struct {
+	Keys []string `json:"keys"`
+}
+
+// MGetReply has one GetReply per requested key, in the request's order.
+type MGetReply struct {
+	Values []GetReply `json:"values"`
+}
+
+// MSetRequest writes several keys.
+type MSetRequest struct {
+	Items []SetRequest `json:"items"`
+}
+
+// MSetReply confirms a batch write.
+type MSetReply struct {
+	Stored int `json:"stored"`
+}
+
+// StatsRequest asks for the figures of every node.
+type StatsRequest struct{}
+
+// NodeStats are the figures of one node (or their sum).
+type NodeStats struct {
+	Node      string `json:"node,omitempty"`
+	Hits      int64  `json:"hits"`
+	Misses    int64  `json:"misses"`
+	Loads     int64  `json:"loads"`     // values fetched by a loader
+	Handoffs  int64  `json:"handoffs"`  // misses answered by a previous owner
+	Forwards  int64  `json:"forwards"`  // requests passed to another node
+	Evictions int64  `json:"evictions"` // entries dropped for room
+	Items     int64  `json:"items"`
+	Bytes     int64  `json:"bytes"` // the store's accounted size
+	MaxBytes  int64  `json:"max_bytes"`
+	Members   int    `json:"members,omitempty"` // nodes in this node's ring
+	Ring      string `json:"ring_version,omitempty"`
+}
+
+// StatsReply sums the figures of the nodes that answered.
+type StatsReply struct {
+	Total NodeStats   `json:"total"`
+	Nodes []NodeStats `json:"nodes"`
+}
+
+// CheckKey reports whether key is a valid cache key.
+func CheckKey(key string) error {
+	switch {
+	case key == "":
+		return ErrInvalidKey.With("empty key")
+	case len(key) > MaxKeyLen:
+		return ErrInvalidKey.With("key of %d bytes exceeds %d", len(key), MaxKeyLen)
+	case !utf8.ValidString(key):
+		return ErrInvalidKey.With("key is not UTF-8")
+	}
+	return nil
+}
+
+func checkBatch(n int) error {
+	if n == 0 || n > MaxBatch {
+		return ErrInvalid.With("a batch holds 1 to %d keys, got %d", MaxBatch, n)
+	}
+	return nil
+}
+
+// Validate implements bus.Validator.
+func (r *GetRequest) Validate() error { return CheckKey(r.Key) }
+
+// Validate implements bus.Validator.
+func (r *DelRequest) Validate() error { return CheckKey(r.Key) }
+
+// Validate implements bus.Validator.
+func (r *SetRequest) Validate() error {
+	if err := CheckKey(r.Key); err != nil {
+		return err
+	}
+	if r.TTLms < 0 {
+		return ErrInvalidTTL.With("ttl_ms must be ≥ 0 (0: no expiry), got %d", r.TTLms)
+	}
+	return nil
+}
+
+// Validate implements bus.Validator.
+func (r *MGetRequest) Validate() error {
+	if err := checkBatch(len(r.Keys)); err != nil {
+		return err
+	}
+	for _, k := range r.Keys {
+		if err := CheckKey(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate implements bus.Validator.
+func (r *MSetRequest) Validate() error {
+	if err := checkBatch(len(r.Items)); err != nil {
+		return err
+	}
+	for i := range r.Items {
+		if err := r.Items[i].Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LoadRequest is what the owner of a key sends to its namespace's loader
+// subject on a miss.
+type LoadRequest struct {
+	Key string `json:"key"`
+}
+
+// LoadReply is a loader's answer: the value and its TTL, or found false.
+type LoadReply struct {
+	Found bool  `json:"found"`
+	Value Value `json:"value,omitempty"`
+	TTLms int64 `json:"ttl_ms,omitempty"`
+}
