@@ -1,0 +1,155 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// Client is the Go SDK of the scheduler service.
+type Client struct {
+	nc *nats.Conn
+}
+
+// NewClient returns a client that talks to the scheduler service over nc.
+func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
+
+// Submit submits a task and returns its id. It fails with ErrInvalidQueue,
+// ErrInvalidSchedule, ErrInvalid or ErrPayloadTooLarge on bad input (nothing
+// is enqueued), and with ErrDuplicate when the queue has a task with the
+// same unique key within its window: the id returned is then that task's.
+func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) {
+	r, err := bus.Request[SubmitRequest, SubmitReply](ctx, c.nc, SubjectSubmit, req)
+	if err != nil {
+		if id, ok := DuplicateID(err); ok {
+			return id, err
+		}
+		return "", err
+	}
+	return r.ID, nil
+}
+
+// DuplicateID returns the id of the existing task an ErrDuplicate names.
+func DuplicateID(err error) (string, bool) {
+	var e *bus.Error
+	if !errors.As(err, &e) || !errors.Is(err, ErrDuplicate) {
+		return "", false
+	}
+	i := strings.LastIndex(e.Message, duplicateMarker)
+	if i < 0 {
+		return "", false
+	}
+	return e.Message[i+len(duplicateMarker):], true
+}
+
+// Status returns a task's state, or ErrNotFound.
+func (c *Client) Status(ctx context.Context, id string) (TaskInfo, error) {
+	return bus.Request[StatusRequest, TaskInfo](ctx, c.nc, SubjectStatus, StatusRequest{ID: id})
+}
+
+// Cancel cancels a task: a scheduled task never runs, a queued one is
+// removed, a running one has its handler's context cancelled. It returns
+// the state the task was in, or ErrFinished when it had already finished,
+// or ErrNotFound.
+func (c *Client) Cancel(ctx context.Context, id string) (string, error) {
+	r, err := bus.Request[CancelRequest, CancelReply](ctx, c.nc, SubjectCancel, CancelRequest{ID: id})
+	return r.Was, err
+}
+
+// List returns one page of tasks, sorted by id; pass the reply's
+// NextCursor as the next request's Cursor.
+func (c *Client) List(ctx context.Context, req ListRequest) (ListReply, error) {
+	return bus.Request[ListRequest, ListReply](ctx, c.nc, SubjectList, req)
+}
+
+// Queues returns the figures of every queue.
+func (c *Client) Queues(ctx context.Context) ([]QueueInfo, error) {
+	r, err := bus.Request[QueuesRequest, QueuesReply](ctx, c.nc, SubjectQueues, QueuesRequest{})
+	return r.Queues, err
+}
+
+// Pause stops the delivery of a queue's tasks until Resume (ErrQueueNotFound
+// if nothing was ever submitted to it). Tasks already delivered go on.
+func (c *Client) Pause(ctx context.Context, queue string) error {
+	_, err := bus.Request[PauseRequest, PauseReply](ctx, c.nc, SubjectPause, PauseRequest{Queue: queue})
+	return err
+}
+
+// Resume restarts the delivery of a paused queue.
+func (c *Client) Resume(ctx context.Context, queue string) error {
+	_, err := bus.Request[PauseRequest, PauseReply](ctx, c.nc, SubjectResume, PauseRequest{Queue: queue})
+	return err
+}
+
+// AddSchedule adds a periodic schedule, or replaces the one of the same
+// name. Each tick makes one task, however many scheduler instances run.
+func (c *Client) AddSchedule(ctx context.Context, req ScheduleRequest) (ScheduleInfo, error) {
+	return bus.Request[ScheduleRequest, ScheduleInfo](ctx, c.nc, SubjectAddSched, req)
+}
+
+// ListSchedules lists the periodic schedules by name.
+func (c *Client) ListSchedules(ctx context.Context) ([]ScheduleInfo, error) {
+	r, err := bus.Request[ScheduleListRequest, ScheduleListReply](ctx, c.nc, SubjectListSched, ScheduleListRequest{})
+	return r.Schedules, err
+}
+
+// RemoveSchedule removes a periodic schedule, or fails with
+// ErrScheduleNotFound. Tasks it already made are not affected.
+func (c *Client) RemoveSchedule(ctx context.Context, name string) error {
+	_, err := bus.Request[ScheduleRmRequest, ScheduleRmReply](ctx, c.nc, SubjectRmSched, ScheduleRmRequest{Name: name})
+	return err
+}
+
+// Wait waits until a task has finished (succeeded, dead or cancelled) or
+// ctx ends, and returns its last state. It listens to the task events and
+// asks for the status when one names the task (and every few seconds, in
+// case an event was missed).
+func (c *Client) Wait(ctx context.Context, id string) (TaskInfo, error) {
+	ch := make(chan struct{}, 1)
+	sub, err := c.nc.Subscribe(bus.EventSubject("task", "*"), func(m *nats.Msg) {
+		var ev struct {
+			Data struct {
+				ID string `json:"id"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(m.Data, &ev) == nil && ev.Data.ID == id {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		return TaskInfo{}, err
+	}
+	defer sub.Unsubscribe()
+	if err := c.nc.Flush(); err != nil {
+		return TaskInfo{}, err
+	}
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		info, err := c.Status(ctx, id)
+		if err != nil && !errors.Is(err, bus.ErrTimeout) {
+			return info, err
+		}
+		if err == nil && terminal(info.State) {
+			return info, nil
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-ctx.Done():
+			return info, ctx.Err()
+		}
+	}
+}
+
+// Finished reports whether a state is final: succeeded, dead or cancelled.
+func Finished(state string) bool { return terminal(state) }

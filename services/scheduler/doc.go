@@ -1,0 +1,140 @@
+// Package scheduler is the task scheduler of the mesh and its Go SDK:
+// immediate, delayed and periodic tasks on JetStream work queues, with
+// retries, timeouts, cancellation, unique tasks and dead letters. Server is
+// the service, Client its SDK, Worker runs tasks with handlers.
+//
+// # Subjects
+//
+//	subject                          request                                              reply
+//	mesh.scheduler.submit            {queue, type, payload, run_at | delay_ms,            {id, state, run_at}
+//	                                  max_retries, timeout_ms, backoff,
+//	                                  unique_key, unique_for_ms}
+//	mesh.scheduler.status            {id}                                                 {id, queue, type, state, attempts, ...}
+//	mesh.scheduler.cancel            {id}                                                 {id, was, cancelled}
+//	mesh.scheduler.list              {queue, state, limit, cursor}                        {tasks, next_cursor}
+//	mesh.scheduler.queues            {}                                                   {queues: [{name, depth, in_flight, scheduled, dead, paused}]}
+//	mesh.scheduler.pause|resume      {queue}                                              {queue, paused}
+//	mesh.scheduler.schedules.add     {name, queue, type, payload, cron | every_ms,        {name, queue, type, ...}
+//	                                  time_zone, max_retries, timeout_ms}
+//	mesh.scheduler.schedules.list    {}                                                   {schedules}
+//	mesh.scheduler.schedules.rm      {name}                                               {removed}
+//	mesh.scheduler.started           {id, queue, type, attempt, stream_seq, worker}       {run, action, delay_ms, state}
+//	mesh.scheduler.finished          {id, queue, attempt, stream_seq, error,              {action, delay_ms, state}
+//	                                  skip_retry, result}
+//	mesh.tasks.<queue>               a task: headers Mesh-Task-*, body the payload        (JetStream work queue; consumer <queue>)
+//	mesh.dead.<queue>                a dead task, with Mesh-Task-Last-Error               (stream MESH_TASKS_DEAD)
+//	mesh.events.task.submitted|queued|started|succeeded|failed|dead|cancelled              event data {id, queue, type, state, attempts, ...}
+//	mesh.events.task.paused|resumed|scheduled|unscheduled                                  event data {queue} or {schedule, ...}
+//
+// started and finished are the worker protocol (schemas/README.md, "Worker
+// protocol"): a worker in any language pulls from the durable consumer
+// named after the queue and reports each delivery's start and outcome.
+//
+// Errors: duplicate (409, with the existing id at the end of the message:
+// DuplicateID), task_not_found, schedule_not_found, queue_not_found (404),
+// task_finished (409, cancelling a finished task), invalid_queue,
+// invalid_schedule, invalid (400), payload_too_large (413). The Client
+// returns them as the package's sentinels (ErrDuplicate, ...).
+//
+// # Storage
+//
+// Stream MESH_TASKS (work-queue retention, message schedules allowed) holds
+// the queues mesh.tasks.<queue>, each with one durable pull consumer named
+// after the queue; the delayed tasks' server schedules
+// mesh.scheduler.at.<queue>.<id>; the periodic schedules
+// mesh.scheduler.every.<name>; and the staging subjects
+// mesh.scheduler.due.<queue> where both fire, consumed by the scheduler
+// instances (consumer scheduler-staging). Stream MESH_TASKS_DEAD keeps dead
+// tasks (DeadRetention) and captures the queues' max-deliveries advisories
+// (consumer scheduler-advisories), so that none is lost while no instance
+// runs. The KV bucket MESH_TASK_STATE holds one state per task, t.<id>,
+// kept for Retention once the task has finished (a per-key TTL; the bucket
+// is bounded by StateMaxBytes), and the unique keys u.<queue>.<hash> with
+// the TTL of their window.
+//
+// # Delayed tasks never run early
+//
+// nats.go's schedule helper truncates to whole seconds, and the server's
+// schedule timer fires at most every 250 ms per stream, so a server
+// schedule alone is either early or up to 250 ms late. A delayed task's
+// schedule therefore fires Lead (1 s) before run_at into the staging
+// subject; the instance that receives it holds it on a Go timer and
+// publishes it to mesh.tasks.<queue> at run_at (Nats-Msg-Id = the task id),
+// then acknowledges the staging message. A task due in less than 1.5 Lead
+// is staged at once. An instance that dies while holding a task never
+// acknowledged it, so the staging consumer hands it to another instance
+// after its ack wait; if the first had published it, the stream's
+// deduplication drops the second copy. The test measures a few
+// milliseconds of lateness and checks that no task starts before run_at.
+//
+// # Periodic tasks: one per tick, no leader
+//
+// A periodic schedule is a message with a Nats-Schedule header (@every or
+// cron, with a time zone) in MESH_TASKS. The stream fires each tick once,
+// into the staging subject; the staging consumer delivers it to one
+// instance, which makes the tick's task with an id derived from the tick
+// message (schedule name, time and stream sequence), so a redelivered tick
+// makes the same task. No instance elects a leader.
+//
+// # The queue and the states do not drift
+//
+// The state of a task and its message are in two streams, so they cannot
+// be written in one atomic batch (nats.go 1.55 has no atomic batch API
+// either). Instead every transition is ordered so that a crash between its
+// two writes leaves something a later step repairs, and every state is
+// written by one party at a time, under compare-and-set:
+//
+//   - submit writes the state first (queued or scheduled) carrying the
+//     message to publish, then publishes it with Nats-Msg-Id = id, then
+//     drops the carried message from the state (without waiting). If the
+//     instance dies between the first two writes, the state still carries
+//     the message: every instance scans for such states older than
+//     RepairAfter and publishes their message again. The stream's
+//     deduplication window (DedupWindow, longer than RepairAfter) makes that
+//     a no-op when the first publish had landed, even if the task already
+//     ran. If the publish fails, the state is removed and submit fails.
+//   - a worker asks the service (mesh.scheduler.started) before running a
+//     delivery; the service marks it running, or answers that it was
+//     cancelled, finished or has spent its attempts (then it is dead). So
+//     a cancelled task's message that is still in the queue is dropped by
+//     the first worker to get it.
+//   - a worker reports the outcome (mesh.scheduler.finished) before it
+//     acknowledges the message; the service writes succeeded, failed (and
+//     the retry delay, which the worker applies with a nak) or dead. A
+//     worker that dies in between leaves the message unacknowledged; it is
+//     delivered again and the service, seeing a finished state, tells the
+//     next worker to drop it.
+//   - a dead task is copied to mesh.dead.<queue> (deduplicated by id)
+//     before its state says dead, and removed from the queue after.
+//
+// The only writer of task states is the scheduler service; workers never
+// touch the bucket, which keeps the worker protocol to two requests and
+// three JetStream acknowledgements.
+//
+// # Retries, timeouts, dead letters
+//
+// max_retries counts retries after the first attempt (default 3). A failed
+// attempt is retried after a backoff (exponential from 1 s to 10 min with
+// ±25% jitter by default, or constant) through the worker's NakWithDelay.
+// timeout_ms bounds each attempt: the worker cancels the handler's context
+// then; while the handler runs the worker reports progress (InProgress)
+// at a third of the consumer's AckWait, so a task may run longer than the
+// AckWait but a dead worker loses its tasks after one AckWait. Per-task
+// retries are enforced by the service at each start and outcome; the
+// consumers' MaxDeliver is a backstop for deliveries nobody reports: past
+// it the server emits the max-deliveries advisory and leaves the message in
+// the work queue, and an instance moves it (by its stream sequence) to the
+// dead letters and deletes it.
+//
+// # Departures from DESIGN.md
+//
+//   - AckWait is per queue (a consumer setting), not per task: the task
+//     timeout is enforced by the worker, and the AckWait only detects dead
+//     workers. MaxDeliver is likewise a per-queue backstop, not retries+1.
+//   - Retries use NakWithDelay with the service's backoff rather than the
+//     consumer's BackOff list, which is per consumer too.
+//   - Unique keys hold for unique_for_ms from submission, not until the
+//     task finishes.
+//   - A resume is a pause that ends 20 ms later: nats-server 2.15 wakes the
+//     pull requests made during a pause only when a pause deadline passes.
+package scheduler

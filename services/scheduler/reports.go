@@ -1,0 +1,203 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// started serves a worker's report that it is about to run a delivery: the
+// task becomes running, unless it was cancelled or has finished (the worker
+// drops the message), or its attempts are spent (it goes to the dead
+// letters).
+func (s *Server) started(ctx context.Context, r *StartedRequest) (*StartedReply, error) {
+	now := time.Now()
+	var reply StartedReply
+	spent := false
+	rec, err := s.update(ctx, r.ID, func(rec *record) error {
+		switch {
+		case terminal(rec.State):
+			reply = StartedReply{Action: ActionTerm, State: rec.State}
+			return errNoChange
+		case r.Attempt > rec.MaxRetries+1:
+			spent = true
+			return errNoChange
+		}
+		rec.State, rec.Attempts, rec.StartedAt, rec.Seq = StateRunning, r.Attempt, bus.Time{Time: now}, r.StreamSeq
+		rec.NextRetryAt, rec.Pending = bus.Time{}, nil
+		reply = StartedReply{Run: true, State: StateRunning}
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		// Its state expired (or was never written by this service): run it
+		// with a fresh state, rebuilt from the report.
+		rec = record{TaskInfo: TaskInfo{
+			ID: r.ID, Queue: r.Queue, Type: r.Type, State: StateRunning, Attempts: r.Attempt,
+			MaxRetries: s.cfg.DefaultMaxRetries, TimeoutMs: s.cfg.DefaultTimeout.Milliseconds(),
+			CreatedAt: bus.Time{Time: now}, StartedAt: bus.Time{Time: now},
+		}, Seq: r.StreamSeq}
+		if _, err = s.create(ctx, &rec); errors.Is(err, jetstream.ErrKeyExists) {
+			return s.started(ctx, r)
+		}
+		reply = StartedReply{Run: true, State: StateRunning}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if spent {
+		rec, err = s.kill(ctx, r.ID, r.StreamSeq, fmt.Sprintf("delivered %d times, more than 1 + max_retries (%d); last error: %s", r.Attempt, rec.MaxRetries, rec.LastError))
+		if err != nil {
+			return nil, err
+		}
+		return &StartedReply{Action: ActionTerm, State: rec.State}, nil
+	}
+	if reply.Run {
+		s.emit("started", &rec, map[string]any{"worker": r.Worker})
+	}
+	return &reply, nil
+}
+
+// finished serves a worker's report of an attempt's outcome.
+func (s *Server) finished(ctx context.Context, r *FinishedRequest) (*FinishedReply, error) {
+	now := time.Now()
+	var reply FinishedReply
+	final, event := false, ""
+	rec, err := s.update(ctx, r.ID, func(rec *record) error {
+		event = ""
+		switch {
+		case rec.State == StateSucceeded:
+			reply = FinishedReply{Action: ActionAck, State: rec.State}
+			return errNoChange
+		case terminal(rec.State):
+			reply = FinishedReply{Action: ActionTerm, State: rec.State}
+			return errNoChange
+		case r.Error == "":
+			rec.State, rec.FinishedAt, rec.LastError = StateSucceeded, bus.Time{Time: now}, ""
+			res := r.Result
+			rec.ResultTruncated = len(res) > s.cfg.MaxResult
+			if rec.ResultTruncated {
+				res = res[:s.cfg.MaxResult]
+			}
+			rec.Result, rec.ResultEncoding = encodeText(res)
+			reply, event = FinishedReply{Action: ActionAck, State: rec.State}, "succeeded"
+		case r.SkipRetry || r.Attempt >= rec.MaxRetries+1:
+			rec.LastError = truncate(r.Error, MaxErrorLen)
+			final = true
+			return errNoChange
+		default:
+			delay := s.backoff(rec.Backoff, r.Attempt)
+			rec.State, rec.LastError = StateFailed, truncate(r.Error, MaxErrorLen)
+			rec.NextRetryAt = bus.Time{Time: now.Add(delay)}
+			reply, event = FinishedReply{Action: ActionNak, DelayMs: max(delay.Milliseconds(), 1), State: rec.State}, "failed"
+		}
+		rec.Attempts = max(rec.Attempts, r.Attempt)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if final {
+		rec, err = s.kill(ctx, r.ID, r.StreamSeq, truncate(r.Error, MaxErrorLen))
+		if err != nil {
+			return nil, err
+		}
+		return &FinishedReply{Action: ActionTerm, State: rec.State}, nil
+	}
+	if event != "" {
+		extra := map[string]any{}
+		if r.Error != "" {
+			extra["error"] = rec.LastError
+			extra["retry_in_ms"] = reply.DelayMs
+		}
+		s.emit(event, &rec, extra)
+	}
+	return &reply, nil
+}
+
+// kill moves a task to the dead letters: a copy of its message goes to
+// mesh.dead.<queue> (deduplicated by id), then its state becomes dead. The
+// caller removes the message from the queue (a worker's term, or a delete).
+func (s *Server) kill(ctx context.Context, id string, seq uint64, lastErr string) (record, error) {
+	rec, _, err := s.get(ctx, id)
+	if err != nil {
+		return rec, err
+	}
+	if terminal(rec.State) {
+		return rec, nil
+	}
+	m := &nats.Msg{Subject: DeadSubjectPrefix + rec.Queue, Header: taskHeader(&rec)}
+	if seq != 0 {
+		if raw, err := s.tasks.GetMsg(ctx, seq); err == nil && raw.Header.Get(HeaderID) == id {
+			m.Header, m.Data = cleanHeader(raw.Header), raw.Data
+		}
+	}
+	m.Header.Set(HeaderLastError, truncate(lastErr, MaxErrorLen))
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	if _, err := s.js.PublishMsg(ctx, m); err != nil {
+		return rec, fmt.Errorf("scheduler: dead-lettering task %s: %w", id, err)
+	}
+	rec, err = s.update(ctx, id, func(r *record) error {
+		if terminal(r.State) {
+			return errNoChange
+		}
+		r.State, r.LastError, r.FinishedAt, r.NextRetryAt, r.Pending = StateDead, lastErr, bus.Time{Time: time.Now()}, bus.Time{}, nil
+		return nil
+	})
+	if err != nil {
+		return rec, err
+	}
+	if rec.State == StateDead {
+		s.emit("dead", &rec, map[string]any{"error": lastErr})
+	}
+	return rec, nil
+}
+
+// onAdvisory handles the server's max-deliveries advisory of a queue: the
+// task it names was delivered MaxDeliver times without an outcome and stays
+// in the work queue, never delivered again, until it is removed: it goes to
+// the dead letters, then is deleted from the queue.
+func (s *Server) onAdvisory(msg jetstream.Msg) {
+	s.goAsync(func() {
+		var adv struct {
+			Stream     string `json:"stream"`
+			Consumer   string `json:"consumer"`
+			StreamSeq  uint64 `json:"stream_seq"`
+			Deliveries uint64 `json:"deliveries"`
+		}
+		if err := json.Unmarshal(msg.Data(), &adv); err != nil || adv.Stream != Stream || adv.StreamSeq == 0 {
+			_ = msg.Term()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		raw, err := s.tasks.GetMsg(ctx, adv.StreamSeq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			_ = msg.Ack() // already gone
+			return
+		}
+		if err != nil {
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		id := raw.Header.Get(HeaderID)
+		if id != "" {
+			_, err = s.kill(ctx, id, adv.StreamSeq, fmt.Sprintf("delivered %d times without an outcome", adv.Deliveries))
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				_ = msg.NakWithDelay(time.Second)
+				return
+			}
+		}
+		if err := s.tasks.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		_ = msg.Ack()
+	})
+}

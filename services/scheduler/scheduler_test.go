@@ -1,0 +1,615 @@
+package scheduler_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/services/scheduler"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// serve starts a scheduler instance on its own connection.
+func serve(t *testing.T, url string, cfg scheduler.Config) *scheduler.Server {
+	t.Helper()
+	nc := bustest.Connect(t, url)
+	s, err := scheduler.New(nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	return s
+}
+
+func client(t *testing.T, url string) *scheduler.Client {
+	return scheduler.NewClient(bustest.Connect(t, url))
+}
+
+// work starts a worker serving queues with handlers.
+func work(t *testing.T, url string, queues map[string]int, handlers map[string]scheduler.Handler) *scheduler.Worker {
+	t.Helper()
+	w, err := scheduler.NewWorker(bustest.Connect(t, url), scheduler.WorkerConfig{Queues: queues, ShutdownGrace: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for typ, h := range handlers {
+		w.Handle(typ, h)
+	}
+	if err := w.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Stop(context.Background()) })
+	return w
+}
+
+// events collects the task events.
+type events struct {
+	mu   sync.Mutex
+	seen []bus.Event
+	ch   chan struct{}
+}
+
+func watch(t *testing.T, url string) *events {
+	t.Helper()
+	e := &events{ch: make(chan struct{}, 1)}
+	nc := bustest.Connect(t, url)
+	if _, err := nc.Subscribe("mesh.events.task.*", func(m *nats.Msg) {
+		var ev bus.Event
+		if json.Unmarshal(m.Data, &ev) != nil {
+			return
+		}
+		e.mu.Lock()
+		e.seen = append(e.seen, ev)
+		e.mu.Unlock()
+		select {
+		case e.ch <- struct{}{}:
+		default:
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// wait waits until an event of type typ about task id (any task: "") has
+// been seen.
+func (e *events) wait(t *testing.T, typ, id string) bus.Event {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		e.mu.Lock()
+		for _, ev := range e.seen {
+			data, _ := ev.Data.(map[string]any)
+			if ev.Type == typ && (id == "" || data["id"] == id) {
+				e.mu.Unlock()
+				return ev
+			}
+		}
+		e.mu.Unlock()
+		select {
+		case <-e.ch:
+		case <-deadline:
+			t.Fatalf("no %s event for %q in 20s", typ, id)
+		}
+	}
+}
+
+func intp(i int) *int { return &i }
+
+func waitDone(t *testing.T, c *scheduler.Client, id string) scheduler.TaskInfo {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx(t), 30*time.Second)
+	defer cancel()
+	info, err := c.Wait(wctx, id)
+	if err != nil {
+		t.Fatalf("waiting for %s: %v (last state %+v)", id, err, info)
+	}
+	return info
+}
+
+func TestSubmitRunSucceed(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	ev := watch(t, s.URL())
+	work(t, s.URL(), map[string]int{"emails": 4}, map[string]scheduler.Handler{
+		"send": func(ctx context.Context, task *scheduler.Task) error {
+			task.SetResult([]byte("sent to " + string(task.Payload)))
+			return nil
+		},
+	})
+	id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "emails", Type: "send", Payload: []byte("ann@example.com")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := waitDone(t, c, id)
+	if info.State != scheduler.StateSucceeded || info.Result != "sent to ann@example.com" || info.Attempts != 1 {
+		t.Fatalf("status = %+v", info)
+	}
+	if info.StartedAt.IsZero() || info.FinishedAt.IsZero() || info.CreatedAt.IsZero() {
+		t.Fatalf("timestamps missing: %+v", info)
+	}
+	for _, typ := range []string{"task.submitted", "task.started", "task.succeeded"} {
+		ev.wait(t, typ, id)
+	}
+	qs, err := c.Queues(ctx(t))
+	if err != nil || len(qs) != 1 || qs[0].Name != "emails" || qs[0].Depth != 0 {
+		t.Fatalf("queues = %+v, %v", qs, err)
+	}
+	list, err := c.List(ctx(t), scheduler.ListRequest{Queue: "emails", State: scheduler.StateSucceeded})
+	if err != nil || len(list.Tasks) != 1 || list.Tasks[0].ID != id {
+		t.Fatalf("list = %+v, %v", list, err)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{MaxPayload: 1 << 10})
+	nc := bustest.Connect(t, s.URL())
+	for _, c := range []struct {
+		body string
+		is   error
+	}{
+		{`{"queue":"","type":"x"}`, scheduler.ErrInvalidQueue},
+		{`{"queue":"a.b","type":"x"}`, scheduler.ErrInvalidQueue},
+		{`{"queue":"a b","type":"x"}`, scheduler.ErrInvalidQueue},
+		{`{"queue":"q","type":""}`, scheduler.ErrInvalid},
+		{`{"queue":"q","type":"a b"}`, scheduler.ErrInvalid},
+		{`{"queue":"q","type":"x","max_retries":-1}`, scheduler.ErrInvalid},
+		{`{"queue":"q","type":"x","max_retries":1000}`, scheduler.ErrInvalid},
+		{`{"queue":"q","type":"x","timeout_ms":-5}`, scheduler.ErrInvalid},
+		{`{"queue":"q","type":"x","delay_ms":-5}`, scheduler.ErrInvalidSchedule},
+		{`{"queue":"q","type":"x","delay_ms":5,"run_at":"2030-01-01T00:00:00.000Z"}`, scheduler.ErrInvalidSchedule},
+		{`{"queue":"q","type":"x","run_at":"tomorrow"}`, bus.ErrInvalid},
+		{`{"queue":"q","type":"x","backoff":{"kind":"linear"}}`, scheduler.ErrInvalid},
+		{`{"queue":"q","type":"x","unique_for_ms":5000}`, scheduler.ErrInvalid},
+		{`{"queue":"q","type":"x","payload":"` + strings.Repeat("x", 2000) + `"}`, scheduler.ErrPayloadTooLarge},
+		{`{"queue":"q","type":"x","payload":"%%%","payload_encoding":"base64"}`, scheduler.ErrInvalid},
+		{`{"queue":1}`, bus.ErrInvalid},
+		{`{"queue":`, bus.ErrInvalid},
+	} {
+		_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: scheduler.SubjectSubmit, Data: []byte(c.body)})
+		if !errors.Is(err, c.is) {
+			t.Errorf("%.80s: err = %v, want %v", c.body, err, c.is)
+		}
+	}
+	c := scheduler.NewClient(nc)
+	qs, err := c.Queues(ctx(t))
+	if err != nil || len(qs) != 0 {
+		t.Fatalf("bad input made queues: %+v, %v", qs, err)
+	}
+	list, err := c.List(ctx(t), scheduler.ListRequest{})
+	if err != nil || len(list.Tasks) != 0 {
+		t.Fatalf("bad input made tasks: %+v, %v", list, err)
+	}
+	if _, err := c.Status(ctx(t), "nope"); !errors.Is(err, scheduler.ErrNotFound) {
+		t.Fatalf("status of an unknown id: %v", err)
+	}
+	if _, err := c.Cancel(ctx(t), "a.b"); !errors.Is(err, scheduler.ErrInvalid) {
+		t.Fatalf("cancel of a bad id: %v", err)
+	}
+	if err := c.Pause(ctx(t), "nope"); !errors.Is(err, scheduler.ErrQueueNotFound) {
+		t.Fatalf("pause of an unknown queue: %v", err)
+	}
+	if err := c.RemoveSchedule(ctx(t), "nope"); !errors.Is(err, scheduler.ErrScheduleNotFound) {
+		t.Fatalf("rm of an unknown schedule: %v", err)
+	}
+	for _, req := range []scheduler.ScheduleRequest{
+		{Name: "a", Queue: "q", Type: "x"},
+		{Name: "a", Queue: "q", Type: "x", EveryMs: 500},
+		{Name: "a", Queue: "q", Type: "x", EveryMs: 1500},
+		{Name: "a", Queue: "q", Type: "x", Cron: "* * * * * *", EveryMs: 1000},
+		{Name: "a", Queue: "q", Type: "x", Cron: "* * * * * *", TimeZone: "Mars/Olympus"},
+		{Name: "a", Queue: "q", Type: "x", Cron: "not a cron"},
+	} {
+		if _, err := c.AddSchedule(ctx(t), req); !errors.Is(err, scheduler.ErrInvalidSchedule) {
+			t.Errorf("schedule %+v: err = %v, want ErrInvalidSchedule", req, err)
+		}
+	}
+	if scheds, err := c.ListSchedules(ctx(t)); err != nil || len(scheds) != 0 {
+		t.Fatalf("bad schedules were kept: %+v, %v", scheds, err)
+	}
+}
+
+func TestRetryThenDead(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	ev := watch(t, s.URL())
+	var calls atomic.Int32
+	work(t, s.URL(), map[string]int{"q": 2}, map[string]scheduler.Handler{
+		"flaky": func(ctx context.Context, task *scheduler.Task) error {
+			calls.Add(1)
+			if task.Attempt < 3 {
+				return fmt.Errorf("attempt %d failed", task.Attempt)
+			}
+			return nil
+		},
+		"broken": func(ctx context.Context, task *scheduler.Task) error {
+			return fmt.Errorf("attempt %d failed", task.Attempt)
+		},
+		"fatal": func(ctx context.Context, task *scheduler.Task) error {
+			return scheduler.SkipRetry(errors.New("bad payload"))
+		},
+	})
+	fast := &scheduler.Backoff{Kind: "constant", InitialMs: 20}
+	flaky, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "q", Type: "flaky", MaxRetries: intp(5), Backoff: fast})
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "q", Type: "broken", MaxRetries: intp(2), Backoff: fast, Payload: []byte("keep me")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fatal, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "q", Type: "fatal", MaxRetries: intp(5), Backoff: fast})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := waitDone(t, c, flaky); info.State != scheduler.StateSucceeded || info.Attempts != 3 || info.LastError != "" {
+		t.Fatalf("flaky = %+v", info)
+	}
+	ev.wait(t, "task.failed", flaky)
+	if info := waitDone(t, c, broken); info.State != scheduler.StateDead || info.Attempts != 3 || info.LastError != "attempt 3 failed" {
+		t.Fatalf("broken = %+v", info)
+	}
+	ev.wait(t, "task.dead", broken)
+	if info := waitDone(t, c, fatal); info.State != scheduler.StateDead || info.Attempts != 1 {
+		t.Fatalf("fatal = %+v", info)
+	}
+	// The dead tasks are in the dead-letter stream, with their payloads,
+	// and out of the queue.
+	js := s.JetStream()
+	dead, err := js.Stream(ctx(t), scheduler.DeadStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for seq := uint64(1); seq <= 2; seq++ {
+		m, err := dead.GetMsg(ctx(t), seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[m.Header.Get(scheduler.HeaderID)] = string(m.Data) + "|" + m.Header.Get(scheduler.HeaderLastError)
+	}
+	if got[broken] != "keep me|attempt 3 failed" || got[fatal] != "|bad payload" {
+		t.Fatalf("dead letters = %q", got)
+	}
+	eventually(t, func() (bool, string) {
+		qs, err := c.Queues(ctx(t))
+		return err == nil && len(qs) == 1 && qs[0].Dead == 2 && qs[0].Depth == 0 && qs[0].InFlight == 0, fmt.Sprintf("queues = %+v, %v", qs, err)
+	})
+}
+
+// eventually polls cond until it holds, for server-side effects that send
+// no event (a worker's ack reaching the consumer, a key's expiry).
+func eventually(t *testing.T, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, what := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Delayed tasks never start before their run_at, whether the server's
+// schedule stages them or they are due too soon for one.
+func TestDelayedNeverEarly(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	type start struct {
+		id          string
+		runAt, time time.Time
+	}
+	starts := make(chan start, 100)
+	work(t, s.URL(), map[string]int{"later": 8}, map[string]scheduler.Handler{
+		"at": func(ctx context.Context, task *scheduler.Task) error {
+			now := time.Now()
+			runAt, err := time.Parse(time.RFC3339Nano, string(task.Payload))
+			if err != nil {
+				return scheduler.SkipRetry(err)
+			}
+			starts <- start{task.ID, runAt, now}
+			return nil
+		},
+	})
+	const n = 24
+	base := time.Now()
+	for i := range n {
+		// From 300 ms (staged at once) to 2.6 s (a server schedule) ahead.
+		runAt := base.Add(300*time.Millisecond + time.Duration(i)*100*time.Millisecond)
+		req := scheduler.SubmitRequest{Queue: "later", Type: "at", Payload: []byte(runAt.Format(time.RFC3339Nano)), RunAt: bus.Time{Time: runAt}}
+		if i%2 == 1 { // half by delay
+			req.RunAt, req.DelayMs = bus.Time{}, time.Until(runAt).Milliseconds()+1
+			runAt = time.Now().Add(time.Duration(req.DelayMs) * time.Millisecond)
+			req.Payload = []byte(runAt.Format(time.RFC3339Nano))
+		}
+		id, err := c.Submit(ctx(t), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == n-1 {
+			if info, err := c.Status(ctx(t), id); err != nil || info.State != scheduler.StateScheduled || info.RunAt.IsZero() {
+				t.Fatalf("status of a delayed task = %+v, %v", info, err)
+			}
+		}
+	}
+	var worst time.Duration
+	for range n {
+		select {
+		case st := <-starts:
+			late := st.time.Sub(st.runAt)
+			if late < 0 {
+				t.Errorf("task %s started %v early", st.id, -late)
+			}
+			worst = max(worst, late)
+		case <-time.After(20 * time.Second):
+			t.Fatal("delayed tasks did not all start")
+		}
+	}
+	t.Logf("worst lateness of %d delayed tasks: %v", n, worst)
+	// A run_at in the past runs now.
+	id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "later", Type: "at", Payload: []byte(base.Format(time.RFC3339Nano)), RunAt: bus.Time{Time: base.Add(-time.Hour)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := waitDone(t, c, id); info.State != scheduler.StateSucceeded {
+		t.Fatalf("past run_at: %+v", info)
+	}
+}
+
+// A periodic schedule makes one task per tick with two scheduler instances
+// running, and none once removed.
+func TestPeriodicTwoInstances(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	ev := watch(t, s.URL())
+	var mu sync.Mutex
+	runs := map[string]time.Time{}
+	work(t, s.URL(), map[string]int{"cron": 2}, map[string]scheduler.Handler{
+		"beat": func(ctx context.Context, task *scheduler.Task) error {
+			mu.Lock()
+			runs[task.ID] = time.Now()
+			mu.Unlock()
+			if task.Schedule != "heartbeat" || string(task.Payload) != "thump" {
+				return scheduler.SkipRetry(fmt.Errorf("task %+v", task))
+			}
+			return nil
+		},
+	})
+	info, err := c.AddSchedule(ctx(t), scheduler.ScheduleRequest{Name: "heartbeat", Queue: "cron", Type: "beat", Payload: []byte("thump"), EveryMs: 1000})
+	if err != nil || info.EveryMs != 1000 {
+		t.Fatalf("add = %+v, %v", info, err)
+	}
+	scheds, err := c.ListSchedules(ctx(t))
+	if err != nil || len(scheds) != 1 || scheds[0].Name != "heartbeat" || scheds[0].Queue != "cron" || scheds[0].EveryMs != 1000 {
+		t.Fatalf("list = %+v, %v", scheds, err)
+	}
+	// Three ticks.
+	for {
+		mu.Lock()
+		n := len(runs)
+		mu.Unlock()
+		if n >= 3 {
+			break
+		}
+		select {
+		case <-ev.ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d ticks in 10s", n)
+		}
+	}
+	if err := c.RemoveSchedule(ctx(t), "heartbeat"); err != nil {
+		t.Fatal(err)
+	}
+	if scheds, err := c.ListSchedules(ctx(t)); err != nil || len(scheds) != 0 {
+		t.Fatalf("after rm: %+v, %v", scheds, err)
+	}
+	list, err := c.List(ctx(t), scheduler.ListRequest{Queue: "cron"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One task per tick: ticks are a second apart, so two tasks made less
+	// than half a second apart would be one tick made twice.
+	var made []time.Time
+	for _, task := range list.Tasks {
+		if task.Schedule != "heartbeat" {
+			t.Fatalf("task %+v", task)
+		}
+		made = append(made, task.CreatedAt.Time)
+	}
+	for i := range made {
+		for j := range i {
+			if d := made[i].Sub(made[j]).Abs(); d < 500*time.Millisecond {
+				t.Fatalf("two tasks made %v apart: %v", d, made)
+			}
+		}
+	}
+}
+
+func TestCancelEachState(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	ev := watch(t, s.URL())
+
+	// Scheduled: its schedule goes, it never runs.
+	id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "c", Type: "block", DelayMs: 60_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if was, err := c.Cancel(ctx(t), id); err != nil || was != scheduler.StateScheduled {
+		t.Fatalf("cancel scheduled = %s, %v", was, err)
+	}
+	if info, _ := c.Status(ctx(t), id); info.State != scheduler.StateCancelled {
+		t.Fatalf("status = %+v", info)
+	}
+	if qs, err := c.Queues(ctx(t)); err != nil || qs[0].Scheduled != 0 {
+		t.Fatalf("queues = %+v, %v", qs, err)
+	}
+	if _, err := c.Cancel(ctx(t), id); !errors.Is(err, scheduler.ErrFinished) {
+		t.Fatalf("cancel twice = %v", err)
+	}
+
+	// Queued (no worker yet): it is never run.
+	queued, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "c", Type: "block"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if was, err := c.Cancel(ctx(t), queued); err != nil || was != scheduler.StateQueued {
+		t.Fatalf("cancel queued = %s, %v", was, err)
+	}
+
+	// Running: the handler's context is cancelled, the task is not retried.
+	var ran sync.Map
+	cause := make(chan error, 1)
+	work(t, s.URL(), map[string]int{"c": 2}, map[string]scheduler.Handler{
+		"block": func(ctx context.Context, task *scheduler.Task) error {
+			ran.Store(task.ID, true)
+			<-ctx.Done()
+			cause <- context.Cause(ctx)
+			return ctx.Err()
+		},
+		"quick": func(ctx context.Context, task *scheduler.Task) error { return nil },
+	})
+	running, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "c", Type: "block", MaxRetries: intp(5)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.wait(t, "task.started", running)
+	if was, err := c.Cancel(ctx(t), running); err != nil || was != scheduler.StateRunning {
+		t.Fatalf("cancel running = %s, %v", was, err)
+	}
+	select {
+	case err := <-cause:
+		if err == nil || !strings.Contains(err.Error(), "cancelled") {
+			t.Fatalf("handler context cause = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the running handler was not cancelled")
+	}
+	// A later task runs; the cancelled queued one, ahead of it, never did.
+	quick, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "c", Type: "quick"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, c, quick)
+	if _, ok := ran.Load(queued); ok {
+		t.Fatal("a cancelled queued task ran")
+	}
+	if info := waitDone(t, c, running); info.State != scheduler.StateCancelled || info.Attempts != 1 {
+		t.Fatalf("running task after cancel = %+v", info)
+	}
+	if _, err := c.Cancel(ctx(t), quick); !errors.Is(err, scheduler.ErrFinished) {
+		t.Fatalf("cancel of a finished task = %v", err)
+	}
+	// Nothing left in the queue: the cancelled messages were removed.
+	eventually(t, func() (bool, string) {
+		qs, err := c.Queues(ctx(t))
+		return err == nil && qs[0].Depth == 0 && qs[0].InFlight == 0, fmt.Sprintf("queues = %+v, %v", qs, err)
+	})
+}
+
+func TestUnique(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	req := scheduler.SubmitRequest{Queue: "u", Type: "report", UniqueKey: "daily 2026-11-25", UniqueForMs: 1000}
+	first, err := c.Submit(ctx(t), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Submit(ctx(t), req)
+	if !errors.Is(err, scheduler.ErrDuplicate) || !errors.Is(err, bus.ErrConflict) || again != first {
+		t.Fatalf("duplicate = %q, %v; want %q, ErrDuplicate", again, err, first)
+	}
+	other := req
+	other.Queue = "u2"
+	if _, err := c.Submit(ctx(t), other); err != nil {
+		t.Fatalf("same key, other queue: %v", err)
+	}
+	// Once the window has passed, the key is free again.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		id, err := c.Submit(ctx(t), req)
+		if err == nil {
+			if id == first {
+				t.Fatal("same id")
+			}
+			break
+		}
+		if !errors.Is(err, scheduler.ErrDuplicate) || time.Now().After(deadline) {
+			t.Fatalf("after the window: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // the key's expiry on the server sends no event
+	}
+}
+
+func TestPauseResume(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	ev := watch(t, s.URL())
+	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "p", Type: "x"}); err != nil {
+		t.Fatal(err) // creates the queue
+	}
+	if err := c.Pause(ctx(t), "p"); err != nil {
+		t.Fatal(err)
+	}
+	qs, err := c.Queues(ctx(t))
+	if err != nil || !qs[0].Paused {
+		t.Fatalf("queues = %+v, %v", qs, err)
+	}
+	var ran atomic.Int32
+	work(t, s.URL(), map[string]int{"p": 2}, map[string]scheduler.Handler{
+		"x": func(ctx context.Context, task *scheduler.Task) error { ran.Add(1); return nil },
+	})
+	id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "p", Type: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A negative check: nothing may run while paused.
+	time.Sleep(300 * time.Millisecond)
+	if n := ran.Load(); n != 0 {
+		t.Fatalf("%d tasks ran on a paused queue", n)
+	}
+	if err := c.Resume(ctx(t), "p"); err != nil {
+		t.Fatal(err)
+	}
+	ev.wait(t, "task.succeeded", id)
+	if qs, err := c.Queues(ctx(t)); err != nil || qs[0].Paused {
+		t.Fatalf("queues = %+v, %v", qs, err)
+	}
+}

@@ -1,0 +1,658 @@
+package scheduler
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"github.com/rs/zerolog"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// Version is the version of the scheduler service.
+const Version = "0.1.0"
+
+// Config configures a Server.
+type Config struct {
+	// Replicas of the streams and the bucket (3 on a 3-node cluster). Zero: 1.
+	Replicas int
+	// DefaultMaxRetries applies to a task submitted without max_retries.
+	// Zero: 3.
+	DefaultMaxRetries int
+	// DefaultTimeout applies to a task submitted without timeout_ms. Zero:
+	// 30 minutes.
+	DefaultTimeout time.Duration
+	// MaxPayload bounds a task's payload. Zero: 256 KiB.
+	MaxPayload int
+	// MaxResult bounds the result kept in a task's state; a longer one is
+	// truncated. Zero: 16 KiB.
+	MaxResult int
+	// Retention is how long the state of a finished task (succeeded, dead,
+	// cancelled) is kept. Zero: 24 hours.
+	Retention time.Duration
+	// StateMaxBytes bounds the state bucket; when it is full, submits fail
+	// (503) rather than drop states. Zero: 1 GiB.
+	StateMaxBytes int64
+	// DeadRetention is how long dead tasks stay in the dead-letter stream.
+	// Zero: 7 days.
+	DeadRetention time.Duration
+	// AckWait of the queues' consumers: a worker that goes silent (no
+	// progress report) for this long loses its task to another. Workers
+	// report progress at a third of it. Zero: 30s.
+	AckWait time.Duration
+	// MaxDeliver of the queues' consumers: a backstop for tasks whose
+	// workers never report (they die, or do not speak the protocol); past
+	// it the server's max-deliveries advisory makes the task dead. Per-task
+	// retries (max_retries) are enforced before it. Zero: MaxRetries + 2.
+	MaxDeliver int
+	// DedupWindow of the task stream: a task id published twice within it
+	// is stored once. Zero: 2 minutes.
+	DedupWindow time.Duration
+	// Lead is how long before run_at the server's schedule releases a
+	// delayed task to the scheduler, which holds it on a timer of its own
+	// until run_at. At least 250ms (the server's schedule timer
+	// resolution). Zero: 1s.
+	Lead time.Duration
+	// RepairAfter: a task whose state was written but whose enqueue was not
+	// confirmed this long ago (its instance died between the two writes)
+	// is enqueued again by any instance (see doc.go). Zero: 10s.
+	RepairAfter time.Duration
+	// MaxConcurrent bounds the requests served at once. Zero: 1024.
+	MaxConcurrent int
+	// Logger, zero: no logs. Observer, zero: none.
+	Logger   zerolog.Logger
+	Observer bus.Observer
+}
+
+func (c *Config) defaults() {
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.DefaultMaxRetries <= 0 {
+		c.DefaultMaxRetries = 3
+	}
+	if c.DefaultTimeout <= 0 {
+		c.DefaultTimeout = 30 * time.Minute
+	}
+	if c.MaxPayload <= 0 {
+		c.MaxPayload = 256 << 10
+	}
+	if c.MaxResult <= 0 {
+		c.MaxResult = 16 << 10
+	}
+	if c.Retention <= 0 {
+		c.Retention = 24 * time.Hour
+	}
+	if c.StateMaxBytes <= 0 {
+		c.StateMaxBytes = 1 << 30
+	}
+	if c.DeadRetention <= 0 {
+		c.DeadRetention = 7 * 24 * time.Hour
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.MaxDeliver <= 0 {
+		c.MaxDeliver = MaxRetries + 2
+	}
+	if c.DedupWindow <= 0 {
+		c.DedupWindow = 2 * time.Minute
+	}
+	if c.Lead <= 0 {
+		c.Lead = time.Second
+	}
+	c.Lead = max(c.Lead, 250*time.Millisecond)
+	if c.RepairAfter <= 0 {
+		c.RepairAfter = 10 * time.Second
+	}
+	if c.MaxConcurrent <= 0 {
+		c.MaxConcurrent = 1024
+	}
+}
+
+// Server is one instance of the scheduler service. Several may run at once:
+// every state is in JetStream; an instance's memory holds only the delayed
+// tasks it is about to release.
+type Server struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	cfg    Config
+	log    zerolog.Logger
+	svc    *bus.Service
+	events *bus.Events
+
+	kv       jetstream.KeyValue
+	tasks    jetstream.Stream
+	dead     jetstream.Stream
+	queues   sync.Map // queue name -> struct{}: consumers known to exist
+	consumes []jetstream.ConsumeContext
+
+	mu      sync.Mutex
+	held    map[*held]struct{} // delayed tasks on their timers
+	stopped bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// kvPrefix is the subject prefix of the state bucket's keys.
+const kvPrefix = "$KV." + Bucket + "."
+
+// New returns a scheduler service instance ready to Start.
+func New(nc *nats.Conn, cfg Config) (*Server, error) {
+	cfg.defaults()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("service", "scheduler").Logger(),
+		held: map[*held]struct{}{}, stop: make(chan struct{})}
+	s.svc, err = bus.NewService(nc, bus.Config{
+		Name:            "scheduler",
+		Version:         Version,
+		Description:     "Delayed, periodic and retried tasks on JetStream work queues",
+		MaxConcurrent:   cfg.MaxConcurrent,
+		MaxRequestBytes: cfg.MaxPayload + 64<<10,
+		Logger:          cfg.Logger,
+		Observer:        cfg.Observer,
+		Endpoints: []bus.Endpoint{
+			{Name: "submit", Subject: SubjectSubmit, Handler: bus.Typed(s.submit)},
+			{Name: "status", Subject: SubjectStatus, Handler: bus.Typed(s.status)},
+			{Name: "cancel", Subject: SubjectCancel, Handler: bus.Typed(s.cancel)},
+			{Name: "list", Subject: SubjectList, Handler: bus.Typed(s.list)},
+			{Name: "queues", Subject: SubjectQueues, Handler: bus.Typed(s.listQueues)},
+			{Name: "pause", Subject: SubjectPause, Handler: bus.Typed(s.pause)},
+			{Name: "resume", Subject: SubjectResume, Handler: bus.Typed(s.resume)},
+			{Name: "schedules_add", Subject: SubjectAddSched, Handler: bus.Typed(s.addSchedule)},
+			{Name: "schedules_list", Subject: SubjectListSched, Handler: bus.Typed(s.listSchedules)},
+			{Name: "schedules_rm", Subject: SubjectRmSched, Handler: bus.Typed(s.rmSchedule)},
+			{Name: "started", Subject: SubjectStarted, Handler: bus.Typed(s.started)},
+			{Name: "finished", Subject: SubjectFinished, Handler: bus.Typed(s.finished)},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.events = bus.NewEvents(nc, "task", s.svc.ID())
+	return s, nil
+}
+
+// Start ensures the streams, the bucket and the scheduler's consumers, and
+// starts serving.
+func (s *Server) Start(ctx context.Context) error {
+	var err error
+	s.tasks, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        Stream,
+		Description: "Mesh task queues (mesh.tasks.<queue>), delayed-task schedules and periodic schedules",
+		Subjects:    []string{TaskSubjectPrefix + "*", atPrefix + "*.*", duePrefix + "*", everyPrefix + "*"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.cfg.Replicas,
+		Duplicates:  s.cfg.DedupWindow,
+		AllowRollup: true,
+		// Message schedules fire delayed and periodic tasks.
+		AllowMsgSchedules: true,
+	})
+	if err != nil {
+		return fmt.Errorf("scheduler: stream %s: %w", Stream, err)
+	}
+	s.dead, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        DeadStream,
+		Description: "Mesh dead tasks (mesh.dead.<queue>) and the max-deliveries advisories of " + Stream,
+		Subjects:    []string{DeadSubjectPrefix + "*", advisoryPrefix + "*"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.cfg.Replicas,
+		MaxAge:      s.cfg.DeadRetention,
+		Duplicates:  s.cfg.DedupWindow,
+	})
+	if err != nil {
+		return fmt.Errorf("scheduler: stream %s: %w", DeadStream, err)
+	}
+	s.kv, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         Bucket,
+		Description:    "Mesh task states: t.<id> per task, u.<queue>.<hash> per unique key",
+		History:        1,
+		LimitMarkerTTL: time.Minute,
+		MaxBytes:       s.cfg.StateMaxBytes,
+		Replicas:       s.cfg.Replicas,
+		Storage:        jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("scheduler: bucket %s: %w", Bucket, err)
+	}
+	staging, err := s.tasks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       stagingConsumer,
+		Description:   "Delayed tasks due soon, and ticks of periodic schedules, for the scheduler instances",
+		FilterSubject: duePrefix + "*",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxAckPending: 100_000,
+	})
+	if err != nil {
+		return fmt.Errorf("scheduler: staging consumer: %w", err)
+	}
+	advisories, err := s.dead.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       advisoryConsumer,
+		Description:   "Max-deliveries advisories of the task queues, for the scheduler instances",
+		FilterSubject: advisoryPrefix + "*",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("scheduler: advisory consumer: %w", err)
+	}
+	cc, err := staging.Consume(s.onDue, jetstream.PullMaxMessages(1000), jetstream.PullHeartbeat(time.Second))
+	if err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	s.consumes = append(s.consumes, cc)
+	cc, err = advisories.Consume(s.onAdvisory, jetstream.PullMaxMessages(100), jetstream.PullHeartbeat(time.Second))
+	if err != nil {
+		s.stopConsumes()
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	s.consumes = append(s.consumes, cc)
+	if err := s.svc.Start(ctx); err != nil {
+		s.stopConsumes()
+		return err
+	}
+	s.wg.Add(1)
+	go s.repairLoop()
+	return nil
+}
+
+func (s *Server) stopConsumes() {
+	for _, cc := range s.consumes {
+		cc.Stop()
+	}
+	for _, cc := range s.consumes {
+		<-cc.Closed()
+	}
+	s.consumes = nil
+}
+
+// Stop stops serving. Delayed tasks this instance holds are handed back to
+// the staging consumer for another instance.
+func (s *Server) Stop(ctx context.Context) error {
+	err := s.svc.Stop(ctx)
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return err
+	}
+	s.stopped = true
+	close(s.stop)
+	holding := s.held
+	s.held = map[*held]struct{}{}
+	s.mu.Unlock()
+	s.stopConsumes()
+	for h := range holding {
+		if h.timer.Stop() {
+			_ = h.msg.Nak()
+			s.wg.Done()
+		}
+	}
+	s.wg.Wait()
+	return err
+}
+
+// Done is closed once the service has stopped.
+func (s *Server) Done() <-chan struct{} { return s.svc.Done() }
+
+// ID is this instance's id.
+func (s *Server) ID() string { return s.svc.ID() }
+
+// record is a task's state as kept in the bucket under t.<id>.
+type record struct {
+	TaskInfo
+	Backoff *Backoff `json:"backoff,omitempty"`
+	// Seq is the stream sequence of the task's message in its queue, when
+	// known (to remove a cancelled task at once).
+	Seq uint64 `json:"seq,omitempty"`
+	// Pending is the message that enqueues the task, kept until its
+	// publication is confirmed, so that any instance can repeat it.
+	Pending *pendingMsg `json:"pending,omitempty"`
+}
+
+type pendingMsg struct {
+	Subject string      `json:"subject"`
+	Header  nats.Header `json:"header"`
+	Data    []byte      `json:"data,omitempty"`
+}
+
+func (p *pendingMsg) msg() *nats.Msg {
+	m := nats.NewMsg(p.Subject)
+	for k, v := range p.Header {
+		m.Header[k] = append([]string(nil), v...)
+	}
+	m.Data = p.Data
+	return m
+}
+
+func stateKey(id string) string { return "t." + id }
+
+func uniqueKey(queue, key string) string {
+	h := sha256.Sum256([]byte(key))
+	return "u." + queue + "." + hex.EncodeToString(h[:16])
+}
+
+// errNoChange stops an update without writing.
+var errNoChange = errors.New("no change")
+
+// get reads a task's state.
+func (s *Server) get(ctx context.Context, id string) (record, uint64, error) {
+	e, err := s.kv.Get(ctx, stateKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return record{}, 0, ErrNotFound.With("no task %s (finished tasks are kept for %s)", id, s.cfg.Retention)
+	}
+	if err != nil {
+		return record{}, 0, fmt.Errorf("scheduler: reading task %s: %w", id, err)
+	}
+	var rec record
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return record{}, 0, fmt.Errorf("scheduler: task %s: corrupt state: %w", id, err)
+	}
+	return rec, e.Revision(), nil
+}
+
+// put writes a task's state if it is still at revision rev (0: a new key).
+// A finished task's state expires after the retention.
+func (s *Server) put(ctx context.Context, rec *record, rev uint64) (uint64, error) {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(rev)}
+	if terminal(rec.State) {
+		opts = append(opts, jetstream.WithMsgTTL(s.cfg.Retention))
+	}
+	ack, err := s.js.Publish(ctx, kvPrefix+stateKey(rec.ID), data, opts...)
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// create writes the first state of a task.
+func (s *Server) create(ctx context.Context, rec *record) (uint64, error) {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	return s.kv.Create(ctx, stateKey(rec.ID), data)
+}
+
+// update applies fn to a task's state and writes it with a compare-and-set,
+// retrying on conflicts. fn returns errNoChange to stop without writing
+// (update then returns the state read and nil).
+func (s *Server) update(ctx context.Context, id string, fn func(*record) error) (record, error) {
+	for attempt := 0; ; attempt++ {
+		rec, rev, err := s.get(ctx, id)
+		if err != nil {
+			return rec, err
+		}
+		if err := fn(&rec); err != nil {
+			if errors.Is(err, errNoChange) {
+				return rec, nil
+			}
+			return rec, err
+		}
+		if _, err = s.put(ctx, &rec, rev); err == nil {
+			return rec, nil
+		}
+		if !isConflict(err) || attempt >= 20 {
+			return rec, fmt.Errorf("scheduler: writing task %s: %w", id, err)
+		}
+	}
+}
+
+// isConflict reports a failed compare-and-set.
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == 10164)
+}
+
+func (s *Server) emit(what string, rec *record, extra map[string]any) {
+	data := map[string]any{"id": rec.ID, "queue": rec.Queue, "type": rec.Type, "state": rec.State, "attempts": rec.Attempts}
+	for k, v := range extra {
+		data[k] = v
+	}
+	_ = s.events.Emit(what, data)
+}
+
+// queueConsumer is the configuration of a queue's durable consumer.
+func queueConsumer(queue string, ackWait time.Duration, maxDeliver int) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       queue,
+		Description:   "Mesh task queue " + queue,
+		FilterSubject: TaskSubjectPrefix + queue,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    maxDeliver,
+		MaxAckPending: 10_000,
+	}
+}
+
+// ensureQueue creates a queue's consumer unless it exists.
+func (s *Server) ensureQueue(ctx context.Context, queue string) error {
+	if _, ok := s.queues.Load(queue); ok {
+		return nil
+	}
+	_, err := s.tasks.CreateConsumer(ctx, queueConsumer(queue, s.cfg.AckWait, s.cfg.MaxDeliver))
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
+		return fmt.Errorf("scheduler: queue %s: %w", queue, err)
+	}
+	s.queues.Store(queue, struct{}{})
+	return nil
+}
+
+func (s *Server) maxRetries(r *int) int {
+	if r == nil {
+		return s.cfg.DefaultMaxRetries
+	}
+	return *r
+}
+
+func (s *Server) timeoutMs(ms int64) int64 {
+	if ms == 0 {
+		return s.cfg.DefaultTimeout.Milliseconds()
+	}
+	return ms
+}
+
+// taskHeader is the header of a task's message.
+func taskHeader(rec *record) nats.Header {
+	h := nats.Header{}
+	h.Set(HeaderID, rec.ID)
+	h.Set(HeaderType, rec.Type)
+	h.Set(HeaderQueue, rec.Queue)
+	h.Set(HeaderMaxRetries, strconv.Itoa(rec.MaxRetries))
+	h.Set(HeaderTimeout, strconv.FormatInt(rec.TimeoutMs, 10))
+	if rec.Schedule != "" {
+		h.Set(HeaderSchedule, rec.Schedule)
+	}
+	return h
+}
+
+func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, error) {
+	if len(r.Payload) > s.cfg.MaxPayload {
+		return nil, ErrPayloadTooLarge.With("payload of %d bytes exceeds the limit of %d", len(r.Payload), s.cfg.MaxPayload)
+	}
+	now := time.Now()
+	runAt := r.RunAt.Time
+	if r.DelayMs > 0 {
+		runAt = now.Add(time.Duration(r.DelayMs) * time.Millisecond)
+	}
+	delayed := !runAt.IsZero() && runAt.After(now)
+	rec := record{TaskInfo: TaskInfo{
+		ID: nuid.Next(), Queue: r.Queue, Type: r.Type, State: StateQueued,
+		MaxRetries: s.maxRetries(r.MaxRetries), TimeoutMs: s.timeoutMs(r.TimeoutMs),
+		UniqueKey: r.UniqueKey, CreatedAt: bus.Time{Time: now},
+	}, Backoff: r.Backoff}
+	h := taskHeader(&rec)
+	var m *nats.Msg
+	if delayed {
+		rec.State, rec.RunAt = StateScheduled, bus.Time{Time: runAt}
+		h.Set(HeaderRunAt, runAt.UTC().Format(time.RFC3339Nano))
+		// A distinct id: the task's own id belongs to its queue message.
+		h.Set(jetstream.MsgIDHeader, "due-"+rec.ID)
+		if fire := runAt.Add(-s.cfg.Lead); fire.After(now.Add(s.cfg.Lead / 2)) {
+			// The server's schedule releases it to staging Lead early.
+			m = &nats.Msg{Subject: atPrefix + r.Queue + "." + rec.ID, Header: h, Data: r.Payload}
+			h.Set("Nats-Schedule", "@at "+fire.UTC().Format(time.RFC3339Nano))
+			h.Set("Nats-Schedule-Target", duePrefix+r.Queue)
+		} else {
+			// Due too soon for a schedule: staged at once.
+			m = &nats.Msg{Subject: duePrefix + r.Queue, Header: h, Data: r.Payload}
+		}
+	} else {
+		h.Set(jetstream.MsgIDHeader, rec.ID)
+		m = &nats.Msg{Subject: TaskSubjectPrefix + r.Queue, Header: h, Data: r.Payload}
+	}
+	if err := s.ensureQueue(ctx, r.Queue); err != nil {
+		return nil, err
+	}
+	var ukey string
+	if r.UniqueKey != "" {
+		ukey = uniqueKey(r.Queue, r.UniqueKey)
+		uf := time.Duration(r.UniqueForMs) * time.Millisecond
+		if uf == 0 {
+			uf = time.Hour
+		}
+		if _, err := s.kv.Create(ctx, ukey, []byte(rec.ID), jetstream.KeyTTL(uf)); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				existing := "unknown"
+				if e, gerr := s.kv.Get(ctx, ukey); gerr == nil {
+					existing = string(e.Value())
+				}
+				return nil, ErrDuplicate.With("queue %s already has a task with unique key %q; %s%s", r.Queue, r.UniqueKey, duplicateMarker, existing)
+			}
+			return nil, fmt.Errorf("scheduler: unique key: %w", err)
+		}
+	}
+	undo := func() {
+		if ukey != "" {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = s.kv.Purge(cctx, ukey)
+		}
+	}
+	// The state first, holding the message; then the message; then the
+	// state without it. See doc.go: the queue and the states do not drift.
+	rec.Pending = &pendingMsg{Subject: m.Subject, Header: m.Header, Data: m.Data}
+	rev, err := s.create(ctx, &rec)
+	if err != nil {
+		undo()
+		return nil, fmt.Errorf("scheduler: writing the task's state: %w", err)
+	}
+	ack, err := s.js.PublishMsg(ctx, m)
+	if err != nil {
+		// Not enqueued: take the state back. If that fails too, the repair
+		// enqueues the task later, so the state stays true.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if derr := s.kv.Purge(cctx, stateKey(rec.ID), jetstream.LastRevision(rev)); derr == nil {
+			undo()
+			return nil, fmt.Errorf("scheduler: enqueueing: %w", err)
+		}
+		return nil, bus.ErrUnavailable.With("task %s: enqueueing failed (%v); it will be enqueued again within %s", rec.ID, err, s.cfg.RepairAfter)
+	}
+	rec.Pending = nil
+	if !delayed {
+		rec.Seq = ack.Sequence
+	}
+	s.confirm(&rec, rev)
+	s.emit("submitted", &rec, nil)
+	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
+}
+
+// confirm drops the pending message from a state once it is published. It
+// does not wait: until it lands, the repair would only publish the message
+// again under the same id, which the stream's deduplication drops. A
+// conflict means the state moved on (a worker started the task) and the
+// pending message went with it.
+func (s *Server) confirm(rec *record, rev uint64) {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return
+	}
+	m := nats.NewMsg(kvPrefix + stateKey(rec.ID))
+	m.Data = data
+	_, _ = s.js.PublishMsgAsync(m, jetstream.WithExpectLastSequencePerSubject(rev))
+}
+
+func (s *Server) status(ctx context.Context, r *StatusRequest) (*TaskInfo, error) {
+	rec, _, err := s.get(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &rec.TaskInfo, nil
+}
+
+func (s *Server) cancel(ctx context.Context, r *CancelRequest) (*CancelReply, error) {
+	var was string
+	rec, err := s.update(ctx, r.ID, func(rec *record) error {
+		was = rec.State
+		if terminal(rec.State) {
+			return ErrFinished.With("task %s has %s", rec.ID, rec.State)
+		}
+		rec.State, rec.FinishedAt, rec.Pending, rec.NextRetryAt = StateCancelled, bus.Time{Time: time.Now()}, nil, bus.Time{}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The state says cancelled: a worker that gets the task is told to drop
+	// it. Removing the message now only saves that delivery.
+	switch was {
+	case StateScheduled:
+		if err := s.tasks.Purge(ctx, jetstream.WithPurgeSubject(atPrefix+rec.Queue+"."+rec.ID)); err != nil {
+			s.log.Warn().Err(err).Str("task", rec.ID).Msg("cannot remove the schedule of a cancelled task; it is dropped when due")
+		}
+	case StateQueued, StateFailed:
+		if rec.Seq != 0 {
+			_ = s.tasks.DeleteMsg(ctx, rec.Seq)
+		}
+	}
+	// Workers running it cancel its handler's context on this event.
+	s.emit("cancelled", &rec, map[string]any{"was": was})
+	return &CancelReply{ID: rec.ID, Was: was, Done: true}, nil
+}
+
+// backoff is the delay before retrying after the given attempt.
+func (s *Server) backoff(b *Backoff, attempt int) time.Duration {
+	kind, initial, maxMs := "exponential", int64(1000), int64(600_000)
+	if b != nil {
+		if b.Kind != "" {
+			kind = b.Kind
+		}
+		if b.InitialMs > 0 {
+			initial = b.InitialMs
+		}
+		if b.MaxMs > 0 {
+			maxMs = b.MaxMs
+		}
+	}
+	d := time.Duration(initial) * time.Millisecond
+	if kind == "constant" {
+		return d
+	}
+	for i := 1; i < attempt && d < time.Duration(maxMs)*time.Millisecond; i++ {
+		d *= 2
+	}
+	d = min(d, time.Duration(maxMs)*time.Millisecond)
+	// ±25% jitter, so that tasks failing together do not retry together.
+	jitter := time.Duration(rand.Int64N(int64(d)/2+1)) - d/4
+	return max(d+jitter, time.Millisecond)
+}

@@ -1,0 +1,284 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// held is a delayed task this instance holds until its run_at.
+type held struct {
+	msg   jetstream.Msg
+	timer *time.Timer
+}
+
+// onDue receives what the server's schedules (or a submit due very soon)
+// put on the staging subjects: delayed tasks a little before their run_at,
+// and the ticks of periodic schedules.
+func (s *Server) onDue(msg jetstream.Msg) {
+	h := msg.Headers()
+	if strings.HasPrefix(h.Get("Nats-Scheduler"), everyPrefix) {
+		s.goAsync(func() { s.tick(msg) })
+		return
+	}
+	runAt, err := time.Parse(time.RFC3339Nano, h.Get(HeaderRunAt))
+	if err != nil || h.Get(HeaderID) == "" {
+		s.log.Error().Str("subject", msg.Subject()).Msg("staged message without a task id or run_at; dropped")
+		_ = msg.Term()
+		return
+	}
+	d := time.Until(runAt)
+	if d > 10*time.Second {
+		// Not due for a while (staged early by hand, or a clock step): come
+		// back closer to run_at.
+		_ = msg.NakWithDelay(d - s.cfg.Lead)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		_ = msg.Nak()
+		return
+	}
+	hd := &held{msg: msg}
+	s.wg.Add(1)
+	s.held[hd] = struct{}{}
+	hd.timer = time.AfterFunc(max(d, 0), func() {
+		defer s.wg.Done()
+		s.mu.Lock()
+		delete(s.held, hd)
+		s.mu.Unlock()
+		s.release(msg)
+	})
+}
+
+// goAsync runs fn in a goroutine that Stop waits for.
+func (s *Server) goAsync(fn func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+}
+
+// release publishes a delayed task to its queue at its run_at, then marks it
+// queued and acknowledges the staging message. The publication comes first,
+// for punctuality; a task cancelled meanwhile is dropped by the worker that
+// reports it started (its state says cancelled).
+func (s *Server) release(msg jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h := msg.Headers()
+	id, queue := h.Get(HeaderID), strings.TrimPrefix(msg.Subject(), duePrefix)
+	m := &nats.Msg{Subject: TaskSubjectPrefix + queue, Header: cleanHeader(h), Data: msg.Data()}
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	ack, err := s.js.PublishMsg(ctx, m)
+	if err != nil {
+		s.log.Warn().Err(err).Str("task", id).Msg("cannot release a delayed task; retrying")
+		_ = msg.NakWithDelay(100 * time.Millisecond)
+		return
+	}
+	rec, err := s.update(ctx, id, func(rec *record) error {
+		if rec.State != StateScheduled {
+			return errNoChange
+		}
+		rec.State, rec.Seq, rec.Pending = StateQueued, ack.Sequence, nil
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		s.log.Warn().Err(err).Str("task", id).Msg("released a delayed task but cannot mark it queued; retrying")
+		_ = msg.NakWithDelay(100 * time.Millisecond)
+		return
+	}
+	_ = msg.Ack()
+	if err == nil && rec.State == StateQueued {
+		s.emit("queued", &rec, nil)
+	}
+}
+
+// cleanHeader copies a staged message's header without the server's
+// scheduling headers.
+func cleanHeader(h nats.Header) nats.Header {
+	out := nats.Header{}
+	for k, v := range h {
+		if strings.HasPrefix(k, "Nats-Schedul") || k == jetstream.MsgIDHeader || strings.HasPrefix(k, "Nats-Expected") {
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// tick makes the one task of a periodic schedule's tick. The server fires
+// the tick once (the schedule lives in the replicated stream) and the
+// staging consumer hands it to one instance; a redelivered tick makes the
+// same id, so it is enqueued once.
+func (s *Server) tick(msg jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	meta, err := msg.Metadata()
+	if err != nil {
+		_ = msg.Term()
+		return
+	}
+	h := msg.Headers()
+	name := strings.TrimPrefix(h.Get("Nats-Scheduler"), everyPrefix)
+	queue := strings.TrimPrefix(msg.Subject(), duePrefix)
+	id := name + "-" + strconv.FormatInt(meta.Timestamp.UnixMilli(), 10) + "-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+	retries, _ := strconv.Atoi(h.Get(HeaderMaxRetries))
+	timeout, _ := strconv.ParseInt(h.Get(HeaderTimeout), 10, 64)
+	var backoff *Backoff
+	if b := h.Get(headerBackoff); b != "" {
+		backoff = new(Backoff)
+		_ = json.Unmarshal([]byte(b), backoff)
+	}
+	rec := record{TaskInfo: TaskInfo{
+		ID: id, Queue: queue, Type: h.Get(HeaderType), State: StateQueued, MaxRetries: retries,
+		TimeoutMs: s.timeoutMs(timeout), Schedule: name, CreatedAt: bus.Time{Time: meta.Timestamp},
+	}, Backoff: backoff}
+	m := &nats.Msg{Subject: TaskSubjectPrefix + queue, Header: taskHeader(&rec), Data: msg.Data()}
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	if err := s.ensureQueue(ctx, queue); err != nil {
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	fresh := true
+	if _, err := s.create(ctx, &rec); err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			_ = msg.NakWithDelay(100 * time.Millisecond)
+			return
+		}
+		fresh = false // a redelivered tick: its state exists
+	}
+	if _, err := s.js.PublishMsg(ctx, m); err != nil {
+		_ = msg.NakWithDelay(100 * time.Millisecond)
+		return
+	}
+	_ = msg.Ack()
+	if fresh {
+		s.emit("submitted", &rec, map[string]any{"schedule": name})
+	}
+}
+
+// repairLoop enqueues again the tasks whose state was written but whose
+// enqueue was never confirmed (see doc.go), every RepairAfter.
+func (s *Server) repairLoop() {
+	defer s.wg.Done()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RepairAfter)
+		if err := s.repair(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn().Err(err).Msg("repair scan failed")
+		}
+		cancel()
+		t.Reset(s.cfg.RepairAfter)
+	}
+}
+
+func (s *Server) repair(ctx context.Context) error {
+	var todo []record
+	err := s.scan(ctx, func(rec *record) bool {
+		if rec.Pending != nil && (rec.State == StateQueued || rec.State == StateScheduled) && time.Since(rec.CreatedAt.Time) > s.cfg.RepairAfter {
+			todo = append(todo, *rec)
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	for _, rec := range todo {
+		ack, err := s.js.PublishMsg(ctx, rec.Pending.msg())
+		if err != nil {
+			return err
+		}
+		_, err = s.update(ctx, rec.ID, func(r *record) error {
+			if r.Pending == nil {
+				return errNoChange
+			}
+			r.Pending = nil
+			if r.State == StateQueued {
+				r.Seq = ack.Sequence
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		s.log.Info().Str("task", rec.ID).Bool("duplicate", ack.Duplicate).Msg("repaired the enqueue of a task")
+	}
+	return nil
+}
+
+// scan calls fn with the state of every task, in no order, until fn
+// returns false.
+func (s *Server) scan(ctx context.Context, fn func(*record) bool) error {
+	stream, err := s.js.Stream(ctx, "KV_"+Bucket)
+	if err != nil {
+		return err
+	}
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		FilterSubject:     kvPrefix + "t.>",
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: 30 * time.Second,
+		MemoryStorage:     true,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = stream.DeleteConsumer(cctx, cons.CachedInfo().Name)
+	}()
+	left := cons.CachedInfo().NumPending
+	for left > 0 {
+		wait := 5 * time.Second
+		if dl, ok := ctx.Deadline(); ok {
+			wait = max(min(wait, time.Until(dl)), time.Millisecond)
+		}
+		batch, err := cons.Fetch(int(min(left, 1000)), jetstream.FetchMaxWait(wait))
+		if err != nil {
+			return err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			meta, err := m.Metadata()
+			if err == nil {
+				left = meta.NumPending
+			}
+			if op := m.Headers().Get("KV-Operation"); op != "" || len(m.Data()) == 0 {
+				continue
+			}
+			var rec record
+			if json.Unmarshal(m.Data(), &rec) != nil {
+				continue
+			}
+			if !fn(&rec) {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return err
+		}
+		if n == 0 {
+			return ctx.Err()
+		}
+	}
+	return nil
+}
