@@ -146,6 +146,9 @@ func (c Codec) Unmarshal(data []byte, v any) error {
 	if len(data) == 0 {
 		return nil
 	}
+	if err := checkMsgpack(data); err != nil {
+		return err
+	}
 	dec := decPool.Get().(*decoder)
 	dec.r.Reset(data)
 	dec.d.Reset(&dec.r)
