@@ -32,6 +32,7 @@ type cli struct {
 	Serve   serveCmd   `cmd:"" help:"Run one service against a NATS server."`
 	Status  statusCmd  `cmd:"" help:"Show the running services and the mesh's JetStream streams and buckets."`
 	Ring    ringCmd    `cmd:"" help:"Show the ring of a service: members, weights, partition shares, version."`
+	Cache   cacheCmd   `cmd:"" help:"Get, set and delete cache keys; show the cache's figures."`
 	Lock    lockCmd    `cmd:"" help:"Take, release, renew, inspect and list locks; hold one while a command runs."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }

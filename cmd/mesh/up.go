@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +26,47 @@ type runFlags struct {
 	Replicas int    `env:"MESH_REPLICAS" default:"1" help:"Replicas of the streams and buckets the services create (3 on a 3-node cluster)."`
 	Metrics  string `env:"MESH_METRICS" placeholder:"ADDR" help:"Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9090) at /metrics."`
 	Node     string `env:"MESH_NODE" help:"Name of this process in the mesh (default: the host name)."`
+
+	CacheNodes    int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
+	CacheReplicas int               `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key, at most the number of cache nodes."`
+	CacheMaxBytes string            `name:"cache-max-bytes" env:"MESH_CACHE_MAX_BYTES" default:"256MiB" help:"Memory bound of each cache node's store (e.g. 64MiB, 2GiB)."`
+	CacheLoaders  map[string]string `name:"cache-loader" env:"MESH_CACHE_LOADERS" placeholder:"NS=SUBJECT;..." help:"Read-through loaders: on a miss of a key NS:..., its owner requests the value from SUBJECT."`
+}
+
+// cacheEnv checks the cache flags.
+func (f runFlags) cacheEnv() (node.CacheEnv, error) {
+	var maxBytes int64
+	if f.CacheMaxBytes != "" {
+		var err error
+		if maxBytes, err = parseBytes(f.CacheMaxBytes); err != nil {
+			return node.CacheEnv{}, fmt.Errorf("--cache-max-bytes: %w", err)
+		}
+	}
+	if f.CacheNodes < 0 || f.CacheReplicas < 0 {
+		return node.CacheEnv{}, errors.New("--cache-nodes and --cache-replicas must be at least 1")
+	}
+	return node.CacheEnv{Nodes: f.CacheNodes, Replicas: f.CacheReplicas, MaxBytes: maxBytes, Loaders: f.CacheLoaders}, nil
+}
+
+// parseBytes reads a size such as 512, 64KiB, 256MiB or 2GiB (KB, MB, GB are
+// taken as the same powers of two).
+func parseBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"KB", 10}, {"MB", 20}, {"GB", 30}, {"K", 10}, {"M", 20}, {"G", 30}, {"B", 0}}
+	num, shift := strings.TrimSpace(s), uint(0)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, shift = strings.TrimSpace(n), u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > 1<<(46-shift) {
+		return 0, fmt.Errorf("%q is not a size such as 256MiB", s)
+	}
+	return n << shift, nil
 }
 
 type upCmd struct {
@@ -90,7 +132,11 @@ func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []
 		return err
 	}
 	defer nc.Close()
-	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node)}
+	cacheEnv, err := f.cacheEnv()
+	if err != nil {
+		return err
+	}
+	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv}
 	var metrics *metricsServer
 	if f.Metrics != "" {
 		if metrics, err = startMetrics(f.Metrics, a.log); err != nil {

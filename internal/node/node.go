@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/services/cache"
 	"github.com/meshkit/mesh/services/lock"
 	"github.com/meshkit/mesh/services/sys"
 )
@@ -32,6 +33,15 @@ type Env struct {
 	MeshVersion string
 	Node        string   // this process's name; zero: the host name
 	Services    []string // the services this process runs
+	Cache       CacheEnv
+}
+
+// CacheEnv configures the cache nodes of a process.
+type CacheEnv struct {
+	Nodes    int               // cache nodes in this process; zero: 1
+	Replicas int               // copies of each key; zero: 2
+	MaxBytes int64             // store bound of each node; zero: the service's default
+	Loaders  map[string]string // namespace -> loader subject
 }
 
 // Def defines a service.
@@ -58,6 +68,16 @@ func Defs() []Def {
 			},
 		},
 		{
+			Name:    "cache",
+			Summary: "sharded, replicated in-memory cache",
+			Tour: []string{
+				`nats req mesh.cache.set '{"key":"greeting","value":"hello","ttl_ms":60000}'`,
+				`nats req mesh.cache.get '{"key":"greeting"}'`,
+				`nats req mesh.cache.stats ''`,
+			},
+			New: newCache,
+		},
+		{
 			Name:    "lock",
 			Summary: "fenced, server-leased locks and semaphores with fair waiting",
 			Tour: []string{
@@ -70,6 +90,62 @@ func Defs() []Def {
 			},
 		},
 	}
+}
+
+// newCache creates the process's cache nodes, named after the process
+// (<node>-<i> when there are several).
+func newCache(nc *nats.Conn, env Env) (Service, error) {
+	n := max(env.Cache.Nodes, 1)
+	base := subjectToken(env.Node)
+	var g group
+	for i := range n {
+		id := base
+		if n > 1 {
+			id = fmt.Sprintf("%s-%d", base, i)
+		}
+		s, err := cache.New(nc, cache.Config{
+			ID: id, Replicas: env.Cache.Replicas, MaxBytes: env.Cache.MaxBytes, Loaders: env.Cache.Loaders,
+			Logger: env.Logger, Observer: env.Observer,
+		})
+		if err != nil {
+			return nil, err
+		}
+		g = append(g, s)
+	}
+	return g, nil
+}
+
+// subjectToken makes a name usable as a subject token.
+func subjectToken(name string) string {
+	if name == "" {
+		name = "mesh"
+	}
+	return strings.Map(func(r rune) rune {
+		if r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9') {
+			return r
+		}
+		return '-'
+	}, name)
+}
+
+// group runs several instances of a service as one.
+type group []Service
+
+func (g group) Start(ctx context.Context) error {
+	for i, s := range g {
+		if err := s.Start(ctx); err != nil {
+			return errors.Join(err, group(g[:i]).Stop(ctx))
+		}
+	}
+	return nil
+}
+
+func (g group) Stop(ctx context.Context) error {
+	var errs []error
+	for i := len(g) - 1; i >= 0; i-- {
+		errs = append(errs, g[i].Stop(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // Names lists the names of every service.

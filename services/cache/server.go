@@ -252,7 +252,7 @@ func (s *Server) onChange(prev, next *ring.Ring) {
 	s.mu.Unlock()
 
 	joined, left := diff(prev, next)
-	s.log.Info().Strs("joined", joined).Strs("left", left).Int("members", next.Len()).Msg("ring changed")
+	s.log.Debug().Strs("joined", joined).Strs("left", left).Int("members", next.Len()).Msg("ring changed")
 	// One node tells the mesh of joins and leaves: the first by id.
 	if ms := next.Members(); len(ms) > 0 && ms[0].ID == s.cfg.ID {
 		for _, id := range joined {

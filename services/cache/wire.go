@@ -6,6 +6,9 @@ import (
 	"errors"
 	"unicode/utf8"
 
+	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
+
 	"github.com/meshkit/mesh/pkg/bus"
 )
 
@@ -105,6 +108,30 @@ func (v *Value) UnmarshalJSON(b []byte) error {
 	var o b64Value
 	if err := json.Unmarshal(b, &o); err != nil {
 		return errors.New(`a value is a string or {"base64": "..."}`)
+	}
+	d, err := base64.StdEncoding.DecodeString(o.Base64)
+	if err != nil {
+		return errors.New("value: invalid base64")
+	}
+	*v = d
+	return nil
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder: bin or str, or the map
+// {"base64": "..."} that JSON uses for bytes that are not text.
+func (v *Value) DecodeMsgpack(dec *msgpack.Decoder) error {
+	c, err := dec.PeekCode()
+	if err != nil {
+		return err
+	}
+	if !msgpcode.IsFixedMap(c) && c != msgpcode.Map16 && c != msgpcode.Map32 {
+		b, err := dec.DecodeBytes()
+		*v = b
+		return err
+	}
+	var o b64Value
+	if err := dec.Decode(&o); err != nil {
+		return err
 	}
 	d, err := base64.StdEncoding.DecodeString(o.Base64)
 	if err != nil {
