@@ -28,6 +28,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshkit/mesh/bench/internal/load"
 	"github.com/meshkit/mesh/bench/internal/machine"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -120,7 +121,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	}
 
 	var (
-		targets   []target
+		targets   []load.Target
 		natsInfo  string
 		redisInfo = "not run"
 		clients   []*nats.Conn
@@ -197,12 +198,12 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	}
 	defer stopProfile()
 
-	var results []result
+	var results []load.Result
 	for _, c := range cfg.concs {
 		for _, t := range targets {
-			r := measure(ctx, t, c, cfg.warmup, cfg.duration)
+			r := load.Measure(ctx, t, c, cfg.warmup, cfg.duration)
 			fmt.Fprintf(os.Stderr, "%-14s c=%-3d %9.0f ops/s  p50 %v  p99 %v  errors %d\n",
-				r.system, c, r.opsPerSec(), r.quantile(0.5), r.quantile(0.99), r.errs)
+				r.System, c, r.OpsPerSec(), r.Quantile(0.5), r.Quantile(0.99), r.Errs)
 			results = append(results, r)
 		}
 	}
@@ -232,50 +233,50 @@ func stop(svc *bus.Service) {
 	_ = svc.Stop(ctx)
 }
 
-func printTable(w io.Writer, results []result) {
+func printTable(w io.Writer, results []load.Result) {
 	base := map[int]float64{}
 	for _, r := range results {
-		if r.system == rawName {
-			base[r.conc] = r.opsPerSec()
+		if r.System == rawName {
+			base[r.Conc] = r.OpsPerSec()
 		}
 	}
 	fmt.Fprintln(w, "| system | concurrency | ops/s | p50 | p99 | allocs/op | vs raw nats |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
 	for _, r := range results {
 		ratio := "-"
-		if b := base[r.conc]; b > 0 {
-			ratio = fmt.Sprintf("%.2f", r.opsPerSec()/b)
+		if b := base[r.Conc]; b > 0 {
+			ratio = fmt.Sprintf("%.2f", r.OpsPerSec()/b)
 		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %.1f | %s |\n", r.system, r.conc, r.opsPerSec(),
-			micros(r.quantile(0.5)), micros(r.quantile(0.99)), r.allocsPerOp(), ratio)
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %.1f | %s |\n", r.System, r.Conc, r.OpsPerSec(),
+			micros(r.Quantile(0.5)), micros(r.Quantile(0.99)), r.AllocsPerOp(), ratio)
 	}
 }
 
 // report prints the failures and the goal of the issue, and fails when a
 // request failed.
-func report(w io.Writer, cfg config, results []result) error {
+func report(w io.Writer, cfg config, results []load.Result) error {
 	var failed int
-	var busR, rawR *result
+	var busR, rawR *load.Result
 	top := cfg.concs[len(cfg.concs)-1]
 	fmt.Fprintln(w)
 	for i, r := range results {
 		switch {
-		case r.errs > 0:
-			failed += r.errs
-			fmt.Fprintf(w, "- %s c=%d: %d failed requests, the first: %v\n", r.system, r.conc, r.errs, r.firstErr)
-		case r.ops == 0:
+		case r.Errs > 0:
+			failed += r.Errs
+			fmt.Fprintf(w, "- %s c=%d: %d failed requests, the first: %v\n", r.System, r.Conc, r.Errs, r.FirstErr)
+		case r.Ops == 0:
 			failed++
-			fmt.Fprintf(w, "- %s c=%d: no request that started in the window finished\n", r.system, r.conc)
+			fmt.Fprintf(w, "- %s c=%d: no request that started in the window finished\n", r.System, r.Conc)
 		}
-		if r.conc == top && r.system == busName {
+		if r.Conc == top && r.System == busName {
 			busR = &results[i]
 		}
-		if r.conc == top && r.system == rawName {
+		if r.Conc == top && r.System == rawName {
 			rawR = &results[i]
 		}
 	}
-	if busR != nil && rawR != nil && rawR.ops > 0 {
-		ratio := busR.opsPerSec() / rawR.opsPerSec()
+	if busR != nil && rawR != nil && rawR.Ops > 0 {
+		ratio := busR.OpsPerSec() / rawR.OpsPerSec()
 		verdict := "met"
 		if ratio < cfg.goalRatio {
 			verdict = "NOT met"

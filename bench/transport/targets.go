@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/meshkit/mesh/bench/internal/load"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/nats-io/nats.go"
@@ -66,8 +67,8 @@ func serveBus(ctx context.Context, srv *nats.Conn) (*bus.Service, error) {
 
 // rawClient calls subject with nc.Request; worker i uses connection i mod
 // len(conns).
-func rawClient(name string, conns []*nats.Conn, subject string, body []byte) target {
-	return target{name: name, call: func(_ context.Context, i int) error {
+func rawClient(name string, conns []*nats.Conn, subject string, body []byte) load.Target {
+	return load.Target{Name: name, Call: func(_ context.Context, i int) error {
 		m, err := conns[i%len(conns)].Request(subject, body, timeout)
 		if err != nil {
 			return err
@@ -79,9 +80,9 @@ func rawClient(name string, conns []*nats.Conn, subject string, body []byte) tar
 // busClient calls subject with bus.Request in msgpack. Like rawClient, it
 // bounds each request by timeout alone: bus.Request applies DefaultTimeout
 // to a context without a deadline.
-func busClient(name string, conns []*nats.Conn, subject string, payload []byte) target {
+func busClient(name string, conns []*nats.Conn, subject string, payload []byte) load.Target {
 	req := Echo{Data: payload}
-	return target{name: name, call: func(_ context.Context, i int) error {
+	return load.Target{Name: name, Call: func(_ context.Context, i int) error {
 		resp, err := bus.Request[Echo, Echo](context.Background(), conns[i%len(conns)], subject, req)
 		if err != nil {
 			return err
@@ -92,7 +93,7 @@ func busClient(name string, conns []*nats.Conn, subject string, payload []byte) 
 
 // redisGet stores the payload under one key and returns GETs of it, over a
 // pool of poolSize connections.
-func redisGet(ctx context.Context, addr string, poolSize int, payload []byte) (target, *redis.Client, error) {
+func redisGet(ctx context.Context, addr string, poolSize int, payload []byte) (load.Target, *redis.Client, error) {
 	rdb := redis.NewClient(&redis.Options{
 		Addr:            addr,
 		PoolSize:        poolSize,
@@ -104,9 +105,9 @@ func redisGet(ctx context.Context, addr string, poolSize int, payload []byte) (t
 	})
 	if err := rdb.Set(ctx, redisKey, payload, 0).Err(); err != nil {
 		rdb.Close()
-		return target{}, nil, fmt.Errorf("redis %s: %w", addr, err)
+		return load.Target{}, nil, fmt.Errorf("redis %s: %w", addr, err)
 	}
-	return target{name: "redis GET", call: func(ctx context.Context, _ int) error {
+	return load.Target{Name: "redis GET", Call: func(ctx context.Context, _ int) error {
 		b, err := rdb.Get(ctx, redisKey).Bytes()
 		if err != nil {
 			return err

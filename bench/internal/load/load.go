@@ -1,0 +1,108 @@
+// Package load runs a closed-loop load (N workers making requests back to
+// back) against a system under test and keeps every latency, the same way for
+// every request/reply benchmark of bench/.
+package load
+
+import (
+	"context"
+	"math"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+)
+
+// A Target is one system under test. Call makes one request on behalf of
+// worker i (0 <= i < concurrency) and returns when its reply has arrived.
+type Target struct {
+	Name string
+	Call func(ctx context.Context, i int) error
+}
+
+// A Result is what one cell of a table measured.
+type Result struct {
+	System   string
+	Conc     int
+	Ops      int             // successful requests started in the window
+	Errs     int             // failed requests started in the window
+	FirstErr error           // the first failure, to report
+	Window   time.Duration   // the measured window
+	Lat      []time.Duration // every successful request's latency, sorted
+	Allocs   uint64          // heap allocations of the whole process in the window
+}
+
+// Measure runs conc workers that call t back to back for warmup+dur and
+// keeps the requests that started after the warm-up.
+func Measure(ctx context.Context, t Target, conc int, warmup, dur time.Duration) Result {
+	from := time.Now().Add(warmup)
+	end := from.Add(dur)
+	lats := make([][]time.Duration, conc)
+	errs := make([]int, conc)
+	firstErrs := make([]error, conc)
+	var wg sync.WaitGroup
+	for i := range conc {
+		wg.Go(func() {
+			l := make([]time.Duration, 0, 4096)
+			for {
+				t0 := time.Now()
+				if !t0.Before(end) {
+					break
+				}
+				err := t.Call(ctx, i)
+				d := time.Since(t0)
+				switch {
+				case t0.Before(from):
+				case err != nil:
+					if errs[i] == 0 {
+						firstErrs[i] = err
+					}
+					errs[i]++
+				default:
+					l = append(l, d)
+				}
+			}
+			lats[i] = l
+		})
+	}
+
+	var m0, m1 runtime.MemStats
+	time.Sleep(time.Until(from))
+	runtime.ReadMemStats(&m0)
+	time.Sleep(time.Until(end))
+	runtime.ReadMemStats(&m1)
+	wg.Wait()
+
+	r := Result{System: t.Name, Conc: conc, Window: dur, Allocs: m1.Mallocs - m0.Mallocs}
+	for i := range conc {
+		r.Lat = append(r.Lat, lats[i]...)
+		r.Errs += errs[i]
+		if r.FirstErr == nil {
+			r.FirstErr = firstErrs[i]
+		}
+	}
+	r.Ops = len(r.Lat)
+	slices.Sort(r.Lat)
+	return r
+}
+
+// OpsPerSec is the throughput of the successful requests.
+func (r Result) OpsPerSec() float64 { return float64(r.Ops) / r.Window.Seconds() }
+
+// Quantile returns the latency below which a fraction q of the requests
+// finished (nearest rank).
+func (r Result) Quantile(q float64) time.Duration {
+	if len(r.Lat) == 0 {
+		return 0
+	}
+	k := int(math.Ceil(q*float64(len(r.Lat)))) - 1
+	return r.Lat[max(0, min(k, len(r.Lat)-1))]
+}
+
+// AllocsPerOp is the process's heap allocations per request, both sides of
+// the request that live in this process included.
+func (r Result) AllocsPerOp() float64 {
+	if r.Ops == 0 {
+		return 0
+	}
+	return float64(r.Allocs) / float64(r.Ops)
+}
