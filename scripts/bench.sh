@@ -5,6 +5,8 @@
 #   scripts/bench.sh transport [flags] bus echo vs raw nats echo vs Redis GET
 #   scripts/bench.sh ring [flags]      consistent-hash rings (no server)
 #   scripts/bench.sh lock [flags]      mesh lock service vs etcd mutex vs bare NATS KV
+#   scripts/bench.sh cache [flags]     mesh cache vs Redis vs the raw NATS echo, then
+#                                      the memory of 1M items (cache -memory 1000000)
 #
 # Flags after the benchmark's name go to its program (e.g. `transport
 # -duration 2s -cpuprofile /tmp/cpu.prof`). The servers a benchmark needs
@@ -129,6 +131,15 @@ bench_transport() {
 	stop_servers
 }
 
+bench_cache() {
+	# JetStream only for the events stream that the mesh ensures at start.
+	start_nats -js -sd "$tmp/js"
+	start_redis
+	in_bench go run ./cache -nats "nats://127.0.0.1:$nats_port" -redis "127.0.0.1:$redis_port" "$@"
+	in_bench go run ./cache -nats "nats://127.0.0.1:$nats_port" -memory 1000000
+	stop_servers
+}
+
 bench_ring() {
 	in_bench go run ./ring "$@"
 }
@@ -156,7 +167,7 @@ bench_lock() {
 	stop_servers
 }
 
-all=(transport ring lock)
+all=(transport ring lock cache)
 case "${1:-all}" in
 all)
 	for b in "${all[@]}"; do
@@ -164,13 +175,13 @@ all)
 		"bench_$b"
 	done
 	;;
-transport | ring | lock)
+transport | ring | lock | cache)
 	b=$1
 	shift
 	"bench_$b" "$@"
 	;;
 *)
-	echo "usage: $0 [all | transport | ring | lock] [flags of the benchmark]" >&2
+	echo "usage: $0 [all | transport | ring | lock | cache] [flags of the benchmark]" >&2
 	exit 2
 	;;
 esac

@@ -283,16 +283,23 @@ func TestReadFallsBackToReplica(t *testing.T) {
 }
 
 // A node that joins answers for the keys it now owns by asking their
-// previous owners: no key set before the join misses after it.
+// previous owners: no key set before the join misses after it, with one copy
+// or two.
 func TestJoinCausesNoMiss(t *testing.T) {
-	s, nodes, c := cluster(t, 2, cache.Config{})
+	for _, r := range []int{1, 2} {
+		t.Run(fmt.Sprintf("R=%d", r), func(t *testing.T) { testJoin(t, r) })
+	}
+}
+
+func testJoin(t *testing.T, replicas int) {
+	s, nodes, c := cluster(t, 2, cache.Config{Replicas: replicas})
 	const n = 300
 	for i := range n {
 		if err := c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}
-	added := startNode(t, s.URL(), "n9", cache.Config{})
+	added := startNode(t, s.URL(), "n9", cache.Config{Replicas: replicas})
 	waitMembers(t, 3, nodeRing{nodes[0]}, nodeRing{nodes[1]}, nodeRing{added}, clientRing{c})
 	moved := 0
 	for i := range n {

@@ -90,7 +90,9 @@ func (s *Server) miss(key string, owners []string) any {
 
 // handoffSources lists the nodes that may hold a key this owner misses: the
 // key's owners under the rings replaced within the grace period when this
-// node held no copy then, and while the node is new, its replicas.
+// node held no copy then, and while the node is new, the owners the key had
+// before the node joined (the other nodes may have routed by that ring while
+// this node's ring already had it) and its current replicas.
 func (s *Server) handoffSources(key string, owners []string) []string {
 	now := time.Now()
 	s.mu.Lock()
@@ -113,6 +115,11 @@ func (s *Server) handoffSources(key string, owners []string) []string {
 		}
 	}
 	if now.Sub(s.started) < s.cfg.Grace {
+		if r := s.ring(); r.Len() > 1 {
+			if w := s.ringWithout(r); w.Len() > 0 {
+				add(w.Owners(key, min(s.cfg.Replicas, w.Len())))
+			}
+		}
 		add(owners)
 	}
 	return out

@@ -73,8 +73,12 @@ type Server struct {
 	watcher *membership.Watcher
 	started time.Time
 
-	mu    sync.Mutex
-	prev  []oldRing // rings replaced within the grace period, newest first
+	mu      sync.Mutex
+	prev    []oldRing // rings replaced within the grace period, newest first
+	without struct {  // the current ring without this node
+		version uint64 // of the current ring
+		r       *ring.Ring
+	}
 	calls map[string]*call
 	timer *time.Timer // ends the grace period
 
@@ -234,6 +238,23 @@ func (s *Server) owners(r *ring.Ring, key string, buf []string) []string {
 		return append(buf, s.cfg.ID)
 	}
 	return r.AppendOwners(buf, key, min(s.cfg.Replicas, r.Len()))
+}
+
+// ringWithout returns r without this node: the ring the other nodes routed
+// by before this node joined.
+func (s *Server) ringWithout(r *ring.Ring) *ring.Ring {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.without.r != nil && s.without.version == r.Version() {
+		return s.without.r
+	}
+	ms := slices.DeleteFunc(r.Members(), func(m ring.Member) bool { return m.ID == s.cfg.ID })
+	w, err := ring.New(ms, ring.Config{})
+	if err != nil {
+		w = nil // an empty ring
+	}
+	s.without.version, s.without.r = r.Version(), w
+	return w
 }
 
 // onChange records the replaced ring for hand-offs and tells the mesh.

@@ -1,0 +1,493 @@
+// Command cache compares the mesh cache with Redis and with the transport's
+// limit, side by side in one run, and prints one table:
+//
+//   - raw nats echo: a nats.go queue subscription that responds with the
+//     request's 100 bytes — one request/reply, the limit of any NATS service;
+//   - cache GET and SET through the Go SDK (straight to the key's owner), GET
+//     through the service subject (any node), MGET of 16 keys;
+//   - cache GET forwarded: sent to a node that holds no copy, which passes it
+//     to the owner (measured with R = 1, where such a node exists);
+//   - Redis GET, SET and MGET of 16 keys (go-redis, one pool).
+//
+// The cache runs as `mesh up` runs it: two cache nodes in one process on one
+// NATS connection (internal/node), R = 2, here in the bench process. The
+// nats-server and redis-server run in processes of their own, started by
+// scripts/bench.sh cache.
+//
+// With -memory N it measures instead what N items of 100 bytes cost a node:
+// the process's RSS and Go heap before and after loading them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+	"github.com/rs/zerolog"
+
+	"github.com/meshkit/mesh/bench/internal/load"
+	"github.com/meshkit/mesh/bench/internal/machine"
+	"github.com/meshkit/mesh/internal/node"
+	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/services/cache"
+)
+
+const (
+	rawName    = "raw nats echo"
+	getName    = "cache GET (SDK, to owner)"
+	mgetName   = "cache MGET 16 (SDK)"
+	rMGetName  = "redis MGET 16"
+	rGetName   = "redis GET"
+	subjectRaw = "bench.cache.raw"
+	batch      = 16
+	timeout    = bus.DefaultTimeout
+)
+
+type config struct {
+	natsURL, redisAddr string
+	duration, warmup   time.Duration
+	concs              []int
+	keys, size         int
+	memory             int
+	cpuprofile         string
+}
+
+func main() {
+	var cfg config
+	var concs string
+	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL`")
+	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port`; empty: no Redis rows")
+	flag.DurationVar(&cfg.duration, "duration", 3*time.Second, "measured time of each cell")
+	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "unmeasured warm-up before each cell")
+	flag.StringVar(&concs, "c", "1,16,64", "concurrency levels, comma-separated")
+	flag.IntVar(&cfg.keys, "keys", 10000, "keys loaded before the reads")
+	flag.IntVar(&cfg.size, "size", 100, "value `bytes`")
+	flag.IntVar(&cfg.memory, "memory", 0, "measure the memory of `N` items instead of the speed")
+	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile to `file`")
+	flag.Parse()
+	for f := range strings.SplitSeq(concs, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			fatal(fmt.Errorf("-c: %q is not a positive integer", f))
+		}
+		cfg.concs = append(cfg.concs, n)
+	}
+	var err error
+	if cfg.memory > 0 {
+		err = memory(context.Background(), cfg, os.Stdout)
+	} else {
+		err = run(context.Background(), cfg, os.Stdout)
+	}
+	if err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "cache:", err)
+	os.Exit(1)
+}
+
+func connect(ctx context.Context, url, name string) (*nats.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return bus.Connect(ctx, bus.Options{URL: url, Name: name})
+}
+
+// mesh is a `mesh up`-style process: cache nodes on one connection, and a
+// client on another.
+type mesh struct {
+	srv    *nats.Conn
+	nodes  *node.Node
+	cli    *nats.Conn
+	client *cache.Client
+}
+
+func startMesh(ctx context.Context, url string, nodes, replicas int) (*mesh, error) {
+	m := &mesh{}
+	var err error
+	if m.srv, err = connect(ctx, url, "bench-cache-nodes"); err != nil {
+		return nil, err
+	}
+	m.nodes, err = node.Start(ctx, m.srv, []string{"cache"}, node.Env{
+		Node: "bench", Logger: zerolog.Nop(),
+		Cache: node.CacheEnv{Nodes: nodes, Replicas: replicas, MaxBytes: 4 << 30},
+	})
+	if err != nil {
+		m.srv.Close()
+		return nil, err
+	}
+	if m.cli, err = connect(ctx, url, "bench-cache-client"); err != nil {
+		m.stop()
+		return nil, err
+	}
+	if m.client, err = cache.NewClient(m.cli, cache.ClientConfig{Replicas: replicas}); err == nil {
+		err = m.client.Start(ctx)
+	}
+	for err == nil && m.client.Ring().Len() != nodes {
+		ch := m.client.Changed()
+		if m.client.Ring().Len() == nodes {
+			break
+		}
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			err = fmt.Errorf("the client sees %d cache nodes, want %d", m.client.Ring().Len(), nodes)
+		}
+	}
+	if err != nil {
+		m.stop()
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *mesh) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if m.client != nil {
+		_ = m.client.Close(ctx)
+	}
+	if m.nodes != nil {
+		_ = m.nodes.Stop(ctx)
+	}
+	for _, nc := range []*nats.Conn{m.cli, m.srv} {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+}
+
+func key(i int) string { return fmt.Sprintf("bench:%07d", i) }
+
+// fill stores n keys with values of size bytes, in batches.
+func (m *mesh) fill(ctx context.Context, n, size int) error {
+	value := make([]byte, size)
+	for i := range value {
+		value[i] = byte('a' + i%26)
+	}
+	items := map[string][]byte{}
+	for i := range n {
+		items[key(i)] = value
+		if len(items) == 500 || i == n-1 {
+			if err := m.client.MSet(ctx, items, 0); err != nil {
+				return err
+			}
+			clear(items)
+		}
+	}
+	return nil
+}
+
+func checkLen(got, want int) error {
+	if got != want {
+		return fmt.Errorf("value of %d bytes, want %d", got, want)
+	}
+	return nil
+}
+
+// keysFor returns a per-worker source of random loaded keys.
+func keysFor(n int) func(i int) string {
+	rngs := make([]*rand.Rand, 1024)
+	for i := range rngs {
+		rngs[i] = rand.New(rand.NewPCG(uint64(i), 7))
+	}
+	return func(i int) string { return key(rngs[i%len(rngs)].IntN(n)) }
+}
+
+func run(ctx context.Context, cfg config, w io.Writer) error {
+	payload := make([]byte, cfg.size)
+	for i := range payload {
+		payload[i] = byte('a' + i%26)
+	}
+	raw, err := connect(ctx, cfg.natsURL, "bench-raw-echo")
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	if _, err := raw.QueueSubscribe(subjectRaw, "q", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		return err
+	}
+	if err := raw.Flush(); err != nil {
+		return err
+	}
+
+	m, err := startMesh(ctx, cfg.natsURL, 2, 2)
+	if err != nil {
+		return err
+	}
+	if err := m.fill(ctx, cfg.keys, cfg.size); err != nil {
+		m.stop()
+		return err
+	}
+	pick := keysFor(cfg.keys)
+	targets := []load.Target{
+		{Name: rawName, Call: func(_ context.Context, _ int) error {
+			r, err := m.cli.Request(subjectRaw, payload, timeout)
+			if err != nil {
+				return err
+			}
+			return checkLen(len(r.Data), len(payload))
+		}},
+		{Name: getName, Call: func(ctx context.Context, i int) error {
+			v, err := m.client.Get(ctx, pick(i))
+			if err != nil {
+				return err
+			}
+			return checkLen(len(v), cfg.size)
+		}},
+		{Name: "cache GET (mesh.cache.get, any node)", Call: func(ctx context.Context, i int) error {
+			r, err := bus.Request[cache.GetRequest, cache.GetReply](ctx, m.cli, cache.SubjectGet, cache.GetRequest{Key: pick(i)})
+			if err != nil {
+				return err
+			}
+			return checkLen(len(r.Value), cfg.size)
+		}},
+		{Name: "cache SET (SDK, owner + replica)", Call: func(ctx context.Context, i int) error {
+			return m.client.Set(ctx, pick(i), payload, 0)
+		}},
+		{Name: mgetName, Call: func(ctx context.Context, i int) error {
+			keys := make([]string, batch)
+			for j := range keys {
+				keys[j] = pick(i)
+			}
+			vs, err := m.client.MGet(ctx, keys...)
+			if err != nil {
+				return err
+			}
+			for _, v := range vs {
+				if err := checkLen(len(v), cfg.size); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+	}
+	redisInfo := "not run"
+	if cfg.redisAddr != "" {
+		rdb := redis.NewClient(&redis.Options{
+			Addr: cfg.redisAddr, PoolSize: cfg.concs[len(cfg.concs)-1], ReadTimeout: timeout, WriteTimeout: timeout,
+			DisableIdentity:          true,
+			MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+		})
+		defer rdb.Close()
+		pipe := rdb.Pipeline()
+		for i := range cfg.keys {
+			pipe.Set(ctx, key(i), payload, 0)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			m.stop()
+			return fmt.Errorf("redis %s: %w", cfg.redisAddr, err)
+		}
+		redisInfo = rdb.Info(ctx, "server").Val()
+		for line := range strings.SplitSeq(redisInfo, "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+				redisInfo = v + " at " + cfg.redisAddr + " (separate process, no persistence)"
+			}
+		}
+		targets = append(targets,
+			load.Target{Name: rGetName, Call: func(ctx context.Context, i int) error {
+				b, err := rdb.Get(ctx, pick(i)).Bytes()
+				if err != nil {
+					return err
+				}
+				return checkLen(len(b), cfg.size)
+			}},
+			load.Target{Name: "redis SET", Call: func(ctx context.Context, i int) error {
+				return rdb.Set(ctx, pick(i), payload, 0).Err()
+			}},
+			load.Target{Name: rMGetName, Call: func(ctx context.Context, i int) error {
+				keys := make([]string, batch)
+				for j := range keys {
+					keys[j] = pick(i)
+				}
+				vs, err := rdb.MGet(ctx, keys...).Result()
+				if err != nil {
+					return err
+				}
+				for _, v := range vs {
+					s, _ := v.(string)
+					if err := checkLen(len(s), cfg.size); err != nil {
+						return err
+					}
+				}
+				return nil
+			}})
+	}
+
+	stopProfile, err := machine.CPUProfile(cfg.cpuprofile)
+	if err != nil {
+		m.stop()
+		return err
+	}
+	var results []load.Result
+	measure := func(ts []load.Target) {
+		for _, c := range cfg.concs {
+			for _, t := range ts {
+				r := load.Measure(ctx, t, c, cfg.warmup, cfg.duration)
+				fmt.Fprintf(os.Stderr, "%-40s c=%-3d %9.0f ops/s  p50 %v  p99 %v  errors %d\n",
+					r.System, c, r.OpsPerSec(), r.Quantile(0.5), r.Quantile(0.99), r.Errs)
+				results = append(results, r)
+			}
+		}
+	}
+	measure(targets)
+	m.stop()
+
+	// The forwarded path needs a node that holds no copy of the key: with
+	// R = 1 the other node of two.
+	m, err = startMesh(ctx, cfg.natsURL, 2, 1)
+	if err != nil {
+		return err
+	}
+	defer m.stop()
+	if err := m.fill(ctx, cfg.keys, cfg.size); err != nil {
+		return err
+	}
+	members := m.client.Ring().Members()
+	measure([]load.Target{{Name: "cache GET forwarded (R=1, to the non-owner)", Call: func(ctx context.Context, i int) error {
+		k := pick(i)
+		other := members[0].ID
+		if other == m.client.Ring().Owner(k) {
+			other = members[1].ID
+		}
+		r, err := bus.Request[cache.GetRequest, cache.GetReply](ctx, m.cli, cache.NodeSubject(other, cache.OpGet), cache.GetRequest{Key: k})
+		if err != nil {
+			return err
+		}
+		return checkLen(len(r.Value), cfg.size)
+	}}})
+	stopProfile()
+
+	fmt.Fprintf(w, "# cache, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(w, "- machine: %s, nproc %d, GOMAXPROCS %d, %s/%s, %s\n", machine.CPUModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
+	fmt.Fprintf(w, "- nats-server %s at %s (separate process); redis %s\n", m.cli.ConnectedServerVersion(), cfg.natsURL, redisInfo)
+	fmt.Fprintf(w, "- cache: 2 nodes in this process on one NATS connection (as `mesh up --cache-nodes 2`), R = 2 unless said; the client on its own connection; %d keys of %d B loaded, each request picks keys at random; per cell %v measured after %v warm-up\n\n",
+		cfg.keys, cfg.size, cfg.duration, cfg.warmup)
+	return report(w, results)
+}
+
+func report(w io.Writer, results []load.Result) error {
+	find := func(name string, c int) *load.Result {
+		for i, r := range results {
+			if r.System == name && r.Conc == c {
+				return &results[i]
+			}
+		}
+		return nil
+	}
+	perOp := func(name string) int {
+		if strings.Contains(name, "MGET") {
+			return batch
+		}
+		return 1
+	}
+	fmt.Fprintln(w, "| system | c | ops/s | keys/s | p50 | p99 | ops vs raw echo | keys vs redis |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|")
+	failed := 0
+	for _, r := range results {
+		vsRaw, vsRedis := "-", "-"
+		if b := find(rawName, r.Conc); b != nil && b.Ops > 0 {
+			vsRaw = fmt.Sprintf("%.2f", r.OpsPerSec()/b.OpsPerSec())
+		}
+		redisTwin := map[string]string{getName: rGetName, mgetName: rMGetName, "cache SET (SDK, owner + replica)": "redis SET"}[r.System]
+		if b := find(redisTwin, r.Conc); b != nil && b.Ops > 0 {
+			vsRedis = fmt.Sprintf("%.2f", r.OpsPerSec()/b.OpsPerSec())
+		}
+		fmt.Fprintf(w, "| %s | %d | %.0f | %.0f | %s | %s | %s | %s |\n", r.System, r.Conc, r.OpsPerSec(), r.OpsPerSec()*float64(perOp(r.System)),
+			micros(r.Quantile(0.5)), micros(r.Quantile(0.99)), vsRaw, vsRedis)
+		if r.Errs > 0 || r.Ops == 0 {
+			failed++
+			fmt.Fprintf(os.Stderr, "%s c=%d: %d errors, the first: %v\n", r.System, r.Conc, r.Errs, r.FirstErr)
+		}
+	}
+	top := results[len(results)-1].Conc
+	for _, r := range results {
+		top = max(top, r.Conc)
+	}
+	fmt.Fprintln(w)
+	if g, raw := find(getName, top), find(rawName, top); g != nil && raw != nil {
+		ratio, p99 := g.OpsPerSec()/raw.OpsPerSec(), float64(g.Quantile(0.99))/float64(raw.Quantile(0.99))
+		fmt.Fprintf(w, "- goal GET at c=%d ≥ 0.95× raw echo: %.2f, %s; p99 ≤ 1.5× the echo's: %.2f×, %s\n", top, ratio, verdict(ratio >= 0.95), p99, verdict(p99 <= 1.5))
+	}
+	if mg, rmg := find(mgetName, top), find(rMGetName, top); mg != nil && rmg != nil {
+		ratio := mg.OpsPerSec() / rmg.OpsPerSec()
+		fmt.Fprintf(w, "- goal MGET 16 at c=%d ≥ 1.0× Redis MGET 16 in keys/s: %.2f, %s\n", top, ratio, verdict(ratio >= 1))
+	}
+	if failed > 0 {
+		return errors.New("some cells had errors")
+	}
+	return nil
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
+
+func micros(d time.Duration) string {
+	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+}
+
+// memory loads n items of cfg.size bytes into one node and reports what they
+// cost the process.
+func memory(ctx context.Context, cfg config, w io.Writer) error {
+	m, err := startMesh(ctx, cfg.natsURL, 1, 1)
+	if err != nil {
+		return err
+	}
+	defer m.stop()
+	rss0, heap0 := settle()
+	start := time.Now()
+	if err := m.fill(ctx, cfg.memory, cfg.size); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	st, err := m.client.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	rss1, heap1 := settle()
+	n := float64(st.Total.Items)
+	keyLen := len(key(0))
+	fmt.Fprintf(w, "# cache memory, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(w, "- machine: %s, nproc %d, %s; one node, R = 1, loaded with %d MSETs of 500 in %v\n", machine.CPUModel(), runtime.NumCPU(), runtime.Version(), cfg.memory/500, took.Round(time.Millisecond))
+	fmt.Fprintf(w, "- items %d of %d B values and %d B keys; the store accounts %d B (%.0f B/item)\n", st.Total.Items, cfg.size, keyLen, st.Total.Bytes, float64(st.Total.Bytes)/n)
+	fmt.Fprintf(w, "- process RSS %d MiB → %d MiB: %.0f B/item, %.2f× the value, %.2f× key + value\n", rss0>>20, rss1>>20, float64(rss1-rss0)/n, float64(rss1-rss0)/n/float64(cfg.size), float64(rss1-rss0)/n/float64(cfg.size+keyLen))
+	fmt.Fprintf(w, "- Go heap in use %d MiB → %d MiB: %.0f B/item\n", heap0>>20, heap1>>20, float64(heap1-heap0)/n)
+	ratio := float64(rss1-rss0) / n / float64(cfg.size)
+	fmt.Fprintf(w, "- goal RSS per item ≤ 2× the payload: %.2f, %s\n", ratio, verdict(ratio <= 2))
+	return nil
+}
+
+// settle collects garbage, returns freed memory to the OS and reads the
+// process's RSS and the Go heap in use.
+func settle() (rss, heap uint64) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b, err := os.ReadFile("/proc/self/statm")
+	if err == nil {
+		f := strings.Fields(string(b))
+		if len(f) > 1 {
+			pages, _ := strconv.ParseUint(f[1], 10, 64)
+			rss = pages * uint64(os.Getpagesize())
+		}
+	}
+	return rss, ms.HeapInuse
+}
