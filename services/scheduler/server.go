@@ -587,9 +587,11 @@ func (s *Server) confirm(rec *record, rev uint64) {
 	if err != nil {
 		return
 	}
+	// A plain publish: JetStream stores it without an acknowledgement.
 	m := nats.NewMsg(kvPrefix + stateKey(rec.ID))
 	m.Data = data
-	_, _ = s.js.PublishMsgAsync(m, jetstream.WithExpectLastSequencePerSubject(rev))
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	_ = s.nc.PublishMsg(m)
 }
 
 func (s *Server) status(ctx context.Context, r *StatusRequest) (*TaskInfo, error) {

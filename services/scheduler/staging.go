@@ -201,6 +201,9 @@ func (s *Server) repair(ctx context.Context) error {
 		return err
 	}
 	for _, rec := range todo {
+		if err := s.ensureQueue(ctx, rec.Queue); err != nil {
+			return err
+		}
 		ack, err := s.js.PublishMsg(ctx, rec.Pending.msg())
 		if err != nil {
 			return err

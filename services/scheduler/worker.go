@@ -143,8 +143,9 @@ func (w *Worker) Handle(taskType string, h Handler) {
 	w.handlers[taskType] = h
 }
 
-// Start starts pulling from every queue. A queue whose consumer does not
-// exist yet is created with the service's defaults.
+// Start starts pulling from every queue. A queue that does not exist yet
+// (nothing was submitted to it: the service creates a queue's consumer on
+// the first submit) is looked for again every half second.
 func (w *Worker) Start(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -157,43 +158,50 @@ func (w *Worker) Start(ctx context.Context) error {
 		return err
 	}
 	w.sub = sub
-	stream, err := w.js.Stream(ctx, Stream)
-	if err != nil {
-		_ = sub.Unsubscribe()
-		return fmt.Errorf("scheduler: stream %s (is the scheduler running?): %w", Stream, err)
-	}
 	for q, conc := range w.cfg.Queues {
-		conc = max(conc, 1)
-		cons, err := stream.Consumer(ctx, q)
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			cons, err = stream.CreateConsumer(ctx, queueConsumer(q, 30*time.Second, MaxRetries+2))
-			if errors.Is(err, jetstream.ErrConsumerExists) {
-				cons, err = stream.Consumer(ctx, q)
-			}
-		}
-		if err != nil {
-			w.stopLocked()
-			return fmt.Errorf("scheduler: queue %s: %w", q, err)
-		}
-		it, err := cons.Messages(jetstream.PullMaxMessages(conc))
-		if err != nil {
-			w.stopLocked()
-			return fmt.Errorf("scheduler: queue %s: %w", q, err)
-		}
-		w.iters = append(w.iters, it)
 		w.loops.Add(1)
-		go w.loop(q, conc, cons.CachedInfo().Config.AckWait, it)
+		go w.serve(q, max(conc, 1))
 	}
 	return w.nc.Flush()
 }
 
-func (w *Worker) stopLocked() {
-	for _, it := range w.iters {
-		it.Stop()
+// serve finds a queue's consumer, then runs its tasks until Stop.
+func (w *Worker) serve(queue string, conc int) {
+	defer w.loops.Done()
+	var cons jetstream.Consumer
+	for {
+		ctx, cancel := context.WithTimeout(w.hardCtx, bus.DefaultTimeout)
+		var err error
+		cons, err = w.js.Consumer(ctx, Stream, queue)
+		cancel()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			w.log.Warn().Err(err).Str("queue", queue).Msg("cannot find the queue; retrying")
+		}
+		select {
+		case <-w.stopping:
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
-	if w.sub != nil {
-		_ = w.sub.Unsubscribe()
+	w.mu.Lock()
+	select {
+	case <-w.stopping:
+		w.mu.Unlock()
+		return
+	default:
 	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(conc), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
+	if err != nil {
+		w.mu.Unlock()
+		w.log.Error().Err(err).Str("queue", queue).Msg("cannot pull from the queue")
+		return
+	}
+	w.iters = append(w.iters, it)
+	w.mu.Unlock()
+	w.loop(queue, conc, cons.CachedInfo().Config.AckWait, it)
 }
 
 func (w *Worker) onCancelled(m *nats.Msg) {
@@ -215,7 +223,6 @@ func (w *Worker) onCancelled(m *nats.Msg) {
 
 // loop pulls a queue's tasks and runs up to conc at once.
 func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstream.MessagesContext) {
-	defer w.loops.Done()
 	slots := make(chan struct{}, conc)
 	nakRest := func() {
 		for {

@@ -1,0 +1,309 @@
+package scheduler_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/pkg/bus/embed"
+	"github.com/meshkit/mesh/services/scheduler"
+)
+
+// A task delivered MaxDeliver times without any report (a worker that does
+// not speak the protocol, or keeps dying) is moved to the dead letters
+// when the server's max-deliveries advisory comes, and leaves the queue.
+func TestMaxDeliveriesAdvisory(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{AckWait: 200 * time.Millisecond, MaxDeliver: 2})
+	c := client(t, s.URL())
+	ev := watch(t, s.URL())
+	id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "raw", Type: "x", Payload: []byte("lost soul")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := s.JetStream()
+	cons, err := js.Consumer(ctx(t), scheduler.Stream, "raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two deliveries never acknowledged; the third pull finds the task out
+	// of deliveries.
+	for i := range 3 {
+		if i == 2 {
+			go func() { _, _ = cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second)) }()
+			break
+		}
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for range batch.Messages() {
+			n++ // never acknowledged
+		}
+		if n != 1 {
+			t.Fatalf("delivery %d: %d messages", i+1, n)
+		}
+	}
+	ev.wait(t, "task.dead", id)
+	info, err := c.Status(ctx(t), id)
+	if err != nil || info.State != scheduler.StateDead {
+		t.Fatalf("status = %+v, %v", info, err)
+	}
+	dead, err := js.Stream(ctx(t), scheduler.DeadStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dead.GetLastMsgForSubject(ctx(t), scheduler.DeadSubjectPrefix+"raw")
+	if err != nil || string(m.Data) != "lost soul" || m.Header.Get(scheduler.HeaderID) != id {
+		t.Fatalf("dead letter = %+v, %v", m, err)
+	}
+	eventually(t, func() (bool, string) {
+		qs, err := c.Queues(ctx(t))
+		return err == nil && qs[0].Depth == 0 && qs[0].InFlight == 0 && qs[0].Dead == 1, fmt.Sprintf("queues = %+v, %v", qs, err)
+	})
+}
+
+// A state written without its message (the instance died between the two
+// writes) is enqueued by the repair scan.
+func TestRepairLostEnqueue(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{RepairAfter: 200 * time.Millisecond})
+	c := client(t, s.URL())
+	work(t, s.URL(), map[string]int{"r": 1}, map[string]scheduler.Handler{
+		"x": func(ctx context.Context, task *scheduler.Task) error { return nil },
+	})
+	// What submit writes first, as an instance that died right after would
+	// leave it.
+	js := s.JetStream()
+	kv, err := js.KeyValue(ctx(t), scheduler.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := map[string]any{
+		"id": "orphan1", "queue": "r", "type": "x", "state": "queued", "attempts": 0, "max_retries": 3, "timeout_ms": 1000,
+		"created_at": time.Now().UTC().Format("2006-01-02T15:04:05.000Z"),
+		"pending": map[string]any{
+			"subject": "mesh.tasks.r",
+			"header":  map[string][]string{"Mesh-Task-Id": {"orphan1"}, "Mesh-Task-Type": {"x"}, "Mesh-Task-Queue": {"r"}, "Mesh-Task-Max-Retries": {"3"}, "Nats-Msg-Id": {"orphan1"}},
+		},
+	}
+	data, _ := json.Marshal(state)
+	if _, err := kv.Create(ctx(t), "t.orphan1", data); err != nil {
+		t.Fatal(err)
+	}
+	if info := waitDone(t, c, "orphan1"); info.State != scheduler.StateSucceeded {
+		t.Fatalf("orphan = %+v", info)
+	}
+}
+
+// fixedServer is an embedded server on a fixed port and store, that a test
+// can stop and start again.
+type fixedServer struct {
+	t    *testing.T
+	dir  string
+	addr string
+	srv  *embed.Server
+}
+
+func startFixed(t *testing.T) *fixedServer {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	f := &fixedServer{t: t, dir: t.TempDir(), addr: addr}
+	f.start()
+	t.Cleanup(func() {
+		if f.srv != nil {
+			f.stop()
+		}
+	})
+	return f
+}
+
+func (f *fixedServer) start() {
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv, err := embed.Start(c, embed.Config{Listen: f.addr, DataDir: f.dir})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.srv = srv
+}
+
+func (f *fixedServer) stop() {
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := f.srv.Shutdown(c); err != nil {
+		f.t.Fatal(err)
+	}
+	f.srv = nil
+}
+
+func (f *fixedServer) URL() string { return "nats://" + f.addr }
+
+// noLoss submits n tasks to a scheduler on url while workers run them;
+// midway through, disrupt runs (it may stop workers abruptly, restart
+// servers...). Every id must reach a terminal state; duplicates (a task
+// run twice: at least once delivery) are counted and reported.
+func noLoss(t *testing.T, url string, n int, disrupt func(started *atomic.Int64)) {
+	c := client(t, url)
+	t0 := time.Now()
+	logf := func(format string, args ...any) { t.Logf("%6.2fs "+format, append([]any{time.Since(t0).Seconds()}, args...)...) }
+	var runs sync.Map // id -> *atomic.Int32
+	var started atomic.Int64
+	handler := func(ctx context.Context, task *scheduler.Task) error {
+		v, _ := runs.LoadOrStore(task.ID, new(atomic.Int32))
+		v.(*atomic.Int32).Add(1)
+		started.Add(1)
+		select {
+		case <-time.After(time.Duration(len(task.ID)%3) * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return nil
+	}
+	newWorker := func() (*scheduler.Worker, *nats.Conn) {
+		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := scheduler.NewWorker(nc, scheduler.WorkerConfig{Queues: map[string]int{"bulk": 16}, ShutdownGrace: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Handle("job", handler)
+		if err := w.Start(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		return w, nc
+	}
+	w1, nc1 := newWorker()
+	w2, nc2 := newWorker()
+	t.Cleanup(func() { _ = w1.Stop(context.Background()); nc1.Close() })
+	t.Cleanup(func() { _ = w2.Stop(context.Background()); nc2.Close() })
+
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	var submitErr atomic.Value
+	const submitters = 8
+	for g := range submitters {
+		wg.Go(func() {
+			for i := g; i < n; i += submitters {
+				for attempt := 0; ; attempt++ {
+					sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					id, err := c.Submit(sctx, scheduler.SubmitRequest{Queue: "bulk", Type: "job", MaxRetries: intp(20), TimeoutMs: 10_000,
+						Backoff: &scheduler.Backoff{Kind: "constant", InitialMs: 50}})
+					cancel()
+					if err == nil {
+						ids[i] = id
+						break
+					}
+					if attempt > 100 {
+						submitErr.Store(err)
+						return
+					}
+					// The server is restarting: submit again. (A submit whose
+					// reply was lost may have enqueued a task whose id we never
+					// learn; it runs, unchecked.)
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+		})
+	}
+	// Abruptly, once tasks run: the first worker's connection closes mid-task.
+	for started.Load() < int64(n/10) {
+		time.Sleep(5 * time.Millisecond) // a counter, not an event
+	}
+	nc1.Close()
+	logf("worker 1 closed after %d starts", started.Load())
+	disrupt(&started)
+	logf("disrupted after %d starts", started.Load())
+	wg.Wait()
+	logf("all submitted; %d starts", started.Load())
+	if err := submitErr.Load(); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	// Every id reaches a terminal state.
+	deadline := time.Now().Add(60 * time.Second)
+	for _, id := range ids {
+		for {
+			wctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			info, err := c.Wait(wctx, id)
+			cancel()
+			if err == nil {
+				if info.State != scheduler.StateSucceeded {
+					t.Fatalf("task %s ended %+v", id, info)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("task %s: %v (last %+v)", id, err, info)
+			}
+		}
+	}
+	logf("all terminal; %d starts", started.Load())
+	dups := 0
+	for _, id := range ids {
+		v, ok := runs.Load(id)
+		if !ok {
+			t.Fatalf("task %s succeeded but never ran", id)
+		}
+		dups += int(v.(*atomic.Int32).Load()) - 1
+	}
+	t.Logf("%d tasks, all succeeded; %d ran more than once (at-least-once delivery)", n, dups)
+}
+
+// No loss across a server restart on the same store and a worker dying
+// mid-task.
+func TestNoLossServerRestart(t *testing.T) {
+	f := startFixed(t)
+	cfg := scheduler.Config{AckWait: time.Second, RepairAfter: time.Second}
+	// The scheduler must outlive the restart: its connection reconnects.
+	nc := bustest.Connect(t, f.URL())
+	s, err := scheduler.New(nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	noLoss(t, f.URL(), 2000, func(started *atomic.Int64) {
+		for started.Load() < 600 {
+			time.Sleep(5 * time.Millisecond) // a counter, not an event
+		}
+		t.Logf("restarting the server after %d starts", started.Load())
+		f.stop()
+		f.start()
+		t.Logf("restarted")
+	})
+}
+
+// No loss on a 3-node cluster (R3) losing a node mid-run.
+func TestNoLossClusterNodeDown(t *testing.T) {
+	cl := bustest.RunCluster(t, 3)
+	cfg := scheduler.Config{Replicas: 3, AckWait: time.Second, RepairAfter: time.Second}
+	serve(t, cl.URL(), cfg)
+	serve(t, cl.URL(), cfg)
+	noLoss(t, cl.URL(), 600, func(started *atomic.Int64) {
+		for started.Load() < 200 {
+			time.Sleep(5 * time.Millisecond) // a counter, not an event
+		}
+		victim := (cl.Leader() + 1) % cl.N()
+		t.Logf("stopping node %d after %d starts", victim, started.Load())
+		cl.Stop(victim)
+	})
+}
+
