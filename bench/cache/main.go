@@ -26,6 +26,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -61,7 +62,7 @@ type config struct {
 	concs              []int
 	keys, size         int
 	memory             int
-	cpuprofile         string
+	cpuprofile, only   string
 }
 
 func main() {
@@ -76,6 +77,7 @@ func main() {
 	flag.IntVar(&cfg.size, "size", 100, "value `bytes`")
 	flag.IntVar(&cfg.memory, "memory", 0, "measure the memory of `N` items instead of the speed")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile to `file`")
+	flag.StringVar(&cfg.only, "only", "", "run only the systems whose name matches this `regexp` (for diagnosis)")
 	flag.Parse()
 	for f := range strings.SplitSeq(concs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -332,10 +334,18 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		m.stop()
 		return err
 	}
+	only, err := regexp.Compile(cfg.only)
+	if err != nil {
+		m.stop()
+		return fmt.Errorf("-only: %w", err)
+	}
 	var results []load.Result
 	measure := func(ts []load.Target) {
 		for _, c := range cfg.concs {
 			for _, t := range ts {
+				if !only.MatchString(t.Name) {
+					continue
+				}
 				r := load.Measure(ctx, t, c, cfg.warmup, cfg.duration)
 				fmt.Fprintf(os.Stderr, "%-40s c=%-3d %9.0f ops/s  p50 %v  p99 %v  errors %d\n",
 					r.System, c, r.OpsPerSec(), r.Quantile(0.5), r.Quantile(0.99), r.Errs)

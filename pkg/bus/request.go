@@ -45,18 +45,34 @@ func Request[Req, Resp any](ctx context.Context, nc *nats.Conn, subject string, 
 // RequestMsg sends m and returns the reply, with the errors of Request: a
 // reply carrying a coded error is returned as that *Error.
 func RequestMsg(ctx context.Context, nc *nats.Conn, m *nats.Msg) (*nats.Msg, error) {
+	if _, ok := ctx.Deadline(); ok {
+		reply, err := nc.RequestMsgWithContext(ctx, m)
+		return replyOf(m, reply, err)
+	}
+	return RequestMsgWithin(ctx, nc, m, DefaultTimeout)
+}
+
+// RequestMsgWithin is RequestMsg waiting at most d for the reply (and never
+// past ctx's deadline): one attempt of a request that may be tried
+// elsewhere when it times out.
+func RequestMsgWithin(ctx context.Context, nc *nats.Conn, m *nats.Msg, d time.Duration) (*nats.Msg, error) {
 	var reply *nats.Msg
 	var err error
-	switch _, ok := ctx.Deadline(); {
-	case ok:
+	switch dl, ok := ctx.Deadline(); {
+	case ok && time.Until(dl) <= d:
 		reply, err = nc.RequestMsgWithContext(ctx, m)
 	case ctx.Done() == nil: // cannot be cancelled: no context machinery needed
-		reply, err = nc.RequestMsg(m, DefaultTimeout)
+		reply, err = nc.RequestMsg(m, d)
 	default:
-		c, cancel := context.WithTimeout(ctx, DefaultTimeout)
+		c, cancel := context.WithTimeout(ctx, d)
 		reply, err = nc.RequestMsgWithContext(c, m)
 		cancel()
 	}
+	return replyOf(m, reply, err)
+}
+
+// replyOf turns the outcome of a request into a reply or a coded error.
+func replyOf(m, reply *nats.Msg, err error) (*nats.Msg, error) {
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):

@@ -77,29 +77,36 @@ func (c *Client) do(ctx context.Context, nodes []string, op string, req, resp an
 	if err != nil {
 		return err
 	}
+	return c.send(ctx, nodes, op, data, func(b []byte) error { return bus.MsgPack.Unmarshal(b, resp) })
+}
+
+// send is do with the request encoded and the reply decoded by the caller.
+// With more than one node, each gets AttemptTimeout before the next is tried.
+func (c *Client) send(ctx context.Context, nodes []string, op string, data []byte, decode func([]byte) error) error {
 	if len(nodes) == 0 {
-		return c.send(ctx, "mesh.cache."+op, data, resp, 0)
+		m, err := bus.RequestMsg(ctx, c.nc, &nats.Msg{Subject: "mesh.cache." + op, Data: data})
+		if err != nil {
+			return mapError(err)
+		}
+		return decode(m.Data)
 	}
+	var err error
 	for i, id := range nodes {
-		err = c.send(ctx, NodeSubject(id, op), data, resp, c.cfg.AttemptTimeout)
-		if err == nil || !unreachable(err) || ctx.Err() != nil || i == len(nodes)-1 {
+		var m *nats.Msg
+		msg := &nats.Msg{Subject: NodeSubject(id, op), Data: data}
+		if len(nodes) > 1 {
+			m, err = bus.RequestMsgWithin(ctx, c.nc, msg, c.cfg.AttemptTimeout)
+		} else {
+			m, err = bus.RequestMsg(ctx, c.nc, msg)
+		}
+		if err == nil {
+			return decode(m.Data)
+		}
+		if err = mapError(err); !unreachable(err) || ctx.Err() != nil || i == len(nodes)-1 {
 			break
 		}
 	}
 	return err
-}
-
-func (c *Client) send(ctx context.Context, subject string, data []byte, resp any, timeout time.Duration) error {
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
-	rep, err := bus.RequestMsg(ctx, c.nc, &nats.Msg{Subject: subject, Data: data})
-	if err != nil {
-		return mapError(err)
-	}
-	return bus.MsgPack.Unmarshal(rep.Data, resp)
 }
 
 // mapError returns the package's sentinel for a coded error, so that
@@ -122,14 +129,29 @@ func (c *Client) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := CheckKey(key); err != nil {
 		return nil, err
 	}
-	var rep GetReply
-	if err := c.do(ctx, c.owners(c.Ring(), key), OpGet, GetRequest{Key: key}, &rep); err != nil {
+	var buf [4]string
+	r := c.Ring()
+	rep, err := c.get(ctx, r.AppendOwners(buf[:0], key, min(c.cfg.Replicas, r.Len())), key)
+	if err != nil {
 		return nil, err
 	}
 	if !rep.Found {
 		return nil, ErrNotFound.With("%q not found", key)
 	}
 	return rep.Value, nil
+}
+
+// get is do for a GetRequest, with the hand-written codec.
+func (c *Client) get(ctx context.Context, nodes []string, key string) (GetReply, error) {
+	var rep GetReply
+	err := c.send(ctx, nodes, OpGet, appendGetRequest(make([]byte, 0, 8+len(key)), key), func(b []byte) error {
+		var ok bool
+		if rep, ok = parseGetReply(b); ok {
+			return nil
+		}
+		return bus.MsgPack.Unmarshal(b, &rep)
+	})
+	return rep, err
 }
 
 // Set stores a value on the key's owner and replicas; ttl 0 keeps it until

@@ -52,7 +52,16 @@ func (s *Server) hit(key string) (GetReply, bool) {
 
 func (s *Server) get(_ context.Context, m *bus.Msg) (any, error) {
 	var req GetRequest
-	if err := m.Decode(&req); err != nil {
+	key, fast := "", false
+	if m.Codec == bus.MsgPack {
+		key, fast = parseGetRequest(m.Data)
+	}
+	if fast {
+		if err := CheckKey(key); err != nil {
+			return nil, err
+		}
+		req.Key = key
+	} else if err := m.Decode(&req); err != nil {
 		return nil, err
 	}
 	via := hopOf(m)
@@ -65,6 +74,9 @@ func (s *Server) get(_ context.Context, m *bus.Msg) (any, error) {
 	mine := slices.Index(owners, s.cfg.ID)
 	if mine >= 0 || via != "" {
 		if rep, ok := s.hit(req.Key); ok {
+			if m.Codec == bus.MsgPack {
+				return bus.Raw(appendGetReply(make([]byte, 0, 32+len(rep.Value)), rep)), nil
+			}
 			return rep, nil
 		}
 	}
@@ -316,9 +328,7 @@ func (s *Server) relay(ctx context.Context, m *bus.Msg, op string, nodes []strin
 	var last error = ErrUnavailable.With("no node holds the key")
 	for _, id := range nodes {
 		s.forwards.Add(1)
-		actx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
-		rep, err := bus.RequestMsg(actx, s.nc, &nats.Msg{Subject: NodeSubject(id, op), Header: h, Data: m.Data})
-		cancel()
+		rep, err := bus.RequestMsgWithin(ctx, s.nc, &nats.Msg{Subject: NodeSubject(id, op), Header: h, Data: m.Data}, s.cfg.AttemptTimeout)
 		if err == nil {
 			return bus.Raw(rep.Data), nil
 		}
@@ -336,9 +346,7 @@ func (s *Server) ask(ctx context.Context, id, op, via string, req, resp any) err
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
-	defer cancel()
-	rep, err := bus.RequestMsg(ctx, s.nc, &nats.Msg{Subject: NodeSubject(id, op), Header: nats.Header{HeaderHop: []string{via}}, Data: data})
+	rep, err := bus.RequestMsgWithin(ctx, s.nc, &nats.Msg{Subject: NodeSubject(id, op), Header: nats.Header{HeaderHop: []string{via}}, Data: data}, s.cfg.AttemptTimeout)
 	if err != nil {
 		return err
 	}
