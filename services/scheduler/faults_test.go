@@ -160,7 +160,9 @@ func (f *fixedServer) URL() string { return "nats://" + f.addr }
 func noLoss(t *testing.T, url string, n int, disrupt func(started *atomic.Int64)) {
 	c := client(t, url)
 	t0 := time.Now()
-	logf := func(format string, args ...any) { t.Logf("%6.2fs "+format, append([]any{time.Since(t0).Seconds()}, args...)...) }
+	logf := func(format string, args ...any) {
+		t.Logf("%6.2fs "+format, append([]any{time.Since(t0).Seconds()}, args...)...)
+	}
 	var runs sync.Map // id -> *atomic.Int32
 	var started atomic.Int64
 	handler := func(ctx context.Context, task *scheduler.Task) error {
@@ -306,4 +308,3 @@ func TestNoLossClusterNodeDown(t *testing.T) {
 		cl.Stop(victim)
 	})
 }
-

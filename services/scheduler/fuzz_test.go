@@ -1,0 +1,58 @@
+package scheduler
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// FuzzDecodeRequests: any body, in either codec, decodes into a request that
+// passed validation, or fails with a 4xx; never a panic.
+func FuzzDecodeRequests(f *testing.F) {
+	for _, s := range []string{
+		`{"queue":"q","type":"t"}`, `{"queue":"q","type":"t","payload":"hi","delay_ms":5,"max_retries":0,"backoff":{"kind":"constant","initial_ms":10}}`,
+		`{"queue":"q","type":"t","run_at":"2030-01-01T00:00:00.000Z","unique_key":"k","unique_for_ms":5000}`,
+		`{"queue":"q","type":"t","payload":{"a":[1,2]}}`, `{"queue":"q","type":"t","payload":"aGk=","payload_encoding":"base64"}`,
+		`{"id":"abc"}`, `{"id":"a.b"}`, `{"queue":"q","state":"dead","limit":5,"cursor":"x"}`,
+		`{"name":"n","queue":"q","type":"t","cron":"0 * * * * *","time_zone":"Europe/Paris"}`, `{"name":"n","queue":"q","type":"t","every_ms":1000}`,
+		`{"id":"x","queue":"q","type":"t","attempt":1,"stream_seq":3}`, `{"id":"x","queue":"q","attempt":2,"error":"boom","skip_retry":true}`,
+		`{"queue":1}`, "\x82\xa5queue\xa1q\xa4type\xa1t", "\x81\xa7payload\xc4\x02\x00\xff", ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m := &bus.Msg{Msg: &nats.Msg{Data: data}, Codec: bus.DetectCodec(nil, data)}
+		for _, req := range []any{&SubmitRequest{}, &StatusRequest{}, &CancelRequest{}, &ListRequest{}, &QueuesRequest{}, &PauseRequest{},
+			&ScheduleRequest{}, &ScheduleListRequest{}, &ScheduleRmRequest{}, &StartedRequest{}, &FinishedRequest{}} {
+			err := m.Decode(req)
+			if err != nil {
+				var e *bus.Error
+				if !errors.As(err, &e) || e.Status < 400 || e.Status >= 500 {
+					t.Fatalf("%T: error %v is not a 4xx", req, err)
+				}
+				continue
+			}
+			switch r := req.(type) {
+			case *SubmitRequest:
+				if CheckQueue(r.Queue) != nil || checkType(r.Type) != nil || r.DelayMs < 0 || (r.MaxRetries != nil && *r.MaxRetries < 0) || r.PayloadEncoding != "" {
+					t.Fatalf("accepted %+v", r)
+				}
+			case *StatusRequest:
+				if checkID(r.ID) != nil {
+					t.Fatalf("accepted %+v", r)
+				}
+			case *ScheduleRequest:
+				if checkName(r.Name) != nil || (r.Cron == "") == (r.EveryMs == 0) {
+					t.Fatalf("accepted %+v", r)
+				}
+			case *FinishedRequest:
+				if r.Attempt < 1 || checkID(r.ID) != nil {
+					t.Fatalf("accepted %+v", r)
+				}
+			}
+		}
+	})
+}
