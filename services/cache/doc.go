@@ -1,0 +1,93 @@
+// Package cache is the mesh's sharded, replicated in-memory cache — a node
+// (Server) and its Go SDK (Client).
+//
+// # Subjects
+//
+//	subject                          request                        reply
+//	mesh.cache.get                   {key}                          {found, value, ttl_ms}
+//	mesh.cache.set                   {key, value, ttl_ms}           {copies}
+//	mesh.cache.del                   {key}                          {deleted}
+//	mesh.cache.mget                  {keys}                         {values: [{found, value, ttl_ms}]}
+//	mesh.cache.mset                  {items: [{key, value, ttl_ms}]} {stored}
+//	mesh.cache.stats                 {}                             {total, nodes}
+//	mesh.cache.node.<id>.<op>        the same, served by node <id> (stats: that node's figures)
+//	mesh.heartbeat.cache.<id>        the nodes' membership heartbeats (package membership)
+//	mesh.events.cache.<what>         node_joined, node_left, rebalance_started, rebalance_finished
+//
+// A miss is a reply ({"found": false}), not an error; the Client returns
+// ErrNotFound. Values are bytes: a string in JSON when they are UTF-8 text,
+// else {"base64": "..."}; bin (or str) in msgpack. ttl_ms 0 keeps a value
+// until it is evicted or deleted. Errors: invalid_key (empty, over 1024
+// bytes, not UTF-8), invalid_ttl (negative), value_too_large (over
+// Config.MaxValueBytes, 1 MiB by default), invalid (an empty or oversized
+// batch), unavailable (503: the owner or a replica did not answer),
+// loader_failed (502).
+//
+// # Routing
+//
+// Keys are placed by the ring of package ring, built from the nodes'
+// heartbeats: the key's owner is the first of its R copy holders
+// (Config.Replicas, 2 by default, at most the number of nodes). The Client
+// keeps the same ring and sends a request straight to the owner on
+// mesh.cache.node.<owner>.<op>; when the owner does not answer within
+// ClientConfig.AttemptTimeout it tries the next copy holder. A request on
+// a service subject reaches any node (a queue group). A node serves a read
+// from memory when it holds a copy of the key, and otherwise passes the
+// request to the owner once, with the header Mesh-Hop: forward. A node never
+// passes on a request that carries Mesh-Hop, so two nodes whose rings
+// disagree for a moment answer from what they have instead of bouncing it.
+//
+// # Replication
+//
+// A set is acknowledged when the owner and its R-1 replicas have stored it:
+// the owner stores the value, sends it to the replicas (Mesh-Hop: replica)
+// and answers once all have replied, or answers unavailable (503) naming the
+// replica that did not. So after a node crashes, every acknowledged key is
+// still held by another node, which the ring makes its owner once the crash
+// is seen (within 4 heartbeat intervals); meanwhile the Client reads from
+// the replica after the owner's attempt times out. Reads of a batch go to the
+// fewest copy holders that cover it (with 2 nodes and R = 2, one request): a
+// replica answers for the keys it holds and passes its misses to their
+// owners. A read right after an acknowledged set sees it on every copy; a
+// read during a set may see the old or the new value.
+//
+// # Rebalancing
+//
+// After a change of the ring, a node that misses a key it now owns asks the
+// key's owners under the previous ring (Mesh-Hop: handoff) before answering a
+// miss, for Config.Grace (30 s); a new node also asks the owners the key had
+// before it joined, as other nodes may route by that ring a little longer.
+// A value found this way is stored with the time it had left. So a join
+// moves keys on demand and causes no miss storm. A delete during the grace
+// period also removes the previous owners' copies, so that a hand-off cannot
+// bring a deleted key back. At the end of the grace period a node drops the
+// keys it no longer holds a copy of, so that a later change cannot serve a
+// stale copy. The node with the smallest id reports joins and leaves as
+// events; every node reports its own rebalance_started and
+// rebalance_finished (with the keys it dropped).
+//
+// # Store
+//
+// Each node keeps its keys in memory, in an otter v2 cache (W-TinyLFU
+// eviction, a TTL per key), bounded by Config.MaxBytes. The bound counts
+// keys, values and a fixed overhead per entry; otter may exceed it briefly
+// while it evicts. Stats count hits, misses, evictions, items, bytes, forwards,
+// hand-offs and loads per node; mesh.cache.stats sums the nodes.
+//
+// # Read-through loading
+//
+// Config.Loaders names a loader subject per namespace (the part of a key
+// before its first ':'). On a miss of such a key, its owner requests
+// {"key": ...} from the loader and expects {found, value, ttl_ms}; however
+// many requests miss the key at once, the loader is asked once and all of
+// them get its answer (singleflight, as groupcache does). The value is stored
+// on the owner and its replicas. A loader error or timeout is loader_failed.
+//
+// # Speed
+//
+// Handlers run Inline (see bus.Endpoint): a hit is answered in the
+// subscription's callback, and GET requests and replies in msgpack use a
+// hand-written codec (FuzzFastPath checks it against the generic one). Work
+// that waits on another node runs on the service's workers. Figures:
+// bench/README.md.
+package cache
