@@ -16,6 +16,7 @@ import (
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/cache"
 	"github.com/meshkit/mesh/services/lock"
+	"github.com/meshkit/mesh/services/scheduler"
 	"github.com/meshkit/mesh/services/sys"
 )
 
@@ -87,6 +88,19 @@ func Defs() []Def {
 			},
 			New: func(nc *nats.Conn, env Env) (Service, error) {
 				return lock.New(nc, lock.Config{Replicas: env.Replicas, Logger: env.Logger, Observer: env.Observer})
+			},
+		},
+		{
+			Name:    "scheduler",
+			Summary: "delayed, periodic and retried tasks on JetStream work queues",
+			Tour: []string{
+				`nats req mesh.scheduler.submit '{"queue":"emails","type":"welcome","payload":"ann@example.com","delay_ms":5000}'`,
+				`nats req mesh.scheduler.status '{"id":"ID"}'`,
+				`nats req mesh.scheduler.queues ''`,
+				`mesh worker --queue emails --exec cat`,
+			},
+			New: func(nc *nats.Conn, env Env) (Service, error) {
+				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, Logger: env.Logger, Observer: env.Observer})
 			},
 		},
 	}

@@ -139,8 +139,8 @@ var (
 const duplicateMarker = "existing id: "
 
 // Bytes is an opaque byte string (a payload or a result). In msgpack it is
-// bin (str is accepted); in JSON a string holding the bytes as text. A JSON
-// request may also give any other JSON value (an object, a number): its JSON
+// bin (str is accepted); in JSON a string holding the bytes as text. A
+// request may also give any other value (an object, a number): its JSON
 // text becomes the bytes.
 type Bytes []byte
 
@@ -180,9 +180,22 @@ func (b *Bytes) DecodeMsgpack(dec *msgpack.Decoder) error {
 		*b = Bytes(s)
 		return err
 	}
-	v, err := dec.DecodeBytes()
-	*b = v
-	return err
+	if msgpcode.IsBin(code) || code == msgpcode.Nil {
+		v, err := dec.DecodeBytes()
+		*b = v
+		return err
+	}
+	// Any other value: its JSON text, as in a JSON request.
+	v, err := dec.DecodeInterface()
+	if err != nil {
+		return err
+	}
+	j, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("payload: %w", err)
+	}
+	*b = j
+	return nil
 }
 
 // encodeText returns b as text and "" when it is valid UTF-8, else as
