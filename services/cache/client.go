@@ -188,40 +188,60 @@ func (c *Client) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
 	out := make([][]byte, len(keys))
 	groups := c.cover(r, keys)
 	errs := make([]error, len(groups))
-	var wg sync.WaitGroup
-	for gi, g := range groups {
-		wg.Go(func() {
-			sub := MGetRequest{Keys: make([]string, len(g.idx))}
-			for j, i := range g.idx {
-				sub.Keys[j] = keys[i]
+	fetch := func(gi int, g group) {
+		sub := make([]string, len(g.idx))
+		for j, i := range g.idx {
+			sub[j] = keys[i]
+		}
+		var nodes []string
+		if g.node != "" {
+			nodes = []string{g.node}
+		}
+		// The node passes on what it holds no copy of; when it does not
+		// answer, any node will do.
+		vals, err := c.mget(ctx, nodes, sub)
+		if err != nil && unreachable(err) && g.node != "" {
+			vals, err = c.mget(ctx, nil, sub)
+		}
+		if err == nil && len(vals) != len(g.idx) {
+			err = bus.ErrInternal.With("mget: %d values for %d keys", len(vals), len(g.idx))
+		}
+		if err != nil {
+			errs[gi] = err
+			return
+		}
+		for j, i := range g.idx {
+			if vals[j].Found {
+				out[i] = vals[j].Value
 			}
-			var rep MGetReply
-			// The node forwards what it holds no copy of; when it does not
-			// answer, any node will do.
-			nodes := []string{g.node}
-			if g.node == "" {
-				nodes = nil
-			}
-			err := c.do(ctx, nodes, OpMGet, sub, &rep)
-			if err != nil && unreachable(err) && g.node != "" {
-				err = c.do(ctx, nil, OpMGet, sub, &rep)
-			}
-			if err == nil && len(rep.Values) != len(g.idx) {
-				err = bus.ErrInternal.With("mget: %d values for %d keys", len(rep.Values), len(g.idx))
-			}
-			if err != nil {
-				errs[gi] = err
-				return
-			}
-			for j, i := range g.idx {
-				if rep.Values[j].Found {
-					out[i] = rep.Values[j].Value
-				}
-			}
-		})
+		}
 	}
-	wg.Wait()
+	if len(groups) == 1 {
+		fetch(0, groups[0])
+	} else {
+		var wg sync.WaitGroup
+		for gi, g := range groups {
+			wg.Go(func() { fetch(gi, g) })
+		}
+		wg.Wait()
+	}
 	return out, errors.Join(errs...)
+}
+
+// mget is do for an MGetRequest, with the hand-written codec.
+func (c *Client) mget(ctx context.Context, nodes, keys []string) ([]GetReply, error) {
+	var vals []GetReply
+	err := c.send(ctx, nodes, OpMGet, appendMGetRequest(nil, keys), func(b []byte) error {
+		var ok bool
+		if vals, ok = parseMGetReply(b); ok {
+			return nil
+		}
+		var rep MGetReply
+		err := bus.MsgPack.Unmarshal(b, &rep)
+		vals = rep.Values
+		return err
+	})
+	return vals, err
 }
 
 type group struct {

@@ -63,39 +63,126 @@ func appendGetReply(dst []byte, r GetReply) []byte {
 
 // parseGetReply reads a reply written by appendGetReply.
 func parseGetReply(b []byte) (GetReply, bool) {
-	var r GetReply
-	if len(b) < 7 || b[0] < 0x81 || b[0] > 0x83 || string(b[1:7]) != "\xa5found" {
-		return r, false
+	r, rest, ok := readGetReply(b)
+	return r, ok && len(rest) == 0
+}
+
+// readGetReply reads a reply written by appendGetReply at the start of b.
+func readGetReply(b []byte) (r GetReply, rest []byte, ok bool) {
+	if len(b) < 8 || b[0] < 0x81 || b[0] > 0x83 || string(b[1:7]) != "\xa5found" || (b[7] != 0xc2 && b[7] != 0xc3) {
+		return r, nil, false
 	}
-	n := int(b[0] & 0x0f)
-	b = b[7:]
-	if len(b) < 1 || (b[0] != 0xc2 && b[0] != 0xc3) {
-		return r, false
-	}
-	r.Found = b[0] == 0xc3
-	b = b[1:]
-	n-- // fields left
+	n := int(b[0]&0x0f) - 1 // fields after found
+	r.Found = b[7] == 0xc3
+	b = b[8:]
 	if n > 0 && len(b) >= 6 && string(b[:6]) == "\xa5value" {
 		v, rest, ok := readBin(b[6:])
 		if !ok || len(v) == 0 {
-			return r, false
+			return r, nil, false
 		}
 		r.Value = v
 		b = rest
 		n--
 	}
 	if n > 0 {
-		if len(b) != 16 || string(b[:8]) != "\xa6ttl_ms\xd3" {
-			return r, false
+		if len(b) < 16 || string(b[:8]) != "\xa6ttl_ms\xd3" {
+			return r, nil, false
 		}
 		r.TTLms = int64(binary.BigEndian.Uint64(b[8:]))
 		if r.TTLms == 0 {
-			return r, false
+			return r, nil, false
 		}
 		b = b[16:]
 		n--
 	}
-	return r, n == 0 && len(b) == 0
+	return r, b, n == 0
+}
+
+const (
+	fieldKeys   = "\xa4keys"
+	fieldValues = "\xa6values"
+)
+
+// appendMGetRequest appends the msgpack form of MGetRequest{Keys: keys}.
+func appendMGetRequest(dst []byte, keys []string) []byte {
+	dst = append(dst, 0x81)
+	dst = append(dst, fieldKeys...)
+	dst = appendArrayLen(dst, len(keys))
+	for _, k := range keys {
+		dst = appendStr(dst, k)
+	}
+	return dst
+}
+
+// parseMGetRequest reads the keys of a msgpack MGetRequest written as
+// appendMGetRequest writes it.
+func parseMGetRequest(b []byte) ([]string, bool) {
+	if len(b) < 1+len(fieldKeys) || b[0] != 0x81 || string(b[1:1+len(fieldKeys)]) != fieldKeys {
+		return nil, false
+	}
+	n, b, ok := readArrayLen(b[1+len(fieldKeys):])
+	if !ok || n > len(b) {
+		return nil, false
+	}
+	keys := make([]string, n)
+	for i := range keys {
+		var k []byte
+		if k, b, ok = readStr(b); !ok {
+			return nil, false
+		}
+		keys[i] = string(k)
+	}
+	return keys, len(b) == 0
+}
+
+// appendMGetReply appends the msgpack form of MGetReply{Values: vs}.
+func appendMGetReply(dst []byte, vs []GetReply) []byte {
+	dst = append(dst, 0x81)
+	dst = append(dst, fieldValues...)
+	dst = appendArrayLen(dst, len(vs))
+	for _, v := range vs {
+		dst = appendGetReply(dst, v)
+	}
+	return dst
+}
+
+// parseMGetReply reads a reply written by appendMGetReply.
+func parseMGetReply(b []byte) ([]GetReply, bool) {
+	if len(b) < 1+len(fieldValues) || b[0] != 0x81 || string(b[1:1+len(fieldValues)]) != fieldValues {
+		return nil, false
+	}
+	n, b, ok := readArrayLen(b[1+len(fieldValues):])
+	if !ok || n > len(b) {
+		return nil, false
+	}
+	vs := make([]GetReply, n)
+	for i := range vs {
+		if vs[i], b, ok = readGetReply(b); !ok {
+			return nil, false
+		}
+	}
+	return vs, len(b) == 0
+}
+
+func appendArrayLen(dst []byte, n int) []byte {
+	if n < 16 {
+		return append(dst, 0x90|byte(n))
+	}
+	if n <= math.MaxUint16 {
+		return binary.BigEndian.AppendUint16(append(dst, 0xdc), uint16(n))
+	}
+	return binary.BigEndian.AppendUint32(append(dst, 0xdd), uint32(n))
+}
+
+// readArrayLen reads an array header in its shortest form up to array16.
+func readArrayLen(b []byte) (n int, rest []byte, ok bool) {
+	switch {
+	case len(b) >= 1 && b[0]&0xf0 == 0x90:
+		return int(b[0] & 0x0f), b[1:], true
+	case len(b) >= 3 && b[0] == 0xdc:
+		return int(binary.BigEndian.Uint16(b[1:])), b[3:], true
+	}
+	return 0, nil, false
 }
 
 func appendStr(dst []byte, s string) []byte {

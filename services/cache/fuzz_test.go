@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -67,6 +68,8 @@ func FuzzFastPath(f *testing.F) {
 	f.Add("user:42", []byte("v"), int64(0), []byte("\x81\xa3key\xa1a"))
 	f.Add("", []byte(nil), int64(5), []byte("\x83\xa5found\xc3\xa5value\xc4\x01x\xa6ttl_ms\xd3\x00\x00\x00\x00\x00\x00\x00\x05"))
 	f.Add("k", []byte("xyz"), int64(-1), []byte("\x81\xa5found\xc2"))
+	f.Add("k", []byte("v"), int64(1), []byte("\x81\xa4keys\x92\xa1a\xa1b"))
+	f.Add("k", []byte("v"), int64(1), []byte("\x81\xa6values\x92\x81\xa5found\xc2\x82\xa5found\xc3\xa5value\xc4\x01z"))
 	f.Fuzz(func(t *testing.T, key string, value []byte, ttl int64, raw []byte) {
 		// The generic encoding of a request parses to the same key.
 		if len(key) < 1<<16 {
@@ -94,7 +97,39 @@ func FuzzFastPath(f *testing.F) {
 		if back, ok := parseGetReply(b); !ok || !sameReply(back, r) {
 			t.Fatalf("parseGetReply(% x) = %+v, %v", b, back, ok)
 		}
+		// The same for batches.
+		if len(key) < 1<<16 {
+			keys := []string{key, "x", key}
+			b, err := bus.MsgPack.Marshal(MGetRequest{Keys: keys})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ks, ok := parseMGetRequest(b); !ok || !slices.Equal(ks, keys) || !bytes.Equal(appendMGetRequest(nil, keys), b) {
+				t.Fatalf("parseMGetRequest(% x) = %q, %v", b, ks, ok)
+			}
+		}
+		vs := []GetReply{r, {}, r}
+		b = appendMGetReply(nil, vs)
+		var gm MGetReply
+		if err := bus.MsgPack.Unmarshal(b, &gm); err != nil || !sameReplies(gm.Values, vs) {
+			t.Fatalf("generic decode of % x = %+v, %v", b, gm, err)
+		}
+		if back, ok := parseMGetReply(b); !ok || !sameReplies(back, vs) {
+			t.Fatalf("parseMGetReply(% x) = %+v, %v", b, back, ok)
+		}
 		// Whatever the fast parsers accept, the generic decoder reads alike.
+		if ks, ok := parseMGetRequest(raw); ok {
+			var req MGetRequest
+			if err := bus.MsgPack.Unmarshal(raw, &req); err != nil || !slices.Equal(req.Keys, ks) {
+				t.Fatalf("% x: fast %q, generic %q, %v", raw, ks, req.Keys, err)
+			}
+		}
+		if fv, ok := parseMGetReply(raw); ok {
+			var gr MGetReply
+			if err := bus.MsgPack.Unmarshal(raw, &gr); err != nil || !sameReplies(fv, gr.Values) {
+				t.Fatalf("% x: fast %+v, generic %+v, %v", raw, fv, gr, err)
+			}
+		}
 		if k, ok := parseGetRequest(raw); ok {
 			var req GetRequest
 			if err := bus.MsgPack.Unmarshal(raw, &req); err != nil || req.Key != k {
@@ -108,6 +143,10 @@ func FuzzFastPath(f *testing.F) {
 			}
 		}
 	})
+}
+
+func sameReplies(a, b []GetReply) bool {
+	return slices.EqualFunc(a, b, sameReply)
 }
 
 func sameReply(a, b GetReply) bool {

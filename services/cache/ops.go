@@ -369,8 +369,26 @@ func withoutSelf(ids []string, self string) []string {
 
 func (s *Server) mget(_ context.Context, m *bus.Msg) (any, error) {
 	var req MGetRequest
-	if err := m.Decode(&req); err != nil {
+	fast := false
+	if m.Codec == bus.MsgPack {
+		req.Keys, fast = parseMGetRequest(m.Data)
+	}
+	if fast {
+		if err := req.Validate(); err != nil {
+			return nil, err
+		}
+	} else if err := m.Decode(&req); err != nil {
 		return nil, err
+	}
+	reply := func(rep MGetReply) any {
+		if m.Codec != bus.MsgPack {
+			return rep
+		}
+		size := 16
+		for _, v := range rep.Values {
+			size += 32 + len(v.Value)
+		}
+		return bus.Raw(appendMGetReply(make([]byte, 0, size), rep.Values))
 	}
 	via := hopOf(m)
 	r := s.ring()
@@ -387,13 +405,13 @@ func (s *Server) mget(_ context.Context, m *bus.Msg) (any, error) {
 		rest = append(rest, i)
 	}
 	if len(rest) == 0 {
-		return rep, nil
+		return reply(rep), nil
 	}
 	return bus.Continue(func(ctx context.Context) (any, error) {
 		if err := s.mgetRest(ctx, r, req.Keys, rest, via != "", rep.Values); err != nil {
 			return nil, err
 		}
-		return rep, nil
+		return reply(rep), nil
 	}), nil
 }
 
