@@ -38,8 +38,9 @@ import (
 
 // Names of the baseline and of the system the goal is about.
 const (
-	rawName = "raw nats echo"
-	busName = "bus echo"
+	rawName       = "raw nats echo"
+	busName       = "bus echo"
+	busInlineName = "bus echo, Inline"
 )
 
 type config struct {
@@ -68,7 +69,7 @@ func main() {
 	flag.IntVar(&cfg.size, "size", 100, "payload `bytes`")
 	flag.IntVar(&cfg.conns, "conns", 1, "client NATS connections, shared round-robin by the workers")
 	flag.IntVar(&cfg.redisPool, "redis-pool", 0, "Redis connection pool size; 0: the highest concurrency")
-	flag.StringVar(&systems, "systems", "nats,bus,redis", "systems to run at each concurrency, in order: nats, bus, redis; for diagnosis also bus-client (bus.Request to the raw echo) and bus-server (nc.Request to the bus.Service)")
+	flag.StringVar(&systems, "systems", "nats,bus,bus-inline,redis", "systems to run at each concurrency, in order: nats, bus, bus-inline, redis; for diagnosis also bus-client (bus.Request to the raw echo) and bus-server (nc.Request to the bus.Service)")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of all the cells to `file`")
 	flag.StringVar(&cfg.memprofile, "memprofile", "", "write an allocation profile to `file` at the end")
 	flag.Float64Var(&cfg.goalRatio, "goal", 0.9, "bus echo / raw nats echo ratio expected at the highest concurrency")
@@ -171,6 +172,8 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			targets = append(targets, rawClient(rawName, clients, subjectRaw, payload))
 		case "bus":
 			targets = append(targets, busClient(busName, clients, subjectBus, payload))
+		case "bus-inline":
+			targets = append(targets, busClient(busInlineName, clients, subjectBusInline, payload))
 		case "bus-client":
 			targets = append(targets, busClient("bus.Request to raw echo", clients, subjectRaw, payload))
 		case "bus-server":
@@ -256,7 +259,7 @@ func printTable(w io.Writer, results []load.Result) {
 // request failed.
 func report(w io.Writer, cfg config, results []load.Result) error {
 	var failed int
-	var busR, rawR *load.Result
+	at := map[string]*load.Result{} // the results at the top concurrency
 	top := cfg.concs[len(cfg.concs)-1]
 	fmt.Fprintln(w)
 	for i, r := range results {
@@ -268,20 +271,21 @@ func report(w io.Writer, cfg config, results []load.Result) error {
 			failed++
 			fmt.Fprintf(w, "- %s c=%d: no request that started in the window finished\n", r.System, r.Conc)
 		}
-		if r.Conc == top && r.System == busName {
-			busR = &results[i]
-		}
-		if r.Conc == top && r.System == rawName {
-			rawR = &results[i]
+		if r.Conc == top {
+			at[r.System] = &results[i]
 		}
 	}
-	if busR != nil && rawR != nil && rawR.Ops > 0 {
-		ratio := busR.OpsPerSec() / rawR.OpsPerSec()
+	for _, name := range []string{busName, busInlineName} {
+		bus, raw := at[name], at[rawName]
+		if bus == nil || raw == nil || raw.Ops == 0 {
+			continue
+		}
+		ratio := bus.OpsPerSec() / raw.OpsPerSec()
 		verdict := "met"
 		if ratio < cfg.goalRatio {
 			verdict = "NOT met"
 		}
-		fmt.Fprintf(w, "- goal: bus echo ≥ %.2f× raw nats echo at c=%d: %.2f, %s\n", cfg.goalRatio, top, ratio, verdict)
+		fmt.Fprintf(w, "- goal: %s ≥ %.2f× raw nats echo at c=%d: %.2f, %s\n", name, cfg.goalRatio, top, ratio, verdict)
 	}
 	if failed > 0 {
 		return errors.New("some requests failed or never finished")

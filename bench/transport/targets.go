@@ -12,10 +12,11 @@ import (
 )
 
 const (
-	subjectBus = "bench.transport.bus"
-	subjectRaw = "bench.transport.raw"
-	redisKey   = "bench:transport:value"
-	timeout    = bus.DefaultTimeout // per request, the same for every system
+	subjectBus       = "bench.transport.bus"
+	subjectBusInline = "bench.transport.bus-inline"
+	subjectRaw       = "bench.transport.raw"
+	redisKey         = "bench:transport:value"
+	timeout          = bus.DefaultTimeout // per request, the same for every system
 )
 
 // Echo is the body of the bus echo request and reply.
@@ -41,8 +42,12 @@ func serveRaw(srv *nats.Conn) error {
 	return nil
 }
 
-// serveBus answers subjectBus on srv with a bus.Service whose one endpoint
-// returns the decoded request.
+func echo(_ context.Context, req *Echo) (*Echo, error) { return req, nil }
+
+// serveBus answers subjectBus and subjectBusInline on srv with a bus.Service
+// whose endpoints return the decoded request: the first on the service's
+// workers (how every handler that may block runs), the second Inline, in the
+// subscription's callback (for handlers that answer from memory).
 func serveBus(ctx context.Context, srv *nats.Conn) (*bus.Service, error) {
 	svc, err := bus.NewService(srv, bus.Config{
 		Name:    "bench_echo",
@@ -50,7 +55,12 @@ func serveBus(ctx context.Context, srv *nats.Conn) (*bus.Service, error) {
 		Endpoints: []bus.Endpoint{{
 			Name:    "echo",
 			Subject: subjectBus,
-			Handler: bus.Typed(func(_ context.Context, req *Echo) (*Echo, error) { return req, nil }),
+			Handler: bus.Typed(echo),
+		}, {
+			Name:    "echo-inline",
+			Subject: subjectBusInline,
+			Handler: bus.Typed(echo),
+			Inline:  true,
 		}},
 	})
 	if err == nil {
