@@ -35,6 +35,10 @@ type cli struct {
 	Cache   cacheCmd   `cmd:"" help:"Get, set and delete cache keys; show the cache's figures."`
 	Lock    lockCmd    `cmd:"" help:"Take, release, renew, inspect and list locks; hold one while a command runs."`
 	Version versionCmd `cmd:"" help:"Print the version."`
+
+	Task     taskCmd     `cmd:"" help:"Submit tasks, show their state, cancel them; list, pause and resume queues."`
+	Schedule scheduleCmd `cmd:"" help:"Add, list and remove periodic schedules of tasks."`
+	Worker   workerCmd   `cmd:"" help:"Run a command for each task of a queue (payload on stdin)."`
 }
 
 // connFlags are the connection options of every command.

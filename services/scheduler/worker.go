@@ -136,7 +136,13 @@ func NewWorker(nc *nats.Conn, cfg WorkerConfig) (*Worker, error) {
 	return w, nil
 }
 
-// Handle registers the handler of a task type. Call it before Start.
+// AnyType registers a handler for the task types that have none of their
+// own: Handle(AnyType, h).
+const AnyType = "*"
+
+// Handle registers the handler of a task type (or of AnyType). Call it
+// before Start. A task of a type without a handler fails (and is retried:
+// another worker may know the type).
 func (w *Worker) Handle(taskType string, h Handler) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -386,6 +392,9 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 func (w *Worker) call(ctx context.Context, t *Task) (err error) {
 	w.mu.Lock()
 	h := w.handlers[t.Type]
+	if h == nil {
+		h = w.handlers[AnyType]
+	}
 	w.mu.Unlock()
 	if h == nil {
 		return fmt.Errorf("no handler for task type %q in worker %s", t.Type, w.cfg.Name)
