@@ -85,7 +85,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		Logger:          cfg.Logger,
 		Observer:        cfg.Observer,
 		Endpoints: []bus.Endpoint{
-			{Name: "acquire", Subject: SubjectAcquire, Handler: bus.Typed(s.acquire)},
+			{Name: "acquire", Subject: SubjectAcquire, Handler: s.acquire, Inline: true},
 			{Name: "release", Subject: SubjectRelease, Handler: bus.Typed(s.release)},
 			{Name: "renew", Subject: SubjectRenew, Handler: bus.Typed(s.renew)},
 			{Name: "inspect", Subject: SubjectInspect, Handler: bus.Typed(s.inspect)},
@@ -210,12 +210,32 @@ func isConflict(err error) bool {
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == 10164)
 }
 
-func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply, error) {
+// acquire joins the line in the subscription's callback (the endpoint is
+// Inline): the keys of the requests an instance receives are published in
+// the order the requests arrived, so their revisions, their places in line,
+// keep that order. The rest of the request, which waits, runs on a worker.
+func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
+	r := new(AcquireRequest)
+	if err := m.Decode(r); err != nil {
+		return nil, err
+	}
 	if err := checkTTL(r.TTLms, s.cfg.MaxTTL.Milliseconds()); err != nil {
 		return nil, err
 	}
-	ttl := time.Duration(r.TTLms) * time.Millisecond
 	id := nuid.Next()
+	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: time.Now()}}
+	data, _ := json.Marshal(rec)
+	ack, err := s.js.PublishAsync(s.prefix+s.key(r.Name, id), data,
+		jetstream.WithMsgTTL(time.Duration(r.TTLms)*time.Millisecond), jetstream.WithExpectLastSequencePerSubject(0))
+	if err != nil { // nothing was sent
+		return nil, bus.ErrUnavailable.With("lock %s: joining the line: %v", r.Name, err)
+	}
+	return bus.Continue(func(ctx context.Context) (any, error) { return s.wait(ctx, r, id, rec, ack) }), nil
+}
+
+// wait waits for the request's key to be stored, then in line.
+func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec record, ack jetstream.PubAckFuture) (*AcquireReply, error) {
+	ttl := time.Duration(r.TTLms) * time.Millisecond
 	// leave takes this request's key out of the line before answering cause.
 	// The key is this request's alone, so no compare-and-set is needed. If
 	// that fails, the key may hold the lock (or a place in line) until its
@@ -230,10 +250,17 @@ func (s *Server) acquire(ctx context.Context, r *AcquireRequest) (*AcquireReply,
 		}
 		return cause
 	}
-	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: time.Now()}}
-	rev, err := s.write(ctx, r.Name, id, rec, 0)
-	if err != nil {
+	var rev uint64
+	var err error
+	select {
+	case pa := <-ack.Ok():
+		rev = pa.Sequence
+	case err = <-ack.Err():
 		return nil, leave(fmt.Errorf("joining the line: %w", err))
+	case <-time.After(bus.DefaultTimeout):
+		return nil, leave(bus.ErrTimeout.With("lock %s: joining the line: no acknowledgement from the bucket", r.Name))
+	case <-ctx.Done():
+		return nil, leave(bus.ErrUnavailable.With("lock service stopping"))
 	}
 	token := rev
 	rec.Token = token
