@@ -7,6 +7,8 @@
 #   scripts/bench.sh lock [flags]      mesh lock service vs etcd mutex vs bare NATS KV
 #   scripts/bench.sh cache [flags]     mesh cache vs Redis vs the raw NATS echo, then
 #                                      the memory of 1M items (cache -memory 1000000)
+#   scripts/bench.sh scheduler [flags] mesh scheduler vs asynq (Redis) vs a bare JetStream
+#                                      work queue: enqueue, drain, idle latency, lateness
 #
 # Flags after the benchmark's name go to its program (e.g. `transport
 # -duration 2s -cpuprofile /tmp/cpu.prof`). The servers a benchmark needs
@@ -167,7 +169,22 @@ bench_lock() {
 	stop_servers
 }
 
-all=(transport ring lock cache)
+# The scheduler: JetStream file store in a temporary directory with the
+# server's default sync, and Redis for asynq (no persistence, as in
+# start_redis).
+bench_scheduler() {
+	start_nats -js -sd "$tmp/js"
+	start_redis
+	local rev
+	rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+	if git status --porcelain -- services/scheduler pkg/bus 2>/dev/null | grep -v '_test\.go$' | grep -q .; then
+		rev="$rev with uncommitted changes to services/scheduler or pkg/bus"
+	fi
+	in_bench go run ./scheduler -nats "nats://127.0.0.1:$nats_port" -redis "127.0.0.1:$redis_port" -source "$rev" "$@"
+	stop_servers
+}
+
+all=(transport ring lock cache scheduler)
 case "${1:-all}" in
 all)
 	for b in "${all[@]}"; do
@@ -175,13 +192,13 @@ all)
 		"bench_$b"
 	done
 	;;
-transport | ring | lock | cache)
+transport | ring | lock | cache | scheduler)
 	b=$1
 	shift
 	"bench_$b" "$@"
 	;;
 *)
-	echo "usage: $0 [all | transport | ring | lock | cache] [flags of the benchmark]" >&2
+	echo "usage: $0 [all | transport | ring | lock | cache | scheduler] [flags of the benchmark]" >&2
 	exit 2
 	;;
 esac

@@ -1,0 +1,367 @@
+// Command scheduler compares mesh's task scheduler with asynq (on Redis)
+// and with a bare JetStream work queue (the floor under the scheduler),
+// side by side in one run, and prints one table.
+//
+//   - mesh scheduler: a scheduler.Server running in this process on a NATS
+//     connection of its own, tasks submitted through scheduler.Client and
+//     run by scheduler.Worker, each on another connection;
+//   - asynq: github.com/hibiken/asynq v0.26 with its defaults (asynq.Client,
+//     asynq.Server with Concurrency = the worker count);
+//   - JetStream floor: js.Publish to a work-queue stream and a durable pull
+//     consumer with the same number of goroutines acking; its delayed tasks
+//     use the server's message schedule alone (@at with the exact instant).
+//
+// Scenarios, in order, each on a queue of its own:
+//
+//   - enqueue: -tasks no-op tasks submitted by -producers goroutines, no
+//     worker running (tasks/s);
+//   - drain: then -workers workers start and run them all (tasks/s);
+//   - idle: -rate tasks/s for -idle on an idle queue with its workers
+//     running: enqueue-to-start latency (p50, p99);
+//   - delayed: -delayed tasks due 2 to 3 s ahead: start minus due time
+//     (p50, p99, max) and how many started early.
+//
+// nats-server (JetStream on) and redis-server run as processes of their
+// own: scripts/bench.sh scheduler starts them on loopback ports and runs
+// this program.
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nuid"
+
+	"github.com/meshkit/mesh/bench/internal/machine"
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// Names of the systems, as the table shows them.
+const (
+	meshName  = "mesh scheduler"
+	asynqName = "asynq"
+	floorName = "JetStream floor"
+)
+
+type config struct {
+	natsURL, redisAddr string
+	systems            []string
+	tasks, producers   int
+	workers            int
+	rate               int
+	idle               time.Duration
+	delayed            int
+	cpuprofile         string
+	source             string
+}
+
+func main() {
+	var cfg config
+	var systems string
+	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL` (JetStream enabled)")
+	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port` for asynq; empty: no asynq row")
+	flag.StringVar(&systems, "systems", "mesh,asynq,floor", "systems to run, in order: mesh, asynq, floor")
+	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
+	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
+	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")
+	flag.IntVar(&cfg.rate, "rate", 100, "tasks per second of the idle-latency scenario")
+	flag.DurationVar(&cfg.idle, "idle", 10*time.Second, "duration of the idle-latency scenario")
+	flag.IntVar(&cfg.delayed, "delayed", 200, "tasks of the delayed scenario, due 2 to 3 s ahead")
+	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of this process to `file`")
+	flag.StringVar(&cfg.source, "source", "", "the revision of the mesh source under test, for the header")
+	flag.Parse()
+	for _, s := range strings.Split(systems, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			cfg.systems = append(cfg.systems, s)
+		}
+	}
+	stop, err := machine.CPUProfile(cfg.cpuprofile)
+	if err != nil {
+		fatal(err)
+	}
+	err = run(context.Background(), cfg, os.Stdout)
+	stop()
+	if err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "bench scheduler:", err)
+	os.Exit(1)
+}
+
+// result is one system's row.
+type result struct {
+	system           string
+	enqueue, drain   float64 // tasks/s
+	idleP50, idleP99 time.Duration
+	idleN            int
+	lateP50, lateP99 time.Duration
+	lateMax          time.Duration
+	early, delayedN  int
+	errors           int
+}
+
+func run(ctx context.Context, cfg config, w io.Writer) error {
+	var results []result
+	for _, name := range cfg.systems {
+		var sys system
+		var err error
+		switch name {
+		case "mesh":
+			sys, err = newMesh(ctx, cfg.natsURL)
+		case "asynq":
+			if cfg.redisAddr == "" {
+				fmt.Fprintln(os.Stderr, "bench: no -redis: skipping asynq")
+				continue
+			}
+			sys, err = newAsynq(cfg.redisAddr)
+		case "floor":
+			sys, err = newFloor(ctx, cfg.natsURL)
+		default:
+			return fmt.Errorf("unknown system %q (mesh, asynq, floor)", name)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		fmt.Fprintf(os.Stderr, "bench: %s\n", sys.name())
+		r, err := measure(ctx, cfg, sys)
+		sys.close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", sys.name(), err)
+		}
+		results = append(results, r)
+	}
+	report(w, cfg, results)
+	return nil
+}
+
+// stamp is a payload carrying an instant (enqueue time or due time).
+func stamp(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(t.UnixNano()))
+}
+
+func unstamp(b []byte) time.Time {
+	if len(b) < 8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(b)))
+}
+
+func queueName(what string) string { return "bench-" + what + "-" + strings.ToLower(nuid.Next()[:8]) }
+
+func measure(ctx context.Context, cfg config, sys system) (result, error) {
+	r := result{system: sys.name()}
+	var errs atomic.Int64
+
+	// Enqueue, no workers.
+	q := queueName("drain")
+	fmt.Fprintf(os.Stderr, "bench:   enqueue %d tasks\n", cfg.tasks)
+	var next atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range cfg.producers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(cfg.tasks) {
+				ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				if err := sys.enqueue(ectx, q, stamp(time.Now()), time.Time{}); err != nil {
+					errs.Add(1)
+				}
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	r.enqueue = float64(cfg.tasks) / time.Since(start).Seconds()
+	if n := errs.Load(); n > int64(cfg.tasks)/100 {
+		return r, fmt.Errorf("%d of %d enqueues failed", n, cfg.tasks)
+	}
+
+	// Drain them.
+	fmt.Fprintf(os.Stderr, "bench:   drain with %d workers\n", cfg.workers)
+	want := int64(cfg.tasks) - errs.Load()
+	var done atomic.Int64
+	all := make(chan struct{})
+	start = time.Now()
+	stop, err := sys.work(ctx, q, cfg.workers, func([]byte) {
+		if done.Add(1) == want {
+			close(all)
+		}
+	})
+	if err != nil {
+		return r, err
+	}
+	select {
+	case <-all:
+		r.drain = float64(want) / time.Since(start).Seconds()
+	case <-time.After(5 * time.Minute):
+		stop()
+		return r, fmt.Errorf("drain: %d of %d tasks ran in 5 minutes", done.Load(), want)
+	}
+	stop()
+
+	// Idle queue, paced enqueues.
+	fmt.Fprintf(os.Stderr, "bench:   idle latency at %d tasks/s for %s\n", cfg.rate, cfg.idle)
+	q = queueName("idle")
+	var mu sync.Mutex
+	var lat []time.Duration
+	stop, err = sys.work(ctx, q, cfg.workers, func(p []byte) {
+		d := time.Since(unstamp(p))
+		mu.Lock()
+		lat = append(lat, d)
+		mu.Unlock()
+	})
+	if err != nil {
+		return r, err
+	}
+	// Let the workers find the queue, then warm up with one task.
+	_ = sys.enqueue(ctx, q, stamp(time.Now()), time.Time{})
+	waitFor(func() bool { mu.Lock(); defer mu.Unlock(); return len(lat) >= 1 }, 30*time.Second)
+	mu.Lock()
+	lat = lat[:0]
+	mu.Unlock()
+	n := int(cfg.idle.Seconds() * float64(cfg.rate))
+	tick := time.NewTicker(time.Second / time.Duration(cfg.rate))
+	for range n {
+		<-tick.C
+		go func() {
+			if err := sys.enqueue(ctx, q, stamp(time.Now()), time.Time{}); err != nil {
+				errs.Add(1)
+			}
+		}()
+	}
+	tick.Stop()
+	waitFor(func() bool { mu.Lock(); defer mu.Unlock(); return len(lat) >= n }, 30*time.Second)
+	stop()
+	mu.Lock()
+	r.idleN = len(lat)
+	r.idleP50, r.idleP99 = quantile(lat, 0.5), quantile(lat, 0.99)
+	mu.Unlock()
+
+	// Delayed tasks.
+	fmt.Fprintf(os.Stderr, "bench:   %d delayed tasks\n", cfg.delayed)
+	q = queueName("delayed")
+	var late []time.Duration
+	stop, err = sys.work(ctx, q, cfg.workers, func(p []byte) {
+		d := time.Since(unstamp(p))
+		mu.Lock()
+		late = append(late, d)
+		mu.Unlock()
+	})
+	if err != nil {
+		return r, err
+	}
+	base := time.Now().Add(2 * time.Second)
+	for i := range cfg.delayed {
+		due := base.Add(time.Duration(i) * time.Second / time.Duration(max(cfg.delayed, 1)))
+		if err := sys.enqueue(ctx, q, stamp(due), due); err != nil {
+			errs.Add(1)
+		}
+	}
+	ok := waitFor(func() bool { mu.Lock(); defer mu.Unlock(); return len(late) >= cfg.delayed }, 60*time.Second)
+	stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if !ok {
+		fmt.Fprintf(os.Stderr, "bench:   only %d of %d delayed tasks ran within a minute\n", len(late), cfg.delayed)
+	}
+	r.delayedN = len(late)
+	for _, d := range late {
+		if d < 0 {
+			r.early++
+		}
+	}
+	r.lateP50, r.lateP99 = quantile(late, 0.5), quantile(late, 0.99)
+	if len(late) > 0 {
+		r.lateMax = slices.Max(late)
+	}
+	r.errors = int(errs.Load())
+	return r, nil
+}
+
+// waitFor polls cond (the handlers count tasks; there is no event to await
+// across three systems) until it holds or limit passes.
+func waitFor(cond func() bool, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+func quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(int(q*float64(len(s))), len(s)-1)]
+}
+
+func ms(d time.Duration) string {
+	if d < 10*time.Millisecond && d > -10*time.Millisecond {
+		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond))
+}
+
+func ratio(a, b float64) string {
+	if a == 0 || b == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+func report(w io.Writer, cfg config, rs []result) {
+	fmt.Fprintf(w, "# Task scheduler: mesh vs asynq vs a bare JetStream work queue\n\n")
+	fmt.Fprintf(w, "machine: %s, %d CPUs, %s", machine.CPUModel(), runtime.NumCPU(), runtime.Version())
+	if cfg.source != "" {
+		fmt.Fprintf(w, ", mesh %s", cfg.source)
+	}
+	fmt.Fprintf(w, "\nenqueue: %d no-op tasks by %d producers; drain: the same with %d workers; idle: %d tasks/s for %s; delayed: %d tasks due 2-3 s ahead\n\n",
+		cfg.tasks, cfg.producers, cfg.workers, cfg.rate, cfg.idle, cfg.delayed)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "system\tenqueue/s\tdrain/s\tidle p50\tidle p99\tlate p50\tlate p99\tlate max\tearly\terrors\t")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t\n", r.system, r.enqueue, r.drain,
+			ms(r.idleP50), ms(r.idleP99), ms(r.lateP50), ms(r.lateP99), ms(r.lateMax), r.early, r.delayedN, r.errors)
+	}
+	tw.Flush()
+	var mesh, asq, floor *result
+	for i := range rs {
+		switch rs[i].system {
+		case meshName:
+			mesh = &rs[i]
+		case asynqName:
+			asq = &rs[i]
+		case floorName:
+			floor = &rs[i]
+		}
+	}
+	if mesh == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	if asq != nil {
+		fmt.Fprintf(w, "mesh / asynq: enqueue %s, drain %s (target ≥ 5×)\n", ratio(mesh.enqueue, asq.enqueue), ratio(mesh.drain, asq.drain))
+	}
+	if floor != nil {
+		fmt.Fprintf(w, "mesh / floor: enqueue %s, drain %s (target ≥ 0.5×)\n", ratio(mesh.enqueue, floor.enqueue), ratio(mesh.drain, floor.drain))
+	}
+	fmt.Fprintf(w, "mesh targets: idle p50 %s (≤ 2 ms), late p99 %s (≤ 100 ms), %d early (0)\n", ms(mesh.idleP50), ms(mesh.lateP99), mesh.early)
+}
