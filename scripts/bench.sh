@@ -137,7 +137,9 @@ bench_cache() {
 	# JetStream only for the events stream that the mesh ensures at start.
 	start_nats -js -sd "$tmp/js"
 	start_redis
-	in_bench go run ./cache -nats "nats://127.0.0.1:$nats_port" -redis "127.0.0.1:$redis_port" "$@"
+	echo "bench: building mesh" >&2
+	go build -o bin/mesh ./cmd/mesh
+	in_bench go run ./cache -nats "nats://127.0.0.1:$nats_port" -redis "127.0.0.1:$redis_port" -mesh "$root/bin/mesh" "$@"
 	in_bench go run ./cache -nats "nats://127.0.0.1:$nats_port" -memory 1000000
 	stop_servers
 }

@@ -9,8 +9,11 @@
 //     to the owner (measured with R = 1, where such a node exists);
 //   - Redis GET, SET and MGET of 16 keys (go-redis, one pool).
 //
-// The cache runs as `mesh up` runs it: two cache nodes in one process on one
-// NATS connection (internal/node), R = 2, here in the bench process. The
+// The cache runs as `mesh up --nats URL --services cache --cache-nodes 2`
+// runs it: two cache nodes in one process on one NATS connection, R = 2.
+// With -mesh the nodes run in that command's own process and the raw echo in
+// a process of its own (this program with -echo), so the clients in this
+// process compete with neither; without it, all run in this process. The
 // nats-server and redis-server run in processes of their own, started by
 // scripts/bench.sh cache.
 //
@@ -26,6 +29,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -63,6 +67,7 @@ type config struct {
 	keys, size         int
 	memory             int
 	cpuprofile, only   string
+	meshBin            string
 }
 
 func main() {
@@ -78,7 +83,15 @@ func main() {
 	flag.IntVar(&cfg.memory, "memory", 0, "measure the memory of `N` items instead of the speed")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile to `file`")
 	flag.StringVar(&cfg.only, "only", "", "run only the systems whose name matches this `regexp` (for diagnosis)")
+	flag.StringVar(&cfg.meshBin, "mesh", "", "run the cache nodes in a `mesh` binary's process (mesh up --services cache); empty: in this process")
+	echo := flag.Bool("echo", false, "serve the raw NATS echo until killed (the benchmark starts itself so with -mesh)")
 	flag.Parse()
+	if *echo {
+		if err := serveEcho(context.Background(), cfg.natsURL); err != nil {
+			fatal(err)
+		}
+		select {}
+	}
 	for f := range strings.SplitSeq(concs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 {
@@ -108,52 +121,68 @@ func connect(ctx context.Context, url, name string) (*nats.Conn, error) {
 	return bus.Connect(ctx, bus.Options{URL: url, Name: name})
 }
 
-// mesh is a `mesh up`-style process: cache nodes on one connection, and a
-// client on another.
+// mesh is the cache under test, with a client on a connection of its own.
+// The nodes run in a `mesh up` process of their own when a mesh binary is
+// given (as users run them), else in this process as `mesh up` runs them
+// (internal/node: the nodes on one connection).
 type mesh struct {
-	srv    *nats.Conn
+	proc   *exec.Cmd  // the mesh process, or
+	srv    *nats.Conn // the nodes' connection in this process
 	nodes  *node.Node
 	cli    *nats.Conn
 	client *cache.Client
 }
 
-func startMesh(ctx context.Context, url string, nodes, replicas int) (*mesh, error) {
+func startMesh(ctx context.Context, cfg config, nodes, replicas int) (*mesh, error) {
 	m := &mesh{}
 	var err error
-	if m.srv, err = connect(ctx, url, "bench-cache-nodes"); err != nil {
-		return nil, err
+	if cfg.meshBin != "" {
+		m.proc = exec.Command(cfg.meshBin, "--nats", cfg.natsURL, "--log-level", "warn", "up", "--services", "cache",
+			"--node", "bench", "--cache-nodes", strconv.Itoa(nodes), "--cache-replicas", strconv.Itoa(replicas), "--cache-max-bytes", "4GiB")
+		m.proc.Stdout, m.proc.Stderr = io.Discard, os.Stderr
+		err = m.proc.Start()
+	} else if m.srv, err = connect(ctx, cfg.natsURL, "bench-cache-nodes"); err == nil {
+		m.nodes, err = node.Start(ctx, m.srv, []string{"cache"}, node.Env{
+			Node: "bench", Logger: zerolog.Nop(),
+			Cache: node.CacheEnv{Nodes: nodes, Replicas: replicas, MaxBytes: 4 << 30},
+		})
 	}
-	m.nodes, err = node.Start(ctx, m.srv, []string{"cache"}, node.Env{
-		Node: "bench", Logger: zerolog.Nop(),
-		Cache: node.CacheEnv{Nodes: nodes, Replicas: replicas, MaxBytes: 4 << 30},
-	})
 	if err != nil {
-		m.srv.Close()
+		m.stop()
 		return nil, err
 	}
-	if m.cli, err = connect(ctx, url, "bench-cache-client"); err != nil {
+	if m.cli, err = connect(ctx, cfg.natsURL, "bench-cache-client"); err != nil {
 		m.stop()
 		return nil, err
 	}
 	if m.client, err = cache.NewClient(m.cli, cache.ClientConfig{Replicas: replicas}); err == nil {
 		err = m.client.Start(ctx)
 	}
-	for err == nil && m.client.Ring().Len() != nodes {
-		ch := m.client.Changed()
-		if m.client.Ring().Len() == nodes {
-			break
-		}
-		select {
-		case <-ch:
-		case <-time.After(10 * time.Second):
-			err = fmt.Errorf("the client sees %d cache nodes, want %d", m.client.Ring().Len(), nodes)
-		}
+	if err == nil {
+		err = m.settle(ctx, nodes)
 	}
 	if err != nil {
 		m.stop()
 		return nil, err
 	}
 	return m, nil
+}
+
+// settle waits until the client and every node route by a ring of n nodes.
+func (m *mesh) settle(ctx context.Context, n int) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := m.client.Stats(ctx)
+		agreed := err == nil && len(st.Nodes) == n && m.client.Ring().Len() == n
+		for _, nd := range st.Nodes {
+			agreed = agreed && nd.Members == n
+		}
+		if agreed {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("the cache nodes did not settle on a ring of %d in 20s", n)
 }
 
 func (m *mesh) stop() {
@@ -165,11 +194,29 @@ func (m *mesh) stop() {
 	if m.nodes != nil {
 		_ = m.nodes.Stop(ctx)
 	}
+	if m.proc != nil && m.proc.Process != nil {
+		_ = m.proc.Process.Signal(os.Interrupt)
+		_ = m.proc.Wait()
+	}
 	for _, nc := range []*nats.Conn{m.cli, m.srv} {
 		if nc != nil {
 			nc.Close()
 		}
 	}
+}
+
+// serveEcho is the raw NATS echo: in a process of its own when the cache
+// runs in one (this program started with -echo), else on a connection of
+// this process.
+func serveEcho(ctx context.Context, url string) error {
+	nc, err := connect(ctx, url, "bench-raw-echo")
+	if err != nil {
+		return err
+	}
+	if _, err := nc.QueueSubscribe(subjectRaw, "q", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		return err
+	}
+	return nc.Flush()
 }
 
 func key(i int) string { return fmt.Sprintf("bench:%07d", i) }
@@ -202,11 +249,15 @@ func checkLen(got, want int) error {
 
 // keysFor returns a per-worker source of random loaded keys.
 func keysFor(n int) func(i int) string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = key(i)
+	}
 	rngs := make([]*rand.Rand, 1024)
 	for i := range rngs {
 		rngs[i] = rand.New(rand.NewPCG(uint64(i), 7))
 	}
-	return func(i int) string { return key(rngs[i%len(rngs)].IntN(n)) }
+	return func(i int) string { return keys[rngs[i%len(rngs)].IntN(n)] }
 }
 
 func run(ctx context.Context, cfg config, w io.Writer) error {
@@ -214,19 +265,18 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	for i := range payload {
 		payload[i] = byte('a' + i%26)
 	}
-	raw, err := connect(ctx, cfg.natsURL, "bench-raw-echo")
-	if err != nil {
-		return err
-	}
-	defer raw.Close()
-	if _, err := raw.QueueSubscribe(subjectRaw, "q", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
-		return err
-	}
-	if err := raw.Flush(); err != nil {
+	if cfg.meshBin != "" {
+		echo := exec.Command(os.Args[0], "-echo", "-nats", cfg.natsURL)
+		echo.Stderr = os.Stderr
+		if err := echo.Start(); err != nil {
+			return err
+		}
+		defer func() { _ = echo.Process.Kill(); _ = echo.Wait() }()
+	} else if err := serveEcho(ctx, cfg.natsURL); err != nil {
 		return err
 	}
 
-	m, err := startMesh(ctx, cfg.natsURL, 2, 2)
+	m, err := startMesh(ctx, cfg, 2, 2)
 	if err != nil {
 		return err
 	}
@@ -358,7 +408,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 
 	// The forwarded path needs a node that holds no copy of the key: with
 	// R = 1 the other node of two.
-	m, err = startMesh(ctx, cfg.natsURL, 2, 1)
+	m, err = startMesh(ctx, cfg, 2, 1)
 	if err != nil {
 		return err
 	}
@@ -384,8 +434,12 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	fmt.Fprintf(w, "# cache, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "- machine: %s, nproc %d, GOMAXPROCS %d, %s/%s, %s\n", machine.CPUModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	fmt.Fprintf(w, "- nats-server %s at %s (separate process); redis %s\n", m.cli.ConnectedServerVersion(), cfg.natsURL, redisInfo)
-	fmt.Fprintf(w, "- cache: 2 nodes in this process on one NATS connection (as `mesh up --cache-nodes 2`), R = 2 unless said; the client on its own connection; %d keys of %d B loaded, each request picks keys at random; per cell %v measured after %v warm-up\n\n",
-		cfg.keys, cfg.size, cfg.duration, cfg.warmup)
+	where := "in a `mesh up --services cache --cache-nodes 2` process of their own, the raw echo in another"
+	if cfg.meshBin == "" {
+		where = "in this process on one NATS connection (as `mesh up --cache-nodes 2`), the raw echo on another"
+	}
+	fmt.Fprintf(w, "- cache: 2 nodes %s, R = 2 unless said; the clients in this process on one connection; %d keys of %d B loaded, each request picks keys at random; per cell %v measured after %v warm-up\n\n",
+		where, cfg.keys, cfg.size, cfg.duration, cfg.warmup)
 	return report(w, results)
 }
 
@@ -456,7 +510,7 @@ func micros(d time.Duration) string {
 // memory loads n items of cfg.size bytes into one node and reports what they
 // cost the process.
 func memory(ctx context.Context, cfg config, w io.Writer) error {
-	m, err := startMesh(ctx, cfg.natsURL, 1, 1)
+	m, err := startMesh(ctx, config{natsURL: cfg.natsURL}, 1, 1) // in this process, to read its memory
 	if err != nil {
 		return err
 	}

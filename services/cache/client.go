@@ -259,30 +259,47 @@ func (c *Client) cover(r *ring.Ring, keys []string) []group {
 		}
 		return []group{{idx: all}}
 	}
-	holders := make([][]string, len(keys))
-	for i, k := range keys {
-		holders[i] = c.owners(r, k)
+	n := min(c.cfg.Replicas, r.Len())
+	holders := make([]string, 0, n*len(keys)) // key i's holders: [i*n, (i+1)*n)
+	for _, k := range keys {
+		holders = r.AppendOwners(holders, k, n)
 	}
 	assigned := make([]bool, len(keys))
 	left := len(keys)
 	var groups []group
+	type tally struct {
+		id string
+		n  int
+	}
+	var counts []tally // few nodes: a slice beats a map
 	for left > 0 {
-		count := map[string]int{}
-		best := ""
-		for i, hs := range holders {
+		counts = counts[:0]
+		for i := range keys {
 			if assigned[i] {
 				continue
 			}
-			for _, h := range hs {
-				count[h]++
-				if count[h] > count[best] || (count[h] == count[best] && h < best) {
-					best = h
+		next:
+			for _, h := range holders[i*n : (i+1)*n] {
+				for j := range counts {
+					if counts[j].id == h {
+						counts[j].n++
+						continue next
+					}
 				}
+				counts = append(counts, tally{h, 1})
 			}
 		}
-		g := group{node: best}
-		for i, hs := range holders {
-			if !assigned[i] && slices.Contains(hs, best) {
+		// Ties go to the first one counted, the owner of the first key
+		// left: keys spread the batches over the nodes as they spread.
+		best := counts[0]
+		for _, t := range counts[1:] {
+			if t.n > best.n {
+				best = t
+			}
+		}
+		g := group{node: best.id, idx: make([]int, 0, best.n)}
+		for i := range keys {
+			if !assigned[i] && slices.Contains(holders[i*n:(i+1)*n], best.id) {
 				assigned[i] = true
 				g.idx = append(g.idx, i)
 				left--
