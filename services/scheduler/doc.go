@@ -85,14 +85,18 @@
 // written by one party at a time, under compare-and-set:
 //
 //   - submit writes the state first (queued or scheduled) carrying the
-//     message to publish, then publishes it with Nats-Msg-Id = id, then
-//     drops the carried message from the state (without waiting). If the
-//     instance dies between the first two writes, the state still carries
-//     the message: every instance scans for such states older than
-//     RepairAfter and publishes their message again. The stream's
-//     deduplication window (DedupWindow, longer than RepairAfter) makes that
-//     a no-op when the first publish had landed, even if the task already
-//     ran. If the publish fails, the state is removed and submit fails.
+//     message to publish, then publishes it with Nats-Msg-Id = id. The
+//     next write of the state (the worker's start, or the release of a
+//     delayed task) drops the carried message. If the instance dies between
+//     the two writes of submit, the state still carries the message: every
+//     instance looks for states still carrying theirs RepairAfter after
+//     their submit and publishes the message again. The stream's
+//     deduplication window (DedupWindow, over three times RepairAfter)
+//     makes that a no-op when the first publish had landed, even if the
+//     task already ran; the repair then drops the carried message. So a
+//     task costs no write to confirm its enqueue: only one that waits
+//     longer than RepairAfter costs a deduplicated publish and a write.
+//     If the publish fails, the state is removed and submit fails.
 //   - a worker asks the service (mesh.scheduler.started) before running a
 //     delivery; the service marks it running, or answers that it was
 //     cancelled, finished or has spent its attempts (then it is dead). So
@@ -109,7 +113,10 @@
 //
 // The only writer of task states is the scheduler service; workers never
 // touch the bucket, which keeps the worker protocol to two requests and
-// three JetStream acknowledgements.
+// the acknowledgements. An instance caches the states it wrote, with their
+// revisions, so that the compare-and-set of a worker's report needs no
+// read first when the same instance serves the task; a stale entry only
+// fails the compare-and-set, and the state is read again.
 //
 // # Retries, timeouts, dead letters
 //

@@ -21,7 +21,7 @@ func (s *Server) list(ctx context.Context, r *ListRequest) (*ListReply, error) {
 		limit = 100
 	}
 	var tasks []TaskInfo
-	err := s.scan(ctx, func(rec *record) bool {
+	err := s.scan(ctx, jetstream.DeliverLastPerSubjectPolicy, time.Time{}, func(rec *record) bool {
 		if (r.Queue == "" || rec.Queue == r.Queue) && (r.State == "" || rec.State == r.State) && rec.ID > r.Cursor {
 			tasks = append(tasks, rec.TaskInfo)
 		}

@@ -64,9 +64,11 @@ type Config struct {
 	// until run_at. At least 250ms (the server's schedule timer
 	// resolution). Zero: 1s.
 	Lead time.Duration
-	// RepairAfter: a task whose state was written but whose enqueue was not
-	// confirmed this long ago (its instance died between the two writes)
-	// is enqueued again by any instance (see doc.go). Zero: 10s.
+	// RepairAfter: a task still waiting this long after its submit has its
+	// message published again by any instance, in case the instance that
+	// submitted it died between writing its state and publishing it (see
+	// doc.go); the deduplication drops the copy otherwise. Every instance
+	// looks every RepairAfter. Less than a third of DedupWindow. Zero: 20s.
 	RepairAfter time.Duration
 	// MaxConcurrent bounds the requests served at once. Zero: 1024.
 	MaxConcurrent int
@@ -114,8 +116,9 @@ func (c *Config) defaults() {
 	}
 	c.Lead = max(c.Lead, 250*time.Millisecond)
 	if c.RepairAfter <= 0 {
-		c.RepairAfter = 10 * time.Second
+		c.RepairAfter = 20 * time.Second
 	}
+	c.RepairAfter = min(c.RepairAfter, c.DedupWindow/3)
 	if c.MaxConcurrent <= 0 {
 		c.MaxConcurrent = 1024
 	}
@@ -138,6 +141,12 @@ type Server struct {
 	queues   sync.Map // queue name -> struct{}: consumers known to exist
 	consumes []jetstream.ConsumeContext
 
+	// states caches the states this instance wrote or read, with their
+	// revisions, to save a read before a compare-and-set (a stale entry
+	// only makes the compare-and-set fail, and the state is read again).
+	statesMu sync.Mutex
+	states   map[string]cachedState
+
 	mu      sync.Mutex
 	held    map[*held]struct{} // delayed tasks on their timers
 	stopped bool
@@ -156,7 +165,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("service", "scheduler").Logger(),
-		held: map[*held]struct{}{}, stop: make(chan struct{})}
+		held: map[*held]struct{}{}, stop: make(chan struct{}), states: map[string]cachedState{}}
 	s.svc, err = bus.NewService(nc, bus.Config{
 		Name:            "scheduler",
 		Version:         Version,
@@ -350,6 +359,43 @@ func uniqueKey(queue, key string) string {
 // errNoChange stops an update without writing.
 var errNoChange = errors.New("no change")
 
+type cachedState struct {
+	rec record
+	rev uint64
+}
+
+// maxCached bounds the state cache; when full, it starts over.
+const maxCached = 100_000
+
+func (s *Server) cache(rec *record, rev uint64) {
+	s.statesMu.Lock()
+	defer s.statesMu.Unlock()
+	if c, ok := s.states[rec.ID]; ok && c.rev >= rev {
+		return
+	}
+	if terminal(rec.State) {
+		delete(s.states, rec.ID)
+		return
+	}
+	if len(s.states) >= maxCached {
+		clear(s.states)
+	}
+	s.states[rec.ID] = cachedState{*rec, rev}
+}
+
+func (s *Server) cached(id string) (record, uint64, bool) {
+	s.statesMu.Lock()
+	defer s.statesMu.Unlock()
+	c, ok := s.states[id]
+	return c.rec, c.rev, ok
+}
+
+func (s *Server) uncache(id string) {
+	s.statesMu.Lock()
+	delete(s.states, id)
+	s.statesMu.Unlock()
+}
+
 // get reads a task's state.
 func (s *Server) get(ctx context.Context, id string) (record, uint64, error) {
 	e, err := s.kv.Get(ctx, stateKey(id))
@@ -363,6 +409,7 @@ func (s *Server) get(ctx context.Context, id string) (record, uint64, error) {
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return record{}, 0, fmt.Errorf("scheduler: task %s: corrupt state: %w", id, err)
 	}
+	s.cache(&rec, e.Revision())
 	return rec, e.Revision(), nil
 }
 
@@ -379,8 +426,12 @@ func (s *Server) put(ctx context.Context, rec *record, rev uint64) (uint64, erro
 	}
 	ack, err := s.js.Publish(ctx, kvPrefix+stateKey(rec.ID), data, opts...)
 	if err != nil {
+		if isConflict(err) {
+			s.uncache(rec.ID)
+		}
 		return 0, err
 	}
+	s.cache(rec, ack.Sequence)
 	return ack.Sequence, nil
 }
 
@@ -390,7 +441,11 @@ func (s *Server) create(ctx context.Context, rec *record) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return s.kv.Create(ctx, stateKey(rec.ID), data)
+	rev, err := s.kv.Create(ctx, stateKey(rec.ID), data)
+	if err == nil {
+		s.cache(rec, rev)
+	}
+	return rev, err
 }
 
 // update applies fn to a task's state and writes it with a compare-and-set,
@@ -398,9 +453,12 @@ func (s *Server) create(ctx context.Context, rec *record) (uint64, error) {
 // (update then returns the state read and nil).
 func (s *Server) update(ctx context.Context, id string, fn func(*record) error) (record, error) {
 	for attempt := 0; ; attempt++ {
-		rec, rev, err := s.get(ctx, id)
-		if err != nil {
-			return rec, err
+		rec, rev, ok := s.cached(id)
+		if !ok || attempt > 0 {
+			var err error
+			if rec, rev, err = s.get(ctx, id); err != nil {
+				return rec, err
+			}
 		}
 		if err := fn(&rec); err != nil {
 			if errors.Is(err, errNoChange) {
@@ -408,7 +466,8 @@ func (s *Server) update(ctx context.Context, id string, fn func(*record) error) 
 			}
 			return rec, err
 		}
-		if _, err = s.put(ctx, &rec, rev); err == nil {
+		_, err := s.put(ctx, &rec, rev)
+		if err == nil {
 			return rec, nil
 		}
 		if !isConflict(err) || attempt >= 20 {
@@ -556,8 +615,7 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 		undo()
 		return nil, fmt.Errorf("scheduler: writing the task's state: %w", err)
 	}
-	ack, err := s.js.PublishMsg(ctx, m)
-	if err != nil {
+	if _, err = s.js.PublishMsg(ctx, m); err != nil {
 		// Not enqueued: take the state back. If that fails too, the repair
 		// enqueues the task later, so the state stays true.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -568,30 +626,13 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 		}
 		return nil, bus.ErrUnavailable.With("task %s: enqueueing failed (%v); it will be enqueued again within %s", rec.ID, err, s.cfg.RepairAfter)
 	}
-	rec.Pending = nil
-	if !delayed {
-		rec.Seq = ack.Sequence
-	}
-	s.confirm(&rec, rev)
+	// The state keeps the message until the task starts (or is released,
+	// for a delayed task): the write that moves it on drops it. A task
+	// still waiting after RepairAfter has it dropped by the repair, whose
+	// publication the deduplication absorbs. No write is spent on
+	// confirming each enqueue.
 	s.emit("submitted", &rec, nil)
 	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
-}
-
-// confirm drops the pending message from a state once it is published. It
-// does not wait: until it lands, the repair would only publish the message
-// again under the same id, which the stream's deduplication drops. A
-// conflict means the state moved on (a worker started the task) and the
-// pending message went with it.
-func (s *Server) confirm(rec *record, rev uint64) {
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return
-	}
-	// A plain publish: JetStream stores it without an acknowledgement.
-	m := nats.NewMsg(kvPrefix + stateKey(rec.ID))
-	m.Data = data
-	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
-	_ = s.nc.PublishMsg(m)
 }
 
 func (s *Server) status(ctx context.Context, r *StatusRequest) (*TaskInfo, error) {

@@ -168,35 +168,66 @@ func (s *Server) tick(msg jetstream.Msg) {
 	}
 }
 
-// repairLoop enqueues again the tasks whose state was written but whose
-// enqueue was never confirmed (see doc.go), every RepairAfter.
+// repairLoop publishes again the messages of the tasks still waiting
+// RepairAfter after their submit (see doc.go). At start it looks at every
+// state; then, every RepairAfter, at the states written in the last three
+// RepairAfter, so that its cost follows the rate of submits, not the
+// number of states kept.
 func (s *Server) repairLoop() {
 	defer s.wg.Done()
 	t := time.NewTimer(0)
 	defer t.Stop()
+	full := true
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RepairAfter)
-		if err := s.repair(ctx); err != nil && ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), max(s.cfg.RepairAfter, 10*time.Second))
+		var since time.Time
+		if !full {
+			since = time.Now().Add(-3 * s.cfg.RepairAfter)
+		}
+		err := s.repair(ctx, since)
+		if err != nil && ctx.Err() == nil {
 			s.log.Warn().Err(err).Msg("repair scan failed")
 		}
+		full = full && err != nil
 		cancel()
 		t.Reset(s.cfg.RepairAfter)
 	}
 }
 
-func (s *Server) repair(ctx context.Context) error {
+// repair enqueues the tasks left pending, among the states written since
+// the given time (zero: all).
+func (s *Server) repair(ctx context.Context, since time.Time) error {
 	var todo []record
-	err := s.scan(ctx, func(rec *record) bool {
-		if rec.Pending != nil && (rec.State == StateQueued || rec.State == StateScheduled) && time.Since(rec.CreatedAt.Time) > s.cfg.RepairAfter {
-			todo = append(todo, *rec)
+	pending := func(rec *record) bool {
+		return rec.Pending != nil && (rec.State == StateQueued || rec.State == StateScheduled) && time.Since(rec.CreatedAt.Time) > s.cfg.RepairAfter
+	}
+	var err error
+	if since.IsZero() {
+		err = s.scan(ctx, jetstream.DeliverLastPerSubjectPolicy, since, func(rec *record) bool {
+			if pending(rec) {
+				todo = append(todo, *rec)
+			}
+			return true
+		})
+	} else {
+		// Every write since then, in order: the last one of each task is its
+		// state now (a later write would be after since too).
+		last := map[string]record{}
+		err = s.scan(ctx, jetstream.DeliverByStartTimePolicy, since, func(rec *record) bool {
+			last[rec.ID] = *rec
+			return true
+		})
+		for _, rec := range last {
+			if pending(&rec) {
+				todo = append(todo, rec)
+			}
 		}
-		return true
-	})
+	}
 	if err != nil {
 		return err
 	}
@@ -226,16 +257,22 @@ func (s *Server) repair(ctx context.Context) error {
 	return nil
 }
 
-// scan calls fn with the state of every task, in no order, until fn
-// returns false.
-func (s *Server) scan(ctx context.Context, fn func(*record) bool) error {
+// scan calls fn with the state of every task (policy
+// DeliverLastPerSubjectPolicy), or with every state written since a time
+// in order (DeliverByStartTimePolicy), until fn returns false.
+func (s *Server) scan(ctx context.Context, policy jetstream.DeliverPolicy, since time.Time, fn func(*record) bool) error {
 	stream, err := s.js.Stream(ctx, "KV_"+Bucket)
 	if err != nil {
 		return err
 	}
+	var start *time.Time
+	if policy == jetstream.DeliverByStartTimePolicy {
+		start = &since
+	}
 	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		FilterSubject:     kvPrefix + "t.>",
-		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		DeliverPolicy:     policy,
+		OptStartTime:      start,
 		AckPolicy:         jetstream.AckNonePolicy,
 		InactiveThreshold: 30 * time.Second,
 		MemoryStorage:     true,
