@@ -205,6 +205,25 @@ func (m *mirror) position(name, id string) (present, holds bool) {
 	return true, ahead < me.limit()
 }
 
+// freeBefore tells whether fewer than limit keys of name older than rev
+// exist, when the mirror has seen the bucket up to rev-1 and so knows every
+// such key (a key written at rev holds the lock then; keys only leave, and
+// a newer key cannot stand ahead). False when the mirror is behind.
+func (m *mirror) freeBefore(name string, rev uint64, limit int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lastSeq+1 < rev {
+		return false
+	}
+	ahead := 0
+	for _, c := range m.locks[name] {
+		if c.token < rev {
+			ahead++
+		}
+	}
+	return ahead < max(limit, 1)
+}
+
 // byToken finds the contender of name with token, and whether it holds.
 func (m *mirror) byToken(name string, token uint64) (c contender, found, holds bool) {
 	c, p, ok := m.find(name, func(c *contender) bool { return c.token == token })

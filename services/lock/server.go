@@ -285,7 +285,10 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	if giveUp {
 		behind = time.After(5 * time.Second)
 	}
-	for {
+	// When the mirror already knows every key written before this one, it
+	// can tell at once whether this key holds the lock, without waiting to
+	// see the key itself.
+	for !s.mirror.freeBefore(r.Name, token, r.Limit) {
 		changed, seen := s.mirror.watch(r.Name, rev)
 		if seen {
 			present, holds := s.mirror.position(r.Name, id)
@@ -336,6 +339,17 @@ func (s *Server) find(ctx context.Context, name string, token uint64) (contender
 	c, found, holds := s.mirror.byToken(name, token)
 	if found && holds {
 		return c, nil
+	}
+	if !found {
+		// A key granted at once may not have reached the mirror yet; a token
+		// is the revision it was written at, so seeing that far finds it. A
+		// made-up token costs this short wait before the barrier below.
+		sctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		err := s.mirror.sync(sctx, token)
+		cancel()
+		if c, found, holds = s.mirror.byToken(name, token); err == nil && found && holds {
+			return c, nil
+		}
 	}
 	if err := s.catchUp(ctx); err != nil {
 		return contender{}, err
