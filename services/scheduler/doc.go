@@ -123,6 +123,8 @@
 // max_retries counts retries after the first attempt (default 3). A failed
 // attempt is retried after a backoff (exponential from 1 s to 10 min with
 // ±25% jitter by default, or constant) through the worker's NakWithDelay.
+// A delivery that a stopping worker gives back unfinished (reported as
+// interrupted) does not count as an attempt.
 // timeout_ms bounds each attempt: the worker cancels the handler's context
 // then; while the handler runs the worker reports progress (InProgress)
 // at a third of the consumer's AckWait, so a task may run longer than the

@@ -26,11 +26,11 @@ func (s *Server) started(ctx context.Context, r *StartedRequest) (*StartedReply,
 		case terminal(rec.State):
 			reply = StartedReply{Action: ActionTerm, State: rec.State}
 			return errNoChange
-		case r.Attempt > rec.MaxRetries+1:
+		case r.Attempt-rec.Interrupted > rec.MaxRetries+1:
 			spent = true
 			return errNoChange
 		}
-		rec.State, rec.Attempts, rec.StartedAt, rec.Seq = StateRunning, r.Attempt, bus.Time{Time: now}, r.StreamSeq
+		rec.State, rec.Attempts, rec.StartedAt, rec.Seq = StateRunning, r.Attempt-rec.Interrupted, bus.Time{Time: now}, r.StreamSeq
 		rec.NextRetryAt, rec.Pending = bus.Time{}, nil
 		reply = StartedReply{Run: true, State: StateRunning}
 		return nil
@@ -52,7 +52,7 @@ func (s *Server) started(ctx context.Context, r *StartedRequest) (*StartedReply,
 		return nil, err
 	}
 	if spent {
-		rec, err = s.kill(ctx, r.ID, r.StreamSeq, fmt.Sprintf("delivered %d times, more than 1 + max_retries (%d); last error: %s", r.Attempt, rec.MaxRetries, rec.LastError))
+		rec, err = s.kill(ctx, r.ID, r.StreamSeq, fmt.Sprintf("delivered %d times, more than 1 + max_retries (%d); last error: %s", r.Attempt-rec.Interrupted, rec.MaxRetries, rec.LastError))
 		if err != nil {
 			return nil, err
 		}
@@ -78,6 +78,10 @@ func (s *Server) finished(ctx context.Context, r *FinishedRequest) (*FinishedRep
 		case terminal(rec.State):
 			reply = FinishedReply{Action: ActionTerm, State: rec.State}
 			return errNoChange
+		case r.Interrupted:
+			rec.State, rec.Interrupted = StateQueued, rec.Interrupted+1
+			reply = FinishedReply{Action: ActionNak, State: rec.State}
+			return nil
 		case r.Error == "":
 			rec.State, rec.FinishedAt, rec.LastError = StateSucceeded, bus.Time{Time: now}, ""
 			res := r.Result
@@ -87,7 +91,7 @@ func (s *Server) finished(ctx context.Context, r *FinishedRequest) (*FinishedRep
 			}
 			rec.Result, rec.ResultEncoding = encodeText(res)
 			reply, event = FinishedReply{Action: ActionAck, State: rec.State}, "succeeded"
-		case r.SkipRetry || r.Attempt >= rec.MaxRetries+1:
+		case r.SkipRetry || r.Attempt-rec.Interrupted >= rec.MaxRetries+1:
 			rec.LastError = truncate(r.Error, MaxErrorLen)
 			final = true
 			return errNoChange
@@ -97,7 +101,7 @@ func (s *Server) finished(ctx context.Context, r *FinishedRequest) (*FinishedRep
 			rec.NextRetryAt = bus.Time{Time: now.Add(delay)}
 			reply, event = FinishedReply{Action: ActionNak, DelayMs: max(delay.Milliseconds(), 1), State: rec.State}, "failed"
 		}
-		rec.Attempts = max(rec.Attempts, r.Attempt)
+		rec.Attempts = max(rec.Attempts, r.Attempt-rec.Interrupted)
 		return nil
 	})
 	if err != nil {

@@ -329,6 +329,9 @@ type record struct {
 	// Seq is the stream sequence of the task's message in its queue, when
 	// known (to remove a cancelled task at once).
 	Seq uint64 `json:"seq,omitempty"`
+	// Interrupted counts the deliveries a worker gave back unfinished at
+	// its shutdown: they do not count as attempts.
+	Interrupted int `json:"interrupted,omitempty"`
 	// Pending is the message that enqueues the task, kept until its
 	// publication is confirmed, so that any instance can repeat it.
 	Pending *pendingMsg `json:"pending,omitempty"`

@@ -416,7 +416,10 @@ type FinishedRequest struct {
 	StreamSeq uint64 `json:"stream_seq"`
 	Error     string `json:"error,omitempty"`      // empty: success
 	SkipRetry bool   `json:"skip_retry,omitempty"` // the error is final: no retry
-	Result    Bytes  `json:"result,omitempty"`
+	// Interrupted: the worker stopped before the attempt ended (a graceful
+	// shutdown). The attempt does not count; the task is delivered again.
+	Interrupted bool  `json:"interrupted,omitempty"`
+	Result      Bytes `json:"result,omitempty"`
 }
 
 // FinishedReply tells the worker what to do with the message.

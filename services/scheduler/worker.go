@@ -26,11 +26,14 @@ type Handler func(ctx context.Context, t *Task) error
 
 // Task is one delivery of a task to a worker.
 type Task struct {
-	ID         string
-	Queue      string
-	Type       string
-	Payload    []byte
-	Attempt    int // 1 for the first delivery
+	ID      string
+	Queue   string
+	Type    string
+	Payload []byte
+	// Attempt is the delivery count: 1 for the first delivery. It counts
+	// the deliveries given back at a worker's shutdown, which the service
+	// does not count against max_retries.
+	Attempt    int
 	MaxRetries int
 	Schedule   string // the periodic schedule that made it, if any
 
@@ -357,9 +360,8 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 			fin.SkipRetry = true
 		case errors.Is(cause, errShutdown):
 			// Not the task's fault: run it again elsewhere, without
-			// counting a failure.
-			_ = msg.Nak()
-			return
+			// counting an attempt.
+			fin.Error, fin.Interrupted = "interrupted: the worker stopped", true
 		case errors.Is(cause, errCancelled):
 			fin.Error, fin.SkipRetry = "cancelled: "+fin.Error, true
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
