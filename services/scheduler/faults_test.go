@@ -157,18 +157,69 @@ func (f *fixedServer) URL() string { return "nats://" + f.addr }
 // midway through, disrupt runs (it may stop workers abruptly, restart
 // servers...). Every id must reach a terminal state; duplicates (a task
 // run twice: at least once delivery) are counted and reported.
-func noLoss(t *testing.T, url string, n int, disrupt func(started *atomic.Int64)) {
+// counter counts task starts and tells when a count is reached.
+type counter struct {
+	mu    sync.Mutex
+	n     int64
+	waits map[int64]chan struct{}
+}
+
+func (c *counter) add() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	if ch, ok := c.waits[c.n]; ok {
+		close(ch)
+		delete(c.waits, c.n)
+	}
+}
+
+func (c *counter) load() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// reached returns a channel closed once the count reaches n.
+func (c *counter) reached(n int64) <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan struct{})
+	if c.n >= n {
+		close(ch)
+		return ch
+	}
+	if c.waits == nil {
+		c.waits = map[int64]chan struct{}{}
+	}
+	if old, ok := c.waits[n]; ok {
+		return old
+	}
+	c.waits[n] = ch
+	return ch
+}
+
+func (c *counter) wait(t *testing.T, n int64) {
+	t.Helper()
+	select {
+	case <-c.reached(n):
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%d task starts in 30s, waiting for %d", c.load(), n)
+	}
+}
+
+func noLoss(t *testing.T, url string, n int, disrupt func(started *counter)) {
 	c := client(t, url)
 	t0 := time.Now()
 	logf := func(format string, args ...any) {
 		t.Logf("%6.2fs "+format, append([]any{time.Since(t0).Seconds()}, args...)...)
 	}
 	var runs sync.Map // id -> *atomic.Int32
-	var started atomic.Int64
+	var started counter
 	handler := func(ctx context.Context, task *scheduler.Task) error {
 		v, _ := runs.LoadOrStore(task.ID, new(atomic.Int32))
 		v.(*atomic.Int32).Add(1)
-		started.Add(1)
+		started.add()
 		select {
 		case <-time.After(time.Duration(len(task.ID)%3) * time.Millisecond):
 		case <-ctx.Done():
@@ -225,15 +276,13 @@ func noLoss(t *testing.T, url string, n int, disrupt func(started *atomic.Int64)
 		})
 	}
 	// Abruptly, once tasks run: the first worker's connection closes mid-task.
-	for started.Load() < int64(n/10) {
-		time.Sleep(5 * time.Millisecond) // a counter, not an event
-	}
+	started.wait(t, int64(n/10))
 	nc1.Close()
-	logf("worker 1 closed after %d starts", started.Load())
+	logf("worker 1 closed after %d starts", started.load())
 	disrupt(&started)
-	logf("disrupted after %d starts", started.Load())
+	logf("disrupted after %d starts", started.load())
 	wg.Wait()
-	logf("all submitted; %d starts", started.Load())
+	logf("all submitted; %d starts", started.load())
 	if err := submitErr.Load(); err != nil {
 		t.Fatalf("submit: %v", err)
 	}
@@ -255,7 +304,7 @@ func noLoss(t *testing.T, url string, n int, disrupt func(started *atomic.Int64)
 			}
 		}
 	}
-	logf("all terminal; %d starts", started.Load())
+	logf("all terminal; %d starts", started.load())
 	dups := 0
 	for _, id := range ids {
 		v, ok := runs.Load(id)
@@ -282,11 +331,9 @@ func TestNoLossServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Stop(context.Background()) })
-	noLoss(t, f.URL(), 2000, func(started *atomic.Int64) {
-		for started.Load() < 600 {
-			time.Sleep(5 * time.Millisecond) // a counter, not an event
-		}
-		t.Logf("restarting the server after %d starts", started.Load())
+	noLoss(t, f.URL(), 2000, func(started *counter) {
+		started.wait(t, 600)
+		t.Logf("restarting the server after %d starts", started.load())
 		f.stop()
 		f.start()
 		t.Logf("restarted")
@@ -299,12 +346,10 @@ func TestNoLossClusterNodeDown(t *testing.T) {
 	cfg := scheduler.Config{Replicas: 3, AckWait: time.Second, RepairAfter: time.Second}
 	serve(t, cl.URL(), cfg)
 	serve(t, cl.URL(), cfg)
-	noLoss(t, cl.URL(), 600, func(started *atomic.Int64) {
-		for started.Load() < 200 {
-			time.Sleep(5 * time.Millisecond) // a counter, not an event
-		}
+	noLoss(t, cl.URL(), 600, func(started *counter) {
+		started.wait(t, 200)
 		victim := (cl.Leader() + 1) % cl.N()
-		t.Logf("stopping node %d after %d starts", victim, started.Load())
+		t.Logf("stopping node %d after %d starts", victim, started.load())
 		cl.Stop(victim)
 	})
 }
