@@ -237,7 +237,8 @@ func readStr(b []byte) (s, rest []byte, ok bool) {
 	return b[h : h+n], b[h+n:], true
 }
 
-// readBin reads a bin value (bin8, bin16 or bin32); the result is a copy.
+// readBin reads a bin value (bin8, bin16 or bin32). The value shares b's
+// memory: the client reads replies with it, and a reply's body is its own.
 func readBin(b []byte) (v, rest []byte, ok bool) {
 	if len(b) == 0 {
 		return nil, nil, false
@@ -256,5 +257,5 @@ func readBin(b []byte) (v, rest []byte, ok bool) {
 	if n < 0 || len(b)-h < n {
 		return nil, nil, false
 	}
-	return append([]byte(nil), b[h:h+n]...), b[h+n:], true
+	return b[h : h+n : h+n], b[h+n:], true
 }
