@@ -216,7 +216,7 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	var buf [4]string
 	if others := withoutSelf(s.owners(s.ring(), key, buf[:0]), s.cfg.ID); len(others) > 0 {
 		item := SetRequest{Key: key, Value: lr.Value, TTLms: lr.TTLms}
-		if err := s.copyTo(ctx, others, OpSet, item); err != nil {
+		if err := s.copyTo(ctx, others, OpSet, item, nil); err != nil {
 			s.log.Warn().Err(err).Str("key", key).Msg("loaded value not replicated")
 		}
 	}
@@ -255,7 +255,7 @@ func (s *Server) set(_ context.Context, m *bus.Msg) (any, error) {
 		return SetReply{Copies: 1}, nil
 	}
 	return bus.Continue(func(ctx context.Context) (any, error) {
-		if err := s.copyTo(ctx, others, OpSet, req); err != nil {
+		if err := s.copyTo(ctx, others, OpSet, nil, m); err != nil {
 			return nil, err
 		}
 		return SetReply{Copies: 1 + len(others)}, nil
@@ -294,7 +294,7 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 				_ = s.ask(ctx, id, OpDel, hopReplica, req, &r)
 			}
 		}
-		if err := s.copyTo(ctx, others, OpDel, req); err != nil {
+		if err := s.copyTo(ctx, others, OpDel, nil, m); err != nil {
 			return nil, err
 		}
 		return DelReply{Deleted: deleted}, nil
@@ -302,17 +302,36 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 }
 
 // copyTo sends a write to replicas, all at once, and fails unless all
-// stored it.
-func (s *Server) copyTo(ctx context.Context, nodes []string, op string, req any) error {
+// stored it. A request the owner received is passed on as it came (body is
+// its body, in its codec); req is encoded otherwise.
+func (s *Server) copyTo(ctx context.Context, nodes []string, op string, req any, body *bus.Msg) error {
+	m := &nats.Msg{Header: nats.Header{HeaderHop: []string{hopReplica}}}
+	if body != nil {
+		m.Data = body.Data
+		if ct := body.Header.Get(bus.HeaderContentType); ct != "" {
+			m.Header.Set(bus.HeaderContentType, ct)
+		}
+	} else {
+		var err error
+		if m.Data, err = bus.MsgPack.Marshal(req); err != nil {
+			return err
+		}
+	}
+	send := func(id string) error {
+		cm := *m
+		cm.Subject = NodeSubject(id, op)
+		if _, err := bus.RequestMsgWithin(ctx, s.nc, &cm, s.cfg.AttemptTimeout); err != nil {
+			return ErrUnavailable.With("replica %s: %v", id, err)
+		}
+		return nil
+	}
+	if len(nodes) == 1 {
+		return send(nodes[0])
+	}
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
 	for i, id := range nodes {
-		wg.Go(func() {
-			var rep struct{}
-			if err := s.ask(ctx, id, op, hopReplica, req, &rep); err != nil {
-				errs[i] = ErrUnavailable.With("replica %s: %v", id, err)
-			}
-		})
+		wg.Go(func() { errs[i] = send(id) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
