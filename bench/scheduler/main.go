@@ -265,7 +265,9 @@ func measure(ctx context.Context, cfg config, sys system) (result, error) {
 	}
 	base := time.Now().Add(2 * time.Second)
 	for i := range cfg.delayed {
-		due := base.Add(time.Duration(i) * time.Second / time.Duration(max(cfg.delayed, 1)))
+		// Due instants in whole milliseconds, the precision of the mesh's
+		// wire (asynq keeps whole seconds: its tasks may start early).
+		due := base.Add(time.Duration(i) * time.Second / time.Duration(max(cfg.delayed, 1))).Truncate(time.Millisecond)
 		if err := sys.enqueue(ctx, q, stamp(due), due); err != nil {
 			errs.Add(1)
 		}

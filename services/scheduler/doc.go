@@ -135,6 +135,18 @@
 // the work queue, and an instance moves it (by its stream sequence) to the
 // dead letters and deletes it.
 //
+// # Costs
+//
+// A task costs, in JetStream writes: its state (submit), its message, its
+// state at start and at the outcome, and the acknowledgement that removes
+// it from the work queue; a bare work queue costs the message and the
+// acknowledgement. Every hop is a round trip: submit makes two in a row
+// behind the request, a worker one before running a task and one after it
+// (the next task does not wait for that one: the acknowledgement follows
+// the report in the background). list and the repair at start read every
+// state (a scan of the bucket), so list is for people and tools, not for a
+// hot path.
+//
 // # Departures from DESIGN.md
 //
 //   - AckWait is per queue (a consumer setting), not per task: the task

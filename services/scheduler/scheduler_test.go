@@ -347,7 +347,8 @@ func TestDelayedNeverEarly(t *testing.T) {
 	base := time.Now()
 	for i := range n {
 		// From 300 ms (staged at once) to 2.6 s (a server schedule) ahead.
-		runAt := base.Add(300*time.Millisecond + time.Duration(i)*100*time.Millisecond)
+		// Instants travel with millisecond precision.
+		runAt := base.Add(300*time.Millisecond + time.Duration(i)*100*time.Millisecond).Truncate(time.Millisecond)
 		req := scheduler.SubmitRequest{Queue: "later", Type: "at", Payload: []byte(runAt.Format(time.RFC3339Nano)), RunAt: bus.Time{Time: runAt}}
 		if i%2 == 1 { // half by delay
 			req.RunAt, req.DelayMs = bus.Time{}, time.Until(runAt).Milliseconds()+1

@@ -98,7 +98,8 @@ type Worker struct {
 	iters    []jetstream.MessagesContext
 	sub      *nats.Subscription
 	loops    sync.WaitGroup
-	inflight sync.WaitGroup
+	inflight sync.WaitGroup // tasks running, and outcomes being reported
+	reports  chan struct{}  // bounds the outcomes being reported
 	hardStop context.CancelFunc
 	hardCtx  context.Context
 }
@@ -133,7 +134,11 @@ func NewWorker(nc *nats.Conn, cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("worker", cfg.Name).Logger(),
+	total := 0
+	for _, conc := range cfg.Queues {
+		total += max(conc, 1)
+	}
+	w := &Worker{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), reports: make(chan struct{}, total),
 		handlers: map[string]Handler{}, running: map[string]context.CancelCauseFunc{}, stopping: make(chan struct{})}
 	w.hardCtx, w.hardStop = context.WithCancel(context.Background())
 	return w, nil
@@ -372,6 +377,21 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 		fin.Result = t.result
 		t.mu.Unlock()
 	}
+	// The slot goes to the next task while the outcome is reported; the
+	// message is acknowledged once it is recorded. Reports in flight are
+	// bounded like the tasks.
+	w.reports <- struct{}{}
+	w.inflight.Add(1)
+	go func() {
+		defer func() { <-w.reports; w.inflight.Done() }()
+		w.report(msg, fin)
+	}()
+}
+
+// report sends an attempt's outcome, then does what the service says with
+// the message. If the outcome cannot be recorded, the message is nak'd: the
+// task runs again.
+func (w *Worker) report(msg jetstream.Msg, fin FinishedRequest) {
 	for attempt := 0; ; attempt++ {
 		rctx, rcancel := context.WithTimeout(context.Background(), bus.DefaultTimeout)
 		fr, err := bus.Request[FinishedRequest, FinishedReply](rctx, w.nc, SubjectFinished, fin)
@@ -381,8 +401,7 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 			return
 		}
 		if attempt >= 2 || w.nc.IsClosed() {
-			// The outcome is not recorded: the task runs again.
-			w.log.Warn().Err(err).Str("task", t.ID).Msg("cannot report the outcome; the task goes back to its queue")
+			w.log.Warn().Err(err).Str("task", fin.ID).Msg("cannot report the outcome; the task goes back to its queue")
 			_ = msg.NakWithDelay(time.Second)
 			return
 		}
