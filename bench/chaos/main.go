@@ -3,6 +3,9 @@
 //
 //	chaos perms -nats URLS -password P [-cache-seed FILE]
 //	    checks what the client (and a cache node's) user may and may not do
+//	chaos req -nats URLS -password P SUBJECT JSON
+//	    one JSON request as the client user: prints the reply, fails on a
+//	    service error (Nats-Service-Error headers) or no reply
 //	chaos load -nats URLS -password P -duration D -faults FILE
 //	    a steady load of cache sets and gets, lock acquisitions with fencing
 //	    checks and task submissions for D; then waits for every submitted
@@ -22,6 +25,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 func main() {
@@ -53,13 +58,40 @@ func main() {
 	switch mode {
 	case "perms":
 		err = runPerms(ctx, *urls, *pass, *seed)
+	case "req":
+		if fs.NArg() != 2 {
+			err = fmt.Errorf("req needs a subject and a JSON body")
+			break
+		}
+		err = runReq(*urls, *pass, fs.Arg(0), fs.Arg(1))
 	case "load":
 		err = runLoad(ctx, loadConfig{URLs: *urls, Password: *pass, Duration: *dur, Faults: *faults, Settle: *settle, LockTTL: *ttl})
 	default:
-		err = fmt.Errorf("unknown mode %q (perms or load)", mode)
+		err = fmt.Errorf("unknown mode %q (perms, req or load)", mode)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		os.Exit(1)
 	}
+}
+
+// runReq makes one JSON request as the client user.
+func runReq(urls, pass, subject, body string) error {
+	nc, err := nats.Connect(urls, nats.UserInfo("client", pass), nats.Name("chaos req"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	m := nats.NewMsg(subject)
+	m.Header.Set("Content-Type", "application/json")
+	m.Data = []byte(body)
+	reply, err := nc.RequestMsg(m, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("%s: %w", subject, err)
+	}
+	fmt.Println(string(reply.Data))
+	if e := reply.Header.Get("Nats-Service-Error"); e != "" {
+		return fmt.Errorf("%s: %s %s", subject, reply.Header.Get("Nats-Service-Error-Code"), e)
+	}
+	return nil
 }

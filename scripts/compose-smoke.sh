@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Smoke test of the compose stack: build (scripts/build.sh), start it, wait
+# for every health check, use each primitive from the host with the mesh
+# CLI and with JSON requests, check the users' permissions and that
+# discovery shows two instances of each service, then tear it all down
+# (containers, network, volumes), whatever happened.
+#
+#   scripts/compose-smoke.sh
+#
+# Environment: SMOKE_BUILD=0 reuses the binaries and image of an earlier
+# build; SMOKE_TIMEOUT (seconds to wait for health, default 120);
+# COMPOSE_PROJECT_NAME (default mesh-smoke). The NATS client ports are the
+# first free ones from 14301, on 127.0.0.1 only.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-mesh-smoke}
+health_timeout=${SMOKE_TIMEOUT:-120}
+tmp=$(mktemp -d)
+
+if command -v docker-compose >/dev/null 2>&1; then
+	compose=(docker-compose)
+elif docker compose version >/dev/null 2>&1; then
+	compose=(docker compose)
+else
+	echo "smoke: neither docker-compose nor docker compose is installed" >&2
+	exit 1
+fi
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+	local p=$1
+	while listening "$p"; do p=$((p + 1)); done
+	echo "$p"
+}
+
+up=""
+cleanup() {
+	local rc=$?
+	if [ -n "$up" ]; then
+		if [ "$rc" != 0 ]; then
+			echo "smoke: FAILED; the stack's last logs:" >&2
+			"${compose[@]}" logs --no-color --tail 15 >&2 2>&1 || true
+		fi
+		"${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+	fi
+	rm -rf "$tmp"
+	echo "smoke: $([ "$rc" = 0 ] && echo passed || echo failed) in $(($(date +%s) - t0)) s" >&2
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step() { echo "smoke: $*" >&2; }
+fail() {
+	echo "smoke: FAIL: $*" >&2
+	exit 1
+}
+
+if [ "${SMOKE_BUILD:-1}" != 0 ]; then
+	step "building"
+	scripts/build.sh
+fi
+[ -f deploy/secrets/auth.conf ] || fail "no credentials in deploy/secrets (run scripts/build.sh)"
+step "building the host-side checker (bench/chaos)"
+(cd bench && go build -o "$tmp/chaos" ./chaos)
+
+MESH_NATS_PORT1=$(free_port 14301)
+MESH_NATS_PORT2=$(free_port $((MESH_NATS_PORT1 + 1)))
+MESH_NATS_PORT3=$(free_port $((MESH_NATS_PORT2 + 1)))
+export MESH_NATS_PORT1 MESH_NATS_PORT2 MESH_NATS_PORT3
+urls="nats://127.0.0.1:$MESH_NATS_PORT1,nats://127.0.0.1:$MESH_NATS_PORT2,nats://127.0.0.1:$MESH_NATS_PORT3"
+
+step "starting the stack (${compose[*]}, project $COMPOSE_PROJECT_NAME, NATS on 127.0.0.1:$MESH_NATS_PORT1-$MESH_NATS_PORT3)"
+t_up=$(date +%s)
+up=1
+"${compose[@]}" up -d >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log" >&2; fail "compose up"; }
+
+# Every container with a health check healthy, the others running.
+deadline=$(($(date +%s) + health_timeout))
+while :; do
+	ids=$("${compose[@]}" ps -q)
+	total=0 ready=0
+	for id in $ids; do
+		total=$((total + 1))
+		st=$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id")
+		case $st in healthy | running) ready=$((ready + 1)) ;; esac
+	done
+	[ "$total" -ge 10 ] && [ "$ready" = "$total" ] && break
+	[ "$(date +%s)" -lt "$deadline" ] || { "${compose[@]}" ps >&2; fail "not healthy after ${health_timeout}s ($ready of $total ready)"; }
+	sleep 1
+done
+step "healthy: $total containers in $(($(date +%s) - t_up)) s"
+
+mesh=bin/docker/rootfs/mesh
+client=(--nats "$urls" --user client --password "$(cat deploy/secrets/client.password)")
+admin=(--nats "$urls" --user admin --password "$(cat deploy/secrets/admin.password)")
+chaos=("$tmp/chaos")
+cpass="@deploy/secrets/client.password"
+
+step "cache: set, get, delete (mesh CLI)"
+"$mesh" "${client[@]}" cache set smoke:greeting hello --ttl 1m >/dev/null
+[ "$("$mesh" "${client[@]}" cache get smoke:greeting)" = hello ] || fail "cache get did not return the value set"
+"$mesh" "${client[@]}" cache del smoke:greeting >/dev/null
+
+step "cache: JSON requests"
+"${chaos[@]}" req -nats "$urls" -password "$cpass" mesh.cache.set '{"key":"smoke:json","value":"v1","ttl_ms":60000}' >"$tmp/out"
+grep -q '"copies":2' "$tmp/out" || fail "cache set did not store 2 copies: $(cat "$tmp/out")"
+"${chaos[@]}" req -nats "$urls" -password "$cpass" mesh.cache.get '{"key":"smoke:json"}' >"$tmp/out"
+grep -q '"value":"v1"' "$tmp/out" || fail "cache get (JSON): $(cat "$tmp/out")"
+
+step "lock: acquire, inspect, release (mesh CLI), a second holder refused"
+"$mesh" "${client[@]}" lock acquire smoke --ttl 30s --json >"$tmp/lock"
+token=$(tr -dc '0-9\n' <<<"$(grep '"token"' "$tmp/lock")")
+[ -n "$token" ] || fail "no token in: $(cat "$tmp/lock")"
+"$mesh" "${client[@]}" lock inspect smoke | grep -q holds || fail "inspect does not show the holder"
+if "$mesh" "${client[@]}" lock acquire smoke --ttl 30s >/dev/null 2>&1; then fail "a second acquire of a held lock succeeded"; fi
+"$mesh" "${client[@]}" lock release smoke "$token" >/dev/null
+
+step "lock: JSON requests"
+"${chaos[@]}" req -nats "$urls" -password "$cpass" mesh.lock.acquire '{"name":"smoke-json","owner":"smoke","ttl_ms":30000}' >"$tmp/out"
+token=$(sed -n 's/.*"token":\([0-9]*\).*/\1/p' "$tmp/out")
+[ -n "$token" ] || fail "lock acquire (JSON): $(cat "$tmp/out")"
+"${chaos[@]}" req -nats "$urls" -password "$cpass" mesh.lock.release "{\"name\":\"smoke-json\",\"token\":$token}" >/dev/null
+
+step "scheduler: submit and wait (mesh CLI), run by the example worker"
+"$mesh" "${client[@]}" --timeout 30s task submit default echo hi --wait >"$tmp/task"
+grep -q 'state *succeeded' "$tmp/task" || fail "task did not succeed: $(cat "$tmp/task")"
+grep -q 'result *hi' "$tmp/task" || fail "task result: $(cat "$tmp/task")"
+
+step "scheduler: JSON submit and status"
+"${chaos[@]}" req -nats "$urls" -password "$cpass" mesh.scheduler.submit '{"queue":"default","type":"echo","payload":"json"}' >"$tmp/out"
+id=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$tmp/out")
+[ -n "$id" ] || fail "submit (JSON): $(cat "$tmp/out")"
+for _ in $(seq 50); do
+	"${chaos[@]}" req -nats "$urls" -password "$cpass" mesh.scheduler.status "{\"id\":\"$id\"}" >"$tmp/out"
+	grep -q '"state":"succeeded"' "$tmp/out" && break
+	sleep 0.2
+done
+grep -q '"state":"succeeded"' "$tmp/out" || fail "task $id: $(cat "$tmp/out")"
+
+step "permissions: the client and cache users' limits"
+"${chaos[@]}" perms -nats "$urls" -password "$cpass" -cache-seed deploy/secrets/cache.nk >"$tmp/perms" || { cat "$tmp/perms" >&2; fail "permission checks"; }
+grep -c '^ok' "$tmp/perms" | sed 's/^/smoke:   checks passed: /' >&2
+
+step "discovery: two instances of each service, streams and buckets with 3 replicas"
+"$mesh" "${admin[@]}" status --json >"$tmp/status"
+for svc in cache lock scheduler; do
+	n=$(tr -d ' \n' <"$tmp/status" | grep -o "\"name\":\"$svc\",\"instances\":[0-9]*" | grep -o '[0-9]*$' || true)
+	[ "$n" = 2 ] || fail "$svc: ${n:-no} instances, want 2"
+done
+if tr -d ' \n' <"$tmp/status" | grep -o '"replicas":[0-9]*' | grep -qv '"replicas":3'; then
+	fail "a stream or bucket without 3 replicas: $(cat "$tmp/status")"
+fi
+"$mesh" "${admin[@]}" status >&2
+
+step "no permission violation in the servers' logs but the checks' own"
+if "${compose[@]}" logs --no-color n1 n2 n3 2>&1 | grep -i 'violation' | grep -v '"[^"]*permission check [a-z]*"'; then
+	fail "permission violations of the services above"
+fi
