@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/pkg/bus/embed"
 	"github.com/meshkit/mesh/services/scheduler"
@@ -216,7 +217,11 @@ func noLoss(t *testing.T, url string, n int, disrupt func(started *counter)) {
 	}
 	var runs sync.Map // id -> *atomic.Int32
 	var started counter
+	var early atomic.Int32
 	handler := func(ctx context.Context, task *scheduler.Task) error {
+		if due, err := time.Parse(time.RFC3339Nano, string(task.Payload)); err == nil && time.Now().Before(due) {
+			early.Add(1)
+		}
 		v, _ := runs.LoadOrStore(task.ID, new(atomic.Int32))
 		v.(*atomic.Int32).Add(1)
 		started.add()
@@ -256,8 +261,14 @@ func noLoss(t *testing.T, url string, n int, disrupt func(started *counter)) {
 			for i := g; i < n; i += submitters {
 				for attempt := 0; ; attempt++ {
 					sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					id, err := c.Submit(sctx, scheduler.SubmitRequest{Queue: "bulk", Type: "job", MaxRetries: intp(20), TimeoutMs: 10_000,
-						Backoff: &scheduler.Backoff{Kind: "constant", InitialMs: 50}})
+					req := scheduler.SubmitRequest{Queue: "bulk", Type: "job", MaxRetries: intp(20), TimeoutMs: 10_000,
+						Backoff: &scheduler.Backoff{Kind: "constant", InitialMs: 50}}
+					if i%10 == 0 {
+						// Some delayed: through the staging and its timers.
+						req.DelayMs = int64(200 + i%700)
+						req.Payload = []byte(time.Now().Add(time.Duration(req.DelayMs) * time.Millisecond).Format(time.RFC3339Nano))
+					}
+					id, err := c.Submit(sctx, req)
 					cancel()
 					if err == nil {
 						ids[i] = id
@@ -314,6 +325,9 @@ func noLoss(t *testing.T, url string, n int, disrupt func(started *counter)) {
 		dups += int(v.(*atomic.Int32).Load()) - 1
 	}
 	t.Logf("%d tasks, all succeeded; %d ran more than once (at-least-once delivery)", n, dups)
+	if early.Load() != 0 {
+		t.Fatalf("%d delayed tasks started early", early.Load())
+	}
 }
 
 // No loss across a server restart on the same store and a worker dying
@@ -352,4 +366,52 @@ func TestNoLossClusterNodeDown(t *testing.T) {
 		t.Logf("stopping node %d after %d starts", victim, started.load())
 		cl.Stop(victim)
 	})
+}
+
+// An instance that dies holding delayed tasks on its timers loses none:
+// another instance gets them after the staging ack wait and releases them,
+// late but never early.
+func TestDelayedInstanceDies(t *testing.T) {
+	s := bustest.RunServer(t)
+	doomedConn := bustest.Connect(t, s.URL())
+	doomed, err := scheduler.New(doomedConn, scheduler.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doomed.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = doomed.Stop(context.Background()) })
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	var early, ran atomic.Int32
+	work(t, s.URL(), map[string]int{"d": 4}, map[string]scheduler.Handler{
+		"x": func(ctx context.Context, task *scheduler.Task) error {
+			if due, err := time.Parse(time.RFC3339Nano, string(task.Payload)); err != nil || time.Now().Before(due) {
+				early.Add(1)
+			}
+			ran.Add(1)
+			return nil
+		},
+	})
+	const n = 20
+	var ids []string
+	for i := range n {
+		due := time.Now().Add(time.Duration(800+20*i) * time.Millisecond).Truncate(time.Millisecond)
+		id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "d", Type: "x", RunAt: bus.Time{Time: due}, Payload: []byte(due.Format(time.RFC3339Nano))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	// Both instances hold some; one dies before any is due.
+	doomedConn.Close()
+	for _, id := range ids {
+		if info := waitDone(t, c, id); info.State != scheduler.StateSucceeded {
+			t.Fatalf("task %s: %+v", id, info)
+		}
+	}
+	if early.Load() != 0 || ran.Load() != n {
+		t.Fatalf("%d ran, %d early", ran.Load(), early.Load())
+	}
 }

@@ -245,7 +245,7 @@ func (s *Server) Start(ctx context.Context) error {
 		Description:   "Delayed tasks due soon, and ticks of periodic schedules, for the scheduler instances",
 		FilterSubject: duePrefix + "*",
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       stagingAckWait,
 		MaxAckPending: 100_000,
 	})
 	if err != nil {

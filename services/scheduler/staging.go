@@ -14,6 +14,12 @@ import (
 	"github.com/meshkit/mesh/pkg/bus"
 )
 
+// stagingAckWait is the ack wait of the staging consumer: an instance that
+// dies holding delayed tasks hands them over after this long. A task is
+// held at most half of it; one due later is given back until closer to
+// its run_at.
+const stagingAckWait = 5 * time.Second
+
 // held is a delayed task this instance holds until its run_at.
 type held struct {
 	msg   jetstream.Msg
@@ -36,10 +42,10 @@ func (s *Server) onDue(msg jetstream.Msg) {
 		return
 	}
 	d := time.Until(runAt)
-	if d > 10*time.Second {
-		// Not due for a while (staged early by hand, or a clock step): come
-		// back closer to run_at.
-		_ = msg.NakWithDelay(d - s.cfg.Lead)
+	if d > stagingAckWait/2 {
+		// Not due for a while (a clock step, a long Lead): come back closer
+		// to run_at.
+		_ = msg.NakWithDelay(d - min(s.cfg.Lead, stagingAckWait/4))
 		return
 	}
 	s.mu.Lock()
@@ -80,10 +86,29 @@ func (s *Server) release(msg jetstream.Msg) {
 	id, queue := h.Get(HeaderID), strings.TrimPrefix(msg.Subject(), duePrefix)
 	m := &nats.Msg{Subject: TaskSubjectPrefix + queue, Header: cleanHeader(h), Data: msg.Data()}
 	m.Header.Set(jetstream.MsgIDHeader, id)
-	ack, err := s.js.PublishMsg(ctx, m)
-	if err != nil {
-		s.log.Warn().Err(err).Str("task", id).Msg("cannot release a delayed task; retrying")
-		_ = msg.NakWithDelay(100 * time.Millisecond)
+	// Retry for a while (a reconnection, a new stream leader): the staging
+	// message would come back only after its ack wait otherwise.
+	var ack *jetstream.PubAck
+	var err error
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		pctx, pcancel := context.WithTimeout(ctx, time.Second)
+		ack, err = s.js.PublishMsg(pctx, m)
+		pcancel()
+		if err == nil {
+			break
+		}
+		if s.nc.IsClosed() {
+			return // this instance is gone: the message is handed over after its ack wait
+		}
+		select {
+		case <-s.stop:
+		case <-time.After(wait):
+			if ctx.Err() == nil {
+				continue
+			}
+		}
+		s.log.Warn().Err(err).Str("task", id).Msg("cannot release a delayed task; it is handed over")
+		_ = msg.Nak()
 		return
 	}
 	rec, err := s.update(ctx, id, func(rec *record) error {

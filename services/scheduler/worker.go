@@ -159,7 +159,8 @@ func (w *Worker) Handle(taskType string, h Handler) {
 
 // Start starts pulling from every queue. A queue that does not exist yet
 // (nothing was submitted to it: the service creates a queue's consumer on
-// the first submit) is looked for again every half second.
+// the first submit) is looked for again when a task is submitted to it,
+// and every second.
 func (w *Worker) Start(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -182,6 +183,25 @@ func (w *Worker) Start(ctx context.Context) error {
 // serve finds a queue's consumer, then runs its tasks until Stop.
 func (w *Worker) serve(queue string, conc int) {
 	defer w.loops.Done()
+	// Until the queue exists, look again when a task is submitted to it
+	// (the submit creates it), and every second.
+	submitted := make(chan struct{}, 1)
+	sub, err := w.nc.Subscribe(bus.EventSubject("task", "submitted"), func(m *nats.Msg) {
+		var ev struct {
+			Data struct {
+				Queue string `json:"queue"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(m.Data, &ev) == nil && ev.Data.Queue == queue {
+			select {
+			case submitted <- struct{}{}:
+			default:
+			}
+		}
+	})
+	if err == nil {
+		defer sub.Unsubscribe()
+	}
 	var cons jetstream.Consumer
 	for {
 		ctx, cancel := context.WithTimeout(w.hardCtx, bus.DefaultTimeout)
@@ -197,8 +217,12 @@ func (w *Worker) serve(queue string, conc int) {
 		select {
 		case <-w.stopping:
 			return
-		case <-time.After(500 * time.Millisecond):
+		case <-submitted:
+		case <-time.After(time.Second):
 		}
+	}
+	if sub != nil {
+		_ = sub.Unsubscribe()
 	}
 	w.mu.Lock()
 	select {
