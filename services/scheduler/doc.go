@@ -63,8 +63,10 @@
 // then acknowledges the staging message. A task due in less than 1.5 Lead
 // is staged at once. An instance that dies while holding a task never
 // acknowledged it, so the staging consumer hands it to another instance
-// after its ack wait; if the first had published it, the stream's
-// deduplication drops the second copy. The test measures a few
+// after its ack wait (5 s: such a task is late, never early); if the
+// first had published it, the stream's deduplication drops the second
+// copy. A release that fails (a reconnection) is retried for a few
+// seconds before the task is handed over. The test measures a few
 // milliseconds of lateness and checks that no task starts before run_at.
 //
 // # Periodic tasks: one per tick, no leader

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -190,13 +191,23 @@ func (s *Server) onAdvisory(msg jetstream.Msg) {
 			_ = msg.NakWithDelay(time.Second)
 			return
 		}
-		id := raw.Header.Get(HeaderID)
+		id, reason := raw.Header.Get(HeaderID), fmt.Sprintf("delivered %d times without an outcome", adv.Deliveries)
 		if id != "" {
-			_, err = s.kill(ctx, id, adv.StreamSeq, fmt.Sprintf("delivered %d times without an outcome", adv.Deliveries))
-			if err != nil && !errors.Is(err, ErrNotFound) {
-				_ = msg.NakWithDelay(time.Second)
-				return
+			_, err = s.kill(ctx, id, adv.StreamSeq, reason)
+		}
+		if id == "" || errors.Is(err, ErrNotFound) {
+			// No state (not a task of this service, or its state expired):
+			// keep the message in the dead letters all the same.
+			m := &nats.Msg{Subject: DeadSubjectPrefix + strings.TrimPrefix(raw.Subject, TaskSubjectPrefix), Header: cleanHeader(raw.Header), Data: raw.Data}
+			m.Header.Set(HeaderLastError, reason)
+			if id != "" {
+				m.Header.Set(jetstream.MsgIDHeader, id)
 			}
+			_, err = s.js.PublishMsg(ctx, m)
+		}
+		if err != nil {
+			_ = msg.NakWithDelay(time.Second)
+			return
 		}
 		if err := s.tasks.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			_ = msg.NakWithDelay(time.Second)

@@ -399,7 +399,15 @@ func TestPeriodicTwoInstances(t *testing.T) {
 	ev := watch(t, s.URL())
 	var mu sync.Mutex
 	runs := map[string]time.Time{}
+	tocks := make(chan string, 10)
 	work(t, s.URL(), map[string]int{"cron": 2}, map[string]scheduler.Handler{
+		"tock": func(ctx context.Context, task *scheduler.Task) error {
+			select {
+			case tocks <- task.Schedule:
+			default:
+			}
+			return nil
+		},
 		"beat": func(ctx context.Context, task *scheduler.Task) error {
 			mu.Lock()
 			runs[task.ID] = time.Now()
@@ -457,6 +465,24 @@ func TestPeriodicTwoInstances(t *testing.T) {
 				t.Fatalf("two tasks made %v apart: %v", d, made)
 			}
 		}
+	}
+
+	// A cron schedule in a time zone, every second.
+	if _, err := c.AddSchedule(ctx(t), scheduler.ScheduleRequest{Name: "tick", Queue: "cron", Type: "tock", Cron: "* * * * * *", TimeZone: "Europe/Paris"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case name := <-tocks:
+			if name != "tick" {
+				t.Fatalf("task of schedule %q", name)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no cron tick in 10s")
+		}
+	}
+	if err := c.RemoveSchedule(ctx(t), "tick"); err != nil {
+		t.Fatal(err)
 	}
 }
 
