@@ -91,6 +91,12 @@ while :; do
 	sleep 1
 done
 step "healthy: $total containers in $(($(date +%s) - t_up)) s"
+for id in $ids; do
+	# A service that starts while the cluster is still electing leaders may
+	# fail to create its streams in time, exit and be restarted: say so.
+	n=$(docker inspect --format '{{.RestartCount}} {{.Name}}' "$id")
+	[ "${n%% *}" = 0 ] || step "  restarted before it was healthy: ${n#* } (${n%% *} times)"
+done
 
 mesh=bin/docker/rootfs/mesh
 client=(--nats "$urls" --user client --password "$(cat deploy/secrets/client.password)")
@@ -138,6 +144,20 @@ for _ in $(seq 50); do
 	sleep 0.2
 done
 grep -q '"state":"succeeded"' "$tmp/out" || fail "task $id: $(cat "$tmp/out")"
+
+step "scheduler: a delayed task, a dead letter, a cancel, a periodic schedule"
+"$mesh" "${client[@]}" --timeout 30s task submit default echo later --delay 2s --wait >"$tmp/task"
+grep -q 'state *succeeded' "$tmp/task" || fail "delayed task: $(cat "$tmp/task")"
+"$mesh" "${client[@]}" --timeout 30s task submit default reject nope --wait >"$tmp/task"
+grep -q 'state *dead' "$tmp/task" || fail "rejected task not dead: $(cat "$tmp/task")"
+"$mesh" "${client[@]}" task submit default sleep 30s --json >"$tmp/out"
+id=$(sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' "$tmp/out")
+sleep 1
+"$mesh" "${client[@]}" task cancel "$id" | grep -q cancelled || fail "cancel of $id"
+"$mesh" "${client[@]}" schedule add smoke --queue default --type echo --every 1s >/dev/null
+sleep 2.5
+"$mesh" "${client[@]}" schedule rm smoke >/dev/null
+"$mesh" "${client[@]}" task queues | grep -q '^default' || fail "no queue default"
 
 step "permissions: the client and cache users' limits"
 "${chaos[@]}" perms -nats "$urls" -password "$cpass" -cache-seed deploy/secrets/cache.nk >"$tmp/perms" || { cat "$tmp/perms" >&2; fail "permission checks"; }
