@@ -22,9 +22,12 @@ type Instance struct {
 // answered, sorted by name then id. It waits until ctx ends or until quiet
 // has passed without a new answer after the first one.
 func Discover(ctx context.Context, nc *nats.Conn, name string, quiet time.Duration) ([]Instance, error) {
-	inbox := nc.NewRespInbox()
+	// One reply subject per request: a server that lets services answer
+	// only the requests they got (allow_responses) lets each answer a reply
+	// subject once.
+	inbox := nc.NewInbox()
 	replies := make(chan *nats.Msg, 256)
-	sub, err := nc.ChanSubscribe(inbox, replies)
+	sub, err := nc.ChanSubscribe(inbox+".*", replies)
 	if err != nil {
 		return nil, err
 	}
@@ -34,7 +37,7 @@ func Discover(ctx context.Context, nc *nats.Conn, name string, quiet time.Durati
 		if err != nil {
 			return nil, err
 		}
-		if err := nc.PublishRequest(subj, inbox, nil); err != nil {
+		if err := nc.PublishRequest(subj, inbox+"."+v.String(), nil); err != nil {
 			return nil, fmt.Errorf("bus: discover: %w", err)
 		}
 	}
