@@ -20,7 +20,7 @@
 //	mesh.scheduler.schedules.rm      {name}                                               {removed}
 //	mesh.scheduler.started           {id, queue, type, attempt, stream_seq, worker}       {run, action, delay_ms, state}
 //	mesh.scheduler.finished          {id, queue, attempt, stream_seq, error,              {action, delay_ms, state}
-//	                                  skip_retry, result}
+//	                                  skip_retry, interrupted, result}
 //	mesh.tasks.<queue>               a task: headers Mesh-Task-*, body the payload        (JetStream work queue; consumer <queue>)
 //	mesh.dead.<queue>                a dead task, with Mesh-Task-Last-Error               (stream MESH_TASKS_DEAD)
 //	mesh.events.task.submitted|queued|started|succeeded|failed|dead|cancelled              event data {id, queue, type, state, attempts, ...}

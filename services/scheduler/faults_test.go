@@ -372,6 +372,7 @@ func TestNoLossClusterNodeDown(t *testing.T) {
 // another instance gets them after the staging ack wait and releases them,
 // late but never early.
 func TestDelayedInstanceDies(t *testing.T) {
+	t.Parallel() // waits on timers mostly
 	s := bustest.RunServer(t)
 	doomedConn := bustest.Connect(t, s.URL())
 	doomed, err := scheduler.New(doomedConn, scheduler.Config{})

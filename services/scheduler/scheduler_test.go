@@ -324,6 +324,7 @@ func eventually(t *testing.T, cond func() (bool, string)) {
 // Delayed tasks never start before their run_at, whether the server's
 // schedule stages them or they are due too soon for one.
 func TestDelayedNeverEarly(t *testing.T) {
+	t.Parallel() // waits on timers mostly
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})
 	c := client(t, s.URL())
@@ -392,6 +393,7 @@ func TestDelayedNeverEarly(t *testing.T) {
 // A periodic schedule makes one task per tick with two scheduler instances
 // running, and none once removed.
 func TestPeriodicTwoInstances(t *testing.T) {
+	t.Parallel() // waits on timers mostly
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})
 	serve(t, s.URL(), scheduler.Config{})
@@ -570,6 +572,7 @@ func TestCancelEachState(t *testing.T) {
 }
 
 func TestUnique(t *testing.T) {
+	t.Parallel() // waits on timers mostly
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})
 	c := client(t, s.URL())

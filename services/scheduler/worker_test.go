@@ -15,6 +15,7 @@ import (
 // worker reports progress); one longer than its timeout_ms has its context
 // cancelled and fails.
 func TestLongTaskAndTimeout(t *testing.T) {
+	t.Parallel() // waits on timers mostly
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{AckWait: 300 * time.Millisecond})
 	c := client(t, s.URL())
