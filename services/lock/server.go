@@ -86,10 +86,10 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		Observer:        cfg.Observer,
 		Endpoints: []bus.Endpoint{
 			{Name: "acquire", Subject: SubjectAcquire, Handler: s.acquire, Inline: true},
-			{Name: "release", Subject: SubjectRelease, Handler: bus.Typed(s.release)},
-			{Name: "renew", Subject: SubjectRenew, Handler: bus.Typed(s.renew)},
-			{Name: "inspect", Subject: SubjectInspect, Handler: bus.Typed(s.inspect)},
-			{Name: "list", Subject: SubjectList, Handler: bus.Typed(s.list)},
+			{Name: "release", Subject: SubjectRelease, Handler: bus.Typed(storeAway(s.release))},
+			{Name: "renew", Subject: SubjectRenew, Handler: bus.Typed(storeAway(s.renew))},
+			{Name: "inspect", Subject: SubjectInspect, Handler: bus.Typed(storeAway(s.inspect))},
+			{Name: "list", Subject: SubjectList, Handler: bus.Typed(storeAway(s.list))},
 		},
 	})
 	if err != nil {
@@ -202,6 +202,22 @@ func (s *Server) purge(ctx context.Context, name, id string, rev uint64) error {
 	m.Header.Set(jetstream.MsgTTLHeader, s.cfg.MarkerTTL.String())
 	_, err := s.js.PublishMsg(ctx, m)
 	return err
+}
+
+// storeAway answers 503 unavailable, not 500, when a request failed because
+// JetStream did not answer (a leader election, a lost connection): the
+// client may retry, and the outcome of a write is unknown rather than failed.
+func storeAway[Req, Resp any](fn func(context.Context, *Req) (Resp, error)) func(context.Context, *Req) (Resp, error) {
+	return func(ctx context.Context, r *Req) (Resp, error) {
+		resp, err := fn(ctx, r)
+		var e *bus.Error
+		if err != nil && !errors.As(err, &e) && (errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrTimeout) ||
+			errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrConnectionClosed) ||
+			errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)) {
+			err = bus.ErrUnavailable.With("%v", err)
+		}
+		return resp, err
+	}
 }
 
 // isConflict reports a failed compare-and-set.
