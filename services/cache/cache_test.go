@@ -263,6 +263,34 @@ func TestCrashLosesNoKey(t *testing.T) {
 	}
 }
 
+// Writes go on while a crashed node is still in the rings: its copies go to
+// the member that takes its place, and every acknowledged key stays
+// readable once the ring has dropped it.
+func TestWritesDuringCrash(t *testing.T) {
+	_, nodes, c := cluster(t, 3, cache.Config{})
+	nodes[1].nc.Close() // gone without a leave; the rings still have it
+	const n = 100
+	for i := range n {
+		if err := c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), 0); err != nil {
+			t.Fatalf("set key-%d with a node down: %v", i, err)
+		}
+	}
+	waitMembers(t, 2, nodeRing{nodes[0]}, nodeRing{nodes[2]}, clientRing{c})
+	for i := range n {
+		v, err := c.Get(ctx(t), fmt.Sprintf("key-%d", i))
+		if err != nil || string(v) != fmt.Sprintf("v%d", i) {
+			t.Fatalf("key-%d: %q, %v", i, v, err)
+		}
+	}
+	st, err := c.Stats(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Total.Items != 2*n {
+		t.Fatalf("%d copies stored, want %d", st.Total.Items, 2*n)
+	}
+}
+
 // While the crashed node is still in the client's ring, reads fall back to a
 // replica.
 func TestReadFallsBackToReplica(t *testing.T) {

@@ -216,7 +216,7 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	var buf [4]string
 	if others := withoutSelf(s.owners(s.ring(), key, buf[:0]), s.cfg.ID); len(others) > 0 {
 		item := SetRequest{Key: key, Value: lr.Value, TTLms: lr.TTLms}
-		if err := s.copyTo(ctx, others, OpSet, item, nil); err != nil {
+		if err := s.copyTo(ctx, key, others, OpSet, item, nil); err != nil {
 			s.log.Warn().Err(err).Str("key", key).Msg("loaded value not replicated")
 		}
 	}
@@ -243,19 +243,39 @@ func (s *Server) set(_ context.Context, m *bus.Msg) (any, error) {
 	}
 	var buf [4]string
 	owners := s.owners(s.ring(), req.Key, buf[:0])
-	if owners[0] != s.cfg.ID && via == "" {
-		owners = slices.Clone(owners)
-		return bus.Continue(func(ctx context.Context) (any, error) {
-			return s.relay(ctx, m, OpSet, withoutSelf(owners, s.cfg.ID))
-		}), nil
+	if owners[0] == s.cfg.ID || via != "" {
+		return s.own(m, &req, owners)
 	}
-	s.store.set(req.Key, req.Value, ttl)
+	owners = slices.Clone(owners)
+	return bus.Continue(func(ctx context.Context) (any, error) {
+		holder := slices.Contains(owners, s.cfg.ID)
+		to := owners[:1]
+		if !holder {
+			to = withoutSelf(owners, s.cfg.ID)
+		}
+		rep, err := s.relay(ctx, m, OpSet, to)
+		if err == nil || !unreachable(err) || !holder {
+			return rep, err
+		}
+		// The owner does not answer and this node holds a copy: it takes
+		// the write as the owner would.
+		rep, err = s.own(m, &req, owners)
+		if cont, ok := rep.(bus.Continue); ok && err == nil {
+			return cont(ctx)
+		}
+		return rep, err
+	}), nil
+}
+
+// own stores a set as the key's owner and writes the copies.
+func (s *Server) own(m *bus.Msg, req *SetRequest, owners []string) (any, error) {
+	s.store.set(req.Key, req.Value, time.Duration(req.TTLms)*time.Millisecond)
 	others := withoutSelf(owners, s.cfg.ID)
 	if len(others) == 0 {
 		return SetReply{Copies: 1}, nil
 	}
 	return bus.Continue(func(ctx context.Context) (any, error) {
-		if err := s.copyTo(ctx, others, OpSet, nil, m); err != nil {
+		if err := s.copyTo(ctx, req.Key, others, OpSet, nil, m); err != nil {
 			return nil, err
 		}
 		return SetReply{Copies: 1 + len(others)}, nil
@@ -294,17 +314,19 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 				_ = s.ask(ctx, id, OpDel, hopReplica, req, &r)
 			}
 		}
-		if err := s.copyTo(ctx, others, OpDel, nil, m); err != nil {
+		if err := s.copyTo(ctx, req.Key, others, OpDel, nil, m); err != nil {
 			return nil, err
 		}
 		return DelReply{Deleted: deleted}, nil
 	}), nil
 }
 
-// copyTo sends a write to replicas, all at once, and fails unless all
-// stored it. A request the owner received is passed on as it came (body is
-// its body, in its codec); req is encoded otherwise.
-func (s *Server) copyTo(ctx context.Context, nodes []string, op string, req any, body *bus.Msg) error {
+// copyTo sends a write of key to replicas, all at once, and fails unless
+// all stored it. A request the owner received is passed on as it came (body
+// is its body, in its codec); req is encoded otherwise. A replica that no
+// longer listens (it crashed or stopped, and the ring has not dropped it
+// yet) is replaced by the member that takes its place once it is dropped.
+func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op string, req any, body *bus.Msg) error {
 	m := &nats.Msg{Header: nats.Header{HeaderHop: []string{hopReplica}}}
 	if body != nil {
 		m.Data = body.Data
@@ -317,10 +339,20 @@ func (s *Server) copyTo(ctx context.Context, nodes []string, op string, req any,
 			return err
 		}
 	}
-	send := func(id string) error {
+	try := func(id string) error {
 		cm := *m
 		cm.Subject = NodeSubject(id, op)
-		if _, err := bus.RequestMsgWithin(ctx, s.nc, &cm, s.cfg.AttemptTimeout); err != nil {
+		_, err := bus.RequestMsgWithin(ctx, s.nc, &cm, s.cfg.AttemptTimeout)
+		return err
+	}
+	send := func(id string) error {
+		err := try(id)
+		if errors.Is(err, nats.ErrNoResponders) {
+			if alt := s.spare(key, nodes); alt != "" {
+				id, err = alt, try(alt)
+			}
+		}
+		if err != nil {
 			return ErrUnavailable.With("replica %s: %v", id, err)
 		}
 		return nil
@@ -335,6 +367,18 @@ func (s *Server) copyTo(ctx context.Context, nodes []string, op string, req any,
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// spare returns the first member in key's ring order after its copy
+// holders (this node and taken), or "" when there is none.
+func (s *Server) spare(key string, taken []string) string {
+	r := s.ring()
+	for _, id := range r.Owners(key, r.Len()) {
+		if id != s.cfg.ID && !slices.Contains(taken, id) {
+			return id
+		}
+	}
+	return ""
 }
 
 // relay passes a request as it came to the first of nodes that answers,
