@@ -14,6 +14,10 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	// The time zone database, for cron schedules in a time zone (checked by
+	// the scheduler and run by the embedded server) on hosts without one,
+	// such as a FROM scratch image.
+	_ "time/tzdata"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/scheduler"

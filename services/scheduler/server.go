@@ -376,14 +376,15 @@ func (s *Server) cache(rec *record, rev uint64) {
 	if c, ok := s.states[rec.ID]; ok && c.rev >= rev {
 		return
 	}
-	if terminal(rec.State) {
-		delete(s.states, rec.ID)
-		return
-	}
 	if len(s.states) >= maxCached {
 		clear(s.states)
 	}
-	s.states[rec.ID] = cachedState{*rec, rev}
+	c := cachedState{*rec, rev}
+	if c.rec.Pending != nil {
+		// Not the payload: whoever needs the message reads the state.
+		c.rec.Pending = &pendingMsg{}
+	}
+	s.states[rec.ID] = c
 }
 
 func (s *Server) cached(id string) (record, uint64, bool) {

@@ -84,6 +84,10 @@ func (s *Server) release(msg jetstream.Msg) {
 	defer cancel()
 	h := msg.Headers()
 	id, queue := h.Get(HeaderID), strings.TrimPrefix(msg.Subject(), duePrefix)
+	if rec, _, ok := s.cached(id); ok && terminal(rec.State) {
+		_ = msg.Ack() // cancelled through this instance while held
+		return
+	}
 	m := &nats.Msg{Subject: TaskSubjectPrefix + queue, Header: cleanHeader(h), Data: msg.Data()}
 	m.Header.Set(jetstream.MsgIDHeader, id)
 	// Retry for a while (a reconnection, a new stream leader): the staging
