@@ -33,6 +33,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -67,6 +68,7 @@ type config struct {
 	keys, size         int
 	memory             int
 	cpuprofile, only   string
+	rounds             int
 	meshBin            string
 }
 
@@ -80,6 +82,7 @@ func main() {
 	flag.StringVar(&concs, "c", "1,16,64", "concurrency levels, comma-separated")
 	flag.IntVar(&cfg.keys, "keys", 10000, "keys loaded before the reads")
 	flag.IntVar(&cfg.size, "size", 100, "value `bytes`")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds of every cell, interleaved; the table shows the round of median ops/s")
 	flag.IntVar(&cfg.memory, "memory", 0, "measure the memory of `N` items instead of the speed")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile to `file`")
 	flag.StringVar(&cfg.only, "only", "", "run only the systems whose name matches this `regexp` (for diagnosis)")
@@ -391,17 +394,11 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	}
 	var results []load.Result
 	measure := func(ts []load.Target) {
-		for _, c := range cfg.concs {
-			for _, t := range ts {
-				if !only.MatchString(t.Name) {
-					continue
-				}
-				r := load.Measure(ctx, t, c, cfg.warmup, cfg.duration)
-				fmt.Fprintf(os.Stderr, "%-40s c=%-3d %9.0f ops/s  p50 %v  p99 %v  errors %d\n",
-					r.System, c, r.OpsPerSec(), r.Quantile(0.5), r.Quantile(0.99), r.Errs)
-				results = append(results, r)
-			}
-		}
+		ts = slices.DeleteFunc(ts, func(t load.Target) bool { return !only.MatchString(t.Name) })
+		results = append(results, load.Rounds(ctx, ts, cfg.concs, cfg.rounds, cfg.warmup, cfg.duration, func(r load.Result) {
+			fmt.Fprintf(os.Stderr, "%-44s c=%-3d %9.0f ops/s  p50 %v  p99 %v  errors %d\n",
+				r.System, r.Conc, r.OpsPerSec(), r.Quantile(0.5), r.Quantile(0.99), r.Errs)
+		})...)
 	}
 	measure(targets)
 	m.stop()
@@ -438,8 +435,8 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	if cfg.meshBin == "" {
 		where = "in this process on one NATS connection (as `mesh up --cache-nodes 2`), the raw echo on another"
 	}
-	fmt.Fprintf(w, "- cache: 2 nodes %s, R = 2 unless said; the clients in this process on one connection; %d keys of %d B loaded, each request picks keys at random; per cell %v measured after %v warm-up\n\n",
-		where, cfg.keys, cfg.size, cfg.duration, cfg.warmup)
+	fmt.Fprintf(w, "- cache: 2 nodes %s, R = 2 unless said; the clients in this process on one connection; %d keys of %d B loaded, each request picks keys at random; per cell %d interleaved rounds of %v measured after %v warm-up, the table shows the round of median ops/s\n\n",
+		where, cfg.keys, cfg.size, cfg.rounds, cfg.duration, cfg.warmup)
 	return report(w, results)
 }
 
@@ -458,8 +455,8 @@ func report(w io.Writer, results []load.Result) error {
 		}
 		return 1
 	}
-	fmt.Fprintln(w, "| system | c | ops/s | keys/s | p50 | p99 | ops vs raw echo | keys vs redis |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| system | c | ops/s | ops/s, all rounds | keys/s | p50 | p99 | ops vs raw echo | keys vs redis |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	failed := 0
 	for _, r := range results {
 		vsRaw, vsRedis := "-", "-"
@@ -470,7 +467,7 @@ func report(w io.Writer, results []load.Result) error {
 		if b := find(redisTwin, r.Conc); b != nil && b.Ops > 0 {
 			vsRedis = fmt.Sprintf("%.2f", r.OpsPerSec()/b.OpsPerSec())
 		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %.0f | %s | %s | %s | %s |\n", r.System, r.Conc, r.OpsPerSec(), r.OpsPerSec()*float64(perOp(r.System)),
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %.0f | %s | %s | %s | %s |\n", r.System, r.Conc, r.OpsPerSec(), r.Spread(), r.OpsPerSec()*float64(perOp(r.System)),
 			micros(r.Quantile(0.5)), micros(r.Quantile(0.99)), vsRaw, vsRedis)
 		if r.Errs > 0 || r.Ops == 0 {
 			failed++

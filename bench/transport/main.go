@@ -56,6 +56,7 @@ type config struct {
 	cpuprofile string
 	memprofile string
 	goalRatio  float64
+	rounds     int
 }
 
 func main() {
@@ -72,6 +73,7 @@ func main() {
 	flag.StringVar(&systems, "systems", "nats,bus,bus-inline,redis", "systems to run at each concurrency, in order: nats, bus, bus-inline, redis; for diagnosis also bus-client (bus.Request to the raw echo) and bus-server (nc.Request to the bus.Service)")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of all the cells to `file`")
 	flag.StringVar(&cfg.memprofile, "memprofile", "", "write an allocation profile to `file` at the end")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds of every cell, interleaved; the table shows the round of median ops/s")
 	flag.Float64Var(&cfg.goalRatio, "goal", 0.9, "bus echo / raw nats echo ratio expected at the highest concurrency")
 	flag.Parse()
 
@@ -201,15 +203,10 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	}
 	defer stopProfile()
 
-	var results []load.Result
-	for _, c := range cfg.concs {
-		for _, t := range targets {
-			r := load.Measure(ctx, t, c, cfg.warmup, cfg.duration)
-			fmt.Fprintf(os.Stderr, "%-14s c=%-3d %9.0f ops/s  p50 %v  p99 %v  errors %d\n",
-				r.System, c, r.OpsPerSec(), r.Quantile(0.5), r.Quantile(0.99), r.Errs)
-			results = append(results, r)
-		}
-	}
+	results := load.Rounds(ctx, targets, cfg.concs, cfg.rounds, cfg.warmup, cfg.duration, func(r load.Result) {
+		fmt.Fprintf(os.Stderr, "%-18s c=%-3d %9.0f ops/s  p50 %v  p99 %v  errors %d\n",
+			r.System, r.Conc, r.OpsPerSec(), r.Quantile(0.5), r.Quantile(0.99), r.Errs)
+	})
 
 	if cfg.memprofile != "" {
 		if err := writeAllocs(cfg.memprofile); err != nil {
@@ -224,8 +221,8 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		fmt.Fprintf(w, "- nats-server: %s\n", natsInfo)
 	}
 	fmt.Fprintf(w, "- redis-server: %s\n", redisInfo)
-	fmt.Fprintf(w, "- payload %d B; per cell %v measured after %v warm-up; %d client NATS connection(s) shared by the workers, one server connection per echo; redis pool %d; allocs/op counts the whole bench process (client and, for the echoes, server side)\n\n",
-		cfg.size, cfg.duration, cfg.warmup, cfg.conns, cfg.redisPool)
+	fmt.Fprintf(w, "- payload %d B; per cell %d interleaved rounds of %v measured after %v warm-up, the table shows the round of median ops/s; %d client NATS connection(s) shared by the workers, one server connection per echo; redis pool %d; allocs/op counts the whole bench process (client and, for the echoes, server side)\n\n",
+		cfg.size, cfg.rounds, cfg.duration, cfg.warmup, cfg.conns, cfg.redisPool)
 	printTable(w, results)
 	return report(w, cfg, results)
 }
@@ -243,14 +240,14 @@ func printTable(w io.Writer, results []load.Result) {
 			base[r.Conc] = r.OpsPerSec()
 		}
 	}
-	fmt.Fprintln(w, "| system | concurrency | ops/s | p50 | p99 | allocs/op | vs raw nats |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| system | concurrency | ops/s | ops/s, all rounds | p50 | p99 | allocs/op | vs raw nats |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range results {
 		ratio := "-"
 		if b := base[r.Conc]; b > 0 {
 			ratio = fmt.Sprintf("%.2f", r.OpsPerSec()/b)
 		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %.1f | %s |\n", r.System, r.Conc, r.OpsPerSec(),
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %s | %.1f | %s |\n", r.System, r.Conc, r.OpsPerSec(), r.Spread(),
 			micros(r.Quantile(0.5)), micros(r.Quantile(0.99)), r.AllocsPerOp(), ratio)
 	}
 }

@@ -4,7 +4,9 @@
 package load
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"math"
 	"runtime"
 	"slices"
@@ -29,6 +31,8 @@ type Result struct {
 	Window   time.Duration   // the measured window
 	Lat      []time.Duration // every successful request's latency, sorted
 	Allocs   uint64          // heap allocations of the whole process in the window
+	// AllRounds is the throughput of every round of the cell (Rounds).
+	AllRounds []float64
 }
 
 // Measure runs conc workers that call t back to back for warmup+dur and
@@ -105,4 +109,46 @@ func (r Result) AllocsPerOp() float64 {
 		return 0
 	}
 	return float64(r.Allocs) / float64(r.Ops)
+}
+
+// Rounds measures every target at every concurrency rounds times,
+// interleaved (at each concurrency, round 1 of every target, then round
+// 2...), so that a drift of the machine touches every system alike. Per cell
+// it returns the round of median throughput, in the order concurrency then
+// target, with the throughput of every round in AllRounds. each is told of
+// every round measured.
+func Rounds(ctx context.Context, targets []Target, concs []int, rounds int, warmup, dur time.Duration, each func(Result)) []Result {
+	var out []Result
+	for _, c := range concs {
+		cells := make([][]Result, len(targets))
+		for range max(rounds, 1) {
+			for i, t := range targets {
+				r := Measure(ctx, t, c, warmup, dur)
+				if each != nil {
+					each(r)
+				}
+				cells[i] = append(cells[i], r)
+			}
+		}
+		for _, rs := range cells {
+			slices.SortFunc(rs, func(a, b Result) int { return cmp.Compare(a.OpsPerSec(), b.OpsPerSec()) })
+			med := rs[(len(rs)-1)/2]
+			for _, r := range rs {
+				med.AllRounds = append(med.AllRounds, r.OpsPerSec())
+				if r.Errs > 0 && med.Errs == 0 { // a failure in any round shows
+					med.Errs, med.FirstErr = r.Errs, r.FirstErr
+				}
+			}
+			out = append(out, med)
+		}
+	}
+	return out
+}
+
+// Spread renders the throughput of every round as min–max.
+func (r Result) Spread() string {
+	if len(r.AllRounds) < 2 {
+		return fmt.Sprintf("%.0f", r.OpsPerSec())
+	}
+	return fmt.Sprintf("%.0f–%.0f", slices.Min(r.AllRounds), slices.Max(r.AllRounds))
 }
