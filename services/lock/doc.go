@@ -28,6 +28,11 @@
 // follow the order of arrival, and tokens grow with every grant of a name
 // (revisions only grow), as with etcd's per-waiter keys.
 //
+// An instance writes a request's key in the subscription's callback, before
+// anything waits, so the keys of the requests it receives take their places
+// in line in the order the requests arrived (bus.Endpoint Inline); the rest
+// of the request runs on a worker.
+//
 // Each service instance mirrors the bucket through an ordered consumer. A
 // waiting acquire sleeps until the mirror reports a change of its lock name,
 // then checks its position in memory: a release wakes every local waiter of
@@ -38,7 +43,9 @@
 // Answers are linearizable. A mirror may lag the bucket, but only by
 // missing newer writes: a newer key cannot stand ahead of an older one, and
 // a release it has not seen yet only makes a key wait longer. So a grant is
-// given as soon as the mirror shows the key first in line. A refusal
+// given as soon as the mirror shows the key first in line, or, without
+// waiting to see the key itself, as soon as the mirror has seen the bucket up
+// to the revision before it and counts fewer than limit older keys. A refusal
 // (lock_held, wait_timeout) is given only once the mirror has seen the
 // request's own key, written after every release that completed before the
 // request began. A not_held answer (release, renew) is given only after the
