@@ -291,6 +291,24 @@ func TestWritesDuringCrash(t *testing.T) {
 	}
 }
 
+// With two nodes and R = 2, a set while one is dead (and still in the
+// rings) is acknowledged with the one copy the live node holds.
+func TestWriteWithNoStandIn(t *testing.T) {
+	s, nodes, c := cluster(t, 2, cache.Config{})
+	nodes[0].nc.Close()
+	nc := bustest.Connect(t, s.URL())
+	for i := range 20 {
+		k := fmt.Sprintf("alone-%d", i)
+		rep, err := bus.Request[cache.SetRequest, cache.SetReply](ctx(t), nc, cache.NodeSubject(nodes[1].ID(), "set"), cache.SetRequest{Key: k, Value: []byte("v")})
+		if err != nil || rep.Copies != 1 {
+			t.Fatalf("set %s with the other node dead: %+v, %v", k, rep, err)
+		}
+		if v, err := c.Get(ctx(t), k); err != nil || string(v) != "v" {
+			t.Fatalf("get %s: %q, %v", k, v, err)
+		}
+	}
+}
+
 // While the crashed node is still in the client's ring, reads fall back to a
 // replica.
 func TestReadFallsBackToReplica(t *testing.T) {

@@ -45,7 +45,13 @@
 // replica that did not. So after a node crashes, every acknowledged key is
 // still held by another node, which the ring makes its owner once the crash
 // is seen (within 4 heartbeat intervals); meanwhile the Client reads from
-// the replica after the owner's attempt times out. Reads of a batch go to the
+// the replica after the owner's attempt times out. Writes go on in that
+// window too: when the owner does not answer, a replica takes the write as
+// the owner would, and a replica that no longer listens (no responders) is
+// replaced by the node next in the key's ring order, which holds the copy
+// once the ring drops the dead one. When no node is left to stand in (two
+// nodes, R = 2, one dead), the set is acknowledged with the copies the live
+// nodes hold, and the reply's copies says how many. Reads of a batch go to the
 // fewest copy holders that cover it (with 2 nodes and R = 2, one request): a
 // replica answers for the keys it holds and passes its misses to their
 // owners. A read right after an acknowledged set sees it on every copy; a

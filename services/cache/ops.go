@@ -216,7 +216,7 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	var buf [4]string
 	if others := withoutSelf(s.owners(s.ring(), key, buf[:0]), s.cfg.ID); len(others) > 0 {
 		item := SetRequest{Key: key, Value: lr.Value, TTLms: lr.TTLms}
-		if err := s.copyTo(ctx, key, others, OpSet, item, nil); err != nil {
+		if _, err := s.copyTo(ctx, key, others, OpSet, item, nil); err != nil {
 			s.log.Warn().Err(err).Str("key", key).Msg("loaded value not replicated")
 		}
 	}
@@ -275,10 +275,11 @@ func (s *Server) own(m *bus.Msg, req *SetRequest, owners []string) (any, error) 
 		return SetReply{Copies: 1}, nil
 	}
 	return bus.Continue(func(ctx context.Context) (any, error) {
-		if err := s.copyTo(ctx, req.Key, others, OpSet, nil, m); err != nil {
+		n, err := s.copyTo(ctx, req.Key, others, OpSet, nil, m)
+		if err != nil {
 			return nil, err
 		}
-		return SetReply{Copies: 1 + len(others)}, nil
+		return SetReply{Copies: 1 + n}, nil
 	}), nil
 }
 
@@ -314,19 +315,21 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 				_ = s.ask(ctx, id, OpDel, hopReplica, req, &r)
 			}
 		}
-		if err := s.copyTo(ctx, req.Key, others, OpDel, nil, m); err != nil {
+		if _, err := s.copyTo(ctx, req.Key, others, OpDel, nil, m); err != nil {
 			return nil, err
 		}
 		return DelReply{Deleted: deleted}, nil
 	}), nil
 }
 
-// copyTo sends a write of key to replicas, all at once, and fails unless
-// all stored it. A request the owner received is passed on as it came (body
-// is its body, in its codec); req is encoded otherwise. A replica that no
-// longer listens (it crashed or stopped, and the ring has not dropped it
-// yet) is replaced by the member that takes its place once it is dropped.
-func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op string, req any, body *bus.Msg) error {
+// copyTo sends a write of key to replicas, all at once, and returns how
+// many stored it; it fails unless all did. A request the owner received is
+// passed on as it came (body is its body, in its codec); req is encoded
+// otherwise. A replica that no longer listens (it crashed or stopped, and
+// the ring has not dropped it yet) is replaced by the member that takes its
+// place once it is dropped; when there is none (every other node holds a
+// copy already), the write counts one copy fewer instead of failing.
+func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op string, req any, body *bus.Msg) (int, error) {
 	m := &nats.Msg{Header: nats.Header{HeaderHop: []string{hopReplica}}}
 	if body != nil {
 		m.Data = body.Data
@@ -336,7 +339,7 @@ func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op stri
 	} else {
 		var err error
 		if m.Data, err = bus.MsgPack.Marshal(req); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	try := func(id string) error {
@@ -345,28 +348,37 @@ func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op stri
 		_, err := bus.RequestMsgWithin(ctx, s.nc, &cm, s.cfg.AttemptTimeout)
 		return err
 	}
-	send := func(id string) error {
+	// send returns 1 for a copy written, 0 for a replica gone without a
+	// stand-in, or an error.
+	send := func(id string) (int, error) {
 		err := try(id)
 		if errors.Is(err, nats.ErrNoResponders) {
-			if alt := s.spare(key, nodes); alt != "" {
-				id, err = alt, try(alt)
+			alt := s.spare(key, nodes)
+			if alt == "" {
+				return 0, nil
 			}
+			id, err = alt, try(alt)
 		}
 		if err != nil {
-			return ErrUnavailable.With("replica %s: %v", id, err)
+			return 0, ErrUnavailable.With("replica %s: %v", id, err)
 		}
-		return nil
+		return 1, nil
 	}
 	if len(nodes) == 1 {
 		return send(nodes[0])
 	}
+	n := make([]int, len(nodes))
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
 	for i, id := range nodes {
-		wg.Go(func() { errs[i] = send(id) })
+		wg.Go(func() { n[i], errs[i] = send(id) })
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	copies := 0
+	for _, c := range n {
+		copies += c
+	}
+	return copies, errors.Join(errs...)
 }
 
 // spare returns the first member in key's ring order after its copy
