@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/goleak"
 
@@ -540,5 +542,19 @@ func TestInlineContinue(t *testing.T) {
 	st := svc.Stats().Endpoints[0]
 	if st.NumRequests != 3 || st.NumErrors != 1 {
 		t.Fatalf("stats = %d requests, %d errors; want 3 and 1", st.NumRequests, st.NumErrors)
+	}
+}
+
+// A handler that failed because JetStream did not answer replies 503, so
+// that a client knows it may retry; any other error is a 500.
+func TestStoreAwayIsUnavailable(t *testing.T) {
+	if e := bus.AsError(fmt.Errorf("enqueueing: %w", jetstream.ErrNoStreamResponse)); e.Status != 503 {
+		t.Fatalf("no response from stream: %d %s, want 503", e.Status, e.Code)
+	}
+	if e := bus.AsError(errors.New("boom")); e.Status != 500 {
+		t.Fatalf("another error: %d, want 500", e.Status)
+	}
+	if e := bus.AsError(context.DeadlineExceeded); e.Status != 408 {
+		t.Fatalf("a deadline: %d, want 408", e.Status)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -76,8 +77,9 @@ func (e *Error) With(format string, args ...any) *Error {
 }
 
 // AsError turns any error into the coded error sent on the wire: an *Error in
-// its chain as is; a context deadline as ErrTimeout; anything else as
-// ErrInternal carrying its message.
+// its chain as is; a context deadline as ErrTimeout; NATS or JetStream not
+// answering (no response from a stream, no responders, a lost connection) as
+// ErrUnavailable; anything else as ErrInternal carrying its message.
 func AsError(err error) *Error {
 	var e *Error
 	if errors.As(err, &e) {
@@ -86,7 +88,23 @@ func AsError(err error) *Error {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return ErrTimeout.With("%s", err.Error())
 	}
+	if away(err) {
+		return ErrUnavailable.With("%s", err.Error())
+	}
 	return ErrInternal.With("%s", err.Error())
+}
+
+// away reports an error of NATS or JetStream not answering (a leader
+// election, a lost connection): the request may succeed if retried, and the
+// outcome of a write is unknown rather than failed.
+func away(err error) bool {
+	for _, e := range []error{jetstream.ErrNoStreamResponse, nats.ErrTimeout, nats.ErrNoResponders,
+		nats.ErrConnectionClosed, nats.ErrConnectionReconnecting, nats.ErrDisconnected, nats.ErrConnectionDraining} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // errorReply builds the reply message for err in codec c.
