@@ -261,11 +261,17 @@ func (s *Server) ringWithout(r *ring.Ring) *ring.Ring {
 func (s *Server) onChange(prev, next *ring.Ring) {
 	now := time.Now()
 	s.mu.Lock()
-	s.prev = slices.DeleteFunc(s.prev, func(o oldRing) bool { return now.After(o.until) })
+	// A new slice each time: readers iterate the one they loaded unlocked.
+	var rings []oldRing
 	if prev.Len() > 0 {
-		s.prev = slices.Insert(s.prev, 0, oldRing{prev, now.Add(s.cfg.Grace)})
-		s.prev = s.prev[:min(len(s.prev), 4)]
+		rings = append(rings, oldRing{prev, now.Add(s.cfg.Grace)})
 	}
+	for _, o := range s.prev {
+		if !now.After(o.until) && len(rings) < 4 {
+			rings = append(rings, o)
+		}
+	}
+	s.prev = rings
 	if s.timer != nil {
 		s.timer.Stop()
 	}
