@@ -104,6 +104,14 @@ admin=(--nats "$urls" --user admin --password "$(cat deploy/secrets/admin.passwo
 chaos=("$tmp/chaos")
 cpass="@deploy/secrets/client.password"
 
+# A healthy cache node answers before the nodes' rings hold each other
+# (joins are debounced over a heartbeat interval): wait for both.
+deadline=$(($(date +%s) + 30))
+until [ "$("$mesh" "${client[@]}" cache stats --json 2>/dev/null | grep -c '"members": 2')" -ge 3 ]; do
+	[ "$(date +%s)" -lt "$deadline" ] || fail "the cache nodes' rings did not hold both nodes in 30 s"
+	sleep 0.5
+done
+
 step "cache: set, get, delete (mesh CLI)"
 "$mesh" "${client[@]}" cache set smoke:greeting hello --ttl 1m >/dev/null
 [ "$("$mesh" "${client[@]}" cache get smoke:greeting)" = hello ] || fail "cache get did not return the value set"
