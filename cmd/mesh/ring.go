@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"text/tabwriter"
 
+	"github.com/rs/zerolog"
+
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/ring"
 	"github.com/meshkit/mesh/pkg/ring/membership"
@@ -40,7 +42,8 @@ func (c *ringCmd) Run(a *app) error {
 		return err
 	}
 	defer nc.Close()
-	w, err := membership.NewWatcher(nc, membership.WatcherConfig{Service: c.Service, Logger: a.log})
+	// A one-shot command: the watcher's notes on ring changes are noise here.
+	w, err := membership.NewWatcher(nc, membership.WatcherConfig{Service: c.Service, Logger: a.log.Level(zerolog.WarnLevel)})
 	if err != nil {
 		return err
 	}
