@@ -664,7 +664,7 @@ func (s *Server) stats() NodeStats {
 	r := s.ring()
 	return NodeStats{
 		Node: s.cfg.ID, Hits: s.hits.Load(), Misses: s.misses.Load(), Loads: s.loads.Load(),
-		Handoffs: s.handoffs.Load(), Forwards: s.forwards.Load(), Evictions: s.store.evictions(),
+		Handoffs: s.handoffs.Load(), Forwards: s.forwards.Load(), Evictions: s.store.evicted(),
 		Items: s.store.items(), Bytes: s.store.bytes(), MaxBytes: s.store.maxBytes,
 		Members: r.Len(), Ring: formatVersion(r),
 	}
