@@ -323,6 +323,19 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 		_ = msg.TermWithReason("no " + HeaderID)
 		return
 	}
+	// The task can be cancelled from the moment the service hears of its
+	// start: a cancel of a running task is announced after that, so the
+	// handler's context is in place before the start is reported.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	w.mu.Lock()
+	w.running[t.ID] = cancel
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.running, t.ID)
+		w.mu.Unlock()
+		cancel(nil)
+	}()
 	rctx, rcancel := context.WithTimeout(w.hardCtx, bus.DefaultTimeout)
 	sr, err := bus.Request[StartedRequest, StartedReply](rctx, w.nc, SubjectStarted, StartedRequest{
 		ID: t.ID, Queue: queue, Type: t.Type, Attempt: t.Attempt, StreamSeq: meta.Sequence.Stream, Worker: w.cfg.Name,
@@ -344,20 +357,10 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 	if timeout <= 0 {
 		timeout = MaxTimeoutMs
 	}
-	ctx, cancel := context.WithCancelCause(context.Background())
 	ctx, cancelTimeout := context.WithTimeout(ctx, time.Duration(timeout)*time.Millisecond)
 	defer cancelTimeout()
-	w.mu.Lock()
-	w.running[t.ID] = cancel
-	w.mu.Unlock()
 	stopCancel := context.AfterFunc(w.hardCtx, func() { cancel(errShutdown) })
-	defer func() {
-		stopCancel()
-		w.mu.Lock()
-		delete(w.running, t.ID)
-		w.mu.Unlock()
-		cancel(nil)
-	}()
+	defer stopCancel()
 
 	// Keep the delivery while the handler runs.
 	done := make(chan struct{})
