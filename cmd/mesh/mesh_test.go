@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
@@ -295,5 +296,45 @@ func TestLockCommands(t *testing.T) {
 	info, err := lock.NewClient(s.Connect()).Inspect(context.Background(), "nightly")
 	if err != nil || info.Held {
 		t.Fatalf("after run: %+v, %v", info, err)
+	}
+}
+
+// mesh serve started before JetStream is ready (a cluster still electing)
+// retries, and serves once JetStream answers.
+func TestServeWaitsForJetStream(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+	logs := &syncBuffer{}
+	a := &app{log: zerolog.New(logs), out: &syncBuffer{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	opts := bus.Options{URL: ns.ClientURL(), Retry: true}
+	done := make(chan error, 1)
+	go func() { done <- a.run(ctx, opts, runFlags{Replicas: 1}, []string{"lock"}, nil) }()
+	logs.waitFor(t, "retrying") // no JetStream: the start fails and is retried
+
+	if err := ns.EnableJetStream(&server.JetStreamConfig{StoreDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	logs.waitFor(t, `"service":"lock","message":"service started"`)
+	nc := bustest.Connect(t, ns.ClientURL())
+	lease, err := lock.NewClient(nc).TryAcquire(ctx, "after-retry", lock.Options{TTL: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("acquire once serving: %v", err)
+	}
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

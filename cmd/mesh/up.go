@@ -144,7 +144,7 @@ func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []
 		}
 		env.Observer = metrics
 	}
-	n, err := node.Start(ctx, nc, services, env)
+	n, err := startNode(ctx, nc, services, env, opts.Retry)
 	if err == nil {
 		if ready != nil {
 			ready(nc)
@@ -159,6 +159,30 @@ func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []
 		err = errors.Join(err, metrics.close())
 	}
 	return errors.Join(err, nc.Flush())
+}
+
+// startNode starts the services. With retry (mesh serve), a start that
+// failed because NATS or JetStream did not answer in time — a cluster still
+// electing its leaders, say — is tried again, with a note in the log, until
+// ctx ends.
+func startNode(ctx context.Context, nc *nats.Conn, services []string, env node.Env, retry bool) (*node.Node, error) {
+	wait := 500 * time.Millisecond
+	for {
+		n, err := node.Start(ctx, nc, services, env)
+		if err == nil || !retry || ctx.Err() != nil {
+			return n, err
+		}
+		if st := bus.AsError(err).Status; st != 503 && st != 408 {
+			return nil, err
+		}
+		env.Logger.Warn().Err(err).Dur("retry_in", wait).Msg("starting the services failed; retrying")
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }
 
 // nodeName is the name of this process: the flag, else the host name.
