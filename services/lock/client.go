@@ -80,6 +80,9 @@ func (c *Client) Acquire(ctx context.Context, name string, o Options) (*Lease, e
 func (c *Client) acquire(ctx context.Context, req AcquireRequest) (*Lease, error) {
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(req.WaitMs)*time.Millisecond+bus.DefaultTimeout)
 	defer cancel()
+	if dl, ok := rctx.Deadline(); ok {
+		req.Deadline = &bus.Time{Time: dl}
+	}
 	reply, err := bus.Request[AcquireRequest, AcquireReply](rctx, c.nc, SubjectAcquire, req)
 	if err != nil {
 		return nil, err

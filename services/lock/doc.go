@@ -4,7 +4,7 @@
 // # Subjects
 //
 //	subject             request                                        reply
-//	mesh.lock.acquire   {name, owner, ttl_ms, wait_ms, limit}           {token, expires_at}
+//	mesh.lock.acquire   {name, owner, ttl_ms, wait_ms, limit, deadline} {token, expires_at}
 //	mesh.lock.release   {name, token}                                  {released}
 //	mesh.lock.renew     {name, token, ttl_ms}                          {expires_at}
 //	mesh.lock.inspect   {name}                                         {name, held, limit, holders, waiters}
@@ -12,8 +12,9 @@
 //	mesh.events.lock.acquired|released|expired                         event data {name, owner, token}
 //
 // Errors: lock_held (409, a try found it held), wait_timeout (408),
+// expired (408, the request arrived after its deadline: see below),
 // not_held (409, no holder has this token), invalid_name, invalid_ttl,
-// invalid (400). The Client maps them to ErrLocked, ErrWaitTimeout,
+// invalid (400). The Client maps them to ErrLocked, ErrWaitTimeout, ErrExpired,
 // ErrNotHeld, ErrInvalidName, ErrInvalidTTL and ErrInvalid.
 //
 // # How it works
@@ -72,6 +73,12 @@
 // connection drops while the service grants the lock, the grant's reply is
 // lost; nobody renews that lease, so it expires one TTL after the grant.
 // In every case the lock is held by a gone waiter for at most its TTL.
+//
+// A request can also reach an instance long after its caller gave up: it
+// sat in the socket of an instance that was stalled (paused, swapping).
+// The Client sends its deadline with every acquire; a request that arrives
+// more than DeadlineSkew after it is refused with expired and writes no key,
+// so it takes no place in line for a caller that is gone.
 //
 // Expiry is seen by every instance's mirror as the server's marker. One
 // instance replaces the marker with its own (a compare-and-set on the

@@ -409,3 +409,38 @@ func TestEmptiedBucket(t *testing.T) {
 		t.Fatalf("inspect and a restart took %v on an emptied bucket", took)
 	}
 }
+
+// An acquire that reaches the service after its caller's deadline (it sat
+// in a stalled instance's socket) is refused and takes no place in line.
+func TestAcquireAfterDeadline(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	nc := bustest.Connect(t, s.URL())
+	late := &bus.Time{Time: time.Now().Add(-2 * lock.DeadlineSkew)}
+	_, err := bus.Request[lock.AcquireRequest, lock.AcquireReply](ctx(t), nc, lock.SubjectAcquire,
+		lock.AcquireRequest{Name: "late", TTLms: 5000, Deadline: late})
+	if !errors.Is(err, lock.ErrExpired) {
+		t.Fatalf("acquire after its deadline = %v, want ErrExpired", err)
+	}
+	c := client(t, s.URL())
+	if info, err := c.Inspect(ctx(t), "late"); err != nil || info.Held || len(info.Waiters) != 0 {
+		t.Fatalf("inspect = %+v, %v: the late request changed something", info, err)
+	}
+	// Within the skew allowed for clocks, the request is served.
+	l, err := c.TryAcquire(ctx(t), "late", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	soon := &bus.Time{Time: time.Now().Add(-lock.DeadlineSkew / 2)}
+	r, err := bus.Request[lock.AcquireRequest, lock.AcquireReply](ctx(t), nc, lock.SubjectAcquire,
+		lock.AcquireRequest{Name: "late", TTLms: 5000, Deadline: soon})
+	if err != nil {
+		t.Fatalf("acquire just past its deadline, within the skew: %v", err)
+	}
+	if err := c.Release(ctx(t), "late", r.Token); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -238,6 +238,9 @@ func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 	if err := checkTTL(r.TTLms, s.cfg.MaxTTL.Milliseconds()); err != nil {
 		return nil, err
 	}
+	if r.Deadline != nil && !r.Deadline.IsZero() && time.Since(r.Deadline.Time) > DeadlineSkew {
+		return nil, ErrExpired.With("lock %s: the request arrived %v after its deadline", r.Name, time.Since(r.Deadline.Time).Round(time.Millisecond))
+	}
 	id := nuid.Next()
 	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: time.Now()}}
 	data, _ := json.Marshal(rec)

@@ -3,6 +3,7 @@ package lock
 import (
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -42,6 +43,9 @@ var (
 	ErrInvalidTTL = bus.NewError(400, "invalid_ttl", "invalid ttl_ms")
 	// ErrInvalid: another field is out of range.
 	ErrInvalid = bus.NewError(400, "invalid", "invalid request")
+	// ErrExpired: the request reached the service after its deadline; it
+	// changed nothing.
+	ErrExpired = bus.NewError(408, "expired", "the request arrived after its deadline")
 )
 
 // AcquireRequest asks for a lease on a lock (or on one of limit slots).
@@ -51,7 +55,16 @@ type AcquireRequest struct {
 	TTLms  int64  `json:"ttl_ms"`          // the lease's time to live on the server
 	WaitMs int64  `json:"wait_ms"`         // 0: try once; else wait in line up to this long
 	Limit  int    `json:"limit,omitempty"` // > 1: a counting semaphore of limit holders
+	// Deadline is when the caller stops waiting for the reply. A request
+	// that reaches the service more than DeadlineSkew after it (it sat in a
+	// stalled instance's socket, say) is refused with ErrExpired and writes
+	// nothing, instead of taking a place in line for a caller that is gone.
+	Deadline *bus.Time `json:"deadline,omitempty"`
 }
+
+// DeadlineSkew is how far the clocks of a caller and the service may differ
+// before a request's deadline is trusted.
+const DeadlineSkew = time.Second
 
 // AcquireReply grants a lease.
 type AcquireReply struct {
