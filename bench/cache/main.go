@@ -39,12 +39,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 	"github.com/rs/zerolog"
 
 	"github.com/meshkit/mesh/bench/internal/load"
 	"github.com/meshkit/mesh/bench/internal/machine"
+	"github.com/meshkit/mesh/bench/internal/redisbench"
 	"github.com/meshkit/mesh/internal/node"
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/cache"
@@ -95,14 +94,10 @@ func main() {
 		}
 		select {}
 	}
-	for f := range strings.SplitSeq(concs, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			fatal(fmt.Errorf("-c: %q is not a positive integer", f))
-		}
-		cfg.concs = append(cfg.concs, n)
-	}
 	var err error
+	if cfg.concs, err = load.ParseLevels(concs); err != nil {
+		fatal(fmt.Errorf("-c: %w", err))
+	}
 	if cfg.memory > 0 {
 		err = memory(context.Background(), cfg, os.Stdout)
 	} else {
@@ -332,11 +327,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	}
 	redisInfo := "not run"
 	if cfg.redisAddr != "" {
-		rdb := redis.NewClient(&redis.Options{
-			Addr: cfg.redisAddr, PoolSize: cfg.concs[len(cfg.concs)-1], ReadTimeout: timeout, WriteTimeout: timeout,
-			DisableIdentity:          true,
-			MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-		})
+		rdb := redisbench.Client(cfg.redisAddr, cfg.concs[len(cfg.concs)-1], timeout)
 		defer rdb.Close()
 		pipe := rdb.Pipeline()
 		for i := range cfg.keys {
@@ -346,12 +337,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			m.stop()
 			return fmt.Errorf("redis %s: %w", cfg.redisAddr, err)
 		}
-		redisInfo = rdb.Info(ctx, "server").Val()
-		for line := range strings.SplitSeq(redisInfo, "\n") {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
-				redisInfo = v + " at " + cfg.redisAddr + " (separate process, no persistence)"
-			}
-		}
+		redisInfo = redisbench.Describe(ctx, rdb, cfg.redisAddr)
 		targets = append(targets,
 			load.Target{Name: rGetName, Call: func(ctx context.Context, i int) error {
 				b, err := rdb.Get(ctx, pick(i)).Bytes()

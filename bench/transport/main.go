@@ -24,16 +24,15 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/meshkit/mesh/bench/internal/load"
 	"github.com/meshkit/mesh/bench/internal/machine"
+	"github.com/meshkit/mesh/bench/internal/redisbench"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/nats-io/nats.go"
-	"github.com/redis/go-redis/v9"
 )
 
 // Names of the baseline and of the system the goal is about.
@@ -78,7 +77,7 @@ func main() {
 	flag.Parse()
 
 	var err error
-	if cfg.concs, err = parseInts(concs); err != nil {
+	if cfg.concs, err = load.ParseLevels(concs); err != nil {
 		fatal(fmt.Errorf("-c: %w", err))
 	}
 	for sys := range strings.SplitSeq(systems, ",") {
@@ -98,18 +97,6 @@ func main() {
 func fatal(err error) {
 	fmt.Fprintln(os.Stderr, "transport:", err)
 	os.Exit(1)
-}
-
-func parseInts(s string) ([]int, error) {
-	var out []int
-	for f := range strings.SplitSeq(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("%q is not a positive integer", f)
-		}
-		out = append(out, n)
-	}
-	return out, nil
 }
 
 func run(ctx context.Context, cfg config, w io.Writer) error {
@@ -190,7 +177,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 				return err
 			}
 			defer rdb.Close()
-			redisInfo = describeRedis(ctx, rdb, cfg.redisAddr)
+			redisInfo = redisbench.Describe(ctx, rdb, cfg.redisAddr)
 			targets = append(targets, t)
 		default:
 			return fmt.Errorf("-systems: unknown system %q (want nats, bus, redis, bus-client or bus-server)", sys)
@@ -304,23 +291,4 @@ func writeAllocs(path string) error {
 		return err
 	}
 	return f.Close()
-}
-
-// describeRedis names the server's version and persistence settings.
-func describeRedis(ctx context.Context, rdb *redis.Client, addr string) string {
-	version := "unknown version"
-	if info, err := rdb.Info(ctx, "server").Result(); err == nil {
-		for line := range strings.SplitSeq(info, "\n") {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
-				version = v
-			}
-		}
-	}
-	persist := []string{}
-	for _, key := range []string{"save", "appendonly", "appendfsync"} {
-		if m, err := rdb.ConfigGet(ctx, key).Result(); err == nil {
-			persist = append(persist, fmt.Sprintf("%s %q", key, m[key]))
-		}
-	}
-	return fmt.Sprintf("%s at %s (separate process; %s)", version, addr, strings.Join(persist, ", "))
 }

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"github.com/meshkit/mesh/bench/internal/load"
+	"github.com/meshkit/mesh/bench/internal/redisbench"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 const (
@@ -104,15 +104,7 @@ func busClient(name string, conns []*nats.Conn, subject string, payload []byte) 
 // redisGet stores the payload under one key and returns GETs of it, over a
 // pool of poolSize connections.
 func redisGet(ctx context.Context, addr string, poolSize int, payload []byte) (load.Target, *redis.Client, error) {
-	rdb := redis.NewClient(&redis.Options{
-		Addr:            addr,
-		PoolSize:        poolSize,
-		ReadTimeout:     timeout,
-		WriteTimeout:    timeout,
-		DisableIdentity: true,
-		// A Redis Cloud feature; off so that a local server logs nothing.
-		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-	})
+	rdb := redisbench.Client(addr, poolSize, timeout)
 	if err := rdb.Set(ctx, redisKey, payload, 0).Err(); err != nil {
 		rdb.Close()
 		return load.Target{}, nil, fmt.Errorf("redis %s: %w", addr, err)

@@ -10,6 +10,8 @@ import (
 	"math"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -151,4 +153,17 @@ func (r Result) Spread() string {
 		return fmt.Sprintf("%.0f", r.OpsPerSec())
 	}
 	return fmt.Sprintf("%.0f–%.0f", slices.Min(r.AllRounds), slices.Max(r.AllRounds))
+}
+
+// ParseLevels reads a comma-separated list of concurrency levels ("1,16,64").
+func ParseLevels(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
