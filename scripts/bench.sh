@@ -46,13 +46,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_port() {
-	local p=$1
-	while listening "$p"; do p=$((p + 1)); done
-	echo "$p"
-}
+. scripts/lib.sh
 
 # wait_port PORT PID NAME LOG: wait up to 10 s for PID to accept on PORT.
 wait_port() {

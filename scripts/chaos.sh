@@ -25,21 +25,8 @@ load_s=150
 settle_s=90
 tmp=$(mktemp -d)
 
-if command -v docker-compose >/dev/null 2>&1; then
-	compose=(docker-compose)
-elif docker compose version >/dev/null 2>&1; then
-	compose=(docker compose)
-else
-	echo "chaos: neither docker-compose nor docker compose is installed" >&2
-	exit 1
-fi
-
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-	local p=$1
-	while listening "$p"; do p=$((p + 1)); done
-	echo "$p"
-}
+. scripts/lib.sh
+find_compose chaos
 
 up="" load_pid=""
 cleanup() {

@@ -19,21 +19,8 @@ export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-mesh-smoke}
 health_timeout=${SMOKE_TIMEOUT:-120}
 tmp=$(mktemp -d)
 
-if command -v docker-compose >/dev/null 2>&1; then
-	compose=(docker-compose)
-elif docker compose version >/dev/null 2>&1; then
-	compose=(docker compose)
-else
-	echo "smoke: neither docker-compose nor docker compose is installed" >&2
-	exit 1
-fi
-
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-	local p=$1
-	while listening "$p"; do p=$((p + 1)); done
-	echo "$p"
-}
+. scripts/lib.sh
+find_compose smoke
 
 up=""
 cleanup() {
