@@ -8,6 +8,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/cache"
 )
@@ -22,16 +24,12 @@ type cacheCmd struct {
 // cacheRequest sends one request to any cache node, which forwards it to
 // the key's owner: a command makes one request, so learning the ring first
 // would cost more than the hop it saves.
-func cacheRequest[Req, Resp any](a *app, op string, req Req) (Resp, error) {
-	var resp Resp
-	nc, err := a.connect("mesh cache " + op)
-	if err != nil {
-		return resp, err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
-	defer cancel()
-	return bus.Request[Req, Resp](ctx, nc, "mesh.cache."+op, req)
+func cacheRequest[Req, Resp any](a *app, op string, req Req) (resp Resp, err error) {
+	err = a.once("mesh cache "+op, func(ctx context.Context, nc *nats.Conn) error {
+		resp, err = bus.Request[Req, Resp](ctx, nc, "mesh.cache."+op, req)
+		return err
+	})
+	return resp, err
 }
 
 type cacheGetCmd struct {

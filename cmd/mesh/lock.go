@@ -12,6 +12,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/lock"
 )
@@ -42,14 +44,7 @@ func (f lockFlags) owner() string {
 // withLocks runs one request of a command with a lock client, bounded by
 // the command timeout.
 func (a *app) withLocks(name string, fn func(context.Context, *lock.Client) error) error {
-	nc, err := a.connect(name)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
-	defer cancel()
-	return fn(ctx, lock.NewClient(nc))
+	return a.once(name, func(ctx context.Context, nc *nats.Conn) error { return fn(ctx, lock.NewClient(nc)) })
 }
 
 type lockAcquireCmd struct {

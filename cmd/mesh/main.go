@@ -114,6 +114,19 @@ func (a *app) connect(name string) (*nats.Conn, error) {
 	return bus.Connect(ctx, a.conn.options(name, a.log))
 }
 
+// once runs the one exchange of a command: it connects, calls fn bounded by
+// the command timeout, and closes the connection.
+func (a *app) once(name string, fn func(ctx context.Context, nc *nats.Conn) error) error {
+	nc, err := a.connect(name)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
+	defer cancel()
+	return fn(ctx, nc)
+}
+
 // printJSON prints v as indented JSON.
 func (a *app) printJSON(v any) error {
 	enc := json.NewEncoder(a.out)

@@ -19,6 +19,8 @@ import (
 	// such as a FROM scratch image.
 	_ "time/tzdata"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/scheduler"
 )
@@ -42,14 +44,7 @@ type scheduleCmd struct {
 // withTasks runs one request of a command with a scheduler client, bounded
 // by the command timeout.
 func (a *app) withTasks(name string, fn func(context.Context, *scheduler.Client) error) error {
-	nc, err := a.connect(name)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
-	defer cancel()
-	return fn(ctx, scheduler.NewClient(nc))
+	return a.once(name, func(ctx context.Context, nc *nats.Conn) error { return fn(ctx, scheduler.NewClient(nc)) })
 }
 
 // payload reads a payload argument: "-" is stdin, "@FILE" a file.
