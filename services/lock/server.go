@@ -204,16 +204,16 @@ func (s *Server) purge(ctx context.Context, name, id string, rev uint64) error {
 	return err
 }
 
-// storeAway answers 503 unavailable, not 500, when a request failed because
-// JetStream did not answer (a leader election, a lost connection): the
-// client may retry, and the outcome of a write is unknown rather than failed.
+// storeAway answers 503 unavailable, not 408, when a request failed because
+// a JetStream call ran out of time (the client's own deadline is not
+// involved): the client may retry, and the outcome of a write is unknown.
+// bus.AsError already answers 503 for the other ways of JetStream not
+// answering (no response from the stream, a lost connection).
 func storeAway[Req, Resp any](fn func(context.Context, *Req) (Resp, error)) func(context.Context, *Req) (Resp, error) {
 	return func(ctx context.Context, r *Req) (Resp, error) {
 		resp, err := fn(ctx, r)
 		var e *bus.Error
-		if err != nil && !errors.As(err, &e) && (errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrTimeout) ||
-			errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrConnectionClosed) ||
-			errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)) {
+		if err != nil && !errors.As(err, &e) && errors.Is(err, context.DeadlineExceeded) {
 			err = bus.ErrUnavailable.With("%v", err)
 		}
 		return resp, err
