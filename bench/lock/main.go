@@ -37,6 +37,7 @@ import (
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/lock"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Names of the systems, as the table shows them.
@@ -139,6 +140,11 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 				return err
 			}
 			defer srv.Close()
+			// Every mesh node ensures the event stream: the service's
+			// events are stored, as in a deployment.
+			if err := ensureEvents(ctx, srv); err != nil {
+				return err
+			}
 			svc, err := lock.New(srv, lock.Config{})
 			if err != nil {
 				return err
@@ -292,4 +298,16 @@ func ratio(a, b float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.2f", a/b)
+}
+
+// ensureEvents creates the mesh event stream, as a mesh node does at start.
+func ensureEvents(ctx context.Context, nc *nats.Conn) error {
+	js, err := jetstream.New(nc)
+	if err == nil {
+		_, err = bus.EnsureEventStream(ctx, js, bus.EventStreamConfig{})
+	}
+	if err != nil {
+		return fmt.Errorf("event stream: %w", err)
+	}
+	return nil
 }

@@ -45,6 +45,16 @@ func newMesh(ctx context.Context, url string) (*meshSystem, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Every mesh node ensures the event stream: the task events are
+	// stored, as in a deployment.
+	js, err := jetstream.New(nc)
+	if err == nil {
+		_, err = bus.EnsureEventStream(ctx, js, bus.EventStreamConfig{})
+	}
+	if err != nil {
+		m.close()
+		return nil, fmt.Errorf("event stream: %w", err)
+	}
 	if m.srv, err = scheduler.New(nc, scheduler.Config{}); err != nil {
 		m.close()
 		return nil, err
