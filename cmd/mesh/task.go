@@ -435,7 +435,7 @@ func (c *workerCmd) runTask(ctx context.Context, a *app, t *scheduler.Task) erro
 	cmd.Env = append(os.Environ(), "MESH_TASK_ID="+t.ID, "MESH_TASK_TYPE="+t.Type, "MESH_TASK_QUEUE="+t.Queue, "MESH_TASK_ATTEMPT="+strconv.Itoa(t.Attempt))
 	start := time.Now()
 	err := cmd.Run()
-	log := a.log.Info().Str("task", t.ID).Str("type", t.Type).Int("attempt", t.Attempt).Dur("took", time.Since(start))
+	log := a.log.Info().Str("task", t.ID).Str("type", t.Type).Int("attempt", t.Attempt).Dur("took_ms", time.Since(start))
 	if err == nil {
 		log.Msg("task succeeded")
 		t.SetResult(out.Bytes())

@@ -175,7 +175,7 @@ func startNode(ctx context.Context, nc *nats.Conn, services []string, env node.E
 		if st := bus.AsError(err).Status; st != 503 && st != 408 {
 			return nil, err
 		}
-		env.Logger.Warn().Err(err).Dur("retry_in", wait).Msg("starting the services failed; retrying")
+		env.Logger.Warn().Err(err).Dur("retry_in_ms", wait).Msg("starting the services failed; retrying")
 		select {
 		case <-ctx.Done():
 			return nil, err

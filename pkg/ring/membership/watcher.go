@@ -254,7 +254,7 @@ func (w *Watcher) expire(now time.Time) bool {
 		if now.Sub(m.LastSeen) > time.Duration(w.cfg.Misses)*interval {
 			delete(w.members, id)
 			dropped = true
-			w.log.Info().Str("member", id).Dur("silent", now.Sub(m.LastSeen)).Msg("member missed its heartbeats")
+			w.log.Info().Str("member", id).Dur("silent_ms", now.Sub(m.LastSeen)).Msg("member missed its heartbeats")
 		}
 	}
 	return dropped
