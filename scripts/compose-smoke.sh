@@ -86,7 +86,7 @@ for id in $ids; do
 done
 
 mesh=bin/docker/rootfs/mesh
-client=(--nats "$urls" --user client --password "$(cat deploy/secrets/client.password)")
+client=(--nats "$urls" --user client --inbox-prefix _INBOX_client --password "$(cat deploy/secrets/client.password)")
 admin=(--nats "$urls" --user admin --password "$(cat deploy/secrets/admin.password)")
 chaos=("$tmp/chaos")
 cpass="@deploy/secrets/client.password"

@@ -80,7 +80,7 @@ type lockCheck struct {
 func runLoad(ctx context.Context, cfg loadConfig) error {
 	log := zerolog.New(os.Stderr).Level(zerolog.WarnLevel).With().Timestamp().Logger()
 	connect := func(name string) (*bus.Options, error) {
-		return &bus.Options{URL: cfg.URLs, Name: name, User: "client", Password: cfg.Password, Logger: log}, nil
+		return &bus.Options{URL: cfg.URLs, Name: name, User: "client", Password: cfg.Password, InboxPrefix: clientInbox, Logger: log}, nil
 	}
 	o, _ := connect("chaos load")
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -29,6 +29,10 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// clientInbox is the prefix of the client user's reply subjects: the stack
+// lets it subscribe to those only (deploy/nats/nats.conf).
+const clientInbox = "_INBOX_client"
+
 func main() {
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: chaos perms|load [flags]")
@@ -77,7 +81,7 @@ func main() {
 
 // runReq makes one JSON request as the client user.
 func runReq(urls, pass, subject, body string) error {
-	nc, err := nats.Connect(urls, nats.UserInfo("client", pass), nats.Name("chaos req"))
+	nc, err := nats.Connect(urls, nats.UserInfo("client", pass), nats.CustomInboxPrefix(clientInbox), nats.Name("chaos req"))
 	if err != nil {
 		return err
 	}

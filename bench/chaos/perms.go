@@ -125,7 +125,7 @@ func runPerms(ctx context.Context, urls string, clientPass, cacheSeed string) er
 		}
 		return nil
 	}
-	err := check("client", []nats.Option{nats.UserInfo("client", clientPass)}, func(v *violations) []permCase {
+	err := check("client", []nats.Option{nats.UserInfo("client", clientPass), nats.CustomInboxPrefix(clientInbox)}, func(v *violations) []permCase {
 		return []permCase{
 			{"request mesh.cache.stats", true, request(v, "mesh.cache.stats", []byte("{}"))},
 			{"request mesh.lock.list", true, request(v, "mesh.lock.list", []byte("{}"))},
@@ -142,6 +142,8 @@ func runPerms(ctx context.Context, urls string, clientPass, cacheSeed string) er
 			{"subscribe mesh.tasks.> (read tasks)", false, subscribe(v, "mesh.tasks.>")},
 			{"subscribe mesh.cache.get (serve the cache)", false, subscribe(v, "mesh.cache.get")},
 			{"publish to another client's inbox _INBOX.x", false, publish(v, "_INBOX.x", nil)},
+			{"subscribe _INBOX.> (read every user's replies)", false, subscribe(v, "_INBOX.>")},
+			{"subscribe _INBOX_lock.> (read the lock service's replies)", false, subscribe(v, "_INBOX_lock.>")},
 		}
 	})
 	if err != nil {
@@ -152,12 +154,13 @@ func runPerms(ctx context.Context, urls string, clientPass, cacheSeed string) er
 		if err != nil {
 			return err
 		}
-		err = check("cache", []nats.Option{opt}, func(v *violations) []permCase {
+		err = check("cache", []nats.Option{opt, nats.CustomInboxPrefix("_INBOX_cache")}, func(v *violations) []permCase {
 			return []permCase{
 				{"request mesh.cache.stats", true, request(v, "mesh.cache.stats", []byte("{}"))},
 				{"write the lock bucket $KV.MESH_LOCKS.chaos", false, publish(v, "$KV.MESH_LOCKS.chaos", []byte("x"))},
 				{"read the lock bucket $JS.API.DIRECT.GET.KV_MESH_LOCKS", false, request(v, "$JS.API.DIRECT.GET.KV_MESH_LOCKS", []byte(`{"last_by_subj":"$KV.MESH_LOCKS.x"}`))},
 				{"write the task states $KV.MESH_TASK_STATE.x", false, publish(v, "$KV.MESH_TASK_STATE.x", []byte("x"))},
+				{"subscribe _INBOX_client.> (read the clients' replies)", false, subscribe(v, "_INBOX_client.>")},
 			}
 		})
 		if err != nil {

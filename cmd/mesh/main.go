@@ -52,6 +52,7 @@ type connFlags struct {
 	TLSCA    string        `name:"tls-ca" env:"MESH_TLS_CA" type:"existingfile" help:"CA certificate to verify the NATS server."`
 	TLSCert  string        `name:"tls-cert" env:"MESH_TLS_CERT" type:"existingfile" help:"Client certificate."`
 	TLSKey   string        `name:"tls-key" env:"MESH_TLS_KEY" type:"existingfile" help:"Client certificate key."`
+	Inbox    string        `name:"inbox-prefix" env:"MESH_INBOX_PREFIX" placeholder:"PREFIX" help:"Prefix of reply subjects instead of _INBOX, where the server lets this user subscribe to its own replies only (the compose stack: _INBOX_<user>)."`
 	Timeout  time.Duration `env:"MESH_TIMEOUT" default:"5s" help:"Timeout of a command's requests."`
 }
 
@@ -60,7 +61,7 @@ func (c connFlags) options(name string, log zerolog.Logger) bus.Options {
 		URL: c.NATS, Name: name, Creds: c.Creds, NKey: c.NKey,
 		User: c.User, Password: c.Password, Token: c.Token,
 		TLSCA: c.TLSCA, TLSCert: c.TLSCert, TLSKey: c.TLSKey,
-		Logger: log,
+		InboxPrefix: c.Inbox, Logger: log,
 	}
 }
 

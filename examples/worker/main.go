@@ -13,7 +13,7 @@
 //
 // Connection and settings come from the same MESH_* variables as the mesh
 // binary (MESH_NATS, MESH_USER, MESH_PASSWORD, MESH_NKEY, MESH_CREDS,
-// MESH_TLS_*), plus MESH_WORKER_QUEUES (queue=concurrency,... ; default
+// MESH_TLS_*, MESH_INBOX_PREFIX), plus MESH_WORKER_QUEUES (queue=concurrency,... ; default
 // default=4) and MESH_WORKER_NAME. Flags override them.
 package main
 
@@ -107,7 +107,7 @@ func run() error {
 		Creds: os.Getenv("MESH_CREDS"), NKey: os.Getenv("MESH_NKEY"),
 		User: os.Getenv("MESH_USER"), Password: os.Getenv("MESH_PASSWORD"), Token: os.Getenv("MESH_TOKEN"),
 		TLSCA: os.Getenv("MESH_TLS_CA"), TLSCert: os.Getenv("MESH_TLS_CERT"), TLSKey: os.Getenv("MESH_TLS_KEY"),
-		Retry: true, Logger: log,
+		InboxPrefix: os.Getenv("MESH_INBOX_PREFIX"), Retry: true, Logger: log,
 	})
 	if err != nil {
 		return err

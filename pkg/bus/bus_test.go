@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
@@ -456,6 +457,59 @@ func TestConnect(t *testing.T) {
 	}
 	if _, err := bus.Connect(ctx(t), bus.Options{URL: s.URL(), TLSCert: "x"}); err == nil {
 		t.Fatal("cert without key accepted")
+	}
+}
+
+// With InboxPrefix, a user allowed to subscribe to its own inboxes only
+// gets its replies; without it, the same user gets none.
+func TestInboxPrefix(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, Users: []*server.User{
+		{Username: "svc", Password: "p"},
+		{Username: "app", Password: "p", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"test.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_app.>"}},
+		}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	svc, err := bus.Connect(ctx(t), bus.Options{URL: ns.ClientURL(), User: "svc", Password: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	if _, err := svc.Subscribe("test.echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	app, err := bus.Connect(ctx(t), bus.Options{URL: ns.ClientURL(), User: "app", Password: "p", InboxPrefix: "_INBOX_app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	if in := app.NewInbox(); !strings.HasPrefix(in, "_INBOX_app.") {
+		t.Fatalf("inbox %s", in)
+	}
+	if m, err := app.Request("test.echo", []byte("hi"), 5*time.Second); err != nil || string(m.Data) != "hi" {
+		t.Fatalf("request with the prefix: %v", err)
+	}
+	plain, err := bus.Connect(ctx(t), bus.Options{URL: ns.ClientURL(), User: "app", Password: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := plain.Request("test.echo", []byte("hi"), 300*time.Millisecond); err == nil {
+		t.Fatal("a reply on _INBOX, which the user may not subscribe to")
+	}
+	if _, err := bus.Connect(ctx(t), bus.Options{URL: ns.ClientURL(), InboxPrefix: "bad prefix.>"}); err == nil {
+		t.Fatal("an invalid prefix was accepted")
 	}
 }
 

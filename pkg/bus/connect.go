@@ -24,6 +24,10 @@ type Options struct {
 	TLSCA    string // CA file to verify the server
 	TLSCert  string // client certificate file (with TLSKey)
 	TLSKey   string
+	// InboxPrefix replaces _INBOX as the prefix of the connection's reply
+	// subjects, so that a server can let each user subscribe to its own
+	// replies only (e.g. _INBOX_client.> rather than _INBOX.>). Zero: _INBOX.
+	InboxPrefix string
 	// Retry makes Connect wait for a server that is not up yet (until ctx
 	// ends) instead of failing at once. Services retry; commands do not.
 	Retry bool
@@ -96,6 +100,9 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 			return nil, errors.New("bus: a TLS client certificate needs both a cert and a key file")
 		}
 		opts = append(opts, nats.ClientCert(o.TLSCert, o.TLSKey))
+	}
+	if o.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(o.InboxPrefix))
 	}
 	opts = append(opts, o.Extra...)
 
