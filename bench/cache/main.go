@@ -3,6 +3,8 @@
 //
 //   - raw nats echo: a nats.go queue subscription that responds with the
 //     request's 100 bytes — one request/reply, the limit of any NATS service;
+//   - raw nats echo, MGET 16-sized: the same with 16 keys in and as many
+//     bytes out as the cache's reply of 16 values, the limit of an MGET;
 //   - cache GET and SET through the Go SDK (straight to the key's owner), GET
 //     through the service subject (any node), MGET of 16 keys;
 //   - cache GET forwarded: sent to a node that holds no copy, which passes it
@@ -36,6 +38,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -51,13 +54,18 @@ import (
 
 const (
 	rawName    = "raw nats echo"
+	rawMGName  = "raw nats echo, MGET 16-sized"
 	getName    = "cache GET (SDK, to owner)"
 	mgetName   = "cache MGET 16 (SDK)"
 	rMGetName  = "redis MGET 16"
 	rGetName   = "redis GET"
 	subjectRaw = "bench.cache.raw"
-	batch      = 16
-	timeout    = bus.DefaultTimeout
+	// subjectSized answers with as many bytes as the request's Reply-Bytes
+	// header says: the exchange of an MGET (keys in, values out) without a
+	// cache behind it.
+	subjectSized = "bench.cache.raw-sized"
+	batch        = 16
+	timeout      = bus.DefaultTimeout
 )
 
 type config struct {
@@ -214,6 +222,17 @@ func serveEcho(ctx context.Context, url string) error {
 	if _, err := nc.QueueSubscribe(subjectRaw, "q", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
 		return err
 	}
+	var replies sync.Map // size -> []byte
+	if _, err := nc.QueueSubscribe(subjectSized, "q", func(m *nats.Msg) {
+		n, _ := strconv.Atoi(m.Header.Get("Reply-Bytes"))
+		r, ok := replies.Load(n)
+		if !ok {
+			r, _ = replies.LoadOrStore(n, make([]byte, max(n, 0)))
+		}
+		_ = m.Respond(r.([]byte))
+	}); err != nil {
+		return err
+	}
 	return nc.Flush()
 }
 
@@ -283,6 +302,27 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		return err
 	}
 	pick := keysFor(cfg.keys)
+	// The MGET-sized echo sends 16 keys and gets back as many bytes as the
+	// cache's msgpack reply of 16 values.
+	mgReply := cache.MGetReply{Values: make([]cache.GetReply, batch)}
+	for i := range mgReply.Values {
+		mgReply.Values[i] = cache.GetReply{Found: true, Value: payload}
+	}
+	mgBody, err := bus.MsgPack.Marshal(mgReply)
+	if err != nil {
+		return err
+	}
+	sizedReq := func(i int) *nats.Msg {
+		keys := make([]string, batch)
+		for j := range keys {
+			keys[j] = pick(i)
+		}
+		body, _ := bus.MsgPack.Marshal(cache.MGetRequest{Keys: keys})
+		msg := nats.NewMsg(subjectSized)
+		msg.Header.Set("Reply-Bytes", strconv.Itoa(len(mgBody)))
+		msg.Data = body
+		return msg
+	}
 	targets := []load.Target{
 		{Name: rawName, Call: func(_ context.Context, _ int) error {
 			r, err := m.cli.Request(subjectRaw, payload, timeout)
@@ -307,6 +347,13 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		}},
 		{Name: "cache SET (SDK, owner + replica)", Call: func(ctx context.Context, i int) error {
 			return m.client.Set(ctx, pick(i), payload, 0)
+		}},
+		{Name: rawMGName, Call: func(_ context.Context, i int) error {
+			r, err := m.cli.RequestMsg(sizedReq(i), timeout)
+			if err != nil {
+				return err
+			}
+			return checkLen(len(r.Data), len(mgBody))
 		}},
 		{Name: mgetName, Call: func(ctx context.Context, i int) error {
 			keys := make([]string, batch)
@@ -472,6 +519,10 @@ func report(w io.Writer, results []load.Result) error {
 	if mg, rmg := find(mgetName, top), find(rMGetName, top); mg != nil && rmg != nil {
 		ratio := mg.OpsPerSec() / rmg.OpsPerSec()
 		fmt.Fprintf(w, "- goal MGET 16 at c=%d ≥ 1.0× Redis MGET 16 in keys/s: %.2f, %s\n", top, ratio, verdict(ratio >= 1))
+		if raw := find(rawMGName, top); raw != nil && raw.Ops > 0 {
+			fmt.Fprintf(w, "- the transport's limit for that exchange, the raw echo of 16 keys for an MGET-sized reply: %.2f× Redis MGET 16; the cache's MGET reaches %.2f× it\n",
+				raw.OpsPerSec()/rmg.OpsPerSec(), mg.OpsPerSec()/raw.OpsPerSec())
+		}
 	}
 	if failed > 0 {
 		return errors.New("some cells had errors")
