@@ -298,7 +298,7 @@ func (s *Server) endGrace() {
 	r := s.ring()
 	var buf []string
 	dropped := 0
-	for k := range s.store.c.Keys() {
+	for k := range s.store.keys() {
 		if !slices.Contains(s.owners(r, k, buf[:0]), s.cfg.ID) {
 			s.store.del(k)
 			dropped++

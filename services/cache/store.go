@@ -1,31 +1,63 @@
 package cache
 
 import (
+	"encoding/binary"
+	"iter"
 	"math"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/maypok86/otter/v2"
 )
 
-// entryOverhead is what the store counts for an entry beyond its key and
-// value bytes: the eviction policy's node, the hash table's slot and the
-// slice header. bench/cache -memory measured more, about 170 bytes an entry
-// beyond key and value for 100-byte values (otter's 112-byte node, its hash
-// table and the allocator's rounding), so MaxBytes understates a node's
-// memory by about 60 bytes an entry.
-const entryOverhead = 112
+// An entry is one allocation: a header (the expiry in unix nanoseconds, 0
+// for none, and the value's length), the key's bytes, then the value's.
+// otter's node holds the key as a string over those bytes and a pointer to
+// the allocation, so that an entry costs the node and one block: no
+// separate key, value or box, and a read finds the expiry, the key it
+// compares and the value it returns next to each other in memory.
+type entry = *byte
 
-// item is a stored value with its expiry.
-type item struct {
-	v   []byte
-	exp int64 // unix nanoseconds; 0: no expiry
+const headerLen = 12
+
+// newEntry copies key and v into a new entry and returns it with the key
+// as a string over the entry's bytes.
+func newEntry(key string, v []byte, exp int64) (string, entry) {
+	b := make([]byte, headerLen+len(key)+len(v))
+	binary.LittleEndian.PutUint64(b, uint64(exp))
+	binary.LittleEndian.PutUint32(b[8:], uint32(len(v)))
+	copy(b[headerLen:], key)
+	copy(b[headerLen+len(key):], v)
+	return unsafe.String(unsafe.SliceData(b[headerLen:]), len(key)), &b[0]
 }
+
+// header returns an entry's expiry and value length.
+func header(e entry) (exp int64, vlen int) {
+	h := unsafe.Slice(e, headerLen)
+	return int64(binary.LittleEndian.Uint64(h)), int(binary.LittleEndian.Uint32(h[8:]))
+}
+
+// value returns an entry's value, which follows its key of klen bytes.
+func value(e entry, klen, vlen int) []byte {
+	if vlen == 0 {
+		return []byte{} // no pointer past the entry's end
+	}
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(e), headerLen+klen)), vlen)
+}
+
+// entryOverhead is what an entry costs beyond its key and value bytes:
+// otter's node (80 bytes with the key's string header and the pointer), the
+// entry's header, the allocator's rounding and the hash table's share. It
+// is what bench/cache -memory measured in the Go heap for 1M entries of a
+// 13-byte key and a 100-byte value (247 bytes an entry), so that the
+// bound in bytes is the memory the entries take.
+const entryOverhead = 134
 
 // store is a node's memory: bounded in bytes, with a TTL per key, evicting by
 // W-TinyLFU (otter).
 type store struct {
-	c         *otter.Cache[string, item]
+	c         *otter.Cache[string, entry]
 	evictions *evictions
 	maxBytes  int64
 }
@@ -43,41 +75,48 @@ func (e *evictions) RecordLoadFailure(time.Duration) {}
 
 func newStore(maxBytes int64) *store {
 	counter := &evictions{}
-	c := otter.Must(&otter.Options[string, item]{
+	c := otter.Must(&otter.Options[string, entry]{
 		MaximumWeight: uint64(maxBytes),
-		Weigher:       func(k string, it item) uint32 { return uint32(len(k) + len(it.v) + entryOverhead) },
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, item]) time.Duration {
-			if e.Value.exp == 0 {
+		Weigher: func(k string, e entry) uint32 {
+			_, vlen := header(e)
+			return uint32(len(k) + vlen + entryOverhead)
+		},
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(en otter.Entry[string, entry]) time.Duration {
+			exp, _ := header(en.Value)
+			if exp == 0 {
 				return math.MaxInt64
 			}
-			return time.Duration(e.Value.exp - time.Now().UnixNano())
+			return time.Duration(exp - time.Now().UnixNano())
 		}),
 		StatsRecorder: counter,
 	})
 	return &store{c: c, evictions: counter, maxBytes: maxBytes}
 }
 
-// get returns a key's value and the time it has left (0: no expiry).
+// get returns a key's value and the time it has left (0: no expiry). The
+// value is the stored one, not a copy: it must not be changed.
 func (s *store) get(key string) (v []byte, left time.Duration, ok bool) {
-	it, ok := s.c.GetIfPresent(key)
+	e, ok := s.c.GetIfPresent(key)
 	if !ok {
 		return nil, 0, false
 	}
-	if it.exp != 0 {
-		if left = time.Duration(it.exp - time.Now().UnixNano()); left <= 0 {
+	exp, vlen := header(e)
+	if exp != 0 {
+		if left = time.Duration(exp - time.Now().UnixNano()); left <= 0 {
 			return nil, 0, false
 		}
 	}
-	return it.v, left, true
+	return value(e, len(key), vlen), left, true
 }
 
-// set stores a value; ttl 0 keeps it until it is evicted or deleted.
+// set stores a copy of a value; ttl 0 keeps it until it is evicted or
+// deleted.
 func (s *store) set(key string, v []byte, ttl time.Duration) {
-	it := item{v: v}
+	var exp int64
 	if ttl > 0 {
-		it.exp = time.Now().Add(ttl).UnixNano()
+		exp = time.Now().Add(ttl).UnixNano()
 	}
-	s.c.Set(key, it)
+	s.c.Set(newEntry(key, v, exp))
 }
 
 // del removes a key and reports whether it was there.
@@ -85,6 +124,9 @@ func (s *store) del(key string) bool {
 	_, ok := s.c.Invalidate(key)
 	return ok
 }
+
+// keys returns the stored keys.
+func (s *store) keys() iter.Seq[string] { return s.c.Keys() }
 
 func (s *store) items() int64   { return int64(s.c.EstimatedSize()) }
 func (s *store) bytes() int64   { return int64(s.c.WeightedSize()) }
