@@ -75,9 +75,12 @@
 // # Store
 //
 // Each node keeps its keys in memory, in an otter v2 cache (W-TinyLFU
-// eviction, a TTL per key), bounded by Config.MaxBytes. The bound counts
-// keys, values and a fixed overhead per entry; otter may exceed it briefly
-// while it evicts. Stats count hits, misses, evictions, items, bytes, forwards,
+// eviction, a TTL per key), bounded by Config.MaxBytes. An entry is one
+// allocation holding its expiry, key and value, which otter's node points
+// to; the bound counts keys, values and a fixed overhead per entry that is
+// what the node, the allocation's header and rounding and the hash table
+// take (bench/cache -memory measures it); otter may exceed the bound
+// briefly while it evicts. Stats count hits, misses, evictions, items, bytes, forwards,
 // hand-offs and loads per node; mesh.cache.stats sums the nodes.
 //
 // # Read-through loading
