@@ -103,7 +103,11 @@
 //     delivery; the service marks it running, or answers that it was
 //     cancelled, finished or has spent its attempts (then it is dead). So
 //     a cancelled task's message that is still in the queue is dropped by
-//     the first worker to get it.
+//     the first worker to get it. A cancel served by the instance that
+//     enqueued the task removes the message at once: that instance knows
+//     its stream sequence from the publish, which no write records; a
+//     cancel served elsewhere leaves the message for that first worker
+//     (until then the queue's depth counts it).
 //   - a worker reports the outcome (mesh.scheduler.finished) before it
 //     acknowledges the message; the service writes succeeded, failed (and
 //     the retry delay, which the worker applies with a nak) or dead. A

@@ -520,6 +520,17 @@ func TestCancelEachState(t *testing.T) {
 	if was, err := c.Cancel(ctx(t), queued); err != nil || was != scheduler.StateQueued {
 		t.Fatalf("cancel queued = %s, %v", was, err)
 	}
+	// Cancelled through the instance that enqueued it: its message is gone
+	// from the queue at once, not only dropped when a worker gets it.
+	qs, err := c.Queues(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qs {
+		if q.Name == "c" && q.Depth != 0 {
+			t.Fatalf("queue c holds %d messages after its only task was cancelled", q.Depth)
+		}
+	}
 
 	// Running: the handler's context is cancelled, the task is not retried.
 	var ran sync.Map

@@ -387,6 +387,19 @@ func (s *Server) cache(rec *record, rev uint64) {
 	s.states[rec.ID] = c
 }
 
+// noteSeq records in the cached state at revision rev where the task's
+// message is, which no write tells: a cancel that this instance serves
+// removes the message from the queue at once (one served by another
+// instance leaves it for the first worker that gets it to drop).
+func (s *Server) noteSeq(id string, rev, seq uint64) {
+	s.statesMu.Lock()
+	defer s.statesMu.Unlock()
+	if c, ok := s.states[id]; ok && c.rev == rev {
+		c.rec.Seq = seq
+		s.states[id] = c
+	}
+}
+
 func (s *Server) cached(id string) (record, uint64, bool) {
 	s.statesMu.Lock()
 	defer s.statesMu.Unlock()
@@ -619,7 +632,8 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 		undo()
 		return nil, fmt.Errorf("scheduler: writing the task's state: %w", err)
 	}
-	if _, err = s.js.PublishMsg(ctx, m); err != nil {
+	ack, err := s.js.PublishMsg(ctx, m)
+	if err != nil {
 		// Not enqueued: take the state back. If that fails too, the repair
 		// enqueues the task later, so the state stays true.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -635,6 +649,9 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	// still waiting after RepairAfter has it dropped by the repair, whose
 	// publication the deduplication absorbs. No write is spent on
 	// confirming each enqueue.
+	if !delayed {
+		s.noteSeq(rec.ID, rev, ack.Sequence)
+	}
 	s.emit("submitted", &rec, nil)
 	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
 }
