@@ -93,7 +93,7 @@ func TestUpStatusAndStop(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	out := &syncBuffer{}
 	a := &app{log: zerolog.Nop(), out: out, conn: connFlags{Timeout: 5 * time.Second}}
-	up := &upCmd{Listen: listen, Data: data, Sync: "always", runFlags: runFlags{Replicas: 1, Metrics: metrics, Node: "test-node"}}
+	up := &upCmd{Listen: listen, Data: data, Sync: "always", runFlags: runFlags{Replicas: 1, Metrics: metrics, Pprof: true, Node: "test-node"}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- up.run(ctx, a) }()
@@ -153,6 +153,9 @@ func TestUpStatusAndStop(t *testing.T) {
 	if !strings.Contains(resp, `mesh_requests_total{endpoint="info",service="sys",status="200"}`) || !strings.Contains(resp, "go_goroutines") {
 		t.Fatalf("metrics lack request counts or runtime metrics:\n%.2000s", resp)
 	}
+	if resp, err := httpGet("http://" + metrics + "/debug/pprof/goroutine?debug=1"); err != nil || !strings.Contains(resp, "goroutine profile") {
+		t.Fatalf("--pprof: %v\n%.500s", err, resp)
+	}
 
 	cancel() // Ctrl-C
 	stopped = true
@@ -192,6 +195,29 @@ func TestServeUnknownService(t *testing.T) {
 	defer cancel()
 	if err := up.run(ctx, a); err == nil || !strings.Contains(err.Error(), `unknown service "nope"`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// Profiles are served only when asked for, and only beside the metrics.
+func TestPprofFlag(t *testing.T) {
+	a := &app{log: zerolog.Nop(), out: &syncBuffer{}}
+	up := &upCmd{Listen: freeAddr(t), Data: t.TempDir(), runFlags: runFlags{Replicas: 1, Pprof: true}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := up.run(ctx, a); err == nil || !strings.Contains(err.Error(), "--pprof") {
+		t.Fatalf("--pprof without --metrics: err = %v", err)
+	}
+	addr := freeAddr(t)
+	m, err := startMetrics(addr, false, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close()
+	if _, err := httpGet("http://" + addr + "/metrics"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := httpGet("http://" + addr + "/debug/pprof/"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("profiles served without --pprof: %v", err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -17,14 +18,15 @@ import (
 )
 
 // metricsServer serves Prometheus metrics: the Go runtime, the process, and
-// the requests of every service of this process (it is their bus.Observer).
+// the requests of every service of this process (it is their bus.Observer);
+// with pprof, Go's profiles too.
 type metricsServer struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	srv      *http.Server
 }
 
-func startMetrics(addr string, log zerolog.Logger) (*metricsServer, error) {
+func startMetrics(addr string, withPprof bool, log zerolog.Logger) (*metricsServer, error) {
 	reg := prometheus.NewRegistry()
 	m := &metricsServer{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -45,6 +47,13 @@ func startMetrics(addr string, log zerolog.Logger) (*metricsServer, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -25,6 +25,7 @@ import (
 type runFlags struct {
 	Replicas int    `env:"MESH_REPLICAS" default:"1" help:"Replicas of the streams and buckets the services create (3 on a 3-node cluster)."`
 	Metrics  string `env:"MESH_METRICS" placeholder:"ADDR" help:"Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9090) at /metrics."`
+	Pprof    bool   `env:"MESH_PPROF" help:"Also serve Go's profiles (CPU, heap, goroutines) at /debug/pprof/ on the --metrics address."`
 	Node     string `env:"MESH_NODE" help:"Name of this process in the mesh (default: the host name)."`
 
 	CacheNodes    int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
@@ -127,6 +128,9 @@ func (c *serveCmd) Run(a *app) error {
 // run connects, starts the services and the metrics endpoint, waits for ctx
 // to end, and stops everything in reverse order.
 func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []string, ready func(*nats.Conn)) error {
+	if f.Pprof && f.Metrics == "" {
+		return errors.New("--pprof serves the profiles on the --metrics address: give one")
+	}
 	nc, err := bus.Connect(ctx, opts)
 	if err != nil {
 		return err
@@ -139,7 +143,7 @@ func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []
 	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv}
 	var metrics *metricsServer
 	if f.Metrics != "" {
-		if metrics, err = startMetrics(f.Metrics, a.log); err != nil {
+		if metrics, err = startMetrics(f.Metrics, f.Pprof, a.log); err != nil {
 			return err
 		}
 		env.Observer = metrics
