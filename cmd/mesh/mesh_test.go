@@ -221,6 +221,34 @@ func TestPprofFlag(t *testing.T) {
 	}
 }
 
+// Requests are counted by endpoint and status, and timed by endpoint.
+func TestMetricsCounts(t *testing.T) {
+	addr := freeAddr(t)
+	m, err := startMetrics(addr, false, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close()
+	m.ObserveRequest("svc", "ep", time.Millisecond, nil)
+	m.ObserveRequest("svc", "ep", time.Millisecond, nil)
+	m.ObserveRequest("svc", "ep", time.Millisecond, bus.ErrInvalid)
+	m.ObserveRequest("svc", "other", time.Millisecond, nil)
+	resp, err := httpGet("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`mesh_requests_total{endpoint="ep",service="svc",status="200"} 2`,
+		`mesh_requests_total{endpoint="ep",service="svc",status="400"} 1`,
+		`mesh_requests_total{endpoint="other",service="svc",status="200"} 1`,
+		`mesh_request_duration_seconds_count{endpoint="ep",service="svc"} 3`,
+	} {
+		if !strings.Contains(resp, want) {
+			t.Fatalf("metrics lack %s:\n%.3000s", want, resp)
+		}
+	}
+}
+
 func httpGet(url string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

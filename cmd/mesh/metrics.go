@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,16 @@ type metricsServer struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	srv      *http.Server
+	// series caches each endpoint's series: looking them up by their label
+	// values hashes the labels on every request.
+	series sync.Map // seriesKey -> *endpointSeries
+}
+
+type seriesKey struct{ service, endpoint string }
+
+type endpointSeries struct {
+	ok      prometheus.Counter
+	latency prometheus.Observer
 }
 
 func startMetrics(addr string, withPprof bool, log zerolog.Logger) (*metricsServer, error) {
@@ -66,12 +77,21 @@ func startMetrics(addr string, withPprof bool, log zerolog.Logger) (*metricsServ
 
 // ObserveRequest implements bus.Observer.
 func (m *metricsServer) ObserveRequest(service, endpoint string, d time.Duration, err *bus.Error) {
-	status := "200"
-	if err != nil {
-		status = strconv.Itoa(err.Status)
+	k := seriesKey{service, endpoint}
+	v, ok := m.series.Load(k)
+	if !ok {
+		v, _ = m.series.LoadOrStore(k, &endpointSeries{
+			ok:      m.requests.WithLabelValues(service, endpoint, "200"),
+			latency: m.latency.WithLabelValues(service, endpoint),
+		})
 	}
-	m.requests.WithLabelValues(service, endpoint, status).Inc()
-	m.latency.WithLabelValues(service, endpoint).Observe(d.Seconds())
+	s := v.(*endpointSeries)
+	if err == nil {
+		s.ok.Inc()
+	} else {
+		m.requests.WithLabelValues(service, endpoint, strconv.Itoa(err.Status)).Inc()
+	}
+	s.latency.Observe(d.Seconds())
 }
 
 func (m *metricsServer) close() error {
