@@ -49,7 +49,12 @@
 // to the revision before it and counts fewer than limit older keys. A refusal
 // (lock_held, wait_timeout) is given only once the mirror has seen the
 // request's own key, written after every release that completed before the
-// request began. A not_held answer (release, renew) is given only after the
+// request began; and when it is decided more than 20 ms after the key was
+// written (a mirror lagging through a failover, or a wait that ran out),
+// only after catching up as below, because a refused key still stands in
+// line until it is taken out: decided on a stale view, it could stand first
+// in line, refused, while others are told the lock is held (the cluster
+// test that stops a node caught this). A not_held answer (release, renew) is given only after the
 // instance has caught up: it writes a barrier key of its own and waits to
 // see it, so every write made before the request began is in view. The
 // tests check histories of concurrent clients with porcupine, on one server

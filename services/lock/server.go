@@ -252,6 +252,10 @@ func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 	return bus.Continue(func(ctx context.Context) (any, error) { return s.wait(ctx, r, id, rec, ack) }), nil
 }
 
+// refuseStaleAfter: a refusal decided this long after the request's key was
+// written is decided again on a view caught up with the bucket.
+const refuseStaleAfter = 20 * time.Millisecond
+
 // wait waits for the request's key to be stored, then in line.
 func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec record, ack jetstream.PubAckFuture) (*AcquireReply, error) {
 	ttl := time.Duration(r.TTLms) * time.Millisecond
@@ -284,6 +288,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	token := rev
 	rec.Token = token
 	written := time.Now()
+	acked, caughtUp := written, false
 
 	// Wait in line: the mirror wakes this request when the lock changes.
 	// While waiting, the key is renewed at ttl/3, so that it outlives this
@@ -318,6 +323,18 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 			case !present:
 				// Our key is gone: it expired while this request waited.
 				return nil, leave(bus.ErrInternal.With("lock %s: the waiting request's key expired", r.Name))
+			case giveUp && !caughtUp && time.Since(acked) > refuseStaleAfter:
+				// A refusal decided long after the key was written may rest
+				// on a view that lags the bucket: the keys ahead may be gone,
+				// and this key first in line. Refused then, it would stand
+				// there until taken out, and others would be told the lock
+				// is held while nobody holds it. Decide on a view that has
+				// caught up with the bucket instead.
+				caughtUp = true
+				if err := s.catchUp(ctx); err != nil {
+					return nil, leave(err)
+				}
+				continue
 			case giveUp && r.WaitMs == 0:
 				return nil, leave(ErrLocked.With("lock %s is held", r.Name))
 			case giveUp:

@@ -157,7 +157,9 @@ func (c *Cluster) start(i int) {
 			o.Routes = append(o.Routes, &url.URL{Scheme: "nats", Host: net.JoinHostPort(other.Cluster.Host, strconv.Itoa(other.Cluster.Port))})
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// A restarted node recovers its JetStream store before it listens,
+	// which takes a while under -race on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := embed.StartOptions(ctx, o, zerolog.Logger{}, false)
 	if err != nil {

@@ -158,7 +158,7 @@ func StartOptions(ctx context.Context, opts *server.Options, log zerolog.Logger,
 	if !ns.ReadyForConnections(wait) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
-		return nil, errors.New("embed: server not ready for connections in time (is the port in use?)")
+		return nil, fmt.Errorf("embed: server not ready for connections within %v (a port in use, or a long JetStream recovery)", wait.Round(time.Millisecond))
 	}
 	return &Server{ns: ns, opts: opts}, nil
 }
