@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/pkg/ring/membership"
 	"github.com/meshkit/mesh/services/cache"
 )
 
@@ -306,6 +307,46 @@ func TestWriteWithNoStandIn(t *testing.T) {
 		if v, err := c.Get(ctx(t), k); err != nil || string(v) != "v" {
 			t.Fatalf("get %s: %q, %v", k, v, err)
 		}
+	}
+}
+
+// A replica that dies holding a copy request (delivered, never answered,
+// then nobody listens) costs the set its copy, not its acknowledgement.
+func TestReplicaDiesHoldingTheCopy(t *testing.T) {
+	s := bustest.RunServer(t)
+	owner := startNode(t, s.URL(), "n0", cache.Config{AttemptTimeout: 200 * time.Millisecond})
+	// The replica: a member that heartbeats, takes one copy request without
+	// answering, and is gone.
+	ghost := bustest.Connect(t, s.URL())
+	sub, err := ghost.SubscribeSync(cache.NodeSubject("n1", cache.OpSet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.AutoUnsubscribe(1); err != nil {
+		t.Fatal(err)
+	}
+	ann, err := membership.NewAnnouncer(ghost, membership.AnnouncerConfig{Service: cache.Service, ID: "n1", Interval: hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ann.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ann.Stop(context.Background()) })
+	waitMembers(t, 2, nodeRing{owner})
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("dies-%d", i); owner.Ring().Owner(k) == "n0" {
+			key = k
+		}
+	}
+	nc := bustest.Connect(t, s.URL())
+	rep, err := bus.Request[cache.SetRequest, cache.SetReply](ctx(t), nc, cache.NodeSubject("n0", cache.OpSet), cache.SetRequest{Key: key, Value: []byte("v")})
+	if err != nil || rep.Copies != 1 {
+		t.Fatalf("set while the replica dies: %+v, %v", rep, err)
+	}
+	if _, err := sub.NextMsg(time.Second); err != nil {
+		t.Fatalf("the copy request never reached the replica: %v", err)
 	}
 }
 

@@ -49,7 +49,9 @@
 // window too: when the owner does not answer, a replica takes the write as
 // the owner would, and a replica that no longer listens (no responders) is
 // replaced by the node next in the key's ring order, which holds the copy
-// once the ring drops the dead one. When no node is left to stand in (two
+// once the ring drops the dead one; a replica whose copy request times out
+// is asked once more, so that one that died holding the request counts as
+// gone rather than failing the set. When no node is left to stand in (two
 // nodes, R = 2, one dead), the set is acknowledged with the copies the live
 // nodes hold, and the reply's copies says how many. Reads of a batch go to the
 // fewest copy holders that cover it (with 2 nodes and R = 2, one request): a

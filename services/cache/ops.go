@@ -352,6 +352,12 @@ func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op stri
 	// stand-in, or an error.
 	send := func(id string) (int, error) {
 		err := try(id)
+		if errors.Is(err, bus.ErrTimeout) && ctx.Err() == nil {
+			// The replica may have died holding the request: ask once more
+			// (a copy is written the same way twice); a node gone by then
+			// has no responders, and is stood in for below.
+			err = try(id)
+		}
 		if errors.Is(err, nats.ErrNoResponders) {
 			alt := s.spare(key, nodes)
 			if alt == "" {
