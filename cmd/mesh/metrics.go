@@ -33,8 +33,8 @@ type metricsServer struct {
 type seriesKey struct{ service, endpoint string }
 
 type endpointSeries struct {
-	ok      prometheus.Counter
-	latency prometheus.Observer
+	succeeded prometheus.Counter
+	latency   prometheus.Observer
 }
 
 func startMetrics(addr string, withPprof bool, log zerolog.Logger) (*metricsServer, error) {
@@ -81,13 +81,13 @@ func (m *metricsServer) ObserveRequest(service, endpoint string, d time.Duration
 	v, ok := m.series.Load(k)
 	if !ok {
 		v, _ = m.series.LoadOrStore(k, &endpointSeries{
-			ok:      m.requests.WithLabelValues(service, endpoint, "200"),
-			latency: m.latency.WithLabelValues(service, endpoint),
+			succeeded: m.requests.WithLabelValues(service, endpoint, "200"),
+			latency:   m.latency.WithLabelValues(service, endpoint),
 		})
 	}
 	s := v.(*endpointSeries)
 	if err == nil {
-		s.ok.Inc()
+		s.succeeded.Inc()
 	} else {
 		m.requests.WithLabelValues(service, endpoint, strconv.Itoa(err.Status)).Inc()
 	}
