@@ -350,6 +350,40 @@ func TestReplicaDiesHoldingTheCopy(t *testing.T) {
 	}
 }
 
+// When every node the client's ring names for a key is gone, and the nodes'
+// rings already know it, requests go to any node.
+func TestClientFallsBackToAnyNode(t *testing.T) {
+	s, nodes, _ := cluster(t, 2, cache.Config{Replicas: 1})
+	// A client that notices crashes late: 4 of its 10 s heartbeat intervals.
+	c, err := cache.NewClient(bustest.Connect(t, s.URL()), cache.ClientConfig{Replicas: 1, Heartbeat: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	waitMembers(t, 2, clientRing{c})
+	dead := nodes[1]
+	dead.nc.Close()
+	waitMembers(t, 1, nodeRing{nodes[0]})
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("gone-%d", i); c.Ring().Owner(k) == dead.ID() {
+			key = k
+		}
+	}
+	if err := c.Set(ctx(t), key, []byte("v"), 0); err != nil {
+		t.Fatalf("set with its only holder gone: %v", err)
+	}
+	if v, err := c.Get(ctx(t), key); err != nil || string(v) != "v" {
+		t.Fatalf("get with its only holder gone: %q, %v", v, err)
+	}
+	if c.Ring().Len() != 2 {
+		t.Fatal("the client's ring dropped the dead node already: the test proves nothing")
+	}
+}
+
 // While the crashed node is still in the client's ring, reads fall back to a
 // replica.
 func TestReadFallsBackToReplica(t *testing.T) {

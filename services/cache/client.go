@@ -31,7 +31,7 @@ type ClientConfig struct {
 // Client is the Go SDK of the cache. It keeps the ring from the nodes'
 // heartbeats and sends each request straight to the key's owner (a batch, to
 // as few copy holders as possible), falling back to a replica when the owner
-// does not answer in time. Start it before use; it is safe for concurrent use.
+// does not answer in time, and to any node when no copy holder does. Start it before use; it is safe for concurrent use.
 type Client struct {
 	nc      *nats.Conn
 	cfg     ClientConfig
@@ -105,6 +105,12 @@ func (c *Client) send(ctx context.Context, nodes []string, op string, data []byt
 		if err = mapError(err); !unreachable(err) || ctx.Err() != nil || i == len(nodes)-1 {
 			break
 		}
+	}
+	if unreachable(err) && ctx.Err() == nil {
+		// Every node the ring names for the key failed: the ring may not
+		// know yet that they are gone, while the nodes' rings may. Any node
+		// will do.
+		return c.send(ctx, nil, op, data, decode)
 	}
 	return err
 }

@@ -45,7 +45,9 @@
 // replica that did not. So after a node crashes, every acknowledged key is
 // still held by another node, which the ring makes its owner once the crash
 // is seen (within 4 heartbeat intervals); meanwhile the Client reads from
-// the replica after the owner's attempt times out. Writes go on in that
+// the replica after the owner's attempt times out, and sends a request to
+// any node (mesh.cache.<op>) when no copy holder its ring names answers:
+// the nodes' rings may have seen the crash before the client's. Writes go on in that
 // window too: when the owner does not answer, a replica takes the write as
 // the owner would, and a replica that no longer listens (no responders) is
 // replaced by the node next in the key's ring order, which holds the copy
