@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/lock"
@@ -646,7 +645,6 @@ func TestLinearizabilityClusterStopStreamLeader(t *testing.T) {
 // stop and restart in the middle of it ("": none).
 func linCluster(t *testing.T, victim string) {
 	c := bustest.RunCluster(t, 3)
-	linPlacementReady(t, c)
 	cfg := lock.Config{Replicas: 3}
 	linStart(t, c.URL(), cfg)
 	linStart(t, c.URL(), cfg)
@@ -678,32 +676,6 @@ func linCluster(t *testing.T, victim string) {
 	ok = true
 	close(healed)
 	linCheck(t, h, wait())
-}
-
-// linPlacementReady waits until the cluster can place a stream on 3
-// replicas: a meta leader may be elected before it knows every peer is up,
-// and creating the bucket then fails ("no suitable peers for placement").
-func linPlacementReady(t *testing.T, c *bustest.Cluster) {
-	t.Helper()
-	js := bustest.JetStream(t, c.Connect())
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "LIN_PROBE", Subjects: []string{"lin.probe"}, Replicas: 3, Storage: jetstream.MemoryStorage})
-		if err == nil {
-			err = js.DeleteStream(ctx, "LIN_PROBE")
-			cancel()
-			if err != nil {
-				t.Fatal(err)
-			}
-			return
-		}
-		cancel()
-		if time.Now().After(deadline) {
-			t.Fatalf("the cluster cannot place a stream on 3 replicas: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond) // the cluster exposes no event for its peers coming up
-	}
 }
 
 // linVictim picks the node to stop: the JetStream meta leader, the leader

@@ -95,7 +95,8 @@ type Cluster struct {
 }
 
 // RunCluster starts n servers with JetStream, routed to each other on
-// loopback, and returns once they have elected a JetStream meta leader.
+// loopback, and returns once they have elected a JetStream meta leader that
+// can place a stream on all n of them.
 func RunCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, opts: make([]*server.Options, n), nodes: make([]*embed.Server, n)}
@@ -129,7 +130,40 @@ func RunCluster(t testing.TB, n int) *Cluster {
 		c.opts[i].Port = c.nodes[i].NATS().Addr().(*net.TCPAddr).Port
 	}
 	c.WaitLeader()
+	c.waitPlacement()
 	return c
+}
+
+// waitPlacement waits (up to 20 s) until the cluster can place a stream on
+// every node: a meta leader may be elected before it knows that every peer
+// is up, and a stream created then fails with "no suitable peers for
+// placement".
+func (c *Cluster) waitPlacement() {
+	c.t.Helper()
+	nc, err := nats.Connect(c.URL())
+	if err != nil {
+		c.t.Fatalf("bustest: %v", err)
+	}
+	defer nc.Close()
+	js := JetStream(c.t, nc)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BUSTEST_PLACEMENT", Subjects: []string{"bustest.placement"}, Replicas: len(c.nodes), Storage: jetstream.MemoryStorage})
+		if err == nil {
+			err = js.DeleteStream(ctx, "BUSTEST_PLACEMENT")
+			cancel()
+			if err != nil {
+				c.t.Fatalf("bustest: %v", err)
+			}
+			return
+		}
+		cancel()
+		if time.Now().After(deadline) {
+			c.t.Fatalf("bustest: the cluster cannot place a stream on %d replicas: %v", len(c.nodes), err)
+		}
+		time.Sleep(50 * time.Millisecond) // the cluster exposes no event for its peers coming up
+	}
 }
 
 // freePorts returns n ports free on 127.0.0.1 a moment ago.
