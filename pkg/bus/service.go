@@ -492,7 +492,7 @@ func (s *Service) call(ep *endpoint, subject string, fn func() (any, error)) (re
 	return fn()
 }
 
-// reply sends the reply (or error) of a request and records it in the stats.
+// reply records a request in the stats and sends its reply (or error).
 func (s *Service) reply(ep *endpoint, m *nats.Msg, c Codec, start time.Time, resp any, err error) {
 	var (
 		data []byte // a successful reply
@@ -519,17 +519,8 @@ func (s *Service) reply(ep *endpoint, m *nats.Msg, c Codec, start time.Time, res
 	} else {
 		cerr = AsError(err)
 	}
-	if m.Reply != "" {
-		var rerr error
-		if cerr != nil {
-			rerr = m.RespondMsg(errorReply(c, cerr))
-		} else {
-			rerr = m.Respond(data)
-		}
-		if rerr != nil {
-			s.log.Warn().Err(rerr).Str("endpoint", ep.Name).Msg("cannot send reply")
-		}
-	}
+	// Counted before the reply leaves, so that a client that has its reply
+	// finds the request in the stats.
 	d := time.Since(start)
 	ep.requests.Add(1)
 	ep.procNanos.Add(int64(d))
@@ -544,6 +535,17 @@ func (s *Service) reply(ep *endpoint, m *nats.Msg, c Codec, start time.Time, res
 	}
 	if s.cfg.Observer != nil {
 		s.cfg.Observer.ObserveRequest(s.cfg.Name, ep.Name, d, cerr)
+	}
+	if m.Reply != "" {
+		var rerr error
+		if cerr != nil {
+			rerr = m.RespondMsg(errorReply(c, cerr))
+		} else {
+			rerr = m.Respond(data)
+		}
+		if rerr != nil {
+			s.log.Warn().Err(rerr).Str("endpoint", ep.Name).Msg("cannot send reply")
+		}
 	}
 }
 
