@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/pkg/ring"
 	"github.com/meshkit/mesh/pkg/ring/membership"
 	"github.com/meshkit/mesh/services/cache"
 )
@@ -53,9 +54,13 @@ func startNode(t *testing.T, url, id string, cfg cache.Config) node {
 	return node{s, nc}
 }
 
-func startClient(t *testing.T, url string) *cache.Client {
+// startClient starts a client; cfg.Heartbeat zero: the nodes' hb.
+func startClient(t *testing.T, url string, cfg cache.ClientConfig) *cache.Client {
 	t.Helper()
-	c, err := cache.NewClient(bustest.Connect(t, url), cache.ClientConfig{Heartbeat: hb})
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = hb
+	}
+	c, err := cache.NewClient(bustest.Connect(t, url), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +94,15 @@ func waitMembers(t *testing.T, n int, ws ...interface {
 	}
 }
 
+// keyOwnedBy returns a key that r gives to member id.
+func keyOwnedBy(r *ring.Ring, id string) string {
+	for i := 0; ; i++ {
+		if k := fmt.Sprintf("key-%d", i); r.Owner(k) == id {
+			return k
+		}
+	}
+}
+
 type nodeRing struct{ node }
 
 func (n nodeRing) Len() int { return n.Ring().Len() }
@@ -103,7 +117,7 @@ func cluster(t *testing.T, n int, cfg cache.Config) (*bustest.Server, []node, *c
 	for i := range n {
 		nodes = append(nodes, startNode(t, s.URL(), fmt.Sprintf("n%d", i), cfg))
 	}
-	c := startClient(t, s.URL())
+	c := startClient(t, s.URL(), cache.ClientConfig{})
 	var ws []interface {
 		Changed() <-chan struct{}
 		Len() int
@@ -334,12 +348,7 @@ func TestReplicaDiesHoldingTheCopy(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = ann.Stop(context.Background()) })
 	waitMembers(t, 2, nodeRing{owner})
-	key := ""
-	for i := 0; key == ""; i++ {
-		if k := fmt.Sprintf("dies-%d", i); owner.Ring().Owner(k) == "n0" {
-			key = k
-		}
-	}
+	key := keyOwnedBy(owner.Ring(), "n0")
 	nc := bustest.Connect(t, s.URL())
 	rep, err := bus.Request[cache.SetRequest, cache.SetReply](ctx(t), nc, cache.NodeSubject("n0", cache.OpSet), cache.SetRequest{Key: key, Value: []byte("v")})
 	if err != nil || rep.Copies != 1 {
@@ -355,24 +364,12 @@ func TestReplicaDiesHoldingTheCopy(t *testing.T) {
 func TestClientFallsBackToAnyNode(t *testing.T) {
 	s, nodes, _ := cluster(t, 2, cache.Config{Replicas: 1})
 	// A client that notices crashes late: 4 of its 10 s heartbeat intervals.
-	c, err := cache.NewClient(bustest.Connect(t, s.URL()), cache.ClientConfig{Replicas: 1, Heartbeat: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(ctx(t)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	c := startClient(t, s.URL(), cache.ClientConfig{Replicas: 1, Heartbeat: 10 * time.Second})
 	waitMembers(t, 2, clientRing{c})
 	dead := nodes[1]
 	dead.nc.Close()
 	waitMembers(t, 1, nodeRing{nodes[0]})
-	key := ""
-	for i := 0; key == ""; i++ {
-		if k := fmt.Sprintf("gone-%d", i); c.Ring().Owner(k) == dead.ID() {
-			key = k
-		}
-	}
+	key := keyOwnedBy(c.Ring(), dead.ID())
 	if err := c.Set(ctx(t), key, []byte("v"), 0); err != nil {
 		t.Fatalf("set with its only holder gone: %v", err)
 	}
@@ -599,7 +596,7 @@ func TestLoaderSingleflight(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	n := startNode(t, s.URL(), "n0", cache.Config{Loaders: map[string]string{"users": "app.users.load"}})
-	c := startClient(t, s.URL())
+	c := startClient(t, s.URL(), cache.ClientConfig{})
 	waitMembers(t, 1, clientRing{c}, nodeRing{n})
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)
@@ -655,7 +652,7 @@ func TestConcurrentSetGet(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for w := range 8 {
-		c := startClient(t, s.URL())
+		c := startClient(t, s.URL(), cache.ClientConfig{})
 		waitMembers(t, 3, clientRing{c})
 		wg.Go(func() {
 			for i := range 200 {
