@@ -106,25 +106,41 @@ func (c *Client) RemoveSchedule(ctx context.Context, name string) error {
 	return err
 }
 
-// Wait waits until a task has finished (succeeded, dead or cancelled) or
-// ctx ends, and returns its last state. It listens to the task events and
-// asks for the status when one names the task (and every few seconds, in
-// case an event was missed).
-func (c *Client) Wait(ctx context.Context, id string) (TaskInfo, error) {
+// taskOfEvent reads the task id and queue of a task event.
+func taskOfEvent(data []byte) (id, queue string, ok bool) {
+	var ev struct {
+		Data struct {
+			ID    string `json:"id"`
+			Queue string `json:"queue"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(data, &ev) != nil {
+		return "", "", false
+	}
+	return ev.Data.ID, ev.Data.Queue, true
+}
+
+// signalTaskEvents subscribes to the task events on subject and signals the
+// returned channel, without blocking, at each one whose task matches.
+func signalTaskEvents(nc *nats.Conn, subject string, match func(id, queue string) bool) (*nats.Subscription, <-chan struct{}, error) {
 	ch := make(chan struct{}, 1)
-	sub, err := c.nc.Subscribe(bus.EventSubject("task", "*"), func(m *nats.Msg) {
-		var ev struct {
-			Data struct {
-				ID string `json:"id"`
-			} `json:"data"`
-		}
-		if json.Unmarshal(m.Data, &ev) == nil && ev.Data.ID == id {
+	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		if id, queue, ok := taskOfEvent(m.Data); ok && match(id, queue) {
 			select {
 			case ch <- struct{}{}:
 			default:
 			}
 		}
 	})
+	return sub, ch, err
+}
+
+// Wait waits until a task has finished (succeeded, dead or cancelled) or
+// ctx ends, and returns its last state. It listens to the task events and
+// asks for the status when one names the task (and every few seconds, in
+// case an event was missed).
+func (c *Client) Wait(ctx context.Context, id string) (TaskInfo, error) {
+	sub, ch, err := signalTaskEvents(c.nc, bus.EventSubject("task", "*"), func(tid, _ string) bool { return tid == id })
 	if err != nil {
 		return TaskInfo{}, err
 	}

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -185,20 +184,7 @@ func (w *Worker) serve(queue string, conc int) {
 	defer w.loops.Done()
 	// Until the queue exists, look again when a task is submitted to it
 	// (the submit creates it), and every second.
-	submitted := make(chan struct{}, 1)
-	sub, err := w.nc.Subscribe(bus.EventSubject("task", "submitted"), func(m *nats.Msg) {
-		var ev struct {
-			Data struct {
-				Queue string `json:"queue"`
-			} `json:"data"`
-		}
-		if json.Unmarshal(m.Data, &ev) == nil && ev.Data.Queue == queue {
-			select {
-			case submitted <- struct{}{}:
-			default:
-			}
-		}
-	})
+	sub, submitted, err := signalTaskEvents(w.nc, bus.EventSubject("task", "submitted"), func(_, q string) bool { return q == queue })
 	if err == nil {
 		defer sub.Unsubscribe()
 	}
@@ -243,16 +229,12 @@ func (w *Worker) serve(queue string, conc int) {
 }
 
 func (w *Worker) onCancelled(m *nats.Msg) {
-	var ev struct {
-		Data struct {
-			ID string `json:"id"`
-		} `json:"data"`
-	}
-	if json.Unmarshal(m.Data, &ev) != nil {
+	id, _, ok := taskOfEvent(m.Data)
+	if !ok {
 		return
 	}
 	w.mu.Lock()
-	cancel := w.running[ev.Data.ID]
+	cancel := w.running[id]
 	w.mu.Unlock()
 	if cancel != nil {
 		cancel(errCancelled)
