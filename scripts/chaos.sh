@@ -90,11 +90,7 @@ if [ "${CHAOS_BUILD:-1}" != 0 ]; then
 fi
 (cd bench && go build -o "$tmp/chaos" ./chaos)
 
-MESH_NATS_PORT1=$(free_port 14401)
-MESH_NATS_PORT2=$(free_port $((MESH_NATS_PORT1 + 1)))
-MESH_NATS_PORT3=$(free_port $((MESH_NATS_PORT2 + 1)))
-export MESH_NATS_PORT1 MESH_NATS_PORT2 MESH_NATS_PORT3
-urls="nats://127.0.0.1:$MESH_NATS_PORT1,nats://127.0.0.1:$MESH_NATS_PORT2,nats://127.0.0.1:$MESH_NATS_PORT3"
+stack_ports 14401
 
 up=1
 "${compose[@]}" up -d >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log" >&2; fail "compose up"; }

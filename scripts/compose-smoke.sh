@@ -52,11 +52,7 @@ fi
 step "building the host-side checker (bench/chaos)"
 (cd bench && go build -o "$tmp/chaos" ./chaos)
 
-MESH_NATS_PORT1=$(free_port 14301)
-MESH_NATS_PORT2=$(free_port $((MESH_NATS_PORT1 + 1)))
-MESH_NATS_PORT3=$(free_port $((MESH_NATS_PORT2 + 1)))
-export MESH_NATS_PORT1 MESH_NATS_PORT2 MESH_NATS_PORT3
-urls="nats://127.0.0.1:$MESH_NATS_PORT1,nats://127.0.0.1:$MESH_NATS_PORT2,nats://127.0.0.1:$MESH_NATS_PORT3"
+stack_ports 14301
 
 step "starting the stack (${compose[*]}, project $COMPOSE_PROJECT_NAME, NATS on 127.0.0.1:$MESH_NATS_PORT1-$MESH_NATS_PORT3)"
 t_up=$(date +%s)

@@ -10,6 +10,16 @@ free_port() {
 	echo "$p"
 }
 
+# stack_ports PORT: exports MESH_NATS_PORT1..3, the host ports of the compose
+# stack's NATS servers, free from PORT on, and sets urls to reach them.
+stack_ports() {
+	MESH_NATS_PORT1=$(free_port "$1")
+	MESH_NATS_PORT2=$(free_port $((MESH_NATS_PORT1 + 1)))
+	MESH_NATS_PORT3=$(free_port $((MESH_NATS_PORT2 + 1)))
+	export MESH_NATS_PORT1 MESH_NATS_PORT2 MESH_NATS_PORT3
+	urls="nats://127.0.0.1:$MESH_NATS_PORT1,nats://127.0.0.1:$MESH_NATS_PORT2,nats://127.0.0.1:$MESH_NATS_PORT3"
+}
+
 # find_compose NAME: sets the array compose to docker-compose or docker
 # compose, whichever is installed, or exits saying NAME needs one.
 find_compose() {

@@ -31,7 +31,8 @@ type ClientConfig struct {
 // Client is the Go SDK of the cache. It keeps the ring from the nodes'
 // heartbeats and sends each request straight to the key's owner (a batch, to
 // as few copy holders as possible), falling back to a replica when the owner
-// does not answer in time, and to any node when no copy holder does. Start it before use; it is safe for concurrent use.
+// does not answer in time, and to any node when no copy holder does. Start
+// it before use; it is safe for concurrent use.
 type Client struct {
 	nc      *nats.Conn
 	cfg     ClientConfig

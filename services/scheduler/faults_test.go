@@ -336,15 +336,7 @@ func TestNoLossServerRestart(t *testing.T) {
 	f := startFixed(t)
 	cfg := scheduler.Config{AckWait: time.Second, RepairAfter: time.Second}
 	// The scheduler must outlive the restart: its connection reconnects.
-	nc := bustest.Connect(t, f.URL())
-	s, err := scheduler.New(nc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(ctx(t)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	serve(t, f.URL(), cfg)
 	noLoss(t, f.URL(), 2000, func(started *counter) {
 		started.wait(t, 600)
 		t.Logf("restarting the server after %d starts", started.load())
@@ -375,14 +367,7 @@ func TestDelayedInstanceDies(t *testing.T) {
 	t.Parallel() // waits on timers mostly
 	s := bustest.RunServer(t)
 	doomedConn := bustest.Connect(t, s.URL())
-	doomed, err := scheduler.New(doomedConn, scheduler.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := doomed.Start(ctx(t)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = doomed.Stop(context.Background()) })
+	serveOn(t, doomedConn, scheduler.Config{})
 	serve(t, s.URL(), scheduler.Config{})
 	c := client(t, s.URL())
 	var early, ran atomic.Int32

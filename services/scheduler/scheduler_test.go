@@ -30,7 +30,12 @@ func ctx(t *testing.T) context.Context {
 // serve starts a scheduler instance on its own connection.
 func serve(t *testing.T, url string, cfg scheduler.Config) *scheduler.Server {
 	t.Helper()
-	nc := bustest.Connect(t, url)
+	return serveOn(t, bustest.Connect(t, url), cfg)
+}
+
+// serveOn starts a scheduler instance on nc (closing nc makes it die).
+func serveOn(t *testing.T, nc *nats.Conn, cfg scheduler.Config) *scheduler.Server {
+	t.Helper()
 	s, err := scheduler.New(nc, cfg)
 	if err != nil {
 		t.Fatal(err)
