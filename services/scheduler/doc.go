@@ -98,7 +98,12 @@
 //     task already ran; the repair then drops the carried message. So a
 //     task costs no write to confirm its enqueue: only one that waits
 //     longer than RepairAfter costs a deduplicated publish and a write.
-//     If the publish fails, the state is removed and submit fails.
+//     The state written is the commit: if the publish then fails, submit
+//     still answers with the id, and the repair enqueues the task.
+//   - a unique key is written before the state. A submit whose state
+//     write fails gives the key back; if that fails too, the key names a
+//     task that does not exist, and the next submit with that key takes it
+//     over once it is older than RepairAfter (asked to try again before).
 //   - a worker asks the service (mesh.scheduler.started) before running a
 //     delivery; the service marks it running, or answers that it was
 //     cancelled, finished or has spent its attempts (then it is dead). So

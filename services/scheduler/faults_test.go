@@ -3,6 +3,7 @@ package scheduler_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -104,6 +105,93 @@ func TestRepairLostEnqueue(t *testing.T) {
 	}
 	if info := waitDone(t, c, "orphan1"); info.State != scheduler.StateSucceeded {
 		t.Fatalf("orphan = %+v", info)
+	}
+}
+
+// A submit whose publication fails after its state is written still
+// answers with the task's id: the state carries the message and the repair
+// enqueues it. The unique key keeps naming that task.
+func TestEnqueueFailsRepairEnqueues(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{RepairAfter: 200 * time.Millisecond})
+	c := client(t, s.URL())
+	first, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "f", Type: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stream refuses a message of 1 KiB.
+	js := s.JetStream()
+	stream, err := js.Stream(ctx(t), scheduler.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := stream.CachedInfo().Config
+	full.MaxMsgSize = 512
+	if _, err := js.UpdateStream(ctx(t), full); err != nil {
+		t.Fatal(err)
+	}
+	req := scheduler.SubmitRequest{Queue: "f", Type: "x", UniqueKey: "once", Payload: make([]byte, 1024)}
+	id, err := c.Submit(ctx(t), req)
+	if err != nil {
+		t.Fatalf("submit while the stream refuses it: %v", err)
+	}
+	if info, err := c.Status(ctx(t), id); err != nil || info.State != scheduler.StateQueued {
+		t.Fatalf("status = %+v, %v; want queued", info, err)
+	}
+	if again, err := c.Submit(ctx(t), req); !errors.Is(err, scheduler.ErrDuplicate) || again != id {
+		t.Fatalf("again = %q, %v; want %q, ErrDuplicate", again, err, id)
+	}
+	full.MaxMsgSize = -1
+	if _, err := js.UpdateStream(ctx(t), full); err != nil {
+		t.Fatal(err)
+	}
+	work(t, s.URL(), map[string]int{"f": 1}, map[string]scheduler.Handler{
+		"x": func(ctx context.Context, task *scheduler.Task) error { return nil },
+	})
+	for _, id := range []string{first, id} {
+		if info := waitDone(t, c, id); info.State != scheduler.StateSucceeded {
+			t.Fatalf("task %s = %+v", id, info)
+		}
+	}
+}
+
+// A unique key naming no task (a submit that failed before its state and
+// could not give the key back) is taken over once older than RepairAfter;
+// before that, a submit is asked to try again.
+func TestUniqueKeyLeftBehind(t *testing.T) {
+	s := bustest.RunServer(t)
+	const repairAfter = time.Second
+	serve(t, s.URL(), scheduler.Config{RepairAfter: repairAfter})
+	c := client(t, s.URL())
+	kv, err := s.JetStream().KeyValue(ctx(t), scheduler.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := time.Now()
+	if _, err := kv.Create(ctx(t), scheduler.UniqueKey("q", "k"), []byte("never-written")); err != nil {
+		t.Fatal(err)
+	}
+	req := scheduler.SubmitRequest{Queue: "q", Type: "x", UniqueKey: "k"}
+	deadline := time.Now().Add(10 * time.Second)
+	var id string
+	for {
+		id, err = c.Submit(ctx(t), req)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bus.ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("submit over a key left behind: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // the key's age decides, no event
+	}
+	if since := time.Since(left); since < repairAfter {
+		t.Fatalf("key taken over after %s, before RepairAfter", since)
+	}
+	if _, err := c.Status(ctx(t), id); err != nil {
+		t.Fatalf("status of %s: %v", id, err)
+	}
+	if again, err := c.Submit(ctx(t), req); !errors.Is(err, scheduler.ErrDuplicate) || again != id {
+		t.Fatalf("again = %q, %v; want %q, ErrDuplicate", again, err, id)
 	}
 }
 

@@ -602,26 +602,8 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	var ukey string
 	if r.UniqueKey != "" {
 		ukey = uniqueKey(r.Queue, r.UniqueKey)
-		uf := time.Duration(r.UniqueForMs) * time.Millisecond
-		if uf == 0 {
-			uf = time.Hour
-		}
-		if _, err := s.kv.Create(ctx, ukey, []byte(rec.ID), jetstream.KeyTTL(uf)); err != nil {
-			if errors.Is(err, jetstream.ErrKeyExists) {
-				existing := "unknown"
-				if e, gerr := s.kv.Get(ctx, ukey); gerr == nil {
-					existing = string(e.Value())
-				}
-				return nil, ErrDuplicate.With("queue %s already has a task with unique key %q; %s%s", r.Queue, r.UniqueKey, duplicateMarker, existing)
-			}
-			return nil, fmt.Errorf("scheduler: unique key: %w", err)
-		}
-	}
-	undo := func() {
-		if ukey != "" {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = s.kv.Purge(cctx, ukey)
+		if err := s.claimUnique(ctx, ukey, r, rec.ID); err != nil {
+			return nil, err
 		}
 	}
 	// The state first, holding the message; then the message; then the
@@ -629,31 +611,74 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	rec.Pending = &pendingMsg{Subject: m.Subject, Header: m.Header, Data: m.Data}
 	rev, err := s.create(ctx, &rec)
 	if err != nil {
-		undo()
+		if ukey != "" {
+			// Best effort: a key left behind is taken over by the next
+			// submit once it is seen to name no task (claimUnique).
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = s.kv.Purge(cctx, ukey)
+			cancel()
+		}
 		return nil, fmt.Errorf("scheduler: writing the task's state: %w", err)
 	}
+	// From here the task exists: its state carries its message, and the
+	// repair publishes that again if this publication fails (or did land,
+	// unanswered: the deduplication absorbs the second copy).
 	ack, err := s.js.PublishMsg(ctx, m)
 	if err != nil {
-		// Not enqueued: take the state back. If that fails too, the repair
-		// enqueues the task later, so the state stays true.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if derr := s.kv.Purge(cctx, stateKey(rec.ID), jetstream.LastRevision(rev)); derr == nil {
-			undo()
-			return nil, fmt.Errorf("scheduler: enqueueing: %w", err)
-		}
-		return nil, bus.ErrUnavailable.With("task %s: enqueueing failed (%v); it will be enqueued again within %s", rec.ID, err, s.cfg.RepairAfter)
+		s.log.Warn().Err(err).Str("task", rec.ID).Int64("repair_in_ms", s.cfg.RepairAfter.Milliseconds()).Msg("enqueueing failed; the repair enqueues the task")
 	}
 	// The state keeps the message until the task starts (or is released,
 	// for a delayed task): the write that moves it on drops it. A task
 	// still waiting after RepairAfter has it dropped by the repair, whose
 	// publication the deduplication absorbs. No write is spent on
 	// confirming each enqueue.
-	if !delayed {
+	if err == nil && !delayed {
 		s.noteSeq(rec.ID, rev, ack.Sequence)
 	}
 	s.emit("submitted", &rec, nil)
 	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
+}
+
+// claimUnique takes a queue's unique key for a new task, or answers
+// ErrDuplicate with the task that holds it. A key naming no task was left
+// by a submit that failed before writing the state and could not give the
+// key back; once it is older than RepairAfter (longer than a submit takes
+// between its two writes) it is taken over. A key older than the retention
+// may have outlived its finished task's state, so it stands.
+func (s *Server) claimUnique(ctx context.Context, ukey string, r *SubmitRequest, id string) error {
+	uf := time.Duration(r.UniqueForMs) * time.Millisecond
+	if uf == 0 {
+		uf = time.Hour
+	}
+	for attempt := 0; ; attempt++ {
+		_, err := s.kv.Create(ctx, ukey, []byte(id), jetstream.KeyTTL(uf))
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) || attempt == 2 {
+			return fmt.Errorf("scheduler: unique key: %w", err)
+		}
+		e, err := s.kv.Get(ctx, ukey)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // expired or given back meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("scheduler: unique key: %w", err)
+		}
+		existing := string(e.Value())
+		_, _, err = s.get(ctx, existing)
+		age := time.Since(e.Created())
+		switch {
+		case err == nil || !errors.Is(err, ErrNotFound) || age >= s.cfg.Retention:
+			return ErrDuplicate.With("queue %s already has a task with unique key %q; %s%s", r.Queue, r.UniqueKey, duplicateMarker, existing)
+		case age < s.cfg.RepairAfter:
+			return bus.ErrUnavailable.With("queue %s: a task with unique key %q is being submitted; try again in %s", r.Queue, r.UniqueKey, s.cfg.RepairAfter)
+		}
+		// Left behind: take it over unless someone else just did.
+		if err := s.kv.Purge(ctx, ukey, jetstream.LastRevision(e.Revision())); err != nil && !isConflict(err) {
+			return fmt.Errorf("scheduler: unique key: %w", err)
+		}
+	}
 }
 
 func (s *Server) status(ctx context.Context, r *StatusRequest) (*TaskInfo, error) {
