@@ -269,7 +269,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 		defer cancel()
 		if err := s.purge(cctx, r.Name, id, 0); err != nil {
 			s.log.Warn().Err(err).Str("lock", r.Name).Msg("cannot leave the line; the key expires with its ttl")
-			return bus.ErrUnavailable.With("lock %s: %v, and the request's key could not be removed: it expires within %dms", r.Name, cause, r.TTLms)
+			return bus.ErrUnavailable.With("%v, and the request's key could not be removed: it expires within %dms", cause, r.TTLms)
 		}
 		return cause
 	}
@@ -279,11 +279,11 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	case pa := <-ack.Ok():
 		rev = pa.Sequence
 	case err = <-ack.Err():
-		return nil, leave(fmt.Errorf("joining the line: %w", err))
+		return nil, leave(fmt.Errorf("lock %s: joining the line: %w", r.Name, err))
 	case <-time.After(bus.DefaultTimeout):
 		return nil, leave(bus.ErrTimeout.With("lock %s: joining the line: no acknowledgement from the bucket", r.Name))
 	case <-ctx.Done():
-		return nil, leave(bus.ErrUnavailable.With("lock service stopping"))
+		return nil, leave(bus.ErrUnavailable.With("lock %s: the lock service is stopping", r.Name))
 	}
 	token := rev
 	rec.Token = token
@@ -351,9 +351,9 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 		case <-deadline:
 			giveUp, deadline, behind = true, nil, time.After(5*time.Second)
 		case <-behind:
-			return nil, leave(bus.ErrUnavailable.With("the lock service is behind its bucket"))
+			return nil, leave(bus.ErrUnavailable.With("lock %s: the lock service is behind its bucket", r.Name))
 		case <-ctx.Done():
-			return nil, leave(bus.ErrUnavailable.With("lock service stopping"))
+			return nil, leave(bus.ErrUnavailable.With("lock %s: the lock service is stopping", r.Name))
 		}
 	}
 	// Granted. If it waited, the lease starts now.
