@@ -1,6 +1,7 @@
 package bus_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -430,8 +431,13 @@ func TestEvents(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339, got.Time); err != nil {
 		t.Fatal(err)
 	}
-	// The stream keeps it.
-	if _, err := st.GetLastMsgForSubject(ctx(t), "mesh.events.lock.acquired"); err != nil {
+	// The stream keeps it (stored after the subscriber may have it: the
+	// publish is not acknowledged, so wait for the stream to deliver it).
+	cons, err := st.OrderedConsumer(ctx(t), jetstream.OrderedConsumerConfig{FilterSubjects: []string{"mesh.events.lock.acquired"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sm, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil || !bytes.Equal(sm.Data(), m.Data) {
 		t.Fatalf("event not in %s: %v", bus.EventStream, err)
 	}
 }
@@ -608,7 +614,12 @@ func TestStoreAwayIsUnavailable(t *testing.T) {
 	if e := bus.AsError(errors.New("boom")); e.Status != 500 {
 		t.Fatalf("another error: %d, want 500", e.Status)
 	}
-	if e := bus.AsError(context.DeadlineExceeded); e.Status != 408 {
-		t.Fatalf("a deadline: %d, want 408", e.Status)
+	// A handler's own call that ran out of time: its outcome is unknown.
+	if e := bus.AsError(fmt.Errorf("writing: %w", context.DeadlineExceeded)); e.Status != 503 {
+		t.Fatalf("a deadline: %d, want 503", e.Status)
+	}
+	// Given explicitly, a timeout stays a timeout.
+	if e := bus.AsError(bus.ErrTimeout.With("waited too long")); e.Status != 408 {
+		t.Fatalf("ErrTimeout: %d, want 408", e.Status)
 	}
 }

@@ -76,17 +76,18 @@ func (e *Error) With(format string, args ...any) *Error {
 	return &Error{Status: e.Status, Code: e.Code, Message: fmt.Sprintf(format, args...)}
 }
 
-// AsError turns any error into the coded error sent on the wire: an *Error in
-// its chain as is; a context deadline as ErrTimeout; NATS or JetStream not
-// answering (no response from a stream, no responders, a lost connection) as
-// ErrUnavailable; anything else as ErrInternal carrying its message.
+// AsError turns a handler's error into the coded error sent on the wire: an
+// *Error in its chain as is; NATS or JetStream not answering (no response
+// from a stream, no responders, a lost connection, a call that ran out of
+// time) as ErrUnavailable, since the request may succeed if retried and the
+// outcome of a write is unknown; anything else as ErrInternal carrying its
+// message. A handler's context has no deadline, so a deadline in the chain
+// is one of the service's own calls timing out, not the client's request:
+// ErrTimeout is for a service to give explicitly.
 func AsError(err error) *Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return e
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return ErrTimeout.With("%s", err.Error())
 	}
 	if away(err) {
 		return ErrUnavailable.With("%s", err.Error())
@@ -98,7 +99,7 @@ func AsError(err error) *Error {
 // election, a lost connection): the request may succeed if retried, and the
 // outcome of a write is unknown rather than failed.
 func away(err error) bool {
-	for _, e := range []error{jetstream.ErrNoStreamResponse, nats.ErrTimeout, nats.ErrNoResponders,
+	for _, e := range []error{context.DeadlineExceeded, jetstream.ErrNoStreamResponse, nats.ErrTimeout, nats.ErrNoResponders,
 		nats.ErrConnectionClosed, nats.ErrConnectionReconnecting, nats.ErrDisconnected, nats.ErrConnectionDraining} {
 		if errors.Is(err, e) {
 			return true

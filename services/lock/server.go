@@ -86,10 +86,10 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		Observer:        cfg.Observer,
 		Endpoints: []bus.Endpoint{
 			{Name: "acquire", Subject: SubjectAcquire, Handler: s.acquire, Inline: true},
-			{Name: "release", Subject: SubjectRelease, Handler: bus.Typed(storeAway(s.release))},
-			{Name: "renew", Subject: SubjectRenew, Handler: bus.Typed(storeAway(s.renew))},
-			{Name: "inspect", Subject: SubjectInspect, Handler: bus.Typed(storeAway(s.inspect))},
-			{Name: "list", Subject: SubjectList, Handler: bus.Typed(storeAway(s.list))},
+			{Name: "release", Subject: SubjectRelease, Handler: bus.Typed(s.release)},
+			{Name: "renew", Subject: SubjectRenew, Handler: bus.Typed(s.renew)},
+			{Name: "inspect", Subject: SubjectInspect, Handler: bus.Typed(s.inspect)},
+			{Name: "list", Subject: SubjectList, Handler: bus.Typed(s.list)},
 		},
 	})
 	if err != nil {
@@ -202,22 +202,6 @@ func (s *Server) purge(ctx context.Context, name, id string, rev uint64) error {
 	m.Header.Set(jetstream.MsgTTLHeader, s.cfg.MarkerTTL.String())
 	_, err := s.js.PublishMsg(ctx, m)
 	return err
-}
-
-// storeAway answers 503 unavailable, not 408, when a request failed because
-// a JetStream call ran out of time (the client's own deadline is not
-// involved): the client may retry, and the outcome of a write is unknown.
-// bus.AsError already answers 503 for the other ways of JetStream not
-// answering (no response from the stream, a lost connection).
-func storeAway[Req, Resp any](fn func(context.Context, *Req) (Resp, error)) func(context.Context, *Req) (Resp, error) {
-	return func(ctx context.Context, r *Req) (Resp, error) {
-		resp, err := fn(ctx, r)
-		var e *bus.Error
-		if err != nil && !errors.As(err, &e) && errors.Is(err, context.DeadlineExceeded) {
-			err = bus.ErrUnavailable.With("%v", err)
-		}
-		return resp, err
-	}
 }
 
 // isConflict reports a failed compare-and-set.
