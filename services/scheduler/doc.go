@@ -150,8 +150,9 @@
 //
 // A task costs, in JetStream writes: its state (submit), its message, its
 // state at start and at the outcome, and the acknowledgement that removes
-// it from the work queue; a bare work queue costs the message and the
-// acknowledgement. Every hop is a round trip: submit makes two in a row
+// it from the work queue, and three events (submitted, started and the
+// outcome) in MESH_EVENTS where that stream exists; a bare work queue costs
+// the message and the acknowledgement. Every hop is a round trip: submit makes two in a row
 // behind the request, a worker one before running a task and one after it
 // (the next task does not wait for that one: the acknowledgement follows
 // the report in the background). list and the repair at start read every
