@@ -98,8 +98,11 @@
 //     task already ran; the repair then drops the carried message. So a
 //     task costs no write to confirm its enqueue: only one that waits
 //     longer than RepairAfter costs a deduplicated publish and a write.
-//     The state written is the commit: if the publish then fails, submit
-//     still answers with the id, and the repair enqueues the task.
+//     The state written is the commit: if the publish then gets no answer
+//     (a leader election, a lost connection), submit still answers with
+//     the id and the repair enqueues the task, retrying for as long as the
+//     stream stays away; only a stream that answers with a refusal (the
+//     message too large, say) undoes the submit and fails it.
 //   - a unique key is written before the state. A submit whose state
 //     write fails gives the key back; if that fails too, the key names a
 //     task that does not exist, and the next submit with that key takes it
@@ -152,12 +155,12 @@
 // state at start and at the outcome, and the acknowledgement that removes
 // it from the work queue, and three events (submitted, started and the
 // outcome) in MESH_EVENTS where that stream exists; a bare work queue costs
-// the message and the acknowledgement. Every hop is a round trip: submit makes two in a row
-// behind the request, a worker one before running a task and one after it
-// (the next task does not wait for that one: the acknowledgement follows
-// the report in the background). list and the repair at start read every
-// state (a scan of the bucket), so list is for people and tools, not for a
-// hot path.
+// the message and the acknowledgement. Every hop is a round trip: submit
+// makes two in a row behind the request, a worker one before running a
+// task and one after it (the next task does not wait for that one: the
+// acknowledgement follows the report in the background). list and the
+// repair at start read every state (a scan of the bucket), so list is for
+// people and tools, not for a hot path.
 //
 // # Departures from DESIGN.md
 //

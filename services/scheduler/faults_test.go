@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -108,32 +109,36 @@ func TestRepairLostEnqueue(t *testing.T) {
 	}
 }
 
-// A submit whose publication fails after its state is written still
-// answers with the task's id: the state carries the message and the repair
-// enqueues it. The unique key keeps naming that task.
-func TestEnqueueFailsRepairEnqueues(t *testing.T) {
+// A submit whose publication gets no answer after its state is written
+// still answers with the task's id: the state carries the message and the
+// repair enqueues it, however long the stream stays away. The unique key
+// keeps naming that task.
+func TestEnqueueGetsNoAnswer(t *testing.T) {
 	s := bustest.RunServer(t)
-	serve(t, s.URL(), scheduler.Config{RepairAfter: 200 * time.Millisecond})
+	const repairAfter = 200 * time.Millisecond
+	serve(t, s.URL(), scheduler.Config{RepairAfter: repairAfter})
 	c := client(t, s.URL())
 	first, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "f", Type: "x"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The stream refuses a message of 1 KiB.
+	// No stream takes the queue's subject any more: a publication there
+	// gets no answer, as while the stream elects a leader.
 	js := s.JetStream()
 	stream, err := js.Stream(ctx(t), scheduler.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	full := stream.CachedInfo().Config
-	full.MaxMsgSize = 512
-	if _, err := js.UpdateStream(ctx(t), full); err != nil {
+	cfg := stream.CachedInfo().Config
+	away := cfg
+	away.Subjects = slices.DeleteFunc(slices.Clone(cfg.Subjects), func(s string) bool { return s == scheduler.TaskSubjectPrefix+"*" })
+	if _, err := js.UpdateStream(ctx(t), away); err != nil {
 		t.Fatal(err)
 	}
-	req := scheduler.SubmitRequest{Queue: "f", Type: "x", UniqueKey: "once", Payload: make([]byte, 1024)}
+	req := scheduler.SubmitRequest{Queue: "f", Type: "x", UniqueKey: "once"}
 	id, err := c.Submit(ctx(t), req)
 	if err != nil {
-		t.Fatalf("submit while the stream refuses it: %v", err)
+		t.Fatalf("submit while the stream is away: %v", err)
 	}
 	if info, err := c.Status(ctx(t), id); err != nil || info.State != scheduler.StateQueued {
 		t.Fatalf("status = %+v, %v; want queued", info, err)
@@ -141,8 +146,11 @@ func TestEnqueueFailsRepairEnqueues(t *testing.T) {
 	if again, err := c.Submit(ctx(t), req); !errors.Is(err, scheduler.ErrDuplicate) || again != id {
 		t.Fatalf("again = %q, %v; want %q, ErrDuplicate", again, err, id)
 	}
-	full.MaxMsgSize = -1
-	if _, err := js.UpdateStream(ctx(t), full); err != nil {
+	// The stream stays away longer than the window a repair scan looks
+	// back over (3 RepairAfter): the repairs that failed meanwhile must not
+	// leave the task behind. Time passing is the point here.
+	time.Sleep(5 * repairAfter)
+	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
 		t.Fatal(err)
 	}
 	work(t, s.URL(), map[string]int{"f": 1}, map[string]scheduler.Handler{
@@ -152,6 +160,39 @@ func TestEnqueueFailsRepairEnqueues(t *testing.T) {
 		if info := waitDone(t, c, id); info.State != scheduler.StateSucceeded {
 			t.Fatalf("task %s = %+v", id, info)
 		}
+	}
+}
+
+// A stream that refuses a task's message undoes the submit: an error, no
+// state left, the unique key free again.
+func TestEnqueueRefused(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "r", Type: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	js := s.JetStream()
+	stream, err := js.Stream(ctx(t), scheduler.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
+	cfg.MaxMsgSize = 512
+	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
+		t.Fatal(err)
+	}
+	req := scheduler.SubmitRequest{Queue: "r", Type: "x", UniqueKey: "once", Payload: make([]byte, 1024)}
+	if id, err := c.Submit(ctx(t), req); err == nil {
+		t.Fatalf("a refused message was submitted as %s", id)
+	}
+	list, err := c.List(ctx(t), scheduler.ListRequest{Queue: "r"})
+	if err != nil || len(list.Tasks) != 1 {
+		t.Fatalf("list = %+v, %v; want only the first task", list, err)
+	}
+	req.Payload = nil
+	if _, err := c.Submit(ctx(t), req); err != nil {
+		t.Fatalf("the unique key was not given back: %v", err)
 	}
 }
 

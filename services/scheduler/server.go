@@ -620,12 +620,25 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 		}
 		return nil, fmt.Errorf("scheduler: writing the task's state: %w", err)
 	}
-	// From here the task exists: its state carries its message, and the
-	// repair publishes that again if this publication fails (or did land,
-	// unanswered: the deduplication absorbs the second copy).
+	// The state carries the message: if this publication gets no answer
+	// (or did land, unanswered), the repair publishes it again and the
+	// deduplication absorbs a second copy, so the task exists from here.
+	// Only a stream that answers with a refusal undoes the submit.
 	ack, err := s.js.PublishMsg(ctx, m)
-	if err != nil {
-		s.log.Warn().Err(err).Str("task", rec.ID).Int64("repair_in_ms", s.cfg.RepairAfter.Milliseconds()).Msg("enqueueing failed; the repair enqueues the task")
+	var refused *jetstream.APIError
+	switch {
+	case errors.As(err, &refused):
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if derr := s.kv.Purge(cctx, stateKey(rec.ID), jetstream.LastRevision(rev)); derr != nil {
+			return nil, bus.ErrUnavailable.With("task %s: the stream refused it (%v) and its state could not be taken back (%v)", rec.ID, err, derr)
+		}
+		if ukey != "" {
+			_ = s.kv.Purge(cctx, ukey) // a key left behind is taken over later
+		}
+		return nil, fmt.Errorf("scheduler: enqueueing: %w", err)
+	case err != nil:
+		s.log.Warn().Err(err).Str("task", rec.ID).Int64("repair_in_ms", s.cfg.RepairAfter.Milliseconds()).Msg("enqueueing got no answer; the repair enqueues the task")
 	}
 	// The state keeps the message until the task starts (or is released,
 	// for a delayed task): the write that moves it on drops it. A task

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -199,14 +200,16 @@ func (s *Server) tick(msg jetstream.Msg) {
 
 // repairLoop publishes again the messages of the tasks still waiting
 // RepairAfter after their submit (see doc.go). At start it looks at every
-// state; then, every RepairAfter, at the states written in the last three
-// RepairAfter, so that its cost follows the rate of submits, not the
-// number of states kept.
+// state; then, every RepairAfter, at the states written since three
+// RepairAfter before its last scan that succeeded, so that its cost
+// follows the rate of submits, not the number of states kept, and a task
+// whose repair failed (the stream still refusing it) is looked at again
+// however long that lasts.
 func (s *Server) repairLoop() {
 	defer s.wg.Done()
 	t := time.NewTimer(0)
 	defer t.Stop()
-	full := true
+	var since time.Time // zero: every state
 	for {
 		select {
 		case <-s.stop:
@@ -214,15 +217,13 @@ func (s *Server) repairLoop() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), max(s.cfg.RepairAfter, 10*time.Second))
-		var since time.Time
-		if !full {
-			since = time.Now().Add(-3 * s.cfg.RepairAfter)
-		}
+		start := time.Now()
 		err := s.repair(ctx, since)
-		if err != nil && ctx.Err() == nil {
+		if err == nil {
+			since = start.Add(-3 * s.cfg.RepairAfter)
+		} else if ctx.Err() == nil {
 			s.log.Warn().Err(err).Msg("repair scan failed")
 		}
-		full = full && err != nil
 		cancel()
 		t.Reset(s.cfg.RepairAfter)
 	}
@@ -260,13 +261,16 @@ func (s *Server) repair(ctx context.Context, since time.Time) error {
 	if err != nil {
 		return err
 	}
+	var errs []error // one task's failure does not hold up the others
 	for _, rec := range todo {
 		if err := s.ensureQueue(ctx, rec.Queue); err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		ack, err := s.js.PublishMsg(ctx, rec.Pending.msg())
 		if err != nil {
-			return err
+			errs = append(errs, fmt.Errorf("task %s: %w", rec.ID, err))
+			continue
 		}
 		_, err = s.update(ctx, rec.ID, func(r *record) error {
 			if r.Pending == nil {
@@ -279,11 +283,12 @@ func (s *Server) repair(ctx context.Context, since time.Time) error {
 			return nil
 		})
 		if err != nil && !errors.Is(err, ErrNotFound) {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		s.log.Info().Str("task", rec.ID).Bool("duplicate", ack.Duplicate).Msg("repaired the enqueue of a task")
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // scan calls fn with the state of every task (policy
