@@ -611,6 +611,10 @@ func TestStoreAwayIsUnavailable(t *testing.T) {
 	if e := bus.AsError(fmt.Errorf("enqueueing: %w", jetstream.ErrNoStreamResponse)); e.Status != 503 {
 		t.Fatalf("no response from stream: %d %s, want 503", e.Status, e.Code)
 	}
+	refused := &jetstream.APIError{Code: 400, ErrorCode: 10054, Description: "message size exceeds maximum allowed"}
+	if bus.Unanswered(fmt.Errorf("enqueueing: %w", refused)) || !bus.Unanswered(jetstream.ErrNoStreamResponse) {
+		t.Fatal("Unanswered: a refusal is an answer; no response from the stream is not")
+	}
 	if e := bus.AsError(errors.New("boom")); e.Status != 500 {
 		t.Fatalf("another error: %d, want 500", e.Status)
 	}

@@ -89,16 +89,17 @@ func AsError(err error) *Error {
 	if errors.As(err, &e) {
 		return e
 	}
-	if away(err) {
+	if Unanswered(err) {
 		return ErrUnavailable.With("%s", err.Error())
 	}
 	return ErrInternal.With("%s", err.Error())
 }
 
-// away reports an error of NATS or JetStream not answering (a leader
-// election, a lost connection): the request may succeed if retried, and the
-// outcome of a write is unknown rather than failed.
-func away(err error) bool {
+// Unanswered reports an error of NATS or JetStream not answering (a leader
+// election, a lost connection, a call that ran out of time): the request
+// may succeed if retried, and the outcome of a write is unknown rather than
+// failed. An answer that refuses (a JetStream API error) is not one.
+func Unanswered(err error) bool {
 	for _, e := range []error{context.DeadlineExceeded, jetstream.ErrNoStreamResponse, nats.ErrTimeout, nats.ErrNoResponders,
 		nats.ErrConnectionClosed, nats.ErrConnectionReconnecting, nats.ErrDisconnected, nats.ErrConnectionDraining} {
 		if errors.Is(err, e) {

@@ -101,8 +101,8 @@
 //     The state written is the commit: if the publish then gets no answer
 //     (a leader election, a lost connection), submit still answers with
 //     the id and the repair enqueues the task, retrying for as long as the
-//     stream stays away; only a stream that answers with a refusal (the
-//     message too large, say) undoes the submit and fails it.
+//     stream stays away; any other failure (the stream refusing the
+//     message, say) would fail again, and undoes the submit and fails it.
 //   - a unique key is written before the state. A submit whose state
 //     write fails gives the key back; if that fails too, the key names a
 //     task that does not exist, and the next submit with that key takes it

@@ -623,15 +623,15 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	// The state carries the message: if this publication gets no answer
 	// (or did land, unanswered), the repair publishes it again and the
 	// deduplication absorbs a second copy, so the task exists from here.
-	// Only a stream that answers with a refusal undoes the submit.
+	// Any other failure (a refusal from the stream, a message too large to
+	// send) would fail again: it undoes the submit.
 	ack, err := s.js.PublishMsg(ctx, m)
-	var refused *jetstream.APIError
 	switch {
-	case errors.As(err, &refused):
+	case err != nil && !bus.Unanswered(err):
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if derr := s.kv.Purge(cctx, stateKey(rec.ID), jetstream.LastRevision(rev)); derr != nil {
-			return nil, bus.ErrUnavailable.With("task %s: the stream refused it (%v) and its state could not be taken back (%v)", rec.ID, err, derr)
+			return nil, bus.ErrUnavailable.With("task %s: enqueueing failed (%v) and its state could not be taken back (%v)", rec.ID, err, derr)
 		}
 		if ukey != "" {
 			_ = s.kv.Purge(cctx, ukey) // a key left behind is taken over later
