@@ -615,6 +615,13 @@ func TestStoreAwayIsUnavailable(t *testing.T) {
 	if bus.Unanswered(fmt.Errorf("enqueueing: %w", refused)) || !bus.Unanswered(jetstream.ErrNoStreamResponse) {
 		t.Fatal("Unanswered: a refusal is an answer; no response from the stream is not")
 	}
+	if e := bus.AsError(refused); e.Status != 500 {
+		t.Fatalf("a refusal: %d, want 500", e.Status)
+	}
+	busy := &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}
+	if e := bus.AsError(fmt.Errorf("writing: %w", busy)); e.Status != 503 {
+		t.Fatalf("JetStream temporarily unavailable: %d, want 503", e.Status)
+	}
 	if e := bus.AsError(errors.New("boom")); e.Status != 500 {
 		t.Fatalf("another error: %d, want 500", e.Status)
 	}

@@ -80,16 +80,19 @@ func (e *Error) With(format string, args ...any) *Error {
 // *Error in its chain as is; NATS or JetStream not answering (no response
 // from a stream, no responders, a lost connection, a call that ran out of
 // time) as ErrUnavailable, since the request may succeed if retried and the
-// outcome of a write is unknown; anything else as ErrInternal carrying its
-// message. A handler's context has no deadline, so a deadline in the chain
-// is one of the service's own calls timing out, not the client's request:
-// ErrTimeout is for a service to give explicitly.
+// outcome of a write is unknown; a JetStream API error that the server
+// codes 503 ("JetStream system temporarily unavailable", ...) as
+// ErrUnavailable too; anything else as ErrInternal carrying its message. A
+// handler's context has no deadline, so a deadline in the chain is one of
+// the service's own calls timing out, not the client's request: ErrTimeout
+// is for a service to give explicitly.
 func AsError(err error) *Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return e
 	}
-	if Unanswered(err) {
+	var api *jetstream.APIError
+	if Unanswered(err) || (errors.As(err, &api) && api.Code == 503) {
 		return ErrUnavailable.With("%s", err.Error())
 	}
 	return ErrInternal.With("%s", err.Error())
