@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -131,7 +132,10 @@ func TestEnqueueGetsNoAnswer(t *testing.T) {
 	}
 	cfg := stream.CachedInfo().Config
 	away := cfg
-	away.Subjects = slices.DeleteFunc(slices.Clone(cfg.Subjects), func(s string) bool { return s == scheduler.TaskSubjectPrefix+"*" })
+	// Nor a delayed task's schedule (subjects mesh.scheduler.at.<queue>.<id>).
+	away.Subjects = slices.DeleteFunc(slices.Clone(cfg.Subjects), func(s string) bool {
+		return s == scheduler.TaskSubjectPrefix+"*" || strings.HasPrefix(s, "mesh.scheduler.at.")
+	})
 	if _, err := js.UpdateStream(ctx(t), away); err != nil {
 		t.Fatal(err)
 	}
@@ -142,6 +146,10 @@ func TestEnqueueGetsNoAnswer(t *testing.T) {
 	}
 	if info, err := c.Status(ctx(t), id); err != nil || info.State != scheduler.StateQueued {
 		t.Fatalf("status = %+v, %v; want queued", info, err)
+	}
+	later, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "f", Type: "x", DelayMs: 3000})
+	if err != nil {
+		t.Fatalf("delayed submit while the stream is away: %v", err)
 	}
 	if again, err := c.Submit(ctx(t), req); !errors.Is(err, scheduler.ErrDuplicate) || again != id {
 		t.Fatalf("again = %q, %v; want %q, ErrDuplicate", again, err, id)
@@ -156,10 +164,13 @@ func TestEnqueueGetsNoAnswer(t *testing.T) {
 	work(t, s.URL(), map[string]int{"f": 1}, map[string]scheduler.Handler{
 		"x": func(ctx context.Context, task *scheduler.Task) error { return nil },
 	})
-	for _, id := range []string{first, id} {
+	for _, id := range []string{first, id, later} {
 		if info := waitDone(t, c, id); info.State != scheduler.StateSucceeded {
 			t.Fatalf("task %s = %+v", id, info)
 		}
+	}
+	if info := waitDone(t, c, later); info.StartedAt.Before(info.RunAt.Time) {
+		t.Fatalf("the delayed task started at %v, before its run_at %v", info.StartedAt, info.RunAt)
 	}
 }
 
