@@ -200,16 +200,17 @@ func (s *Server) tick(msg jetstream.Msg) {
 
 // repairLoop publishes again the messages of the tasks still waiting
 // RepairAfter after their submit (see doc.go). At start it looks at every
-// state; then, every RepairAfter, at the states written since three
+// state; then, every RepairAfter, at the states written in the three
 // RepairAfter before its last scan that succeeded, so that its cost
-// follows the rate of submits, not the number of states kept, and a task
-// whose repair failed (the stream still refusing it) is looked at again
-// however long that lasts.
+// follows the rate of submits, not the number of states kept, and at the
+// tasks whose repair failed before (the stream still away), however long
+// that lasts.
 func (s *Server) repairLoop() {
 	defer s.wg.Done()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	var since time.Time // zero: every state
+	var left []string   // tasks whose repair failed
 	for {
 		select {
 		case <-s.stop:
@@ -218,9 +219,9 @@ func (s *Server) repairLoop() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), max(s.cfg.RepairAfter, 10*time.Second))
 		start := time.Now()
-		err := s.repair(ctx, since)
+		failed, err := s.repair(ctx, since, left)
 		if err == nil {
-			since = start.Add(-3 * s.cfg.RepairAfter)
+			since, left = start.Add(-3*s.cfg.RepairAfter), failed
 		} else if ctx.Err() == nil {
 			s.log.Warn().Err(err).Msg("repair scan failed")
 		}
@@ -230,17 +231,17 @@ func (s *Server) repairLoop() {
 }
 
 // repair enqueues the tasks left pending, among the states written since
-// the given time (zero: all).
-func (s *Server) repair(ctx context.Context, since time.Time) error {
-	var todo []record
+// the given time (zero: all) and the tasks named in retry. It returns the
+// tasks whose repair failed; an error means the scan itself failed.
+func (s *Server) repair(ctx context.Context, since time.Time, retry []string) (failed []string, err error) {
+	todo := map[string]record{}
 	pending := func(rec *record) bool {
 		return rec.Pending != nil && (rec.State == StateQueued || rec.State == StateScheduled) && time.Since(rec.CreatedAt.Time) > s.cfg.RepairAfter
 	}
-	var err error
 	if since.IsZero() {
 		err = s.scan(ctx, jetstream.DeliverLastPerSubjectPolicy, since, func(rec *record) bool {
 			if pending(rec) {
-				todo = append(todo, *rec)
+				todo[rec.ID] = *rec
 			}
 			return true
 		})
@@ -252,43 +253,65 @@ func (s *Server) repair(ctx context.Context, since time.Time) error {
 			last[rec.ID] = *rec
 			return true
 		})
-		for _, rec := range last {
+		for id, rec := range last {
 			if pending(&rec) {
-				todo = append(todo, rec)
+				todo[id] = rec
 			}
 		}
 	}
 	if err != nil {
-		return err
+		return retry, err
+	}
+	for _, id := range retry {
+		if _, ok := todo[id]; ok {
+			continue
+		}
+		rec, _, err := s.get(ctx, id)
+		switch {
+		case err == nil && pending(&rec):
+			todo[id] = rec
+		case err != nil && !errors.Is(err, ErrNotFound):
+			failed = append(failed, id)
+		}
 	}
 	var errs []error // one task's failure does not hold up the others
-	for _, rec := range todo {
-		if err := s.ensureQueue(ctx, rec.Queue); err != nil {
-			errs = append(errs, err)
-			continue
+	for id, rec := range todo {
+		if err := s.repairOne(ctx, &rec); err != nil {
+			failed = append(failed, id)
+			errs = append(errs, fmt.Errorf("task %s: %w", id, err))
 		}
-		ack, err := s.js.PublishMsg(ctx, rec.Pending.msg())
-		if err != nil {
-			errs = append(errs, fmt.Errorf("task %s: %w", rec.ID, err))
-			continue
-		}
-		_, err = s.update(ctx, rec.ID, func(r *record) error {
-			if r.Pending == nil {
-				return errNoChange
-			}
-			r.Pending = nil
-			if r.State == StateQueued {
-				r.Seq = ack.Sequence
-			}
-			return nil
-		})
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			errs = append(errs, err)
-			continue
-		}
-		s.log.Info().Str("task", rec.ID).Bool("duplicate", ack.Duplicate).Msg("repaired the enqueue of a task")
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		s.log.Warn().Err(errors.Join(errs...)).Int("tasks", len(errs)).Msg("cannot enqueue tasks again yet; retrying at the next scan")
+	}
+	return failed, nil
+}
+
+// repairOne publishes a pending task's message again and drops it from the
+// state.
+func (s *Server) repairOne(ctx context.Context, rec *record) error {
+	if err := s.ensureQueue(ctx, rec.Queue); err != nil {
+		return err
+	}
+	ack, err := s.js.PublishMsg(ctx, rec.Pending.msg())
+	if err != nil {
+		return err
+	}
+	_, err = s.update(ctx, rec.ID, func(r *record) error {
+		if r.Pending == nil {
+			return errNoChange
+		}
+		r.Pending = nil
+		if r.State == StateQueued {
+			r.Seq = ack.Sequence
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	s.log.Info().Str("task", rec.ID).Bool("duplicate", ack.Duplicate).Msg("repaired the enqueue of a task")
+	return nil
 }
 
 // scan calls fn with the state of every task (policy
