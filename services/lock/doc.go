@@ -54,11 +54,19 @@
 // only after catching up as below, because a refused key still stands in
 // line until it is taken out: decided on a stale view, it could stand first
 // in line, refused, while others are told the lock is held (the cluster
-// test that stops a node caught this). A not_held answer (release, renew) is given only after the
-// instance has caught up: it writes a barrier key of its own and waits to
+// test that stops a node caught this). A not_held answer (release, renew)
+// is given only after the instance has caught up: it writes a barrier key of its own and waits to
 // see it, so every write made before the request began is in view. The
 // tests check histories of concurrent clients with porcupine, on one server
 // with one and two instances and on a 3-node cluster losing a node.
+//
+// Losing a NATS node: when the node that served a mirror's consumer goes,
+// the mirror misses two heartbeats (1 s apart) and nats.go recreates the
+// consumer; until then acquires wait. Measured on a 3-node cluster, that
+// costs up to 1.5 s, but about 10 s when the node led both the bucket's
+// stream and the JetStream meta group: nats.go's first attempt to recreate
+// the consumer, sent while no meta leader exists, waits out a fixed 10 s
+// timeout. Answers stay correct meanwhile; they are late or time out.
 //
 // Renewal publishes the key again with a new TTL and an expected last
 // sequence for the key (never kv.Update, which drops the TTL). Release
