@@ -63,10 +63,11 @@
 // Losing a NATS node: when the node that served a mirror's consumer goes,
 // the mirror misses two heartbeats (1 s apart) and nats.go recreates the
 // consumer; until then acquires wait. Measured on a 3-node cluster, that
-// costs up to 1.5 s, but about 10 s when the node led both the bucket's
-// stream and the JetStream meta group: nats.go's first attempt to recreate
-// the consumer, sent while no meta leader exists, waits out a fixed 10 s
-// timeout. Answers stay correct meanwhile; they are late or time out.
+// costs up to 1.5 s, but can take about 10 s when the node led both the
+// bucket's stream and the JetStream meta group (2 runs of 5): nats.go's
+// first attempt to recreate the consumer, sent while no meta leader exists,
+// waits out a fixed 10 s timeout. Answers stay correct meanwhile; they are
+// late or time out.
 //
 // Renewal publishes the key again with a new TTL and an expected last
 // sequence for the key (never kv.Update, which drops the TTL). Release
