@@ -126,11 +126,7 @@ func TestEnqueueGetsNoAnswer(t *testing.T) {
 	// No stream takes the queue's subject any more: a publication there
 	// gets no answer, as while the stream elects a leader.
 	js := s.JetStream()
-	stream, err := js.Stream(ctx(t), scheduler.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := stream.CachedInfo().Config
+	cfg := tasksConfig(t, js)
 	away := cfg
 	// Nor a delayed task's schedule (subjects mesh.scheduler.at.<queue>.<id>).
 	away.Subjects = slices.DeleteFunc(slices.Clone(cfg.Subjects), func(s string) bool {
@@ -184,11 +180,7 @@ func TestEnqueueRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	js := s.JetStream()
-	stream, err := js.Stream(ctx(t), scheduler.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := stream.CachedInfo().Config
+	cfg := tasksConfig(t, js)
 	cfg.MaxMsgSize = 512
 	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
 		t.Fatal(err)
@@ -205,6 +197,16 @@ func TestEnqueueRefused(t *testing.T) {
 	if _, err := c.Submit(ctx(t), req); err != nil {
 		t.Fatalf("the unique key was not given back: %v", err)
 	}
+}
+
+// tasksConfig is the configuration of the task stream, for a test to change.
+func tasksConfig(t *testing.T, js jetstream.JetStream) jetstream.StreamConfig {
+	t.Helper()
+	stream, err := js.Stream(ctx(t), scheduler.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream.CachedInfo().Config
 }
 
 // A unique key naming no task (a submit that failed before its state and
