@@ -205,11 +205,8 @@ func (c *Client) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
 			nodes = []string{g.node}
 		}
 		// The node passes on what it holds no copy of; when it does not
-		// answer, any node will do.
+		// answer, send asks any node.
 		vals, err := c.mget(ctx, nodes, sub)
-		if err != nil && unreachable(err) && g.node != "" {
-			vals, err = c.mget(ctx, nil, sub)
-		}
 		if err == nil && len(vals) != len(g.idx) {
 			err = bus.ErrInternal.With("mget: %d values for %d keys", len(vals), len(g.idx))
 		}
@@ -347,11 +344,8 @@ func (c *Client) MSet(ctx context.Context, items map[string][]byte, ttl time.Dur
 				nodes = []string{owner}
 			}
 			var rep MSetReply
-			err := c.do(ctx, nodes, OpMSet, MSetRequest{Items: items}, &rep)
-			if err != nil && unreachable(err) && owner != "" {
-				err = c.do(ctx, nil, OpMSet, MSetRequest{Items: items}, &rep)
-			}
-			if err != nil {
+			// An owner that does not answer: send asks any node.
+			if err := c.do(ctx, nodes, OpMSet, MSetRequest{Items: items}, &rep); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
