@@ -611,13 +611,7 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	rec.Pending = &pendingMsg{Subject: m.Subject, Header: m.Header, Data: m.Data}
 	rev, err := s.create(ctx, &rec)
 	if err != nil {
-		if ukey != "" {
-			// Best effort: a key left behind is taken over by the next
-			// submit once it is seen to name no task (claimUnique).
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_ = s.kv.Purge(cctx, ukey)
-			cancel()
-		}
+		s.giveBackUnique(ctx, ukey)
 		return nil, fmt.Errorf("scheduler: writing the task's state: %w", err)
 	}
 	// The state carries the message: if this publication gets no answer
@@ -633,9 +627,7 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 		if derr := s.kv.Purge(cctx, stateKey(rec.ID), jetstream.LastRevision(rev)); derr != nil {
 			return nil, bus.ErrUnavailable.With("task %s: enqueueing failed (%v) and its state could not be taken back (%v)", rec.ID, err, derr)
 		}
-		if ukey != "" {
-			_ = s.kv.Purge(cctx, ukey) // a key left behind is taken over later
-		}
+		s.giveBackUnique(ctx, ukey)
 		return nil, fmt.Errorf("scheduler: enqueueing: %w", err)
 	case err != nil:
 		s.log.Warn().Err(err).Str("task", rec.ID).Int64("repair_in_ms", s.cfg.RepairAfter.Milliseconds()).Msg("enqueueing got no answer; the repair enqueues the task")
@@ -650,6 +642,18 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	}
 	s.emit("submitted", &rec, nil)
 	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
+}
+
+// giveBackUnique removes the unique key of a submit that failed, if it has
+// one. Best effort: a key left behind is taken over by a later submit once
+// it is seen to name no task (claimUnique).
+func (s *Server) giveBackUnique(ctx context.Context, ukey string) {
+	if ukey == "" {
+		return
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = s.kv.Purge(cctx, ukey)
 }
 
 // claimUnique takes a queue's unique key for a new task, or answers
