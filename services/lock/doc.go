@@ -34,7 +34,9 @@
 // in line in the order the requests arrived (bus.Endpoint Inline); the rest
 // of the request runs on a worker.
 //
-// Each service instance mirrors the bucket through an ordered consumer. A
+// Each service instance mirrors the bucket through a consumer of its own,
+// read in order (feed.go; nats.go's ordered consumer, replaced for its
+// failover, below). A
 // waiting acquire sleeps until the mirror reports a change of its lock name,
 // then checks its position in memory: a release wakes every local waiter of
 // that name for a look at a map, but only the one now first in line does any
@@ -61,13 +63,17 @@
 // with one and two instances and on a 3-node cluster losing a node.
 //
 // Losing a NATS node: when the node that served a mirror's consumer goes,
-// the mirror misses two heartbeats (1 s apart) and nats.go recreates the
-// consumer; until then acquires wait. Measured on a 3-node cluster, that
-// costs up to 1.5 s, but can take about 10 s when the node led both the
-// bucket's stream and the JetStream meta group (2 runs of 5): nats.go's
-// first attempt to recreate the consumer, sent while no meta leader exists,
-// waits out a fixed 10 s timeout. Answers stay correct meanwhile; they are
-// late or time out.
+// the mirror misses two heartbeats (1 s apart) and makes a new consumer
+// that resumes after the last message it saw; when the instance's own
+// connection moves to another node, it does so at once (messages may have
+// gone with the old connection). Until then acquires wait. Each request to
+// make the consumer waits at most 1 s and is sent again until one is
+// answered: nats.go's ordered consumer, used before, waited out a fixed
+// 10 s on a request sent while the cluster had no meta leader, so losing
+// the node an instance was connected to, when that node led JetStream,
+// stopped the instance's acquires for 11 s; it is 1.1 s now
+// (TestFailoverServiceNode). Answers stay correct meanwhile; they are late
+// or time out.
 //
 // Renewal publishes the key again with a new TTL and an expected last
 // sequence for the key (never kv.Update, which drops the TTL). Release

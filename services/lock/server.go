@@ -53,7 +53,7 @@ type Server struct {
 	mirror *mirror
 	kv     jetstream.KeyValue
 	prefix string // subject prefix of the bucket's keys
-	cons   jetstream.ConsumeContext
+	feed   *feed
 }
 
 // New returns a lock service instance ready to Start.
@@ -113,28 +113,16 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("lock: bucket %s: %w", Bucket, err)
 	}
 	s.kv = kv
-	stream, err := s.js.Stream(ctx, "KV_"+Bucket)
-	if err != nil {
-		return fmt.Errorf("lock: %w", err)
-	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{s.prefix + ">"},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-	})
-	if err != nil {
-		return fmt.Errorf("lock: %w", err)
-	}
-	// Heartbeats every second: when the node serving the consumer goes
-	// away, the mirror notices (two missed) and resumes within seconds.
-	if s.cons, err = cons.Consume(s.onMsg, jetstream.PullHeartbeat(time.Second)); err != nil {
-		return fmt.Errorf("lock: %w", err)
+	s.feed = newFeed(s.js, "KV_"+Bucket, s.prefix+">", "mesh_lock_"+s.svc.ID(), s.onMsg, s.log)
+	if err := s.feed.start(ctx); err != nil {
+		return fmt.Errorf("lock: following the bucket: %w", err)
 	}
 	if err := s.catchUp(ctx); err != nil {
-		s.cons.Stop()
+		s.feed.stop()
 		return fmt.Errorf("lock: loading the locks: %w", err)
 	}
 	if err := s.svc.Start(ctx); err != nil {
-		s.cons.Stop()
+		s.feed.stop()
 		return err
 	}
 	return nil
@@ -143,8 +131,8 @@ func (s *Server) Start(ctx context.Context) error {
 // Stop stops serving. Waiting acquires give up and leave the line.
 func (s *Server) Stop(ctx context.Context) error {
 	err := s.svc.Stop(ctx)
-	if s.cons != nil {
-		s.cons.Stop()
+	if s.feed != nil {
+		s.feed.stop()
 	}
 	return err
 }
