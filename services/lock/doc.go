@@ -63,17 +63,26 @@
 // with one and two instances and on a 3-node cluster losing a node.
 //
 // Losing a NATS node: when the node that served a mirror's consumer goes,
-// the mirror misses two heartbeats (1 s apart) and makes a new consumer
-// that resumes after the last message it saw; when the instance's own
-// connection moves to another node, it does so at once (messages may have
-// gone with the old connection). Until then acquires wait. Each request to
-// make the consumer waits at most 1 s and is sent again until one is
-// answered: nats.go's ordered consumer, used before, waited out a fixed
-// 10 s on a request sent while the cluster had no meta leader, so losing
-// the node an instance was connected to, when that node led JetStream,
-// stopped the instance's acquires for 11 s; it is 1.1 s now
-// (TestFailoverServiceNode). Answers stay correct meanwhile; they are late
-// or time out.
+// the mirror misses two heartbeats (1 s apart) and makes a new consumer;
+// when the instance's own connection moves to another node, it does so at
+// once (messages may have gone with the old connection). Until then
+// acquires wait. Each request to make the consumer waits at most 1 s and
+// is sent again until one is answered: nats.go's ordered consumer waits out
+// a fixed 10 s on a request sent while the cluster has no meta leader, so
+// with it, losing the node an instance was connected to, when that node led
+// JetStream, stopped the instance's acquires for 11 s; it is 1.1 s with the
+// feed (TestFailoverServiceNode). Answers stay correct meanwhile; they are
+// late or time out.
+//
+// A new consumer loads the bucket afresh, into a view that replaces the
+// mirror's once loaded, rather than resuming after the last message seen:
+// the marker of a key released while the instance was away expires after
+// MarkerTTL, and a mirror that resumed would keep the key for good
+// (TestAwayPastMarkers). As a precaution the tests do not provoke, the
+// consumer is placed on the node that leads the bucket's stream (made
+// again, up to 8 times, when the server puts it elsewhere): a node that is
+// catching up after a restart may still hold keys the others have dropped,
+// and a consumer shows messages, not the deletions of a catch-up.
 //
 // Renewal publishes the key again with a new TTL and an expected last
 // sequence for the key (never kv.Update, which drops the TTL). Release

@@ -2,12 +2,14 @@ package lock_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/lock"
 )
@@ -23,10 +25,10 @@ func TestFailoverServiceNode(t *testing.T) {
 	c := bustest.RunCluster(t, 3)
 	victim := c.Leader()
 	other := c.Node((victim + 1) % c.N()).ClientURL()
-	svc := failoverStart(t, c.Node(victim).ClientURL()+","+other)
+	svc := failoverStart(t, c.Node(victim).ClientURL()+","+other, lock.Config{Replicas: 3})
 	t.Cleanup(func() { stopService(t, svc) })
 
-	locks := lock.NewClient(bustest.Connect(t, other))
+	locks := reach(t, other)
 	cycle := func(i int) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
@@ -53,10 +55,96 @@ func TestFailoverServiceNode(t *testing.T) {
 	}
 }
 
-func failoverStart(t *testing.T, url string) *lock.Server {
+// TestAwayPastMarkers: a lock is released while the only instance that saw
+// it held is cut off from the cluster, and the release's marker expires
+// before the instance is back. The instance must not keep the released
+// holder in its mirror (resuming after the last message it saw, it would,
+// and refuse the lock for good): it grants the lock.
+func TestAwayPastMarkers(t *testing.T) {
+	c := bustest.RunCluster(t, 3)
+	cfg := lock.Config{Replicas: 3, MarkerTTL: time.Second}
+	away := failoverStart(t, c.Node(1).ClientURL(), cfg, nats.IgnoreDiscoveredServers()) // no other node to reconnect to
+	locks := reach(t, c.Node(0).ClientURL())
+	l, err := locks.TryAcquire(ctx(t), "away", lock.Options{TTL: time.Minute}) // no renewal during the test
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(context.Background())                                     // ends its renewals; the lock is released below
+	if info, err := locks.Inspect(ctx(t), "away"); err != nil || !info.Held { // after the mirror
+		t.Fatalf("inspect = %+v, %v", info, err)
+	}
+	stay := failoverStart(t, c.Node(0).ClientURL(), cfg)
+	c.Stop(1)
+	// A request sent at once may still go to the stopped node's instance.
+	for release := 0; ; release++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := locks.Release(ctx, "away", l.Token())
+		cancel()
+		if err == nil || release > 0 && errors.Is(err, lock.ErrNotHeld) { // the first went through
+			break
+		}
+		if release == 10 {
+			t.Fatal(err)
+		}
+	}
+	st, err := bustest.JetStream(t, bustest.Connect(t, c.Node(0).ClientURL())).Stream(ctx(t), "KV_"+lock.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for { // until the marker (and the barrier keys) have expired
+		info, err := st.Info(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // waiting for the server's TTLs to run out
+	}
+	stopService(t, stay)
+	c.Restart(1)
+	for { // until the instance that was away answers
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		info, err := locks.Inspect(ctx, "away")
+		cancel()
+		if err == nil {
+			if info.Held {
+				t.Fatalf("the instance back from away shows a released lock held: %+v", info)
+			}
+			break
+		}
+	}
+	l, err = locks.TryAcquire(ctx(t), "away", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	stopService(t, away)
+}
+
+// reach returns a client on url once the service started on another node
+// answers there (its interest reaches the other nodes a moment later).
+func reach(t *testing.T, url string) *lock.Client {
+	t.Helper()
+	locks := lock.NewClient(bustest.Connect(t, url))
+	for {
+		_, err := locks.Inspect(ctx(t), "reach")
+		if err == nil {
+			return locks
+		}
+		if !errors.Is(err, bus.ErrUnavailable) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // interest travels between servers unannounced
+	}
+}
+
+func failoverStart(t *testing.T, url string, cfg lock.Config, opts ...nats.Option) *lock.Server {
 	t.Helper()
 	// The first URL first: the service is on the node the test stops.
-	s, err := lock.New(bustest.Connect(t, url, nats.DontRandomize()), lock.Config{Replicas: 3})
+	s, err := lock.New(bustest.Connect(t, url, append(opts, nats.DontRandomize())...), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,12 +19,14 @@ const createTimeout = time.Second
 
 // feed hands the bucket's messages to the mirror in stream order, through
 // a consumer of its own (one replica, in memory, no acks), and makes a new
-// one, resuming after the last message seen, when the consumer is lost: no
-// heartbeat for 2 s, deleted, a gap in its sequence, or the connection
-// reconnected (messages may have been lost with the old connection).
+// one when the consumer is lost: no heartbeat for 2 s, deleted, a gap in
+// its sequence, or the connection reconnected (messages may have been lost
+// with the old connection). Each consumer loads the bucket afresh (the last
+// message of every key) into a new view for the mirror (mirror.reload).
 //
-// This is what nats.go's ordered consumer does, except for how long it
-// waits: its requests to make a new consumer wait out a fixed 10 s, and one
+// nats.go's ordered consumer also makes a new consumer, but resumes after
+// the last message seen, which misses the markers that expired meanwhile,
+// and its requests to make a new consumer wait out a fixed 10 s, and one
 // sent while the cluster elects a new meta leader gets no answer, so that
 // losing the node a service was connected to, when that node led JetStream,
 // stopped the mirror, and every acquire, for 11 s. Here each request waits
@@ -36,14 +38,14 @@ type feed struct {
 	stream string
 	filter string
 	name   string // of the consumers, before their serial
-	apply  func(jetstream.Msg)
+	mirror *mirror
+	apply  func(jetstream.Msg) // hands a message to the mirror
 	log    zerolog.Logger
 
 	mu     sync.Mutex
 	serial int // of the consumer in use; older consumers' messages are dropped
 	cc     jetstream.ConsumeContext
 	dseq   uint64 // consumer sequence of the last message taken
-	sseq   uint64 // its stream sequence
 
 	lost   chan struct{} // the consumer in use is lost (buffered, 1)
 	status chan nats.Status
@@ -51,9 +53,9 @@ type feed struct {
 	done   chan struct{}
 }
 
-func newFeed(js jetstream.JetStream, stream, filter, name string, apply func(jetstream.Msg), log zerolog.Logger) *feed {
+func newFeed(js jetstream.JetStream, stream, filter, name string, m *mirror, apply func(jetstream.Msg), log zerolog.Logger) *feed {
 	return &feed{
-		js: js, nc: js.Conn(), stream: stream, filter: filter, name: name, apply: apply, log: log,
+		js: js, nc: js.Conn(), stream: stream, filter: filter, name: name, mirror: m, apply: apply, log: log,
 		lost: make(chan struct{}, 1),
 		done: make(chan struct{}),
 	}
@@ -125,14 +127,14 @@ func (f *feed) lose(serial int, why error) {
 	}
 }
 
-// resume replaces the consumer in use, if any, by one that starts after
-// the last message taken, trying until one is made or ctx ends.
+// resume replaces the consumer in use, if any, by a new one, trying until
+// one is made or ctx ends.
 func (f *feed) resume(ctx context.Context) error {
 	f.mu.Lock()
 	old, oldName := f.cc, f.consumer()
 	f.serial++
 	f.dseq = 0
-	serial, name, from := f.serial, f.consumer(), f.sseq+1
+	serial, name := f.serial, f.consumer()
 	f.mu.Unlock()
 	if old != nil {
 		old.Stop()
@@ -145,9 +147,6 @@ func (f *feed) resume(ctx context.Context) error {
 		InactiveThreshold: time.Minute,
 		Replicas:          1,
 		MemoryStorage:     true,
-	}
-	if from > 1 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
 	}
 	pause := 50 * time.Millisecond
 	for {
@@ -174,11 +173,13 @@ func (f *feed) resume(ctx context.Context) error {
 }
 
 func (f *feed) consume(ctx context.Context, serial int, cfg jetstream.ConsumerConfig) (jetstream.ConsumeContext, error) {
-	cctx, cancel := context.WithTimeout(ctx, createTimeout)
-	defer cancel()
-	cons, err := f.js.CreateOrUpdateConsumer(cctx, f.stream, cfg)
+	cons, err := f.create(ctx, cfg)
 	if err != nil {
 		return nil, err
+	}
+	f.mirror.reload()
+	if cons.CachedInfo().NumPending == 0 {
+		f.mirror.loaded() // an empty bucket: no message will end the load
 	}
 	return cons.Consume(f.handler(serial),
 		jetstream.PullHeartbeat(time.Second),
@@ -190,6 +191,39 @@ func (f *feed) consume(ctx context.Context, serial int, cfg jetstream.ConsumerCo
 				f.mu.Unlock()
 			}
 		}))
+}
+
+// create makes a consumer on the node that leads the stream, trying up
+// to placements times: the server puts a consumer of one replica on any
+// node of the stream, and a node catching up after a restart can hold keys
+// the leader has dropped, which the consumer would show as present (it
+// shows messages, not the deletions of a catch-up). Past placements, a
+// consumer anywhere is better than none.
+func (f *feed) create(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	const placements = 8
+	for attempt := 1; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, createTimeout)
+		cons, err := f.js.CreateOrUpdateConsumer(cctx, f.stream, cfg)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		stream, err := f.js.Stream(cctx, f.stream)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		leader, on := stream.CachedInfo().Cluster, cons.CachedInfo().Cluster
+		if leader == nil || on == nil || on.Leader == leader.Leader || attempt == placements {
+			cancel()
+			return cons, nil
+		}
+		err = f.js.DeleteConsumer(cctx, f.stream, cfg.Name)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 func (f *feed) handler(serial int) func(jetstream.Msg) {
@@ -208,7 +242,7 @@ func (f *feed) handler(serial int) func(jetstream.Msg) {
 			f.lose(serial, fmt.Errorf("message %d of the consumer after %d", meta.Sequence.Consumer, f.dseq))
 			return
 		}
-		f.dseq, f.sseq = meta.Sequence.Consumer, meta.Sequence.Stream
+		f.dseq = meta.Sequence.Consumer
 		f.apply(msg)
 	}
 }

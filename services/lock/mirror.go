@@ -39,15 +39,21 @@ func (c *contender) expiresAt() time.Time {
 func (c *contender) limit() int { return max(c.rec.Limit, 1) }
 
 // mirror keeps, in memory, the contenders of every lock in the bucket, fed
-// by an ordered consumer. It is a view for waking waiters and answering
-// reads; every decision that must be exclusive is a compare-and-set on the
-// bucket.
+// by a feed. It is a view for waking waiters and answering reads; every
+// decision that must be exclusive is a compare-and-set on the bucket.
 type mirror struct {
 	mu      sync.Mutex
 	locks   map[string]map[string]*contender // name -> id -> contender
 	lastSeq uint64
 	changed map[string]chan struct{} // name -> closed at the next change of that name
 	seq     chan struct{}            // closed at the next message
+
+	// While it loads the bucket afresh, the mirror builds the new view in
+	// next and keeps answering from the old one, which lags but is never
+	// wrong in a way that matters (see doc.go); the new one replaces it
+	// whole once loaded.
+	next    map[string]map[string]*contender
+	nextSeq uint64
 }
 
 func newMirror() *mirror {
@@ -71,6 +77,36 @@ func splitKey(key string) (name, id string, ok bool) {
 	return rest[:i], rest[i+1:], true
 }
 
+// reload starts loading the bucket afresh: the messages that follow are
+// the last of every key, then new ones, until one reports nothing pending.
+// A mirror that resumed after the last message it saw would miss the
+// markers that expired meanwhile (the bucket keeps them MarkerTTL) and keep
+// their keys for good.
+func (m *mirror) reload() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.next, m.nextSeq = map[string]map[string]*contender{}, 0
+}
+
+// loaded ends a reload: the new view replaces the old one, as of the
+// bucket's state when it was loaded, and every waiter takes a look.
+func (m *mirror) loaded() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.loadedLocked()
+}
+
+func (m *mirror) loadedLocked() {
+	m.locks, m.next = m.next, nil
+	m.lastSeq = max(m.lastSeq, m.nextSeq)
+	close(m.seq)
+	m.seq = make(chan struct{})
+	for name, ch := range m.changed {
+		close(ch)
+		delete(m.changed, name)
+	}
+}
+
 // apply takes one message of the bucket's stream. It returns the contender
 // that the message shows expired on the server, if any, with its lock name.
 func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *contender) {
@@ -81,45 +117,65 @@ func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *
 	name, id, ok := splitKey(strings.TrimPrefix(msg.Subject(), prefix))
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.next != nil {
+		if ok {
+			update(m.next, name, id, msg, meta)
+		}
+		m.nextSeq = meta.Sequence.Stream
+		if meta.NumPending == 0 {
+			m.loadedLocked()
+		}
+		return "", nil
+	}
 	m.lastSeq = meta.Sequence.Stream
 	close(m.seq)
 	m.seq = make(chan struct{})
 	if !ok {
 		return "", nil
 	}
-	h := msg.Headers()
-	marker := h.Get("KV-Operation") != "" || h.Get(jetstream.MarkerReasonHeader) != ""
-	cs := m.locks[name]
-	if marker {
-		if c := cs[id]; c != nil {
-			delete(cs, id)
-			if len(cs) == 0 {
-				delete(m.locks, name)
-			}
-			if h.Get(jetstream.MarkerReasonHeader) != "" {
-				expired = c
-			}
-		}
-	} else {
-		var rec record
-		if json.Unmarshal(msg.Data(), &rec) != nil {
-			return "", nil
-		}
-		c := &contender{id: id, rev: meta.Sequence.Stream, token: rec.Token, written: meta.Timestamp, rec: rec}
-		if c.token == 0 {
-			c.token = c.rev
-		}
-		if cs == nil {
-			cs = map[string]*contender{}
-			m.locks[name] = cs
-		}
-		cs[id] = c
+	expired, ok = update(m.locks, name, id, msg, meta)
+	if !ok {
+		return "", nil
 	}
 	if ch, ok := m.changed[name]; ok {
 		close(ch)
 		delete(m.changed, name)
 	}
 	return name, expired
+}
+
+// update applies a message of contender id of name to locks: it returns
+// the contender the message shows expired on the server, if any, and false
+// for a message that is not a contender's.
+func update(locks map[string]map[string]*contender, name, id string, msg jetstream.Msg, meta *jetstream.MsgMetadata) (expired *contender, ok bool) {
+	h := msg.Headers()
+	cs := locks[name]
+	if h.Get("KV-Operation") != "" || h.Get(jetstream.MarkerReasonHeader) != "" {
+		if c := cs[id]; c != nil {
+			delete(cs, id)
+			if len(cs) == 0 {
+				delete(locks, name)
+			}
+			if h.Get(jetstream.MarkerReasonHeader) != "" {
+				expired = c
+			}
+		}
+		return expired, true
+	}
+	var rec record
+	if json.Unmarshal(msg.Data(), &rec) != nil {
+		return nil, false
+	}
+	c := &contender{id: id, rev: meta.Sequence.Stream, token: rec.Token, written: meta.Timestamp, rec: rec}
+	if c.token == 0 {
+		c.token = c.rev
+	}
+	if cs == nil {
+		cs = map[string]*contender{}
+		locks[name] = cs
+	}
+	cs[id] = c
+	return nil, true
 }
 
 // watch returns a channel closed at the next change of name, and whether

@@ -113,7 +113,7 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("lock: bucket %s: %w", Bucket, err)
 	}
 	s.kv = kv
-	s.feed = newFeed(s.js, "KV_"+Bucket, s.prefix+">", "mesh_lock_"+s.svc.ID(), s.onMsg, s.log)
+	s.feed = newFeed(s.js, "KV_"+Bucket, s.prefix+">", "mesh_lock_"+s.svc.ID(), s.mirror, s.onMsg, s.log)
 	if err := s.feed.start(ctx); err != nil {
 		return fmt.Errorf("lock: following the bucket: %w", err)
 	}

@@ -100,6 +100,12 @@ type Cluster struct {
 func RunCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, opts: make([]*server.Options, n), nodes: make([]*embed.Server, n)}
+	// The stores first: cleanups run last registered first, and a store
+	// must outlive its node.
+	dirs := make([]string, n)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+	}
 	t.Cleanup(func() {
 		for i, s := range c.nodes {
 			if s != nil {
@@ -115,7 +121,7 @@ func RunCluster(t testing.TB, n int) *Cluster {
 		cfg := embed.Config{
 			Name:    fmt.Sprintf("n%d", i),
 			Listen:  "127.0.0.1:-1",
-			DataDir: t.TempDir(),
+			DataDir: dirs[i],
 			Cluster: &embed.Cluster{Name: "mesh-test", Listen: fmt.Sprintf("127.0.0.1:%d", routePorts[i])},
 		}
 		o, err := cfg.Options()
