@@ -48,7 +48,7 @@ type connFlags struct {
 	NKey     string        `name:"nkey" env:"MESH_NKEY" type:"existingfile" help:"NATS nkey seed file."`
 	User     string        `env:"MESH_USER" help:"NATS user."`
 	Password string        `env:"MESH_PASSWORD" help:"NATS password."`
-	Token    string        `env:"MESH_TOKEN" help:"NATS token."`
+	Token    string        `name:"nats-token" env:"MESH_NATS_TOKEN" help:"NATS authentication token (not a lock's token)."`
 	TLSCA    string        `name:"tls-ca" env:"MESH_TLS_CA" type:"existingfile" help:"CA certificate to verify the NATS server."`
 	TLSCert  string        `name:"tls-cert" env:"MESH_TLS_CERT" type:"existingfile" help:"Client certificate."`
 	TLSKey   string        `name:"tls-key" env:"MESH_TLS_KEY" type:"existingfile" help:"Client certificate key."`
@@ -72,6 +72,10 @@ type app struct {
 	out  io.Writer // where results go: stdout
 }
 
+// kongUsageError is the exit code kong gives a command line it cannot
+// parse.
+const kongUsageError = 80
+
 func main() {
 	var c cli
 	ctx := kong.Parse(&c,
@@ -80,6 +84,12 @@ func main() {
 		kong.UsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Vars{"default_url": bus.DefaultURL},
+		kong.Exit(func(code int) {
+			if code == kongUsageError {
+				code = 2 // as Go's flag package and most tools say "usage"
+			}
+			os.Exit(code)
+		}),
 	)
 	a := &app{conn: c.Conn, log: newLogger(c.LogLevel), out: os.Stdout}
 	if err := ctx.Run(a); err != nil {

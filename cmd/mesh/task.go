@@ -203,7 +203,7 @@ func (c *taskCancelCmd) Run(a *app) error {
 }
 
 type taskListCmd struct {
-	Queue  string `help:"Only this queue."`
+	Queue  string `arg:"" optional:"" help:"Only this queue (default: every queue)."`
 	State  string `help:"Only this state (scheduled, queued, running, failed, succeeded, dead, cancelled)."`
 	Limit  int    `help:"At most this many (0: 100)."`
 	Cursor string `help:"Start after this id (the previous page's next cursor)."`

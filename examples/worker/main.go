@@ -12,9 +12,10 @@
 //	*       any other type succeeds with an empty result
 //
 // Connection and settings come from the same MESH_* variables as the mesh
-// binary (MESH_NATS, MESH_USER, MESH_PASSWORD, MESH_NKEY, MESH_CREDS,
-// MESH_TLS_*, MESH_INBOX_PREFIX), plus MESH_WORKER_QUEUES (queue=concurrency,... ; default
-// default=4) and MESH_WORKER_NAME. Flags override them.
+// binary (MESH_NATS, MESH_USER, MESH_PASSWORD, MESH_NATS_TOKEN, MESH_NKEY,
+// MESH_CREDS, MESH_TLS_*, MESH_INBOX_PREFIX), plus MESH_WORKER_QUEUES
+// (queue=concurrency,... ; default default=4) and MESH_WORKER_NAME. Flags
+// override them.
 package main
 
 import (
@@ -105,7 +106,7 @@ func run() error {
 	nc, err := bus.Connect(cctx, bus.Options{
 		URL: *url, Name: "worker " + *name,
 		Creds: os.Getenv("MESH_CREDS"), NKey: os.Getenv("MESH_NKEY"),
-		User: os.Getenv("MESH_USER"), Password: os.Getenv("MESH_PASSWORD"), Token: os.Getenv("MESH_TOKEN"),
+		User: os.Getenv("MESH_USER"), Password: os.Getenv("MESH_PASSWORD"), Token: os.Getenv("MESH_NATS_TOKEN"),
 		TLSCA: os.Getenv("MESH_TLS_CA"), TLSCert: os.Getenv("MESH_TLS_CERT"), TLSKey: os.Getenv("MESH_TLS_KEY"),
 		InboxPrefix: os.Getenv("MESH_INBOX_PREFIX"), Retry: true, Logger: log,
 	})
