@@ -103,6 +103,13 @@
 //     the id and the repair enqueues the task, retrying for as long as the
 //     stream stays away; any other failure (the stream refusing the
 //     message, say) would fail again, and undoes the submit and fails it.
+//     A state write that itself gets no answer may have landed: submit
+//     reads the state back and goes on if it is there; if not, it purges
+//     the key, so that the write cannot land later (it expects no earlier
+//     write), and fails. Either way a retry makes no second task. When
+//     neither the read nor the purge is answered, submit answers 503 and
+//     keeps the unique key (taken over as below if the task does not
+//     exist).
 //   - a unique key is written before the state. A submit whose state
 //     write fails gives the key back; if that fails too, the key names a
 //     task that does not exist, and the next submit with that key takes it

@@ -543,3 +543,72 @@ func TestDelayedInstanceDies(t *testing.T) {
 		t.Fatalf("%d ran, %d early", ran.Load(), early.Load())
 	}
 }
+
+// A submit whose first state write gets no answer: when the write landed,
+// the submit goes on and answers with the id (a retry is told it is a
+// duplicate of it, not made a second task); when it did not, the submit
+// fails and gives its unique key back, and a retry makes the task.
+func TestStateWriteGetsNoAnswer(t *testing.T) {
+	for _, landed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("landed=%v", landed), func(t *testing.T) {
+			s := bustest.RunServer(t)
+			srv, err := scheduler.New(bustest.Connect(t, s.URL()), scheduler.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			faulty := &unansweredCreates{landed: landed}
+			faulty.n.Store(1)
+			scheduler.WrapStates(srv, func(kv jetstream.KeyValue) jetstream.KeyValue {
+				faulty.KeyValue = kv
+				return faulty
+			})
+			if err := srv.Start(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+			c := client(t, s.URL())
+			req := scheduler.SubmitRequest{Queue: "s", Type: "x", UniqueKey: "once"}
+			id, err := c.Submit(ctx(t), req)
+			if landed {
+				if err != nil {
+					t.Fatalf("a state write that landed without an answer failed the submit: %v", err)
+				}
+				if again, err := c.Submit(ctx(t), req); !errors.Is(err, scheduler.ErrDuplicate) || again != id {
+					t.Fatalf("again = %q, %v; want %q, ErrDuplicate", again, err, id)
+				}
+			} else {
+				if err == nil {
+					t.Fatalf("a state write that did not land was submitted as %s", id)
+				}
+				if id, err = c.Submit(ctx(t), req); err != nil {
+					t.Fatalf("the unique key was not given back: %v", err)
+				}
+			}
+			list, err := c.List(ctx(t), scheduler.ListRequest{Queue: "s"})
+			if err != nil || len(list.Tasks) != 1 || list.Tasks[0].ID != id {
+				t.Fatalf("list = %+v, %v; want the one task %s", list, err, id)
+			}
+		})
+	}
+}
+
+// unansweredCreates answers the next n writes of a new task state with no
+// answer; landed says whether the write is made first, as when only the
+// answer is lost.
+type unansweredCreates struct {
+	jetstream.KeyValue
+	landed bool
+	n      atomic.Int32
+}
+
+func (k *unansweredCreates) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	if !strings.HasPrefix(key, "t.") || k.n.Add(-1) < 0 {
+		return k.KeyValue.Create(ctx, key, value, opts...)
+	}
+	if k.landed {
+		if _, err := k.KeyValue.Create(ctx, key, value, opts...); err != nil {
+			return 0, err
+		}
+	}
+	return 0, context.DeadlineExceeded
+}

@@ -135,11 +135,12 @@ type Server struct {
 	svc    *bus.Service
 	events *bus.Events
 
-	kv       jetstream.KeyValue
-	tasks    jetstream.Stream
-	dead     jetstream.Stream
-	queues   sync.Map // queue name -> struct{}: consumers known to exist
-	consumes []jetstream.ConsumeContext
+	kv         jetstream.KeyValue
+	wrapStates func(jetstream.KeyValue) jetstream.KeyValue // tests: faults of the bucket
+	tasks      jetstream.Stream
+	dead       jetstream.Stream
+	queues     sync.Map // queue name -> struct{}: consumers known to exist
+	consumes   []jetstream.ConsumeContext
 
 	// states caches the states this instance wrote or read, with their
 	// revisions, to save a read before a compare-and-set (a stale entry
@@ -239,6 +240,9 @@ func (s *Server) Start(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("scheduler: bucket %s: %w", Bucket, err)
+	}
+	if s.wrapStates != nil {
+		s.kv = s.wrapStates(s.kv)
 	}
 	staging, err := s.tasks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       stagingConsumer,
@@ -610,6 +614,14 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	// state without it. See doc.go: the queue and the states do not drift.
 	rec.Pending = &pendingMsg{Subject: m.Subject, Header: m.Header, Data: m.Data}
 	rev, err := s.create(ctx, &rec)
+	if err != nil && bus.Unanswered(err) {
+		rev, err = s.settleCreate(ctx, &rec, err)
+		if errors.Is(err, errUnsettled) {
+			// The key stays with a task that may exist; claimUnique
+			// frees it after RepairAfter if the task does not.
+			return nil, bus.ErrUnavailable.With("task %s: writing its state got no answer, and whether it stands is unknown: look it up before submitting again", rec.ID)
+		}
+	}
 	if err != nil {
 		s.giveBackUnique(ctx, ukey)
 		return nil, fmt.Errorf("scheduler: writing the task's state: %w", err)
@@ -642,6 +654,33 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	}
 	s.emit("submitted", &rec, nil)
 	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
+}
+
+// errUnsettled: settleCreate could not tell whether the state stands.
+var errUnsettled = errors.New("unsettled")
+
+// settleCreate decides a task's first state write that got no answer
+// (cause): it may have landed. If it did, it returns its revision and the
+// submit goes on, so that the task is not submitted twice when the caller
+// tries again with its unique key given back. If it did not, a purge of the
+// key makes sure it never lands later (a create expects no earlier write of
+// the key), and settleCreate returns cause: the submit fails cleanly. When
+// neither can be told, it returns errUnsettled.
+func (s *Server) settleCreate(ctx context.Context, rec *record, cause error) (uint64, error) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	e, err := s.kv.Get(cctx, stateKey(rec.ID))
+	if err == nil {
+		s.cache(rec, e.Revision())
+		return e.Revision(), nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, errUnsettled
+	}
+	if err := s.kv.Purge(cctx, stateKey(rec.ID)); err != nil {
+		return 0, errUnsettled
+	}
+	return 0, cause
 }
 
 // giveBackUnique removes the unique key of a submit that failed, if it has
