@@ -77,19 +77,10 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // mesh up serves every service on its embedded server, mesh status sees
 // them, and cancelling (Ctrl-C) stops everything cleanly.
 func TestUpStatusAndStop(t *testing.T) {
-	listen, metrics := freeAddr(t), freeAddr(t)
+	listen, metrics := bustest.FreeAddr(t), bustest.FreeAddr(t)
 	data := filepath.Join(t.TempDir(), "data")
 	out := &syncBuffer{}
 	a := &app{log: zerolog.Nop(), out: out, conn: connFlags{Timeout: 5 * time.Second}}
@@ -190,7 +181,7 @@ func TestUpPortInUse(t *testing.T) {
 
 func TestServeUnknownService(t *testing.T) {
 	a := &app{log: zerolog.Nop(), out: &syncBuffer{}}
-	up := &upCmd{Listen: freeAddr(t), Data: t.TempDir(), Services: []string{"nope"}, runFlags: runFlags{Replicas: 1}}
+	up := &upCmd{Listen: bustest.FreeAddr(t), Data: t.TempDir(), Services: []string{"nope"}, runFlags: runFlags{Replicas: 1}}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := up.run(ctx, a); err == nil || !strings.Contains(err.Error(), `unknown service "nope"`) {
@@ -201,13 +192,13 @@ func TestServeUnknownService(t *testing.T) {
 // Profiles are served only when asked for, and only beside the metrics.
 func TestPprofFlag(t *testing.T) {
 	a := &app{log: zerolog.Nop(), out: &syncBuffer{}}
-	up := &upCmd{Listen: freeAddr(t), Data: t.TempDir(), runFlags: runFlags{Replicas: 1, Pprof: true}}
+	up := &upCmd{Listen: bustest.FreeAddr(t), Data: t.TempDir(), runFlags: runFlags{Replicas: 1, Pprof: true}}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := up.run(ctx, a); err == nil || !strings.Contains(err.Error(), "--pprof") {
 		t.Fatalf("--pprof without --metrics: err = %v", err)
 	}
-	addr := freeAddr(t)
+	addr := bustest.FreeAddr(t)
 	m, err := startMetrics(addr, false, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +214,7 @@ func TestPprofFlag(t *testing.T) {
 
 // Requests are counted by endpoint and status, and timed by endpoint.
 func TestMetricsCounts(t *testing.T) {
-	addr := freeAddr(t)
+	addr := bustest.FreeAddr(t)
 	m, err := startMetrics(addr, false, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

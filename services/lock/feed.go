@@ -115,7 +115,8 @@ func (f *feed) run(ctx context.Context) {
 // consumer names the consumer in use; f.mu held.
 func (f *feed) consumer() string { return fmt.Sprintf("%s_%d", f.name, f.serial) }
 
-// lose reports the consumer of serial lost, unless it was already replaced.
+// lose reports the consumer of serial lost, unless it was already
+// replaced; f.mu held.
 func (f *feed) lose(serial int, why error) {
 	if serial != f.serial {
 		return

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -259,13 +258,7 @@ type fixedServer struct {
 }
 
 func startFixed(t *testing.T) *fixedServer {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	f := &fixedServer{t: t, dir: t.TempDir(), addr: addr}
+	f := &fixedServer{t: t, dir: t.TempDir(), addr: bustest.FreeAddr(t)}
 	f.start()
 	t.Cleanup(func() {
 		if f.srv != nil {

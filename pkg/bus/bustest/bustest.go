@@ -7,10 +7,12 @@ package bustest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,14 +117,15 @@ func RunCluster(t testing.TB, n int) *Cluster {
 		}
 	})
 	// A clustered JetStream server refuses to start without routes, so the
-	// route ports are chosen before any node starts.
-	routePorts := freePorts(t, n)
+	// route ports are chosen before any node starts; the client ports too,
+	// as a restarted node takes its own again.
+	ports := freePorts(t, 2*n)
 	for i := range n {
 		cfg := embed.Config{
 			Name:    fmt.Sprintf("n%d", i),
-			Listen:  "127.0.0.1:-1",
+			Listen:  fmt.Sprintf("127.0.0.1:%d", ports[n+i]),
 			DataDir: dirs[i],
-			Cluster: &embed.Cluster{Name: "mesh-test", Listen: fmt.Sprintf("127.0.0.1:%d", routePorts[i])},
+			Cluster: &embed.Cluster{Name: "mesh-test", Listen: fmt.Sprintf("127.0.0.1:%d", ports[i])},
 		}
 		o, err := cfg.Options()
 		if err != nil {
@@ -132,8 +135,6 @@ func RunCluster(t testing.TB, n int) *Cluster {
 	}
 	for i := range n {
 		c.start(i)
-		// Keep the client port the node got, for its restarts.
-		c.opts[i].Port = c.nodes[i].NATS().Addr().(*net.TCPAddr).Port
 	}
 	c.WaitLeader()
 	c.waitPlacement()
@@ -172,20 +173,49 @@ func (c *Cluster) waitPlacement() {
 	}
 }
 
-// freePorts returns n ports free on 127.0.0.1 a moment ago.
+// FreeAddr returns an address on 127.0.0.1 whose port was free a moment
+// ago, for a server that must listen on a port known before it starts (or
+// take it again when it restarts). See freePorts.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(freePorts(t, 1)[0]))
+}
+
+// freePorts returns n ports free on 127.0.0.1 a moment ago, picked below
+// the kernel's range of ephemeral ports (from 32768 on Linux, 49152 on
+// others): a port from that range, once closed, may be given to an outgoing
+// connection of any process before the node binds it, which two test
+// binaries running at once showed. A port is given out once per process,
+// so that two picked before either is bound differ.
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
+	given.Lock()
+	defer given.Unlock()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("bustest: %v", err)
+	for attempt := 0; len(ports) < n; attempt++ {
+		if attempt == 1000 {
+			t.Fatalf("bustest: no %d free ports between 20000 and 32000", n)
 		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		p := 20000 + rand.IntN(12000)
+		if given.ports[p] {
+			continue
+		}
+		given.ports[p] = true
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue // in use
+		}
+		l.Close()
+		ports = append(ports, p)
 	}
 	return ports
 }
+
+// given holds the ports freePorts gave out.
+var given = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 // start starts node i, routed to every other node.
 func (c *Cluster) start(i int) {
