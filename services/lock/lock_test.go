@@ -444,3 +444,60 @@ func TestAcquireAfterDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A try refused while the lock is held is taken out of the line a moment
+// after its refusal is decided. If the holder releases in that moment, the
+// refused key stands first in line: a try then must not be refused for a
+// holder that never was. Either the first try is granted after all, or the
+// second is.
+func TestRefusedKeyFirstInLine(t *testing.T) {
+	s := bustest.RunServer(t)
+	srv, err := lock.New(bustest.Connect(t, s.URL()), lock.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing, resume := make(chan struct{}), make(chan struct{})
+	var held atomic.Bool
+	lock.BeforeRefusal(srv, func(string) {
+		if held.CompareAndSwap(false, true) { // only the first refusal
+			close(refusing)
+			<-resume
+		}
+	})
+	if err := srv.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	c := client(t, s.URL())
+	holder, err := c.TryAcquire(ctx(t), "phantom", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type outcome struct {
+		lease *lock.Lease
+		err   error
+	}
+	firstTry := make(chan outcome, 1)
+	go func() {
+		l, err := c.TryAcquire(ctx(t), "phantom", opts)
+		firstTry <- outcome{l, err}
+	}()
+	<-refusing // the first try is refused, its key not yet out of the line
+	if err := holder.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	second, secondErr := c.TryAcquire(ctx(t), "phantom", opts)
+	close(resume)
+	got := <-firstTry
+	for _, l := range []*lock.Lease{got.lease, second} {
+		if l != nil {
+			defer l.Release(context.Background())
+		}
+	}
+	if errors.Is(got.err, lock.ErrLocked) && errors.Is(secondErr, lock.ErrLocked) {
+		t.Fatal("both tries were refused after the holder released: the first, refused, stood first in line")
+	}
+	if got.err != nil && secondErr != nil {
+		t.Fatalf("first try: %v; second try: %v", got.err, secondErr)
+	}
+}

@@ -44,6 +44,7 @@ func (c *contender) limit() int { return max(c.rec.Limit, 1) }
 type mirror struct {
 	mu      sync.Mutex
 	locks   map[string]map[string]*contender // name -> id -> contender
+	names   map[string]uint64                // name -> sequence of its last message, while it has contenders
 	lastSeq uint64
 	changed map[string]chan struct{} // name -> closed at the next change of that name
 	seq     chan struct{}            // closed at the next message
@@ -52,13 +53,15 @@ type mirror struct {
 	// next and keeps answering from the old one, which lags but is never
 	// wrong in a way that matters (see doc.go); the new one replaces it
 	// whole once loaded.
-	next    map[string]map[string]*contender
-	nextSeq uint64
+	next      map[string]map[string]*contender
+	nextNames map[string]uint64
+	nextSeq   uint64
 }
 
 func newMirror() *mirror {
 	return &mirror{
 		locks:   map[string]map[string]*contender{},
+		names:   map[string]uint64{},
 		changed: map[string]chan struct{}{},
 		seq:     make(chan struct{}),
 	}
@@ -85,7 +88,7 @@ func splitKey(key string) (name, id string, ok bool) {
 func (m *mirror) reload() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.next, m.nextSeq = map[string]map[string]*contender{}, 0
+	m.next, m.nextNames, m.nextSeq = map[string]map[string]*contender{}, map[string]uint64{}, 0
 }
 
 // loaded ends a reload: the new view replaces the old one, as of the
@@ -97,7 +100,7 @@ func (m *mirror) loaded() {
 }
 
 func (m *mirror) loadedLocked() {
-	m.locks, m.next = m.next, nil
+	m.locks, m.names, m.next, m.nextNames = m.next, m.nextNames, nil, nil
 	m.lastSeq = max(m.lastSeq, m.nextSeq)
 	close(m.seq)
 	m.seq = make(chan struct{})
@@ -119,7 +122,7 @@ func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *
 	defer m.mu.Unlock()
 	if m.next != nil {
 		if ok {
-			update(m.next, name, id, msg, meta)
+			update(m.next, m.nextNames, name, id, msg, meta)
 		}
 		m.nextSeq = meta.Sequence.Stream
 		if meta.NumPending == 0 {
@@ -133,7 +136,7 @@ func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *
 	if !ok {
 		return "", nil
 	}
-	expired, ok = update(m.locks, name, id, msg, meta)
+	expired, ok = update(m.locks, m.names, name, id, msg, meta)
 	if !ok {
 		return "", nil
 	}
@@ -144,17 +147,21 @@ func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *
 	return name, expired
 }
 
-// update applies a message of contender id of name to locks: it returns
-// the contender the message shows expired on the server, if any, and false
-// for a message that is not a contender's.
-func update(locks map[string]map[string]*contender, name, id string, msg jetstream.Msg, meta *jetstream.MsgMetadata) (expired *contender, ok bool) {
+// update applies a message of contender id of name to locks and names: it
+// returns the contender the message shows expired on the server, if any,
+// and false for a message that is not a contender's.
+func update(locks map[string]map[string]*contender, names map[string]uint64, name, id string, msg jetstream.Msg, meta *jetstream.MsgMetadata) (expired *contender, ok bool) {
 	h := msg.Headers()
 	cs := locks[name]
 	if h.Get("KV-Operation") != "" || h.Get(jetstream.MarkerReasonHeader) != "" {
+		if cs != nil {
+			names[name] = meta.Sequence.Stream
+		}
 		if c := cs[id]; c != nil {
 			delete(cs, id)
 			if len(cs) == 0 {
 				delete(locks, name)
+				delete(names, name)
 			}
 			if h.Get(jetstream.MarkerReasonHeader) != "" {
 				expired = c
@@ -175,6 +182,7 @@ func update(locks map[string]map[string]*contender, name, id string, msg jetstre
 		locks[name] = cs
 	}
 	cs[id] = c
+	names[name] = meta.Sequence.Stream
 	return nil, true
 }
 
@@ -242,15 +250,16 @@ func (m *mirror) find(name string, match func(*contender) bool) (contender, plac
 	return contender{}, place{}, false
 }
 
-// position tells whether contender id of name is present, and whether it
-// holds the lock. Every waiter of a name asks at every change of the name,
-// so it counts the keys ahead instead of sorting the line.
-func (m *mirror) position(name, id string) (present, holds bool) {
+// position tells whether contender id of name is present, whether it
+// holds the lock, and the sequence of the name's last message in this
+// view. Every waiter of a name asks at every change of the name, so it
+// counts the keys ahead instead of sorting the line.
+func (m *mirror) position(name, id string) (present, holds bool, last uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	me := m.locks[name][id]
 	if me == nil {
-		return false, false
+		return false, false, 0
 	}
 	ahead := 0
 	for _, c := range m.locks[name] {
@@ -258,7 +267,7 @@ func (m *mirror) position(name, id string) (present, holds bool) {
 			ahead++
 		}
 	}
-	return true, ahead < me.limit()
+	return true, ahead < me.limit(), m.names[name]
 }
 
 // freeBefore tells whether fewer than limit keys of name older than rev

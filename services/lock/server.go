@@ -54,6 +54,8 @@ type Server struct {
 	kv     jetstream.KeyValue
 	prefix string // subject prefix of the bucket's keys
 	feed   *feed
+
+	beforeRefusal func(name string) // tests: hold a refusal before its key is taken out
 }
 
 // New returns a lock service instance ready to Start.
@@ -181,13 +183,35 @@ func (s *Server) write(ctx context.Context, name, id string, rec record, rev uin
 // purge removes a contender key if it is still at revision rev (any
 // revision if rev is 0), leaving a marker that expires by itself.
 func (s *Server) purge(ctx context.Context, name, id string, rev uint64) error {
-	m := nats.NewMsg(s.prefix + s.key(name, id))
-	m.Header.Set("KV-Operation", "PURGE")
-	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	m := s.purgeMsg(name, id)
 	if rev != 0 {
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
 	}
+	_, err := s.js.PublishMsg(ctx, m)
+	return err
+}
+
+func (s *Server) purgeMsg(name, id string) *nats.Msg {
+	m := nats.NewMsg(s.prefix + s.key(name, id))
+	m.Header.Set("KV-Operation", "PURGE")
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	m.Header.Set(jetstream.MsgTTLHeader, s.cfg.MarkerTTL.String())
+	return m
+}
+
+// refuse takes a refused request's key out of the line, provided that the
+// last message of any key of the name is still the one at last, the view
+// the refusal was decided on. Otherwise a key ahead may have left since, and
+// this key, refused, would stand first in line until taken out: others
+// would be refused for a holder that never was (the linearizability test
+// caught this: two tries refused while nobody held the lock).
+func (s *Server) refuse(ctx context.Context, name, id string, last uint64) error {
+	if s.beforeRefusal != nil {
+		s.beforeRefusal(name)
+	}
+	m := s.purgeMsg(name, id)
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
+	m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, s.prefix+"w."+name+".*")
 	_, err := s.js.PublishMsg(ctx, m)
 	return err
 }
@@ -228,6 +252,11 @@ func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 // written is decided again on a view caught up with the bucket.
 const refuseStaleAfter = 20 * time.Millisecond
 
+// maxRefusals bounds how many times a refusal is decided again because the
+// lock changed before the refused key was taken out; past it, the key is
+// taken out regardless.
+const maxRefusals = 3
+
 // wait waits for the request's key to be stored, then in line.
 func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec record, ack jetstream.PubAckFuture) (*AcquireReply, error) {
 	ttl := time.Duration(r.TTLms) * time.Millisecond
@@ -260,7 +289,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	token := rev
 	rec.Token = token
 	written := time.Now()
-	acked, caughtUp := written, false
+	acked, caughtUp, refusals := written, false, 0
 
 	// Wait in line: the mirror wakes this request when the lock changes.
 	// While waiting, the key is renewed at ttl/3, so that it outlives this
@@ -287,7 +316,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	for !s.mirror.freeBefore(r.Name, token, r.Limit) {
 		changed, seen := s.mirror.watch(r.Name, rev)
 		if seen {
-			present, holds := s.mirror.position(r.Name, id)
+			present, holds, last := s.mirror.position(r.Name, id)
 			if holds {
 				break
 			}
@@ -307,10 +336,27 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 					return nil, leave(err)
 				}
 				continue
-			case giveUp && r.WaitMs == 0:
-				return nil, leave(ErrLocked.With("lock %s is held", r.Name))
 			case giveUp:
-				return nil, leave(ErrWaitTimeout.With("lock %s was still held after %dms", r.Name, r.WaitMs))
+				cause := ErrLocked.With("lock %s is held", r.Name)
+				if r.WaitMs > 0 {
+					cause = ErrWaitTimeout.With("lock %s was still held after %dms", r.Name, r.WaitMs)
+				}
+				err := s.refuse(ctx, r.Name, id, last)
+				if err == nil {
+					return nil, cause
+				}
+				if !isConflict(err) || refusals == maxRefusals {
+					return nil, leave(cause)
+				}
+				// The name changed after the view that refused this key: the
+				// keys ahead may be gone, and this one first in line. Decide
+				// again on a view caught up with the bucket.
+				refusals++
+				caughtUp = true
+				if err := s.catchUp(ctx); err != nil {
+					return nil, leave(err)
+				}
+				continue
 			}
 		}
 		select {

@@ -1,0 +1,5 @@
+package lock
+
+// BeforeRefusal makes s, not started yet, call f before it takes a
+// refused request's key out of the line.
+func BeforeRefusal(s *Server, f func(name string)) { s.beforeRefusal = f }
