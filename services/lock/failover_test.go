@@ -25,8 +25,8 @@ func TestFailoverServiceNode(t *testing.T) {
 	c := bustest.RunCluster(t, 3)
 	victim := c.Leader()
 	other := c.Node((victim + 1) % c.N()).ClientURL()
-	svc := failoverStart(t, c.Node(victim).ClientURL()+","+other, lock.Config{Replicas: 3})
-	t.Cleanup(func() { stopService(t, svc) })
+	// The victim's URL first: the service is on the node the test stops.
+	serveWith(t, c.Node(victim).ClientURL()+","+other, lock.Config{Replicas: 3}, nats.DontRandomize())
 
 	locks := reach(t, other)
 	cycle := func(i int) error {
@@ -63,7 +63,7 @@ func TestFailoverServiceNode(t *testing.T) {
 func TestAwayPastMarkers(t *testing.T) {
 	c := bustest.RunCluster(t, 3)
 	cfg := lock.Config{Replicas: 3, MarkerTTL: time.Second}
-	away := failoverStart(t, c.Node(1).ClientURL(), cfg, nats.IgnoreDiscoveredServers()) // no other node to reconnect to
+	serveWith(t, c.Node(1).ClientURL(), cfg, nats.IgnoreDiscoveredServers()) // no other node to reconnect to
 	locks := reach(t, c.Node(0).ClientURL())
 	l, err := locks.TryAcquire(ctx(t), "away", lock.Options{TTL: time.Minute}) // no renewal during the test
 	if err != nil {
@@ -73,7 +73,7 @@ func TestAwayPastMarkers(t *testing.T) {
 	if info, err := locks.Inspect(ctx(t), "away"); err != nil || !info.Held { // after the mirror
 		t.Fatalf("inspect = %+v, %v", info, err)
 	}
-	stay := failoverStart(t, c.Node(0).ClientURL(), cfg)
+	stay := serveWith(t, c.Node(0).ClientURL(), cfg)
 	c.Stop(1)
 	// A request sent at once may still go to the stopped node's instance.
 	for release := 0; ; release++ {
@@ -87,20 +87,7 @@ func TestAwayPastMarkers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	st, err := bustest.JetStream(t, bustest.Connect(t, c.Node(0).ClientURL())).Stream(ctx(t), "KV_"+lock.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for { // until the marker (and the barrier keys) have expired
-		info, err := st.Info(ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.State.Msgs == 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // waiting for the server's TTLs to run out
-	}
+	waitEmptied(t, bustest.JetStream(t, bustest.Connect(t, c.Node(0).ClientURL())))
 	stopService(t, stay)
 	c.Restart(1)
 	for { // until the instance that was away answers
@@ -121,7 +108,6 @@ func TestAwayPastMarkers(t *testing.T) {
 	if err := l.Release(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	stopService(t, away)
 }
 
 // reach returns a client on url once the service started on another node
@@ -138,29 +124,5 @@ func reach(t *testing.T, url string) *lock.Client {
 			t.Fatal(err)
 		}
 		time.Sleep(10 * time.Millisecond) // interest travels between servers unannounced
-	}
-}
-
-func failoverStart(t *testing.T, url string, cfg lock.Config, opts ...nats.Option) *lock.Server {
-	t.Helper()
-	// The first URL first: the service is on the node the test stops.
-	s, err := lock.New(bustest.Connect(t, url, append(opts, nats.DontRandomize())...), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := s.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func stopService(t *testing.T, s *lock.Server) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := s.Stop(ctx); err != nil {
-		t.Errorf("stopping a lock service: %v", err)
 	}
 }

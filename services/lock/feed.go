@@ -81,6 +81,7 @@ func (f *feed) stop() {
 		return
 	}
 	f.cancel()
+	f.cancel = nil // stopped once
 	<-f.done
 	f.nc.RemoveStatusListener(f.status)
 	f.mu.Lock()

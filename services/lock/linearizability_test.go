@@ -429,28 +429,6 @@ func (w *linClient) run(cfg linRun) {
 	}
 }
 
-// linStart starts a lock service instance on its own connection to url.
-func linStart(t *testing.T, url string, cfg lock.Config) {
-	t.Helper()
-	nc := bustest.Connect(t, url)
-	s, err := lock.New(nc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := s.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := s.Stop(ctx); err != nil {
-			t.Errorf("stopping a lock service: %v", err)
-		}
-	})
-}
-
 // linClients starts the clients of a run; wait waits for them to end.
 func linClients(t *testing.T, url string, h *linHistory, cfg linRun) (wait func() []*linClient) {
 	t.Helper()
@@ -608,7 +586,7 @@ func TestLinearizabilityTwoInstances(t *testing.T) {
 func linSingle(t *testing.T, instances int) {
 	s := bustest.RunServer(t)
 	for range instances {
-		linStart(t, s.URL(), lock.Config{})
+		serveWith(t, s.URL(), lock.Config{})
 	}
 	h := &linHistory{start: time.Now()}
 	wait := linClients(t, s.URL(), h, linRun{names: linNames, clients: 8, ops: 40, deadline: h.start.Add(linMaxHistory)})
@@ -646,8 +624,8 @@ func TestLinearizabilityClusterStopStreamLeader(t *testing.T) {
 func linCluster(t *testing.T, victim string) {
 	c := bustest.RunCluster(t, 3)
 	cfg := lock.Config{Replicas: 3}
-	linStart(t, c.URL(), cfg)
-	linStart(t, c.URL(), cfg)
+	serveWith(t, c.URL(), cfg)
+	serveWith(t, c.URL(), cfg)
 
 	healed := make(chan struct{})
 	h := &linHistory{start: time.Now()}

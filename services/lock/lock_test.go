@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -28,16 +29,52 @@ func ctx(t *testing.T) context.Context {
 // serve starts a lock service instance on its own connection.
 func serve(t *testing.T, url string) *lock.Server {
 	t.Helper()
-	nc := bustest.Connect(t, url)
-	s, err := lock.New(nc, lock.Config{})
+	return serveWith(t, url, lock.Config{})
+}
+
+// serveWith starts a lock service instance with cfg on its own connection
+// to url, made with opts. It is stopped at cleanup unless the test stopped
+// it.
+func serveWith(t *testing.T, url string, cfg lock.Config, opts ...nats.Option) *lock.Server {
+	t.Helper()
+	s, err := lock.New(bustest.Connect(t, url, opts...), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Start(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	t.Cleanup(func() { stopService(t, s) })
 	return s
+}
+
+func stopService(t *testing.T, s *lock.Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Errorf("stopping a lock service: %v", err)
+	}
+}
+
+// waitEmptied waits until every message of the bucket's stream has
+// expired (keys, markers, barrier keys).
+func waitEmptied(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	st, err := js.Stream(ctx(t), "KV_"+lock.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		info, err := st.Info(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond) // waiting for the server's TTLs to run out
+	}
 }
 
 func client(t *testing.T, url string) *lock.Client {
@@ -381,21 +418,7 @@ func TestEmptiedBucket(t *testing.T) {
 	if err := l.Release(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	js := bustest.JetStream(t, nc)
-	st, err := js.Stream(ctx(t), "KV_"+lock.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for { // until the markers (and the barrier keys) have expired
-		info, err := st.Info(ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.State.Msgs == 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // waiting for the server's TTLs to run out
-	}
+	waitEmptied(t, bustest.JetStream(t, nc))
 	began := time.Now()
 	if info, err := c.Inspect(ctx(t), "gone"); err != nil || info.Held {
 		t.Fatalf("inspect = %+v, %v", info, err)
