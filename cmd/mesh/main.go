@@ -81,7 +81,7 @@ func main() {
 	ctx := kong.Parse(&c,
 		kong.Name("mesh"),
 		kong.Description("Mesh: a sharded cache, a lock service and a task scheduler on NATS."),
-		kong.UsageOnError(),
+		kong.ShortUsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Vars{"default_url": bus.DefaultURL},
 		kong.Exit(func(code int) {
