@@ -82,7 +82,9 @@
 // with it, losing the node an instance was connected to, when that node led
 // JetStream, stopped the instance's acquires for 11 s; it is 1.1 s with the
 // feed (TestFailoverServiceNode). Answers stay correct meanwhile; they are
-// late or time out.
+// late or time out. While the bucket's stream elects a leader no stream
+// takes a key: an acquire sends its key again until its wait ends (a try,
+// for a second), then answers unavailable (TestAcquireWhileBucketAway).
 //
 // A new consumer loads the bucket afresh, into a view that replaces the
 // mirror's once loaded, rather than resuming after the last message seen:

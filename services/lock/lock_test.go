@@ -524,3 +524,44 @@ func TestRefusedKeyFirstInLine(t *testing.T) {
 		t.Fatalf("first try: %v; second try: %v", got.err, secondErr)
 	}
 }
+
+// While no stream takes the bucket's writes (its leader being elected, as
+// when a NATS node dies), an acquire that may wait keeps trying to join the
+// line within its wait instead of failing at once.
+func TestAcquireWhileBucketAway(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL())
+	c := client(t, s.URL())
+	js := s.JetStream()
+	stream, err := js.Stream(ctx(t), "KV_"+lock.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
+	away := cfg
+	away.Subjects = []string{"mesh.test.away"}
+	if _, err := js.UpdateStream(ctx(t), away); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.TryAcquire(ctx(t), "away", opts); !errors.Is(err, bus.ErrUnavailable) {
+		t.Fatalf("a try while the bucket is away: %v, want unavailable", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		l, err := c.Acquire(actx, "away", opts)
+		if err == nil {
+			err = l.Release(context.Background())
+		}
+		got <- err
+	}()
+	// Longer than nats.go's own retries of a publish nobody takes (2 × 250 ms).
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("an acquire that could wait failed while the bucket was away: %v", err)
+	}
+}

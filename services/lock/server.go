@@ -240,8 +240,7 @@ func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 	id := nuid.Next()
 	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: time.Now()}}
 	data, _ := json.Marshal(rec)
-	ack, err := s.js.PublishAsync(s.prefix+s.key(r.Name, id), data,
-		jetstream.WithMsgTTL(time.Duration(r.TTLms)*time.Millisecond), jetstream.WithExpectLastSequencePerSubject(0))
+	ack, err := s.js.PublishAsync(s.prefix+s.key(r.Name, id), data, joinOpts(r)...)
 	if err != nil { // nothing was sent
 		return nil, bus.ErrUnavailable.With("lock %s: joining the line: %v", r.Name, err)
 	}
@@ -259,6 +258,7 @@ const maxRefusals = 3
 
 // wait waits for the request's key to be stored, then in line.
 func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec record, ack jetstream.PubAckFuture) (*AcquireReply, error) {
+	arrived := time.Now()
 	ttl := time.Duration(r.TTLms) * time.Millisecond
 	// leave takes this request's key out of the line before answering cause.
 	// The key is this request's alone, so no compare-and-set is needed. If
@@ -280,7 +280,16 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	case pa := <-ack.Ok():
 		rev = pa.Sequence
 	case err = <-ack.Err():
-		return nil, leave(fmt.Errorf("lock %s: joining the line: %w", r.Name, err))
+		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+			// No stream took the key: nothing is stored to take out.
+			rev, err = s.rejoin(ctx, r, id, rec, arrived)
+		}
+		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+			return nil, bus.ErrUnavailable.With("lock %s: joining the line: the bucket takes no writes", r.Name)
+		}
+		if err != nil {
+			return nil, leave(fmt.Errorf("lock %s: joining the line: %w", r.Name, err))
+		}
 	case <-time.After(bus.DefaultTimeout):
 		return nil, leave(bus.ErrTimeout.With("lock %s: joining the line: no acknowledgement from the bucket", r.Name))
 	case <-ctx.Done():
@@ -299,7 +308,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	// so it is in view.
 	var deadline <-chan time.Time
 	if r.WaitMs > 0 {
-		t := time.NewTimer(time.Duration(r.WaitMs) * time.Millisecond)
+		t := time.NewTimer(time.Duration(r.WaitMs)*time.Millisecond - time.Since(arrived))
 		defer t.Stop()
 		deadline = t.C
 	}
@@ -383,6 +392,45 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	}
 	s.emit("acquired", r.Name, &contender{token: token, rec: rec})
 	return &AcquireReply{Token: token, ExpiresAt: bus.Time{Time: written.Add(ttl)}}, nil
+}
+
+// joinOpts are the options of a request's key: its TTL, and no earlier
+// write of the key.
+func joinOpts(r *AcquireRequest) []jetstream.PublishOpt {
+	return []jetstream.PublishOpt{jetstream.WithMsgTTL(time.Duration(r.TTLms) * time.Millisecond), jetstream.WithExpectLastSequencePerSubject(0)}
+}
+
+// rejoin sends a request's key again while no stream takes it (the
+// bucket's stream electing a leader, as when a NATS node dies; nats.go
+// itself tries for half a second), until the request's wait ends, or for a
+// second for a try: nothing was stored, so no second key can be made. It
+// returns the key's revision, or the last publication's error.
+func (s *Server) rejoin(ctx context.Context, r *AcquireRequest, id string, rec record, arrived time.Time) (uint64, error) {
+	until := arrived.Add(max(time.Duration(r.WaitMs)*time.Millisecond, time.Second))
+	if r.Deadline != nil && !r.Deadline.IsZero() && r.Deadline.Add(-100*time.Millisecond).Before(until) {
+		until = r.Deadline.Add(-100 * time.Millisecond) // answer before the caller gives up
+	}
+	data, _ := json.Marshal(rec)
+	err := error(jetstream.ErrNoStreamResponse)
+	for pause := 100 * time.Millisecond; errors.Is(err, jetstream.ErrNoStreamResponse); pause = min(2*pause, time.Second) {
+		wait := min(pause, time.Until(until))
+		if wait <= 0 {
+			return 0, err
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return 0, err
+		}
+		var ack *jetstream.PubAck
+		pctx, cancel := context.WithTimeout(ctx, bus.DefaultTimeout)
+		ack, err = s.js.Publish(pctx, s.prefix+s.key(r.Name, id), data, joinOpts(r)...)
+		cancel()
+		if err == nil {
+			return ack.Sequence, nil
+		}
+	}
+	return 0, err
 }
 
 // find returns the holder of name with token. A token is only ever given
