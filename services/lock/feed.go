@@ -199,8 +199,8 @@ func (f *feed) consume(ctx context.Context, serial int, cfg jetstream.ConsumerCo
 // to placements times: the server puts a consumer of one replica on any
 // node of the stream, and a node catching up after a restart can hold keys
 // the leader has dropped, which the consumer would show as present (it
-// shows messages, not the deletions of a catch-up). Past placements, a
-// consumer anywhere is better than none.
+// shows messages, not the deletions of a catch-up). While the stream has
+// no leader, or past placements, a consumer anywhere is better than none.
 func (f *feed) create(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
 	const placements = 8
 	for attempt := 1; ; attempt++ {
@@ -216,7 +216,7 @@ func (f *feed) create(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstr
 			return nil, err
 		}
 		leader, on := stream.CachedInfo().Cluster, cons.CachedInfo().Cluster
-		if leader == nil || on == nil || on.Leader == leader.Leader || attempt == placements {
+		if leader == nil || on == nil || leader.Leader == "" || on.Leader == leader.Leader || attempt == placements {
 			cancel()
 			return cons, nil
 		}

@@ -423,7 +423,7 @@ func (s *Server) rejoin(ctx context.Context, r *AcquireRequest, id string, rec r
 			return 0, err
 		}
 		var ack *jetstream.PubAck
-		pctx, cancel := context.WithTimeout(ctx, bus.DefaultTimeout)
+		pctx, cancel := context.WithDeadline(ctx, until.Add(pause)) // answered in time, or nearly
 		ack, err = s.js.Publish(pctx, s.prefix+s.key(r.Name, id), data, joinOpts(r)...)
 		cancel()
 		if err == nil {
