@@ -614,7 +614,9 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	// state without it. See doc.go: the queue and the states do not drift.
 	rec.Pending = &pendingMsg{Subject: m.Subject, Header: m.Header, Data: m.Data}
 	rev, err := s.create(ctx, &rec)
-	if err != nil && bus.Unanswered(err) {
+	// No stream responding means nothing was stored: only other unanswered
+	// writes may have landed.
+	if err != nil && bus.Unanswered(err) && !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) {
 		rev, err = s.settleCreate(ctx, &rec, err)
 		if errors.Is(err, errUnsettled) {
 			// The key stays with a task that may exist; claimUnique
