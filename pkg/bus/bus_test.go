@@ -634,3 +634,29 @@ func TestStoreAwayIsUnavailable(t *testing.T) {
 		t.Fatalf("ErrTimeout: %d, want 408", e.Status)
 	}
 }
+
+// RetryNoStream sends a write again while no stream takes it, and not
+// past its deadline; any other outcome ends it at once.
+func TestRetryNoStream(t *testing.T) {
+	ctx := context.Background()
+	calls := 0
+	err := bus.RetryNoStream(ctx, time.Now().Add(time.Minute), func() error {
+		if calls++; calls < 3 {
+			return jetstream.ErrNoStreamResponse
+		}
+		return nil
+	})
+	if err != nil || calls != 3 {
+		t.Fatalf("err %v after %d calls; want nil after 3", err, calls)
+	}
+	calls = 0
+	refused := errors.New("refused")
+	if err := bus.RetryNoStream(ctx, time.Now().Add(time.Minute), func() error { calls++; return refused }); err != refused || calls != 1 {
+		t.Fatalf("err %v after %d calls; want refused after 1", err, calls)
+	}
+	calls = 0
+	err = bus.RetryNoStream(ctx, time.Now().Add(250*time.Millisecond), func() error { calls++; return nats.ErrNoResponders })
+	if !bus.NoStream(err) || calls < 2 || calls > 4 {
+		t.Fatalf("err %v after %d calls; want no responders after 2 to 4 (100, 200 ms pauses within 250 ms)", err, calls)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -110,6 +111,35 @@ func Unanswered(err error) bool {
 		}
 	}
 	return false
+}
+
+// NoStream reports an error that says no stream took a JetStream write (no
+// responders: the stream is electing a leader, or is gone). Nothing was
+// stored, so the write may be sent again as it was.
+func NoStream(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// RetryNoStream calls write until it returns anything but a NoStream error,
+// pausing between calls (100 ms, doubling up to 1 s), as long as the next
+// call can start before until and ctx lasts. It returns write's last error.
+// nats.go itself sends a write nobody takes twice more, 250 ms apart; an
+// election after a node's loss takes seconds.
+func RetryNoStream(ctx context.Context, until time.Time, write func() error) error {
+	err := write()
+	for pause := 100 * time.Millisecond; NoStream(err); pause = min(2*pause, time.Second) {
+		wait := min(pause, time.Until(until))
+		if wait <= 0 {
+			return err
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return err
+		}
+		err = write()
+	}
+	return err
 }
 
 // errorReply builds the reply message for err in codec c.

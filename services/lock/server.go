@@ -280,11 +280,11 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	case pa := <-ack.Ok():
 		rev = pa.Sequence
 	case err = <-ack.Err():
-		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+		if bus.NoStream(err) {
 			// No stream took the key: nothing is stored to take out.
 			rev, err = s.rejoin(ctx, r, id, rec, arrived)
 		}
-		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+		if bus.NoStream(err) {
 			return nil, bus.ErrUnavailable.With("lock %s: joining the line: the bucket takes no writes", r.Name)
 		}
 		if err != nil {
@@ -401,36 +401,27 @@ func joinOpts(r *AcquireRequest) []jetstream.PublishOpt {
 }
 
 // rejoin sends a request's key again while no stream takes it (the
-// bucket's stream electing a leader, as when a NATS node dies; nats.go
-// itself tries for half a second), until the request's wait ends, or for a
-// second for a try: nothing was stored, so no second key can be made. It
-// returns the key's revision, or the last publication's error.
+// bucket's stream electing a leader, as when a NATS node dies) until the
+// request's wait ends, or for a second for a try: nothing was stored, so no
+// second key can be made. It returns the key's revision, or the last
+// publication's error.
 func (s *Server) rejoin(ctx context.Context, r *AcquireRequest, id string, rec record, arrived time.Time) (uint64, error) {
 	until := arrived.Add(max(time.Duration(r.WaitMs)*time.Millisecond, time.Second))
 	if r.Deadline != nil && !r.Deadline.IsZero() && r.Deadline.Add(-100*time.Millisecond).Before(until) {
 		until = r.Deadline.Add(-100 * time.Millisecond) // answer before the caller gives up
 	}
+	ctx, cancel := context.WithDeadline(ctx, until.Add(time.Second)) // no call outlasts it by much
+	defer cancel()
 	data, _ := json.Marshal(rec)
-	err := error(jetstream.ErrNoStreamResponse)
-	for pause := 100 * time.Millisecond; errors.Is(err, jetstream.ErrNoStreamResponse); pause = min(2*pause, time.Second) {
-		wait := min(pause, time.Until(until))
-		if wait <= 0 {
-			return 0, err
-		}
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return 0, err
-		}
-		var ack *jetstream.PubAck
-		pctx, cancel := context.WithDeadline(ctx, until.Add(pause)) // answered in time, or nearly
-		ack, err = s.js.Publish(pctx, s.prefix+s.key(r.Name, id), data, joinOpts(r)...)
-		cancel()
+	var rev uint64
+	err := bus.RetryNoStream(ctx, until, func() error {
+		ack, err := s.js.Publish(ctx, s.prefix+s.key(r.Name, id), data, joinOpts(r)...)
 		if err == nil {
-			return ack.Sequence, nil
+			rev = ack.Sequence
 		}
-	}
-	return 0, err
+		return err
+	})
+	return rev, err
 }
 
 // find returns the holder of name with token. A token is only ever given

@@ -103,6 +103,9 @@
 //     the id and the repair enqueues the task, retrying for as long as the
 //     stream stays away; any other failure (the stream refusing the
 //     message, say) would fail again, and undoes the submit and fails it.
+//     A write that no stream takes (a stream electing its leader after a
+//     node's loss) stored nothing: submit sends it again for up to 2 s
+//     (bus.RetryNoStream) before failing.
 //     A state write that itself gets no answer may have landed: submit
 //     reads the state back and goes on if it is there; if not, it purges
 //     the key, so that the write cannot land later (it expects no earlier

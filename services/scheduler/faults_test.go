@@ -605,3 +605,39 @@ func (k *unansweredCreates) Create(ctx context.Context, key string, value []byte
 	}
 	return 0, context.DeadlineExceeded
 }
+
+// While no stream takes the state bucket's writes (its leader being
+// elected, as when a NATS node dies), a submit sends them again for a
+// while instead of failing at once.
+func TestSubmitWhileBucketAway(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "w", Type: "x"}); err != nil {
+		t.Fatal(err) // the queue exists: only the bucket goes away
+	}
+	js := s.JetStream()
+	stream, err := js.Stream(ctx(t), "KV_"+scheduler.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
+	away := cfg
+	away.Subjects = []string{"mesh.test.away"}
+	if _, err := js.UpdateStream(ctx(t), away); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "w", Type: "x", UniqueKey: "away"})
+		got <- err
+	}()
+	// Longer than nats.go's own retries of a write nobody takes (2 × 250 ms).
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("a submit failed while the bucket was away for less than it waits: %v", err)
+	}
+}

@@ -565,6 +565,10 @@ func taskHeader(rec *record) nats.Header {
 	return h
 }
 
+// noStreamWait bounds how long a submit sends its writes again while no
+// stream takes them, well within a client's default 5 s.
+const noStreamWait = 2 * time.Second
+
 func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, error) {
 	if len(r.Payload) > s.cfg.MaxPayload {
 		return nil, ErrPayloadTooLarge.With("payload of %d bytes exceeds the limit of %d", len(r.Payload), s.cfg.MaxPayload)
@@ -603,17 +607,24 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	if err := s.ensureQueue(ctx, r.Queue); err != nil {
 		return nil, err
 	}
+	// While a stream elects a leader no stream takes a write: each write
+	// is sent again until then (see bus.RetryNoStream).
+	until := now.Add(noStreamWait)
 	var ukey string
 	if r.UniqueKey != "" {
 		ukey = uniqueKey(r.Queue, r.UniqueKey)
-		if err := s.claimUnique(ctx, ukey, r, rec.ID); err != nil {
+		if err := s.claimUnique(ctx, ukey, r, rec.ID, until); err != nil {
 			return nil, err
 		}
 	}
 	// The state first, holding the message; then the message; then the
 	// state without it. See doc.go: the queue and the states do not drift.
 	rec.Pending = &pendingMsg{Subject: m.Subject, Header: m.Header, Data: m.Data}
-	rev, err := s.create(ctx, &rec)
+	var rev uint64
+	err := bus.RetryNoStream(ctx, until, func() (err error) {
+		rev, err = s.create(ctx, &rec)
+		return err
+	})
 	// No stream responding means nothing was stored: only other unanswered
 	// writes may have landed.
 	if err != nil && bus.Unanswered(err) && !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) {
@@ -633,7 +644,11 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	// deduplication absorbs a second copy, so the task exists from here.
 	// Any other failure (a refusal from the stream, a message too large to
 	// send) would fail again: it undoes the submit.
-	ack, err := s.js.PublishMsg(ctx, m)
+	var ack *jetstream.PubAck
+	err = bus.RetryNoStream(ctx, until, func() (err error) {
+		ack, err = s.js.PublishMsg(ctx, m)
+		return err
+	})
 	switch {
 	case err != nil && !bus.Unanswered(err):
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -703,13 +718,16 @@ func (s *Server) giveBackUnique(ctx context.Context, ukey string) {
 // key back; once it is older than RepairAfter (longer than a submit takes
 // between its two writes) it is taken over. A key older than the retention
 // may have outlived its finished task's state, so it stands.
-func (s *Server) claimUnique(ctx context.Context, ukey string, r *SubmitRequest, id string) error {
+func (s *Server) claimUnique(ctx context.Context, ukey string, r *SubmitRequest, id string, until time.Time) error {
 	uf := time.Duration(r.UniqueForMs) * time.Millisecond
 	if uf == 0 {
 		uf = time.Hour
 	}
 	for attempt := 0; ; attempt++ {
-		_, err := s.kv.Create(ctx, ukey, []byte(id), jetstream.KeyTTL(uf))
+		err := bus.RetryNoStream(ctx, until, func() error {
+			_, err := s.kv.Create(ctx, ukey, []byte(id), jetstream.KeyTTL(uf))
+			return err
+		})
 		if err == nil {
 			return nil
 		}
