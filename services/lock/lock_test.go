@@ -532,17 +532,7 @@ func TestAcquireWhileBucketAway(t *testing.T) {
 	s := bustest.RunServer(t)
 	serve(t, s.URL())
 	c := client(t, s.URL())
-	js := s.JetStream()
-	stream, err := js.Stream(ctx(t), "KV_"+lock.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := stream.CachedInfo().Config
-	away := cfg
-	away.Subjects = []string{"mesh.test.away"}
-	if _, err := js.UpdateStream(ctx(t), away); err != nil {
-		t.Fatal(err)
-	}
+	back := bustest.StreamAway(t, s.JetStream(), "KV_"+lock.Bucket)
 	if _, err := c.TryAcquire(ctx(t), "away", opts); !errors.Is(err, bus.ErrUnavailable) {
 		t.Fatalf("a try while the bucket is away: %v, want unavailable", err)
 	}
@@ -558,9 +548,7 @@ func TestAcquireWhileBucketAway(t *testing.T) {
 	}()
 	// Longer than nats.go's own retries of a publish nobody takes (2 × 250 ms).
 	time.Sleep(1500 * time.Millisecond)
-	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
-		t.Fatal(err)
-	}
+	back()
 	if err := <-got; err != nil {
 		t.Fatalf("an acquire that could wait failed while the bucket was away: %v", err)
 	}

@@ -616,17 +616,7 @@ func TestSubmitWhileBucketAway(t *testing.T) {
 	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "w", Type: "x"}); err != nil {
 		t.Fatal(err) // the queue exists: only the bucket goes away
 	}
-	js := s.JetStream()
-	stream, err := js.Stream(ctx(t), "KV_"+scheduler.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := stream.CachedInfo().Config
-	away := cfg
-	away.Subjects = []string{"mesh.test.away"}
-	if _, err := js.UpdateStream(ctx(t), away); err != nil {
-		t.Fatal(err)
-	}
+	back := bustest.StreamAway(t, s.JetStream(), "KV_"+scheduler.Bucket)
 	got := make(chan error, 1)
 	go func() {
 		_, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "w", Type: "x", UniqueKey: "away"})
@@ -634,9 +624,7 @@ func TestSubmitWhileBucketAway(t *testing.T) {
 	}()
 	// Longer than nats.go's own retries of a write nobody takes (2 × 250 ms).
 	time.Sleep(1500 * time.Millisecond)
-	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
-		t.Fatal(err)
-	}
+	back()
 	if err := <-got; err != nil {
 		t.Fatalf("a submit failed while the bucket was away for less than it waits: %v", err)
 	}

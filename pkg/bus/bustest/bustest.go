@@ -89,6 +89,33 @@ func JetStream(t testing.TB, nc *nats.Conn) jetstream.JetStream {
 	return js
 }
 
+// StreamAway makes stream take no message, as while it elects a leader
+// after a node's loss: a write to it gets no responders. Its subjects are
+// replaced by one nothing publishes to; back puts them back.
+func StreamAway(t testing.TB, js jetstream.JetStream, stream string) (back func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("bustest: %v", err)
+	}
+	cfg := st.CachedInfo().Config
+	away := cfg
+	away.Subjects = []string{"bustest.away." + stream}
+	if _, err := js.UpdateStream(ctx, away); err != nil {
+		t.Fatalf("bustest: %v", err)
+	}
+	return func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatalf("bustest: %v", err)
+		}
+	}
+}
+
 // Cluster is a cluster of test servers routed on loopback.
 type Cluster struct {
 	t     testing.TB
