@@ -627,7 +627,7 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	})
 	// No stream responding means nothing was stored: only other unanswered
 	// writes may have landed.
-	if err != nil && bus.Unanswered(err) && !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) {
+	if err != nil && bus.Unanswered(err) && !bus.NoStream(err) {
 		rev, err = s.settleCreate(ctx, &rec, err)
 		if errors.Is(err, errUnsettled) {
 			// The key stays with a task that may exist; claimUnique
