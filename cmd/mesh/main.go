@@ -78,19 +78,8 @@ const kongUsageError = 80
 
 func main() {
 	var c cli
-	ctx := kong.Parse(&c,
-		kong.Name("mesh"),
-		kong.Description("Mesh: a sharded cache, a lock service and a task scheduler on NATS."),
-		kong.ShortUsageOnError(),
-		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
-		kong.Vars{"default_url": bus.DefaultURL},
-		kong.Exit(func(code int) {
-			if code == kongUsageError {
-				code = 2 // as Go's flag package and most tools say "usage"
-			}
-			os.Exit(code)
-		}),
-	)
+	k := newParser(&c, os.Stdout, os.Stderr, os.Exit)
+	ctx := parse(k, os.Args[1:])
 	a := &app{conn: c.Conn, log: newLogger(c.LogLevel), out: os.Stdout}
 	if err := ctx.Run(a); err != nil {
 		var code exitCode
@@ -100,6 +89,37 @@ func main() {
 		fmt.Fprintln(os.Stderr, "mesh:", err)
 		os.Exit(1)
 	}
+}
+
+// newParser returns the command line's parser: help goes to stdout, errors
+// to stderr, and a command line it cannot parse exits 2.
+func newParser(c *cli, stdout, stderr io.Writer, exit func(int)) *kong.Kong {
+	return kong.Must(c,
+		kong.Name("mesh"),
+		kong.Description("Mesh: a sharded cache, a lock service and a task scheduler on NATS."),
+		kong.ShortUsageOnError(),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars{"default_url": bus.DefaultURL},
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) {
+			if code == kongUsageError {
+				code = 2 // as Go's flag package and most tools say "usage"
+			}
+			exit(code)
+		}),
+	)
+}
+
+// parse parses args, or exits with the error. The short usage printed with
+// an error is part of the error, so it goes to stderr with it (kong prints
+// it on stdout).
+func parse(k *kong.Kong, args []string) *kong.Context {
+	ctx, err := k.Parse(args)
+	if err != nil {
+		k.Stdout = k.Stderr
+		k.FatalIfErrorf(err)
+	}
+	return ctx
 }
 
 // newLogger logs JSON to stderr, or readable lines when stderr is a terminal.

@@ -179,6 +179,42 @@ func TestUpPortInUse(t *testing.T) {
 	}
 }
 
+// A command line that does not parse exits 2 with the error and the
+// command's usage on stderr, nothing on stdout; --help goes to stdout.
+func TestUsageError(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		code     int
+		out, err string
+	}{
+		{[]string{"lock", "release", "reports", "--token", "3"}, 2, "", "Usage: mesh lock release <name> <token>"},
+		{[]string{"nope"}, 2, "", "unexpected argument nope"},
+		{[]string{"lock", "--help"}, 0, "Usage: mesh lock <command>", ""},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := func() (code int) {
+			type exited int
+			defer func() {
+				if e, ok := recover().(exited); ok {
+					code = int(e)
+				}
+			}()
+			var c cli
+			parse(newParser(&c, &stdout, &stderr, func(c int) { panic(exited(c)) }), tc.args)
+			return -1 // parsed: no exit
+		}()
+		if code != tc.code {
+			t.Errorf("%q: exit %d, want %d", tc.args, code, tc.code)
+		}
+		if tc.out == "" && stdout.Len() > 0 || !strings.Contains(stdout.String(), tc.out) {
+			t.Errorf("%q: stdout %q, want %q", tc.args, stdout.String(), tc.out)
+		}
+		if tc.err == "" && stderr.Len() > 0 || !strings.Contains(stderr.String(), tc.err) {
+			t.Errorf("%q: stderr %q, want %q", tc.args, stderr.String(), tc.err)
+		}
+	}
+}
+
 func TestServeUnknownService(t *testing.T) {
 	a := &app{log: zerolog.Nop(), out: &syncBuffer{}}
 	up := &upCmd{Listen: bustest.FreeAddr(t), Data: t.TempDir(), Services: []string{"nope"}, runFlags: runFlags{Replicas: 1}}
