@@ -124,6 +124,10 @@
 // Expiry is seen by every instance's mirror as the server's marker. One
 // instance replaces the marker with its own (a compare-and-set on the
 // marker's sequence, so only one succeeds) and emits the expired event.
+// An instance that was away when a key expired sees the marker when it
+// loads the bucket again, and does the same if no instance has replaced the
+// marker meanwhile (TestExpiredWhileAway): the event is not lost when every
+// instance was away, as long as one comes back within MarkerTTL.
 //
 // # Semaphores
 //

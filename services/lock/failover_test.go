@@ -2,12 +2,14 @@ package lock_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
@@ -124,5 +126,63 @@ func reach(t *testing.T, url string) *lock.Client {
 			t.Fatal(err)
 		}
 		time.Sleep(10 * time.Millisecond) // interest travels between servers unannounced
+	}
+}
+
+// TestExpiredWhileAway: a key expires while the only lock service instance
+// is cut off from the cluster. Back, the instance loads the bucket again,
+// finds the server's marker and tells the expiry (before, the new view
+// dropped the key without a word).
+func TestExpiredWhileAway(t *testing.T) {
+	c := bustest.RunCluster(t, 3)
+	serveWith(t, c.Node(1).ClientURL(), lock.Config{Replicas: 3}, nats.IgnoreDiscoveredServers())
+	nc := bustest.Connect(t, c.Node(0).ClientURL())
+	locks := reach(t, c.Node(0).ClientURL())
+	events, err := nc.SubscribeSync(bus.EventSubject("lock", "expired"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A bare request: nobody renews the lease.
+	granted, err := bus.Request[lock.AcquireRequest, lock.AcquireReply](ctx(t), nc, lock.SubjectAcquire,
+		lock.AcquireRequest{Name: "gone", Owner: "me", TTLms: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := locks.Inspect(ctx(t), "gone"); err != nil || !info.Held { // in the instance's view
+		t.Fatalf("inspect = %+v, %v", info, err)
+	}
+	markers, err := bustest.JetStream(t, nc).OrderedConsumer(ctx(t), "KV_"+lock.Bucket, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"$KV." + lock.Bucket + ".w.gone.*"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stop(1)
+	for { // until the server marks the key expired
+		m, err := markers.Next(jetstream.FetchMaxWait(30 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Headers().Get(jetstream.MarkerReasonHeader) != "" {
+			break
+		}
+	}
+	c.Restart(1)
+	m, err := events.NextMsg(30 * time.Second)
+	if err != nil {
+		t.Fatalf("no expired event after the instance came back: %v", err)
+	}
+	var ev struct {
+		Data struct {
+			Name  string `json:"name"`
+			Owner string `json:"owner"`
+			Token uint64 `json:"token"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Data.Name != "gone" || ev.Data.Owner != "me" || ev.Data.Token != granted.Token {
+		t.Fatalf("event %s, want lock gone, owner me, token %d", m.Data, granted.Token)
 	}
 }

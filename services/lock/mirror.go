@@ -123,12 +123,21 @@ func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *
 	if m.next != nil {
 		if ok {
 			update(m.next, m.nextNames, name, id, msg, meta)
+			// A key that expired while the mirror was away shows as the
+			// server's marker, still there if no instance has replaced it:
+			// its expiry is told as the old view knew the key.
+			if c := m.locks[name][id]; c != nil && msg.Headers().Get(jetstream.MarkerReasonHeader) != "" {
+				expired = c
+			}
 		}
 		m.nextSeq = meta.Sequence.Stream
 		if meta.NumPending == 0 {
 			m.loadedLocked()
 		}
-		return "", nil
+		if expired == nil {
+			return "", nil
+		}
+		return name, expired
 	}
 	m.lastSeq = meta.Sequence.Stream
 	close(m.seq)
