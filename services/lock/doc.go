@@ -57,16 +57,22 @@
 // line until it is taken out: decided on a stale view, it could stand first
 // in line, refused, while others are told the lock is held (the cluster
 // test that stops a node caught this). For the same reason the refused key
-// is taken out only if no key of the name has changed since the view that
-// refused it: the purge expects the name's last message (a last-sequence
-// check on the subject w.<name>.*). If the holder left meanwhile, the check
-// fails and the refusal is decided again, on a caught-up view, where the
-// key may now hold the lock and be granted (TestRefusedKeyFirstInLine;
-// the linearizability test found two tries refused while nobody held).
-// After 3 such changes the key is taken out regardless. On a cluster the
-// check sees the name's writes the stream has applied, not those still
-// being replicated, so a release in flight at that moment can still slip
-// past it. A not_held answer (release, renew)
+// is taken out only if the holder's key is unchanged since the view that
+// refused it: the purge expects the holder key's last message (a
+// last-sequence check on the subject w.<name>.<holder>). If the holder left
+// meanwhile, the check fails and the refusal is decided again, on a
+// caught-up view, where the key may now hold the lock and be granted
+// (TestRefusedKeyFirstInLine; the linearizability test found two tries
+// refused while nobody held). After 3 such changes the key is taken out
+// regardless. On a cluster the check also fails while a write of the
+// holder's key (its release, a renewal) is still being replicated:
+// nats-server matches the writes in flight by their exact subject. A
+// newcomer joining the line changes nothing the refusal rests on
+// (TestRefusalIgnoresNewcomers). A semaphore's refusal rests on all of the
+// name's keys instead (the check on w.<name>.*, as any of the holders
+// leaving would let the key in); on a cluster that check sees the writes
+// the stream has applied, not those still being replicated, so a release
+// in flight at that moment can still slip past it. A not_held answer (release, renew)
 // is given only after the instance has caught up: it writes a barrier key of its own and waits to
 // see it, so every write made before the request began is in view. The
 // tests check histories of concurrent clients with porcupine, on one server

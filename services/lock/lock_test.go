@@ -525,6 +525,70 @@ func TestRefusedKeyFirstInLine(t *testing.T) {
 	}
 }
 
+// A try refused while a newcomer joins the line is refused once: its
+// refusal rests on the holder's key alone, which the newcomer does not
+// change (resting on every key of the name, it was decided again).
+func TestRefusalIgnoresNewcomers(t *testing.T) {
+	s := bustest.RunServer(t)
+	srv, err := lock.New(bustest.Connect(t, s.URL()), lock.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing, resume := make(chan struct{}), make(chan struct{})
+	var refusals atomic.Int32
+	lock.BeforeRefusal(srv, func(string) {
+		if refusals.Add(1) == 1 {
+			close(refusing)
+			<-resume
+		}
+	})
+	if err := srv.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	c := client(t, s.URL())
+	holder, err := c.TryAcquire(ctx(t), "busy", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tried := make(chan error, 1)
+	go func() {
+		_, err := c.TryAcquire(ctx(t), "busy", opts)
+		tried <- err
+	}()
+	<-refusing
+	newcomer := make(chan error, 1)
+	go func() {
+		l, err := c.Acquire(ctx(t), "busy", opts)
+		if err == nil {
+			err = l.Release(ctx(t))
+		}
+		newcomer <- err
+	}()
+	for { // until the newcomer's key is in line behind the refused one
+		info, err := c.Inspect(ctx(t), "busy")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(info.Waiters) == 2 {
+			break
+		}
+	}
+	close(resume)
+	if err := <-tried; !errors.Is(err, lock.ErrLocked) {
+		t.Fatalf("try: %v, want lock_held", err)
+	}
+	if n := refusals.Load(); n != 1 {
+		t.Fatalf("the refusal was decided %d times, want once", n)
+	}
+	if err := holder.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-newcomer; err != nil {
+		t.Fatalf("newcomer: %v", err)
+	}
+}
+
 // While no stream takes the bucket's writes (its leader being elected, as
 // when a NATS node dies), an acquire that may wait keeps trying to join the
 // line within its wait instead of failing at once.

@@ -259,24 +259,41 @@ func (m *mirror) find(name string, match func(*contender) bool) (contender, plac
 	return contender{}, place{}, false
 }
 
-// position tells whether contender id of name is present, whether it
-// holds the lock, and the sequence of the name's last message in this
-// view. Every waiter of a name asks at every change of the name, so it
-// counts the keys ahead instead of sorting the line.
-func (m *mirror) position(name, id string) (present, holds bool, last uint64) {
+// position tells whether contender id of name is present and whether it
+// holds the lock, and, for a refusal, what must not have changed for the
+// refusal to stand (see Server.refuse). Every waiter of a name asks at every
+// change of the name, so it counts the keys ahead instead of sorting the
+// line.
+func (m *mirror) position(name, id string) (present, holds bool, g guard) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	me := m.locks[name][id]
 	if me == nil {
-		return false, false, 0
+		return false, false, guard{}
 	}
 	ahead := 0
+	var first *contender
 	for _, c := range m.locks[name] {
 		if c.token < me.token {
 			ahead++
 		}
+		if first == nil || c.token < first.token {
+			first = c
+		}
 	}
-	return true, ahead < me.limit(), m.names[name]
+	if me.limit() == 1 && first != me {
+		// The lock is held by the first in line while its key stands
+		// unchanged.
+		return true, false, guard{key: first.id, seq: first.rev}
+	}
+	return true, ahead < me.limit(), guard{seq: m.names[name]}
+}
+
+// guard is what a refusal rests on: the last message of the holder's key
+// (key, the holder's id), or of any key of the name (key empty).
+type guard struct {
+	key string
+	seq uint64
 }
 
 // freeBefore tells whether fewer than limit keys of name older than rev

@@ -199,19 +199,27 @@ func (s *Server) purgeMsg(name, id string) *nats.Msg {
 	return m
 }
 
-// refuse takes a refused request's key out of the line, provided that the
-// last message of any key of the name is still the one at last, the view
-// the refusal was decided on. Otherwise a key ahead may have left since, and
-// this key, refused, would stand first in line until taken out: others
-// would be refused for a holder that never was (the linearizability test
-// caught this: two tries refused while nobody held the lock).
-func (s *Server) refuse(ctx context.Context, name, id string, last uint64) error {
+// refuse takes a refused request's key out of the line, provided that
+// what the refusal was decided on still stands (g): the holder's key is
+// unchanged, or, for a semaphore, no key of the name changed since. If the
+// holder had left, this key, refused, could stand first in line until taken
+// out, and others would be refused for a holder that never was (the
+// linearizability test caught this: two tries refused while nobody held
+// the lock). The check names the holder's key itself rather than all the
+// name's keys, so that on a cluster nats-server also refuses it while a
+// write of that key is still being replicated (it matches writes in flight
+// by their exact subject), and a newcomer joining the line is no conflict.
+func (s *Server) refuse(ctx context.Context, name, id string, g guard) error {
 	if s.beforeRefusal != nil {
 		s.beforeRefusal(name)
 	}
 	m := s.purgeMsg(name, id)
-	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
-	m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, s.prefix+"w."+name+".*")
+	on := s.prefix + "w." + name + ".*"
+	if g.key != "" {
+		on = s.prefix + s.key(name, g.key)
+	}
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(g.seq, 10))
+	m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, on)
 	_, err := s.js.PublishMsg(ctx, m)
 	return err
 }
@@ -325,7 +333,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	for !s.mirror.freeBefore(r.Name, token, r.Limit) {
 		changed, seen := s.mirror.watch(r.Name, rev)
 		if seen {
-			present, holds, last := s.mirror.position(r.Name, id)
+			present, holds, g := s.mirror.position(r.Name, id)
 			if holds {
 				break
 			}
@@ -350,7 +358,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 				if r.WaitMs > 0 {
 					cause = ErrWaitTimeout.With("lock %s was still held after %dms", r.Name, r.WaitMs)
 				}
-				err := s.refuse(ctx, r.Name, id, last)
+				err := s.refuse(ctx, r.Name, id, g)
 				if err == nil {
 					return nil, cause
 				}
