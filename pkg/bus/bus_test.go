@@ -605,6 +605,76 @@ func TestInlineContinue(t *testing.T) {
 	}
 }
 
+// A Deferred reply comes from another goroutine, may continue on a
+// worker, and is counted; Stop waits for it; a Deferred that panics before
+// replying is a 500.
+func TestDeferred(t *testing.T) {
+	s := bustest.RunServer(t)
+	later := make(chan func(any, error), 1)
+	svc := startService(t, s, bus.Config{Name: "deferred", Version: "1.0.0", Endpoints: []bus.Endpoint{{
+		Name: "op", Subject: "test.deferred", Inline: true,
+		Handler: func(ctx context.Context, m *bus.Msg) (any, error) {
+			switch string(m.Data) {
+			case `{"panic":true}`:
+				return bus.Deferred(func(func(any, error)) { panic("boom") }), nil
+			case `{"continue":true}`:
+				return bus.Deferred(func(reply func(any, error)) {
+					go reply(bus.Continue(func(ctx context.Context) (any, error) {
+						return map[string]string{"from": "worker"}, nil
+					}), nil)
+				}), nil
+			}
+			return bus.Deferred(func(reply func(any, error)) { later <- reply }), nil
+		},
+	}}})
+	nc := s.Connect()
+	got := make(chan *nats.Msg, 1)
+	go func() {
+		m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.deferred", Data: []byte(`{}`)})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- m
+	}()
+	reply := <-later
+	m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.deferred", Data: []byte(`{"continue":true}`)})
+	if err != nil || string(m.Data) != `{"from":"worker"}` {
+		t.Fatalf("continued reply = %v, %v", m, err)
+	}
+	_, err = bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.deferred", Data: []byte(`{"panic":true}`)})
+	if !errors.Is(err, bus.ErrInternal) {
+		t.Fatalf("a panicking Deferred: err = %v, want a 500", err)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- svc.Stop(ctx(t)) }()
+	served := 3
+	for ; ; served++ { // until Stop has unsubscribed and waits for the deferred reply
+		_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.deferred", Data: []byte(`{"continue":true}`)})
+		if errors.Is(err, bus.ErrUnavailable) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case err := <-stopped:
+		t.Fatalf("Stop returned (%v) before the deferred reply", err)
+	default:
+	}
+	go reply(map[string]string{"from": "callback"}, nil)
+	if m := <-got; m == nil || string(m.Data) != `{"from":"callback"}` {
+		t.Fatalf("deferred reply = %v", m)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	st := svc.Stats().Endpoints[0]
+	if st.NumRequests != served || st.NumErrors != 1 {
+		t.Fatalf("stats = %d requests, %d errors; want %d and 1", st.NumRequests, st.NumErrors, served)
+	}
+}
+
 // A handler that failed because JetStream did not answer replies 503, so
 // that a client knows it may retry; any other error is a 500.
 func TestStoreAwayIsUnavailable(t *testing.T) {

@@ -40,6 +40,15 @@ type Raw []byte
 // replies with its result.
 type Continue func(ctx context.Context) (any, error)
 
+// Deferred is what an Inline handler returns when its reply comes from a
+// callback, such as the acknowledgement of a JetStream write arriving: the
+// service calls it at once, in the subscription's callback, with reply,
+// which must be called exactly once, from any goroutine, and must not
+// block meanwhile. reply takes what a handler returns, a Continue included.
+// This saves the hand-offs to a worker and back that waiting for the
+// acknowledgement there would cost.
+type Deferred func(reply func(resp any, err error))
+
 // Validator is implemented by request types that check themselves after
 // decoding. An error that is not an *Error becomes ErrInvalid.
 type Validator interface {
@@ -471,13 +480,26 @@ func (s *Service) serve(j job) {
 			req := &Msg{Msg: m, Codec: j.codec}
 			resp, err = s.call(ep, m.Subject, func() (any, error) { return ep.Handler(s.ctx, req) })
 		}
-		if cont, ok := resp.(Continue); ok && err == nil {
-			j.cont = cont
-			s.enqueue(j)
+		if d, ok := resp.(Deferred); ok && err == nil {
+			var once sync.Once // a handler that panics after replying
+			reply := func(resp any, err error) { once.Do(func() { s.settle(j, resp, err) }) }
+			if _, err := s.call(ep, m.Subject, func() (any, error) { d(reply); return nil, nil }); err != nil {
+				reply(nil, err)
+			}
 			return
 		}
 	}
-	s.reply(ep, m, j.codec, j.start, resp, err)
+	s.settle(j, resp, err)
+}
+
+// settle replies to a counted request, unless it continues on a worker.
+func (s *Service) settle(j job, resp any, err error) {
+	if cont, ok := resp.(Continue); ok && err == nil && j.cont == nil {
+		j.cont = cont
+		s.enqueue(j)
+		return
+	}
+	s.reply(j.ep, j.m, j.codec, j.start, resp, err)
 	s.pending.Done()
 }
 
