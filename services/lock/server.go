@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -55,6 +56,11 @@ type Server struct {
 	prefix string // subject prefix of the bucket's keys
 	feed   *feed
 
+	// keys writes the keys whose acknowledgements are answered in
+	// callbacks (writeAsync): acks maps each message sent to its callback.
+	keys jetstream.JetStream
+	acks sync.Map // *nats.Msg -> func(*jetstream.PubAck, error)
+
 	beforeRefusal func(name string) // tests: hold a refusal before its key is taken out
 }
 
@@ -77,6 +83,11 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("service", "lock").Logger(), mirror: newMirror(), prefix: "$KV." + Bucket + "."}
+	s.keys, err = jetstream.New(nc, jetstream.WithPublishAsyncAckHandler(s.onAck),
+		jetstream.WithPublishAsyncErrHandler(s.onAckErr), jetstream.WithPublishAsyncTimeout(bus.DefaultTimeout))
+	if err != nil {
+		return nil, err
+	}
 	s.svc, err = bus.NewService(nc, bus.Config{
 		Name:          "lock",
 		Version:       Version,
@@ -88,7 +99,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		Observer:        cfg.Observer,
 		Endpoints: []bus.Endpoint{
 			{Name: "acquire", Subject: SubjectAcquire, Handler: s.acquire, Inline: true},
-			{Name: "release", Subject: SubjectRelease, Handler: bus.Typed(s.release)},
+			{Name: "release", Subject: SubjectRelease, Handler: s.releaseNow, Inline: true},
 			{Name: "renew", Subject: SubjectRenew, Handler: bus.Typed(s.renew)},
 			{Name: "inspect", Subject: SubjectInspect, Handler: bus.Typed(s.inspect)},
 			{Name: "list", Subject: SubjectList, Handler: bus.Typed(s.list)},
@@ -164,6 +175,31 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 
 func (s *Server) key(name, id string) string { return "w." + name + "." + id }
 
+// writeAsync publishes m to the bucket and calls done with the outcome,
+// from the goroutine that receives the acknowledgements (so done must not
+// block), or at once if m could not be sent. An acknowledgement that does
+// not come within bus.DefaultTimeout is jetstream.ErrAsyncPublishTimeout.
+func (s *Server) writeAsync(m *nats.Msg, done func(*jetstream.PubAck, error), opts ...jetstream.PublishOpt) {
+	s.acks.Store(m, done)
+	if _, err := s.keys.PublishMsgAsync(m, opts...); err != nil {
+		if f, ok := s.acks.LoadAndDelete(m); ok {
+			f.(func(*jetstream.PubAck, error))(nil, err)
+		}
+	}
+}
+
+func (s *Server) onAck(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
+	if f, ok := s.acks.LoadAndDelete(m); ok {
+		f.(func(*jetstream.PubAck, error))(ack, nil)
+	}
+}
+
+func (s *Server) onAckErr(_ jetstream.JetStream, m *nats.Msg, err error) {
+	if f, ok := s.acks.LoadAndDelete(m); ok {
+		f.(func(*jetstream.PubAck, error))(nil, err)
+	}
+}
+
 func (s *Server) emit(what, name string, c *contender) {
 	_ = s.events.Emit(what, map[string]any{"name": name, "owner": c.rec.Owner, "token": c.token})
 }
@@ -233,7 +269,9 @@ func isConflict(err error) bool {
 // acquire joins the line in the subscription's callback (the endpoint is
 // Inline): the keys of the requests an instance receives are published in
 // the order the requests arrived, so their revisions, their places in line,
-// keep that order. The rest of the request, which waits, runs on a worker.
+// keep that order. When the acknowledgement shows the key first in line
+// (nobody holds the lock), the grant is answered from there; otherwise the
+// request waits on a worker.
 func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 	r := new(AcquireRequest)
 	if err := m.Decode(r); err != nil {
@@ -245,14 +283,30 @@ func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 	if r.Deadline != nil && !r.Deadline.IsZero() && time.Since(r.Deadline.Time) > DeadlineSkew {
 		return nil, ErrExpired.With("lock %s: the request arrived %v after its deadline", r.Name, time.Since(r.Deadline.Time).Round(time.Millisecond))
 	}
+	arrived := time.Now()
 	id := nuid.Next()
-	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: time.Now()}}
-	data, _ := json.Marshal(rec)
-	ack, err := s.js.PublishAsync(s.prefix+s.key(r.Name, id), data, joinOpts(r)...)
-	if err != nil { // nothing was sent
-		return nil, bus.ErrUnavailable.With("lock %s: joining the line: %v", r.Name, err)
-	}
-	return bus.Continue(func(ctx context.Context) (any, error) { return s.wait(ctx, r, id, rec, ack) }), nil
+	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: arrived}}
+	key := nats.NewMsg(s.prefix + s.key(r.Name, id))
+	key.Data, _ = json.Marshal(rec)
+	return bus.Deferred(func(reply func(any, error)) {
+		s.writeAsync(key, func(ack *jetstream.PubAck, err error) {
+			var rev uint64
+			if err == nil {
+				rev = ack.Sequence
+				if s.mirror.freeBefore(r.Name, rev, r.Limit) {
+					reply(s.grant(r, rec, rev, time.Now()), nil)
+					return
+				}
+			}
+			reply(bus.Continue(func(ctx context.Context) (any, error) { return s.wait(ctx, r, id, rec, arrived, rev, err) }), nil)
+		}, joinOpts(r)...)
+	}), nil
+}
+
+// grant answers a request whose key, written at token, holds the lock.
+func (s *Server) grant(r *AcquireRequest, rec record, token uint64, written time.Time) *AcquireReply {
+	s.emit("acquired", r.Name, &contender{token: token, rec: rec})
+	return &AcquireReply{Token: token, ExpiresAt: bus.Time{Time: written.Add(time.Duration(r.TTLms) * time.Millisecond)}}
 }
 
 // refuseStaleAfter: a refusal decided this long after the request's key was
@@ -264,9 +318,9 @@ const refuseStaleAfter = 20 * time.Millisecond
 // taken out regardless.
 const maxRefusals = 3
 
-// wait waits for the request's key to be stored, then in line.
-func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec record, ack jetstream.PubAckFuture) (*AcquireReply, error) {
-	arrived := time.Now()
+// wait waits in line for a request whose key was written at rev, or, when
+// writing it failed (joinErr), writes it again while no stream takes it.
+func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec record, arrived time.Time, rev uint64, joinErr error) (*AcquireReply, error) {
 	ttl := time.Duration(r.TTLms) * time.Millisecond
 	// leave takes this request's key out of the line before answering cause.
 	// The key is this request's alone, so no compare-and-set is needed. If
@@ -282,27 +336,21 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 		}
 		return cause
 	}
-	var rev uint64
-	var err error
-	select {
-	case pa := <-ack.Ok():
-		rev = pa.Sequence
-	case err = <-ack.Err():
+	if err := joinErr; err != nil {
 		if bus.NoStream(err) {
 			// No stream took the key: nothing is stored to take out.
 			rev, err = s.rejoin(ctx, r, id, rec, arrived)
 		}
-		if bus.NoStream(err) {
+		switch {
+		case bus.NoStream(err):
 			return nil, bus.ErrUnavailable.With("lock %s: joining the line: the bucket takes no writes", r.Name)
-		}
-		if err != nil {
+		case errors.Is(err, jetstream.ErrAsyncPublishTimeout):
+			return nil, leave(bus.ErrTimeout.With("lock %s: joining the line: no acknowledgement from the bucket", r.Name))
+		case err != nil:
 			return nil, leave(fmt.Errorf("lock %s: joining the line: %w", r.Name, err))
 		}
-	case <-time.After(bus.DefaultTimeout):
-		return nil, leave(bus.ErrTimeout.With("lock %s: joining the line: no acknowledgement from the bucket", r.Name))
-	case <-ctx.Done():
-		return nil, leave(bus.ErrUnavailable.With("lock %s: the lock service is stopping", r.Name))
 	}
+	var err error
 	token := rev
 	rec.Token = token
 	written := time.Now()
@@ -398,8 +446,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 		}
 		written = time.Now()
 	}
-	s.emit("acquired", r.Name, &contender{token: token, rec: rec})
-	return &AcquireReply{Token: token, ExpiresAt: bus.Time{Time: written.Add(ttl)}}, nil
+	return s.grant(r, rec, token, written), nil
 }
 
 // joinOpts are the options of a request's key: its TTL, and no earlier
@@ -460,6 +507,38 @@ func (s *Server) find(ctx context.Context, name string, token uint64) (contender
 		return contender{}, ErrNotHeld.With("lock %s is not held with token %d", name, token)
 	}
 	return c, nil
+}
+
+// releaseNow releases in the subscription's callback (the endpoint is
+// Inline) a lock the mirror shows held with the request's token, and
+// answers from the purge's acknowledgement; anything else (a token the
+// mirror does not show holding, a renewal through another instance
+// meanwhile) is left to release on a worker.
+func (s *Server) releaseNow(_ context.Context, m *bus.Msg) (any, error) {
+	r := new(ReleaseRequest)
+	if err := m.Decode(r); err != nil {
+		return nil, err
+	}
+	slow := bus.Continue(func(ctx context.Context) (any, error) { return s.release(ctx, r) })
+	c, found, holds := s.mirror.byToken(r.Name, r.Token)
+	if !found || !holds {
+		return slow, nil
+	}
+	purge := s.purgeMsg(r.Name, c.id)
+	purge.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(c.rev, 10))
+	return bus.Deferred(func(reply func(any, error)) {
+		s.writeAsync(purge, func(_ *jetstream.PubAck, err error) {
+			switch {
+			case err == nil:
+				s.emit("released", r.Name, &c)
+				reply(&ReleaseReply{Released: true}, nil)
+			case isConflict(err):
+				reply(slow, nil)
+			default:
+				reply(nil, fmt.Errorf("lock %s: release: %w", r.Name, err))
+			}
+		})
+	}), nil
 }
 
 func (s *Server) release(ctx context.Context, r *ReleaseRequest) (*ReleaseReply, error) {
