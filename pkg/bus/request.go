@@ -47,7 +47,7 @@ func Request[Req, Resp any](ctx context.Context, nc *nats.Conn, subject string, 
 func RequestMsg(ctx context.Context, nc *nats.Conn, m *nats.Msg) (*nats.Msg, error) {
 	if _, ok := ctx.Deadline(); ok {
 		reply, err := nc.RequestMsgWithContext(ctx, m)
-		return replyOf(m, reply, err)
+		return ReplyOf(m, reply, err)
 	}
 	return RequestMsgWithin(ctx, nc, m, DefaultTimeout)
 }
@@ -68,11 +68,15 @@ func RequestMsgWithin(ctx context.Context, nc *nats.Conn, m *nats.Msg, d time.Du
 		reply, err = nc.RequestMsgWithContext(c, m)
 		cancel()
 	}
-	return replyOf(m, reply, err)
+	return ReplyOf(m, reply, err)
 }
 
-// replyOf turns the outcome of a request into a reply or a coded error.
-func replyOf(m, reply *nats.Msg, err error) (*nats.Msg, error) {
+// ReplyOf turns the outcome of request m (its reply, or the error of
+// sending it or of waiting for its reply) into what RequestMsg returns: a
+// reply carrying a coded error is that *Error, no responders is
+// ErrUnavailable, a timeout ErrTimeout. It is for requests sent by other
+// means than RequestMsg, such as a reply subject of one's own.
+func ReplyOf(m, reply *nats.Msg, err error) (*nats.Msg, error) {
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):

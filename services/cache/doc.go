@@ -55,7 +55,10 @@
 // is asked once more, so that one that died holding the request counts as
 // gone rather than failing the set. When no node is left to stand in (two
 // nodes, R = 2, one dead), the set is acknowledged with the copies the live
-// nodes hold, and the reply's copies says how many. Reads of a batch go to the
+// nodes hold, and the reply's copies says how many. With one replica (R =
+// 2), the owner answers from the replica's reply in the callback that
+// receives it (replies.go), with no goroutine waiting for it; any other
+// outcome takes the path above, on a worker. Reads of a batch go to the
 // fewest copy holders that cover it (with 2 nodes and R = 2, one request): a
 // replica answers for the keys it holds and passes its misses to their
 // owners. A read right after an acknowledged set sees it on every copy; a

@@ -244,7 +244,7 @@ func (s *Server) set(_ context.Context, m *bus.Msg) (any, error) {
 	var buf [4]string
 	owners := s.owners(s.ring(), req.Key, buf[:0])
 	if owners[0] == s.cfg.ID || via != "" {
-		return s.own(m, &req, owners)
+		return s.own(m, &req, owners, true)
 	}
 	owners = slices.Clone(owners)
 	return bus.Continue(func(ctx context.Context) (any, error) {
@@ -259,7 +259,7 @@ func (s *Server) set(_ context.Context, m *bus.Msg) (any, error) {
 		}
 		// The owner does not answer and this node holds a copy: it takes
 		// the write as the owner would.
-		rep, err = s.own(m, &req, owners)
+		rep, err = s.own(m, &req, owners, false)
 		if cont, ok := rep.(bus.Continue); ok && err == nil {
 			return cont(ctx)
 		}
@@ -267,19 +267,36 @@ func (s *Server) set(_ context.Context, m *bus.Msg) (any, error) {
 	}), nil
 }
 
-// own stores a set as the key's owner and writes the copies.
-func (s *Server) own(m *bus.Msg, req *SetRequest, owners []string) (any, error) {
+// own stores a set as the key's owner and writes the copies. In the
+// subscription's callback (callback true), the copy to a single replica is
+// answered from its reply (bus.Deferred); elsewhere, on a worker.
+func (s *Server) own(m *bus.Msg, req *SetRequest, owners []string, callback bool) (any, error) {
 	s.store.set(req.Key, req.Value, time.Duration(req.TTLms)*time.Millisecond)
 	others := withoutSelf(owners, s.cfg.ID)
 	if len(others) == 0 {
 		return SetReply{Copies: 1}, nil
 	}
-	return bus.Continue(func(ctx context.Context) (any, error) {
+	copies := bus.Continue(func(ctx context.Context) (any, error) {
 		n, err := s.copyTo(ctx, req.Key, others, OpSet, nil, m)
 		if err != nil {
 			return nil, err
 		}
 		return SetReply{Copies: 1 + n}, nil
+	})
+	if len(others) > 1 || !callback {
+		return copies, nil
+	}
+	// One replica (R = 2): answered from its reply, unless it fails to
+	// give one; then the copy is written as above (asked again, or to a
+	// stand-in for a replica gone).
+	return bus.Deferred(func(reply func(any, error)) {
+		s.replies.send(copyRequest(m, others[0], OpSet), s.cfg.AttemptTimeout, func(_ *nats.Msg, err error) {
+			if err != nil {
+				reply(copies, nil)
+				return
+			}
+			reply(SetReply{Copies: 2}, nil)
+		})
 	}), nil
 }
 
@@ -329,13 +346,19 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 // the ring has not dropped it yet) is replaced by the member that takes its
 // place once it is dropped; when there is none (every other node holds a
 // copy already), the write counts one copy fewer instead of failing.
+// copyRequest is the request that writes body's copy on node id.
+func copyRequest(body *bus.Msg, id, op string) *nats.Msg {
+	m := &nats.Msg{Subject: NodeSubject(id, op), Header: nats.Header{HeaderHop: []string{hopReplica}}, Data: body.Data}
+	if ct := body.Header.Get(bus.HeaderContentType); ct != "" {
+		m.Header.Set(bus.HeaderContentType, ct)
+	}
+	return m
+}
+
 func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op string, req any, body *bus.Msg) (int, error) {
 	m := &nats.Msg{Header: nats.Header{HeaderHop: []string{hopReplica}}}
 	if body != nil {
-		m.Data = body.Data
-		if ct := body.Header.Get(bus.HeaderContentType); ct != "" {
-			m.Header.Set(bus.HeaderContentType, ct)
-		}
+		m = copyRequest(body, "", op)
 	} else {
 		var err error
 		if m.Data, err = bus.MsgPack.Marshal(req); err != nil {

@@ -82,6 +82,8 @@ type Server struct {
 	calls map[string]*call
 	timer *time.Timer // ends the grace period
 
+	replies *replies // of the copies a set sends (own)
+
 	hits, misses, loads, handoffs, forwards atomic.Int64
 }
 
@@ -189,18 +191,26 @@ func (s *Server) ID() string { return s.cfg.ID }
 func (s *Server) Start(ctx context.Context) error {
 	s.store = newStore(s.cfg.MaxBytes)
 	s.started = time.Now()
+	var err error
+	if s.replies, err = newReplies(s.nc); err != nil {
+		s.store.close()
+		return fmt.Errorf("cache: %w", err)
+	}
 	if err := s.svc.Start(ctx); err != nil {
+		s.replies.close()
 		s.store.close()
 		return err
 	}
 	if err := s.ann.Start(ctx); err != nil {
 		_ = s.svc.Stop(ctx)
+		s.replies.close()
 		s.store.close()
 		return fmt.Errorf("cache: %w", err)
 	}
 	if err := s.watcher.Start(ctx); err != nil {
 		_ = s.ann.Stop(ctx)
 		_ = s.svc.Stop(ctx)
+		s.replies.close()
 		s.store.close()
 		return fmt.Errorf("cache: %w", err)
 	}
@@ -211,6 +221,7 @@ func (s *Server) Start(ctx context.Context) error {
 // requests in flight and stops.
 func (s *Server) Stop(ctx context.Context) error {
 	err := errors.Join(s.ann.Stop(ctx), s.watcher.Stop(ctx), s.svc.Stop(ctx))
+	s.replies.close() // after the requests in flight, whose copies it answers
 	s.mu.Lock()
 	if s.timer != nil {
 		s.timer.Stop()
