@@ -36,6 +36,9 @@
 // request to the owner once, with the header Mesh-Hop: forward. A node never
 // passes on a request that carries Mesh-Hop, so two nodes whose rings
 // disagree for a moment answer from what they have instead of bouncing it.
+// The owner's reply is passed back from the callback that receives it
+// (replies.go); a worker asks the other copy holders only when the owner
+// cannot be reached.
 //
 // # Replication
 //

@@ -83,10 +83,7 @@ func (s *Server) get(_ context.Context, m *bus.Msg) (any, error) {
 	if mine == 0 || via != "" { // a miss at the owner (or where the owner sent it)
 		return s.miss(req.Key, owners), nil
 	}
-	owners = slices.Clone(owners)
-	return bus.Continue(func(ctx context.Context) (any, error) {
-		return s.relay(ctx, m, OpGet, withoutSelf(owners, s.cfg.ID))
-	}), nil
+	return s.forward(m, OpGet, withoutSelf(owners, s.cfg.ID)), nil
 }
 
 // miss answers a miss at the owner: at once when there is nobody to ask,
@@ -290,7 +287,7 @@ func (s *Server) own(m *bus.Msg, req *SetRequest, owners []string, callback bool
 	// give one; then the copy is written as above (asked again, or to a
 	// stand-in for a replica gone).
 	return bus.Deferred(func(reply func(any, error)) {
-		s.replies.send(copyRequest(m, others[0], OpSet), s.cfg.AttemptTimeout, func(_ *nats.Msg, err error) {
+		s.replies.send(passOn(m, others[0], OpSet, hopReplica), s.cfg.AttemptTimeout, func(_ *nats.Msg, err error) {
 			if err != nil {
 				reply(copies, nil)
 				return
@@ -312,10 +309,7 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 	var buf [4]string
 	owners := s.owners(s.ring(), req.Key, buf[:0])
 	if owners[0] != s.cfg.ID && via == "" {
-		owners = slices.Clone(owners)
-		return bus.Continue(func(ctx context.Context) (any, error) {
-			return s.relay(ctx, m, OpDel, withoutSelf(owners, s.cfg.ID))
-		}), nil
+		return s.forward(m, OpDel, withoutSelf(owners, s.cfg.ID)), nil
 	}
 	deleted := s.store.del(req.Key)
 	// The previous owners lose their copy too, or a hand-off would bring
@@ -346,9 +340,11 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 // the ring has not dropped it yet) is replaced by the member that takes its
 // place once it is dropped; when there is none (every other node holds a
 // copy already), the write counts one copy fewer instead of failing.
-// copyRequest is the request that writes body's copy on node id.
-func copyRequest(body *bus.Msg, id, op string) *nats.Msg {
-	m := &nats.Msg{Subject: NodeSubject(id, op), Header: nats.Header{HeaderHop: []string{hopReplica}}, Data: body.Data}
+// passOn is request body passed on to node id with hop: a copy for a
+// replica (hopReplica), or forwarded to an owner (hopForward), which must
+// not pass it on again.
+func passOn(body *bus.Msg, id, op, hop string) *nats.Msg {
+	m := &nats.Msg{Subject: NodeSubject(id, op), Header: nats.Header{HeaderHop: []string{hop}}, Data: body.Data}
 	if ct := body.Header.Get(bus.HeaderContentType); ct != "" {
 		m.Header.Set(bus.HeaderContentType, ct)
 	}
@@ -358,7 +354,7 @@ func copyRequest(body *bus.Msg, id, op string) *nats.Msg {
 func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op string, req any, body *bus.Msg) (int, error) {
 	m := &nats.Msg{Header: nats.Header{HeaderHop: []string{hopReplica}}}
 	if body != nil {
-		m = copyRequest(body, "", op)
+		m = passOn(body, "", op, hopReplica)
 	} else {
 		var err error
 		if m.Data, err = bus.MsgPack.Marshal(req); err != nil {
@@ -425,14 +421,10 @@ func (s *Server) spare(key string, taken []string) string {
 // relay passes a request as it came to the first of nodes that answers,
 // marked so that it is not passed on again.
 func (s *Server) relay(ctx context.Context, m *bus.Msg, op string, nodes []string) (any, error) {
-	h := nats.Header{HeaderHop: []string{hopForward}}
-	if ct := m.Header.Get(bus.HeaderContentType); ct != "" {
-		h.Set(bus.HeaderContentType, ct)
-	}
 	var last error = ErrUnavailable.With("no node holds the key")
 	for _, id := range nodes {
 		s.forwards.Add(1)
-		rep, err := bus.RequestMsgWithin(ctx, s.nc, &nats.Msg{Subject: NodeSubject(id, op), Header: h, Data: m.Data}, s.cfg.AttemptTimeout)
+		rep, err := bus.RequestMsgWithin(ctx, s.nc, passOn(m, id, op, hopForward), s.cfg.AttemptTimeout)
 		if err == nil {
 			return bus.Raw(rep.Data), nil
 		}
@@ -442,6 +434,30 @@ func (s *Server) relay(ctx context.Context, m *bus.Msg, op string, nodes []strin
 		last = ErrUnavailable.With("node %s: %v", id, err)
 	}
 	return nil, last
+}
+
+// forward is relay answered from the first node's reply in the callback
+// that receives it (bus.Deferred), without a goroutine waiting for it; if
+// that node cannot be reached, the others are asked on a worker.
+func (s *Server) forward(m *bus.Msg, op string, nodes []string) any {
+	if len(nodes) == 0 {
+		return bus.Continue(func(ctx context.Context) (any, error) { return s.relay(ctx, m, op, nodes) })
+	}
+	return bus.Deferred(func(reply func(any, error)) {
+		s.forwards.Add(1)
+		s.replies.send(passOn(m, nodes[0], op, hopForward), s.cfg.AttemptTimeout, func(rep *nats.Msg, err error) {
+			switch {
+			case err == nil:
+				reply(bus.Raw(rep.Data), nil)
+			case !unreachable(err):
+				reply(nil, err)
+			case len(nodes) == 1:
+				reply(nil, ErrUnavailable.With("node %s: %v", nodes[0], err))
+			default:
+				reply(bus.Continue(func(ctx context.Context) (any, error) { return s.relay(ctx, m, op, nodes[1:]) }), nil)
+			}
+		})
+	})
 }
 
 // ask sends a request in msgpack to one node.
