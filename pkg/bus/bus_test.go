@@ -730,3 +730,39 @@ func TestRetryNoStream(t *testing.T) {
 		t.Fatalf("err %v after %d calls; want no responders after 2 to 4 (100, 200 ms pauses within 250 ms)", err, calls)
 	}
 }
+
+// Writes hands each publication's outcome to its callback once: the
+// acknowledgement, a refused compare-and-set, or no stream taking it.
+func TestWrites(t *testing.T) {
+	s := bustest.RunServer(t)
+	if _, err := s.JetStream().CreateStream(ctx(t), jetstream.StreamConfig{Name: "W", Subjects: []string{"w.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := bus.NewWrites(s.Connect(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type outcome struct {
+		ack *jetstream.PubAck
+		err error
+	}
+	write := func(subject string, opts ...jetstream.PublishOpt) outcome {
+		got := make(chan outcome, 2)
+		w.Publish(nats.NewMsg(subject), func(ack *jetstream.PubAck, err error) { got <- outcome{ack, err} }, opts...)
+		o := <-got
+		if len(got) > 0 {
+			t.Fatalf("%s: a second outcome", subject)
+		}
+		return o
+	}
+	if o := write("w.a"); o.err != nil || o.ack.Stream != "W" || o.ack.Sequence != 1 {
+		t.Fatalf("first write: %+v, %v", o.ack, o.err)
+	}
+	var apiErr *jetstream.APIError
+	if o := write("w.a", jetstream.WithExpectLastSequencePerSubject(7)); !errors.As(o.err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+		t.Fatalf("a stale compare-and-set: %v, want wrong last sequence", o.err)
+	}
+	if o := write("elsewhere", jetstream.WithRetryAttempts(0)); !bus.NoStream(o.err) {
+		t.Fatalf("no stream: %v", o.err)
+	}
+}

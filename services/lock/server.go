@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -56,10 +55,7 @@ type Server struct {
 	prefix string // subject prefix of the bucket's keys
 	feed   *feed
 
-	// keys writes the keys whose acknowledgements are answered in
-	// callbacks (writeAsync): acks maps each message sent to its callback.
-	keys jetstream.JetStream
-	acks sync.Map // *nats.Msg -> func(*jetstream.PubAck, error)
+	writes *bus.Writes // keys whose acknowledgements are answered in callbacks
 
 	beforeRefusal func(name string) // tests: hold a refusal before its key is taken out
 }
@@ -83,9 +79,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("service", "lock").Logger(), mirror: newMirror(), prefix: "$KV." + Bucket + "."}
-	s.keys, err = jetstream.New(nc, jetstream.WithPublishAsyncAckHandler(s.onAck),
-		jetstream.WithPublishAsyncErrHandler(s.onAckErr), jetstream.WithPublishAsyncTimeout(bus.DefaultTimeout))
-	if err != nil {
+	if s.writes, err = bus.NewWrites(nc, bus.DefaultTimeout); err != nil {
 		return nil, err
 	}
 	s.svc, err = bus.NewService(nc, bus.Config{
@@ -174,31 +168,6 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 }
 
 func (s *Server) key(name, id string) string { return "w." + name + "." + id }
-
-// writeAsync publishes m to the bucket and calls done with the outcome,
-// from the goroutine that receives the acknowledgements (so done must not
-// block), or at once if m could not be sent. An acknowledgement that does
-// not come within bus.DefaultTimeout is jetstream.ErrAsyncPublishTimeout.
-func (s *Server) writeAsync(m *nats.Msg, done func(*jetstream.PubAck, error), opts ...jetstream.PublishOpt) {
-	s.acks.Store(m, done)
-	if _, err := s.keys.PublishMsgAsync(m, opts...); err != nil {
-		if f, ok := s.acks.LoadAndDelete(m); ok {
-			f.(func(*jetstream.PubAck, error))(nil, err)
-		}
-	}
-}
-
-func (s *Server) onAck(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
-	if f, ok := s.acks.LoadAndDelete(m); ok {
-		f.(func(*jetstream.PubAck, error))(ack, nil)
-	}
-}
-
-func (s *Server) onAckErr(_ jetstream.JetStream, m *nats.Msg, err error) {
-	if f, ok := s.acks.LoadAndDelete(m); ok {
-		f.(func(*jetstream.PubAck, error))(nil, err)
-	}
-}
 
 func (s *Server) emit(what, name string, c *contender) {
 	_ = s.events.Emit(what, map[string]any{"name": name, "owner": c.rec.Owner, "token": c.token})
@@ -289,7 +258,7 @@ func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 	key := nats.NewMsg(s.prefix + s.key(r.Name, id))
 	key.Data, _ = json.Marshal(rec)
 	return bus.Deferred(func(reply func(any, error)) {
-		s.writeAsync(key, func(ack *jetstream.PubAck, err error) {
+		s.writes.Publish(key, func(ack *jetstream.PubAck, err error) {
 			var rev uint64
 			if err == nil {
 				rev = ack.Sequence
@@ -527,7 +496,7 @@ func (s *Server) releaseNow(_ context.Context, m *bus.Msg) (any, error) {
 	purge := s.purgeMsg(r.Name, c.id)
 	purge.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(c.rev, 10))
 	return bus.Deferred(func(reply func(any, error)) {
-		s.writeAsync(purge, func(_ *jetstream.PubAck, err error) {
+		s.writes.Publish(purge, func(_ *jetstream.PubAck, err error) {
 			switch {
 			case err == nil:
 				s.emit("released", r.Name, &c)
