@@ -9,3 +9,7 @@ var UniqueKey = uniqueKey
 // WrapStates makes s, not started yet, use wrap(its state bucket), for tests
 // that make the bucket fail.
 func WrapStates(s *Server, wrap func(jetstream.KeyValue) jetstream.KeyValue) { s.wrapStates = wrap }
+
+// StateKey is the bucket key of a task's state, for tests that change the
+// state as another instance would.
+var StateKey = stateKey

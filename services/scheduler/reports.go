@@ -22,19 +22,9 @@ func (s *Server) started(ctx context.Context, r *StartedRequest) (*StartedReply,
 	now := time.Now()
 	var reply StartedReply
 	spent := false
-	rec, err := s.update(ctx, r.ID, func(rec *record) error {
-		switch {
-		case terminal(rec.State):
-			reply = StartedReply{Action: ActionTerm, State: rec.State}
-			return errNoChange
-		case r.Attempt-rec.Interrupted > rec.MaxRetries+1:
-			spent = true
-			return errNoChange
-		}
-		rec.State, rec.Attempts, rec.StartedAt, rec.Seq = StateRunning, r.Attempt-rec.Interrupted, bus.Time{Time: now}, r.StreamSeq
-		rec.NextRetryAt, rec.Pending = bus.Time{}, nil
-		reply = StartedReply{Run: true, State: StateRunning}
-		return nil
+	rec, err := s.update(ctx, r.ID, func(rec *record) (err error) {
+		reply, spent, err = start(rec, r, now)
+		return err
 	})
 	if errors.Is(err, ErrNotFound) {
 		// Its state expired (or was never written by this service): run it
@@ -63,6 +53,60 @@ func (s *Server) started(ctx context.Context, r *StartedRequest) (*StartedReply,
 		s.emit("started", &rec, map[string]any{"worker": r.Worker})
 	}
 	return &reply, nil
+}
+
+// start decides a start report on a task's state rec: it makes rec
+// running, or returns errNoChange with the reply to a task that has
+// finished, or with spent for a task whose attempts are spent.
+func start(rec *record, r *StartedRequest, now time.Time) (reply StartedReply, spent bool, err error) {
+	switch {
+	case terminal(rec.State):
+		return StartedReply{Action: ActionTerm, State: rec.State}, false, errNoChange
+	case r.Attempt-rec.Interrupted > rec.MaxRetries+1:
+		return StartedReply{}, true, errNoChange
+	}
+	rec.State, rec.Attempts, rec.StartedAt, rec.Seq = StateRunning, r.Attempt-rec.Interrupted, bus.Time{Time: now}, r.StreamSeq
+	rec.NextRetryAt, rec.Pending = bus.Time{}, nil
+	return StartedReply{Run: true, State: StateRunning}, false, nil
+}
+
+// startedNow serves a start report in the subscription's callback (the
+// endpoint is Inline) when this instance has the task's state cached and
+// the task is to run: it writes the state with a compare-and-set on the
+// cached revision and answers from the acknowledgement (bus.Deferred), with
+// no worker. Anything else, a conflict included, is left to started.
+func (s *Server) startedNow(_ context.Context, m *bus.Msg) (any, error) {
+	r := new(StartedRequest)
+	if err := m.Decode(r); err != nil {
+		return nil, err
+	}
+	slow := bus.Continue(func(ctx context.Context) (any, error) { return s.started(ctx, r) })
+	rec, rev, ok := s.cached(r.ID)
+	if !ok {
+		return slow, nil
+	}
+	reply, _, err := start(&rec, r, time.Now())
+	if err != nil {
+		return slow, nil
+	}
+	w, err := s.stateWrite(&rec)
+	if err != nil {
+		return nil, err
+	}
+	return bus.Deferred(func(answer func(any, error)) {
+		s.writes.Publish(w, func(ack *jetstream.PubAck, err error) {
+			if err != nil {
+				if isConflict(err) {
+					s.uncache(rec.ID)
+				}
+				answer(slow, nil)
+				return
+			}
+			s.cache(&rec, ack.Sequence)
+			s.emit("started", &rec, map[string]any{"worker": r.Worker})
+			answer(&reply, nil)
+		}, jetstream.WithExpectLastSequencePerSubject(rev))
+	}), nil
 }
 
 // finished serves a worker's report of an attempt's outcome.

@@ -493,6 +493,46 @@ func TestPeriodicTwoInstances(t *testing.T) {
 	}
 }
 
+// A start reported to an instance whose copy of the task's state is stale
+// (another instance cancelled the task meanwhile) is decided on the state as
+// it is: the write on the cached revision is refused, and the task is not
+// run.
+func TestStartOnStaleState(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	nc := bustest.Connect(t, s.URL())
+	id, err := scheduler.NewClient(nc).Submit(ctx(t), scheduler.SubmitRequest{Queue: "stale", Type: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cancelled by "another instance": the state written behind this one's back.
+	kv, err := bustest.JetStream(t, nc).KeyValue(ctx(t), scheduler.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx(t), scheduler.StateKey(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var state map[string]any
+	if err := json.Unmarshal(e.Value(), &state); err != nil {
+		t.Fatal(err)
+	}
+	state["state"] = string(scheduler.StateCancelled)
+	b, _ := json.Marshal(state)
+	if _, err := kv.Update(ctx(t), scheduler.StateKey(id), b, e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := bus.Request[scheduler.StartedRequest, scheduler.StartedReply](ctx(t), nc, scheduler.SubjectStarted,
+		scheduler.StartedRequest{ID: id, Queue: "stale", Type: "x", Attempt: 1, StreamSeq: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Run || rep.State != scheduler.StateCancelled {
+		t.Fatalf("start of a cancelled task: %+v, want not run, cancelled", rep)
+	}
+}
+
 func TestCancelEachState(t *testing.T) {
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})

@@ -130,6 +130,7 @@ func (c *Config) defaults() {
 type Server struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
+	writes *bus.Writes // states whose acknowledgements are answered in callbacks
 	cfg    Config
 	log    zerolog.Logger
 	svc    *bus.Service
@@ -167,6 +168,9 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 	}
 	s := &Server{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("service", "scheduler").Logger(),
 		held: map[*held]struct{}{}, stop: make(chan struct{}), states: map[string]cachedState{}}
+	if s.writes, err = bus.NewWrites(nc, bus.DefaultTimeout); err != nil {
+		return nil, err
+	}
 	s.svc, err = bus.NewService(nc, bus.Config{
 		Name:            "scheduler",
 		Version:         Version,
@@ -186,7 +190,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 			{Name: "schedules_add", Subject: SubjectAddSched, Handler: bus.Typed(s.addSchedule)},
 			{Name: "schedules_list", Subject: SubjectListSched, Handler: bus.Typed(s.listSchedules)},
 			{Name: "schedules_rm", Subject: SubjectRmSched, Handler: bus.Typed(s.rmSchedule)},
-			{Name: "started", Subject: SubjectStarted, Handler: bus.Typed(s.started)},
+			{Name: "started", Subject: SubjectStarted, Handler: s.startedNow, Inline: true},
 			{Name: "finished", Subject: SubjectFinished, Handler: bus.Typed(s.finished)},
 		},
 	})
@@ -437,15 +441,11 @@ func (s *Server) get(ctx context.Context, id string) (record, uint64, error) {
 // put writes a task's state if it is still at revision rev (0: a new key).
 // A finished task's state expires after the retention.
 func (s *Server) put(ctx context.Context, rec *record, rev uint64) (uint64, error) {
-	data, err := json.Marshal(rec)
+	m, err := s.stateWrite(rec)
 	if err != nil {
 		return 0, err
 	}
-	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(rev)}
-	if terminal(rec.State) {
-		opts = append(opts, jetstream.WithMsgTTL(s.cfg.Retention))
-	}
-	ack, err := s.js.Publish(ctx, kvPrefix+stateKey(rec.ID), data, opts...)
+	ack, err := s.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev))
 	if err != nil {
 		if isConflict(err) {
 			s.uncache(rec.ID)
@@ -454,6 +454,21 @@ func (s *Server) put(ctx context.Context, rec *record, rev uint64) (uint64, erro
 	}
 	s.cache(rec, ack.Sequence)
 	return ack.Sequence, nil
+}
+
+// stateWrite is the message that writes a task's state; a finished
+// task's state expires after the retention.
+func (s *Server) stateWrite(rec *record) (*nats.Msg, error) {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(kvPrefix + stateKey(rec.ID))
+	m.Data = data
+	if terminal(rec.State) {
+		m.Header.Set(jetstream.MsgTTLHeader, s.cfg.Retention.String())
+	}
+	return m, nil
 }
 
 // create writes the first state of a task.
