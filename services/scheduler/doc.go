@@ -140,7 +140,12 @@
 // the acknowledgements. An instance caches the states it wrote, with their
 // revisions, so that the compare-and-set of a worker's report needs no
 // read first when the same instance serves the task; a stale entry only
-// fails the compare-and-set, and the state is read again.
+// fails the compare-and-set, and the state is read again. A start report
+// for a cached state is written in the subscription's callback and answered
+// from the write's acknowledgement (bus.Writes, bus.Deferred), with no
+// worker: it is on the way from a submit to the task's start, and every
+// hand-off between goroutines there costs a thread's wake-up
+// (TestStartOnStaleState covers the stale entry).
 //
 // # Retries, timeouts, dead letters
 //
