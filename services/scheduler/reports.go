@@ -89,7 +89,113 @@ func (s *Server) startedNow(_ context.Context, m *bus.Msg) (any, error) {
 	if err != nil {
 		return slow, nil
 	}
-	w, err := s.stateWrite(&rec)
+	return s.writeState(&rec, rev, slow, func() any {
+		s.emit("started", &rec, map[string]any{"worker": r.Worker})
+		return &reply
+	})
+}
+
+// finished serves a worker's report of an attempt's outcome.
+func (s *Server) finished(ctx context.Context, r *FinishedRequest) (*FinishedReply, error) {
+	now := time.Now()
+	var reply FinishedReply
+	final, event := false, ""
+	rec, err := s.update(ctx, r.ID, func(rec *record) (err error) {
+		reply, final, event, err = s.finish(rec, r, now)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if final {
+		rec, err = s.kill(ctx, r.ID, r.StreamSeq, truncate(r.Error, MaxErrorLen))
+		if err != nil {
+			return nil, err
+		}
+		return &FinishedReply{Action: ActionTerm, State: rec.State}, nil
+	}
+	s.emitFinished(event, &rec, r, &reply)
+	return &reply, nil
+}
+
+// finish decides an attempt's outcome report on a task's state rec: it
+// changes rec and names the event to emit, or returns errNoChange with the
+// reply to a task that has finished already, or with final for a task to
+// move to the dead letters.
+func (s *Server) finish(rec *record, r *FinishedRequest, now time.Time) (reply FinishedReply, final bool, event string, err error) {
+	switch {
+	case rec.State == StateSucceeded:
+		return FinishedReply{Action: ActionAck, State: rec.State}, false, "", errNoChange
+	case terminal(rec.State):
+		return FinishedReply{Action: ActionTerm, State: rec.State}, false, "", errNoChange
+	case r.Interrupted:
+		rec.State, rec.Interrupted = StateQueued, rec.Interrupted+1
+		return FinishedReply{Action: ActionNak, State: rec.State}, false, "", nil
+	case r.Error == "":
+		rec.State, rec.FinishedAt, rec.LastError = StateSucceeded, bus.Time{Time: now}, ""
+		res := r.Result
+		rec.ResultTruncated = len(res) > s.cfg.MaxResult
+		if rec.ResultTruncated {
+			res = res[:s.cfg.MaxResult]
+		}
+		rec.Result, rec.ResultEncoding = encodeText(res)
+		reply, event = FinishedReply{Action: ActionAck, State: rec.State}, "succeeded"
+	case r.SkipRetry || r.Attempt-rec.Interrupted >= rec.MaxRetries+1:
+		rec.LastError = truncate(r.Error, MaxErrorLen)
+		return FinishedReply{}, true, "", errNoChange
+	default:
+		delay := s.backoff(rec.Backoff, r.Attempt)
+		rec.State, rec.LastError = StateFailed, truncate(r.Error, MaxErrorLen)
+		rec.NextRetryAt = bus.Time{Time: now.Add(delay)}
+		reply, event = FinishedReply{Action: ActionNak, DelayMs: max(delay.Milliseconds(), 1), State: rec.State}, "failed"
+	}
+	rec.Attempts = max(rec.Attempts, r.Attempt-rec.Interrupted)
+	return reply, false, event, nil
+}
+
+// emitFinished emits the event of an outcome, if any.
+func (s *Server) emitFinished(event string, rec *record, r *FinishedRequest, reply *FinishedReply) {
+	if event == "" {
+		return
+	}
+	extra := map[string]any{}
+	if r.Error != "" {
+		extra["error"] = rec.LastError
+		extra["retry_in_ms"] = reply.DelayMs
+	}
+	s.emit(event, rec, extra)
+}
+
+// finishedNow serves an outcome report in the subscription's callback, as
+// startedNow does a start report: when the task's state is cached and the
+// outcome is not a move to the dead letters, the state is written with a
+// compare-and-set on the cached revision and the report answered from the
+// acknowledgement. Anything else is left to finished.
+func (s *Server) finishedNow(_ context.Context, m *bus.Msg) (any, error) {
+	r := new(FinishedRequest)
+	if err := m.Decode(r); err != nil {
+		return nil, err
+	}
+	slow := bus.Continue(func(ctx context.Context) (any, error) { return s.finished(ctx, r) })
+	rec, rev, ok := s.cached(r.ID)
+	if !ok {
+		return slow, nil
+	}
+	reply, _, event, err := s.finish(&rec, r, time.Now())
+	if err != nil {
+		return slow, nil
+	}
+	return s.writeState(&rec, rev, slow, func() any {
+		s.emitFinished(event, &rec, r, &reply)
+		return &reply
+	})
+}
+
+// writeState writes rec with a compare-and-set on rev in the subscription's
+// callback and answers from the acknowledgement with done's reply; if the
+// write fails, slow answers.
+func (s *Server) writeState(rec *record, rev uint64, slow bus.Continue, done func() any) (any, error) {
+	w, err := s.stateWrite(rec)
 	if err != nil {
 		return nil, err
 	}
@@ -102,72 +208,10 @@ func (s *Server) startedNow(_ context.Context, m *bus.Msg) (any, error) {
 				answer(slow, nil)
 				return
 			}
-			s.cache(&rec, ack.Sequence)
-			s.emit("started", &rec, map[string]any{"worker": r.Worker})
-			answer(&reply, nil)
+			s.cache(rec, ack.Sequence)
+			answer(done(), nil)
 		}, jetstream.WithExpectLastSequencePerSubject(rev))
 	}), nil
-}
-
-// finished serves a worker's report of an attempt's outcome.
-func (s *Server) finished(ctx context.Context, r *FinishedRequest) (*FinishedReply, error) {
-	now := time.Now()
-	var reply FinishedReply
-	final, event := false, ""
-	rec, err := s.update(ctx, r.ID, func(rec *record) error {
-		event = ""
-		switch {
-		case rec.State == StateSucceeded:
-			reply = FinishedReply{Action: ActionAck, State: rec.State}
-			return errNoChange
-		case terminal(rec.State):
-			reply = FinishedReply{Action: ActionTerm, State: rec.State}
-			return errNoChange
-		case r.Interrupted:
-			rec.State, rec.Interrupted = StateQueued, rec.Interrupted+1
-			reply = FinishedReply{Action: ActionNak, State: rec.State}
-			return nil
-		case r.Error == "":
-			rec.State, rec.FinishedAt, rec.LastError = StateSucceeded, bus.Time{Time: now}, ""
-			res := r.Result
-			rec.ResultTruncated = len(res) > s.cfg.MaxResult
-			if rec.ResultTruncated {
-				res = res[:s.cfg.MaxResult]
-			}
-			rec.Result, rec.ResultEncoding = encodeText(res)
-			reply, event = FinishedReply{Action: ActionAck, State: rec.State}, "succeeded"
-		case r.SkipRetry || r.Attempt-rec.Interrupted >= rec.MaxRetries+1:
-			rec.LastError = truncate(r.Error, MaxErrorLen)
-			final = true
-			return errNoChange
-		default:
-			delay := s.backoff(rec.Backoff, r.Attempt)
-			rec.State, rec.LastError = StateFailed, truncate(r.Error, MaxErrorLen)
-			rec.NextRetryAt = bus.Time{Time: now.Add(delay)}
-			reply, event = FinishedReply{Action: ActionNak, DelayMs: max(delay.Milliseconds(), 1), State: rec.State}, "failed"
-		}
-		rec.Attempts = max(rec.Attempts, r.Attempt-rec.Interrupted)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if final {
-		rec, err = s.kill(ctx, r.ID, r.StreamSeq, truncate(r.Error, MaxErrorLen))
-		if err != nil {
-			return nil, err
-		}
-		return &FinishedReply{Action: ActionTerm, State: rec.State}, nil
-	}
-	if event != "" {
-		extra := map[string]any{}
-		if r.Error != "" {
-			extra["error"] = rec.LastError
-			extra["retry_in_ms"] = reply.DelayMs
-		}
-		s.emit(event, &rec, extra)
-	}
-	return &reply, nil
 }
 
 // kill moves a task to the dead letters: a copy of its message goes to

@@ -191,7 +191,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 			{Name: "schedules_list", Subject: SubjectListSched, Handler: bus.Typed(s.listSchedules)},
 			{Name: "schedules_rm", Subject: SubjectRmSched, Handler: bus.Typed(s.rmSchedule)},
 			{Name: "started", Subject: SubjectStarted, Handler: s.startedNow, Inline: true},
-			{Name: "finished", Subject: SubjectFinished, Handler: bus.Typed(s.finished)},
+			{Name: "finished", Subject: SubjectFinished, Handler: s.finishedNow, Inline: true},
 		},
 	})
 	if err != nil {
