@@ -333,13 +333,6 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 	}), nil
 }
 
-// copyTo sends a write of key to replicas, all at once, and returns how
-// many stored it; it fails unless all did. A request the owner received is
-// passed on as it came (body is its body, in its codec); req is encoded
-// otherwise. A replica that no longer listens (it crashed or stopped, and
-// the ring has not dropped it yet) is replaced by the member that takes its
-// place once it is dropped; when there is none (every other node holds a
-// copy already), the write counts one copy fewer instead of failing.
 // passOn is request body passed on to node id with hop: a copy for a
 // replica (hopReplica), or forwarded to an owner (hopForward), which must
 // not pass it on again.
@@ -351,15 +344,23 @@ func passOn(body *bus.Msg, id, op, hop string) *nats.Msg {
 	return m
 }
 
+// copyTo sends a write of key to replicas, all at once, and returns how
+// many stored it; it fails unless all did. A request the owner received is
+// passed on as it came (body is its body, in its codec); req is encoded
+// otherwise. A replica that no longer listens (it crashed or stopped, and
+// the ring has not dropped it yet) is replaced by the member that takes its
+// place once it is dropped; when there is none (every other node holds a
+// copy already), the write counts one copy fewer instead of failing.
 func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op string, req any, body *bus.Msg) (int, error) {
-	m := &nats.Msg{Header: nats.Header{HeaderHop: []string{hopReplica}}}
+	var m *nats.Msg
 	if body != nil {
 		m = passOn(body, "", op, hopReplica)
 	} else {
-		var err error
-		if m.Data, err = bus.MsgPack.Marshal(req); err != nil {
+		data, err := bus.MsgPack.Marshal(req)
+		if err != nil {
 			return 0, err
 		}
+		m = &nats.Msg{Header: nats.Header{HeaderHop: []string{hopReplica}}, Data: data}
 	}
 	try := func(id string) error {
 		cm := *m
