@@ -468,21 +468,18 @@ func TestAcquireAfterDeadline(t *testing.T) {
 	}
 }
 
-// A try refused while the lock is held is taken out of the line a moment
-// after its refusal is decided. If the holder releases in that moment, the
-// refused key stands first in line: a try then must not be refused for a
-// holder that never was. Either the first try is granted after all, or the
-// second is.
-func TestRefusedKeyFirstInLine(t *testing.T) {
-	s := bustest.RunServer(t)
-	srv, err := lock.New(bustest.Connect(t, s.URL()), lock.Config{})
+// serveHoldingRefusal starts an instance whose first refusal, once decided
+// and before its key is taken out of the line, closes refusing and waits
+// for resume to be closed; refusals counts the refusals decided.
+func serveHoldingRefusal(t *testing.T, url string) (refusing, resume chan struct{}, refusals *atomic.Int32) {
+	t.Helper()
+	srv, err := lock.New(bustest.Connect(t, url), lock.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	refusing, resume := make(chan struct{}), make(chan struct{})
-	var held atomic.Bool
+	refusing, resume, refusals = make(chan struct{}), make(chan struct{}), new(atomic.Int32)
 	lock.BeforeRefusal(srv, func(string) {
-		if held.CompareAndSwap(false, true) { // only the first refusal
+		if refusals.Add(1) == 1 {
 			close(refusing)
 			<-resume
 		}
@@ -491,6 +488,17 @@ func TestRefusedKeyFirstInLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	return refusing, resume, refusals
+}
+
+// A try refused while the lock is held is taken out of the line a moment
+// after its refusal is decided. If the holder releases in that moment, the
+// refused key stands first in line: a try then must not be refused for a
+// holder that never was. Either the first try is granted after all, or the
+// second is.
+func TestRefusedKeyFirstInLine(t *testing.T) {
+	s := bustest.RunServer(t)
+	refusing, resume, _ := serveHoldingRefusal(t, s.URL())
 	c := client(t, s.URL())
 	holder, err := c.TryAcquire(ctx(t), "phantom", opts)
 	if err != nil {
@@ -530,22 +538,7 @@ func TestRefusedKeyFirstInLine(t *testing.T) {
 // change (resting on every key of the name, it was decided again).
 func TestRefusalIgnoresNewcomers(t *testing.T) {
 	s := bustest.RunServer(t)
-	srv, err := lock.New(bustest.Connect(t, s.URL()), lock.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	refusing, resume := make(chan struct{}), make(chan struct{})
-	var refusals atomic.Int32
-	lock.BeforeRefusal(srv, func(string) {
-		if refusals.Add(1) == 1 {
-			close(refusing)
-			<-resume
-		}
-	})
-	if err := srv.Start(ctx(t)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	refusing, resume, refusals := serveHoldingRefusal(t, s.URL())
 	c := client(t, s.URL())
 	holder, err := c.TryAcquire(ctx(t), "busy", opts)
 	if err != nil {
