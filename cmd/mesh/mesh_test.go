@@ -24,6 +24,7 @@ import (
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/pkg/ring/membership"
+	"github.com/meshkit/mesh/services/cache"
 	"github.com/meshkit/mesh/services/lock"
 	"github.com/meshkit/mesh/services/sys"
 )
@@ -160,6 +161,30 @@ func TestUpStatusAndStop(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(data, "jetstream")); err != nil {
 		t.Fatalf("no JetStream store in %s: %v", data, err)
+	}
+}
+
+// mesh up --cache-nodes 3 is up once the nodes see each other: the first
+// sets already have their replica.
+func TestUpCacheNodesConverged(t *testing.T) {
+	listen := bustest.FreeAddr(t)
+	out := &syncBuffer{}
+	a := &app{log: zerolog.Nop(), out: out}
+	up := &upCmd{Listen: listen, Data: t.TempDir(), Services: []string{"cache"}, runFlags: runFlags{Replicas: 1, CacheNodes: 3, CacheReplicas: 2, CacheMaxBytes: "64MiB"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- up.run(ctx, a) }()
+	t.Cleanup(func() { cancel(); <-done })
+	out.waitFor(t, "Ctrl-C stops it")
+	nc := bustest.Connect(t, "nats://"+listen)
+	for i := range 12 {
+		m, err := nc.Request(cache.SubjectSet, fmt.Appendf(nil, `{"key":"k%d","value":"v"}`, i), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Data) != `{"copies":2}` {
+			t.Fatalf("set k%d: %s, want 2 copies", i, m.Data)
+		}
 	}
 }
 

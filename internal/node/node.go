@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -111,7 +112,7 @@ func Defs() []Def {
 func newCache(nc *nats.Conn, env Env) (Service, error) {
 	n := max(env.Cache.Nodes, 1)
 	base := subjectToken(env.Node)
-	var g group
+	var g cacheGroup
 	for i := range n {
 		id := base
 		if n > 1 {
@@ -124,9 +125,45 @@ func newCache(nc *nats.Conn, env Env) (Service, error) {
 		if err != nil {
 			return nil, err
 		}
-		g = append(g, s)
+		g.group = append(g.group, s)
+		g.nodes = append(g.nodes, s)
 	}
 	return g, nil
+}
+
+// cacheGroup is a process's cache nodes. Start returns once every node's
+// ring holds them all (or after converged, at most), so that the first
+// writes find their replicas instead of a ring of one.
+type cacheGroup struct {
+	group
+	nodes []*cache.Server
+}
+
+// converged bounds the wait for the nodes' rings.
+const converged = 5 * time.Second
+
+func (g cacheGroup) Start(ctx context.Context) error {
+	if err := g.group.Start(ctx); err != nil {
+		return err
+	}
+	wait := time.NewTimer(converged)
+	defer wait.Stop()
+	for _, s := range g.nodes {
+		for {
+			changed := s.Changed()
+			if s.Ring().Len() >= len(g.nodes) {
+				break
+			}
+			select {
+			case <-changed:
+			case <-wait.C:
+				return nil // the rings will converge while the nodes serve
+			case <-ctx.Done():
+				return errors.Join(ctx.Err(), g.Stop(context.WithoutCancel(ctx)))
+			}
+		}
+	}
+	return nil
 }
 
 // subjectToken makes a name usable as a subject token.
