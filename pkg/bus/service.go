@@ -482,7 +482,8 @@ func (s *Service) serve(j job) {
 		}
 		if d, ok := resp.(Deferred); ok && err == nil {
 			var once sync.Once // a handler that panics after replying
-			reply := func(resp any, err error) { once.Do(func() { s.settle(j, resp, err) }) }
+			later := j         // only a deferred request's job goes to the heap
+			reply := func(resp any, err error) { once.Do(func() { s.settle(later, resp, err) }) }
 			if _, err := s.call(ep, m.Subject, func() (any, error) { d(reply); return nil, nil }); err != nil {
 				reply(nil, err)
 			}
