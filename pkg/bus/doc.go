@@ -32,6 +32,14 @@
 // reply, and counts requests, errors and processing time per endpoint when
 // the reply is sent.
 //
+// Every hand-off between goroutines wakes a thread, which on a small VM
+// costs more than a short handler's work. An Inline endpoint runs its
+// handler in the subscription's callback; such a handler returns a Continue
+// for work that must wait (it runs on a worker), or a Deferred when its
+// reply comes from a callback, such as the acknowledgement of a JetStream
+// write sent with Writes: the reply then leaves from that callback, with no
+// worker at all.
+//
 // # Subjects
 //
 //	subject                               what
