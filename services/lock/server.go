@@ -188,19 +188,19 @@ func (s *Server) write(ctx context.Context, name, id string, rec record, rev uin
 // purge removes a contender key if it is still at revision rev (any
 // revision if rev is 0), leaving a marker that expires by itself.
 func (s *Server) purge(ctx context.Context, name, id string, rev uint64) error {
-	m := s.purgeMsg(name, id)
-	if rev != 0 {
-		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
-	}
-	_, err := s.js.PublishMsg(ctx, m)
+	_, err := s.js.PublishMsg(ctx, s.purgeMsg(name, id, rev))
 	return err
 }
 
-func (s *Server) purgeMsg(name, id string) *nats.Msg {
+// purgeMsg is the message of purge.
+func (s *Server) purgeMsg(name, id string, rev uint64) *nats.Msg {
 	m := nats.NewMsg(s.prefix + s.key(name, id))
 	m.Header.Set("KV-Operation", "PURGE")
 	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	m.Header.Set(jetstream.MsgTTLHeader, s.cfg.MarkerTTL.String())
+	if rev != 0 {
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	}
 	return m
 }
 
@@ -218,7 +218,7 @@ func (s *Server) refuse(ctx context.Context, name, id string, g guard) error {
 	if s.beforeRefusal != nil {
 		s.beforeRefusal(name)
 	}
-	m := s.purgeMsg(name, id)
+	m := s.purgeMsg(name, id, 0)
 	on := s.prefix + "w." + name + ".*"
 	if g.key != "" {
 		on = s.prefix + s.key(name, g.key)
@@ -493,8 +493,7 @@ func (s *Server) releaseNow(_ context.Context, m *bus.Msg) (any, error) {
 	if !found || !holds {
 		return slow, nil
 	}
-	purge := s.purgeMsg(r.Name, c.id)
-	purge.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(c.rev, 10))
+	purge := s.purgeMsg(r.Name, c.id, c.rev)
 	return bus.Deferred(func(reply func(any, error)) {
 		s.writes.Publish(purge, func(_ *jetstream.PubAck, err error) {
 			switch {
