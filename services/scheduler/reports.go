@@ -201,14 +201,10 @@ func (s *Server) writeState(rec *record, rev uint64, slow bus.Continue, done fun
 	}
 	return bus.Deferred(func(answer func(any, error)) {
 		s.writes.Publish(w, func(ack *jetstream.PubAck, err error) {
-			if err != nil {
-				if isConflict(err) {
-					s.uncache(rec.ID)
-				}
+			if s.wrote(rec, ack, err) != nil {
 				answer(slow, nil)
 				return
 			}
-			s.cache(rec, ack.Sequence)
 			answer(done(), nil)
 		}, jetstream.WithExpectLastSequencePerSubject(rev))
 	}), nil

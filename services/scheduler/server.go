@@ -446,14 +446,24 @@ func (s *Server) put(ctx context.Context, rec *record, rev uint64) (uint64, erro
 		return 0, err
 	}
 	ack, err := s.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev))
+	if err := s.wrote(rec, ack, err); err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// wrote keeps the cache in step with the outcome of a state write: rec at
+// its new revision, or no entry after a conflict (the cached revision is
+// stale). It returns err.
+func (s *Server) wrote(rec *record, ack *jetstream.PubAck, err error) error {
 	if err != nil {
 		if isConflict(err) {
 			s.uncache(rec.ID)
 		}
-		return 0, err
+		return err
 	}
 	s.cache(rec, ack.Sequence)
-	return ack.Sequence, nil
+	return nil
 }
 
 // stateWrite is the message that writes a task's state; a finished
