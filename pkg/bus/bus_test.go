@@ -118,6 +118,25 @@ func TestJSONRequestGetsJSONReply(t *testing.T) {
 	}
 }
 
+// A body that is not a msgpack map (text a person typed, a JSON array, a
+// bare string) is read as JSON, so its error comes back in JSON.
+func TestTypedTextGetsJSONError(t *testing.T) {
+	_, _, nc := greeter(t)
+	for _, body := range []string{"hello", `["bob"]`, `"bob"`, "42"} {
+		reply, err := nc.Request("test.greet", []byte(body), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct{ Code, Message string }
+		if err := json.Unmarshal(reply.Data, &got); err != nil {
+			t.Fatalf("%q: reply %q is not JSON: %v", body, reply.Data, err)
+		}
+		if got.Code != "invalid" || !strings.HasPrefix(got.Message, "malformed json request") || !errors.Is(bus.ReplyError(reply), bus.ErrInvalid) {
+			t.Fatalf("%q: reply %q, want a malformed json request", body, reply.Data)
+		}
+	}
+}
+
 func TestCodedErrors(t *testing.T) {
 	_, svc, nc := greeter(t)
 	cases := []struct {

@@ -20,7 +20,7 @@ const (
 	// MsgPack is the default codec. Struct fields are named by their json tags.
 	MsgPack Codec = iota
 	// JSON is chosen by a Content-Type: application/json header, or by a body
-	// whose first non-space byte is '{', or by an empty body.
+	// that does not start with a msgpack map.
 	JSON
 )
 
@@ -48,10 +48,10 @@ func (c Codec) ContentType() string {
 }
 
 // DetectCodec picks the codec of a request: the Content-Type header when it
-// names one, else JSON when the body is empty or its first non-space byte is
-// '{', else msgpack. An empty body counts as JSON so that an empty
-// `nats req` gets a reply a person can read. A msgpack request is
-// always a map (0x80-0x8f, 0xde, 0xdf), so it never starts with '{'.
+// names one, else msgpack when the body starts with a msgpack map (0x80 to
+// 0x8f, 0xde, 0xdf: every msgpack request is one), else JSON. So a body a
+// person typed, even a malformed one (`nats req subject hello`), gets its
+// error in JSON, which they can read.
 func DetectCodec(h nats.Header, body []byte) Codec {
 	if h != nil {
 		switch ct := h.Get(HeaderContentType); {
@@ -61,19 +61,10 @@ func DetectCodec(h nats.Header, body []byte) Codec {
 			return MsgPack
 		}
 	}
-	if len(body) == 0 {
-		return JSON
+	if len(body) > 0 && (body[0]&0xf0 == 0x80 || body[0] == 0xde || body[0] == 0xdf) {
+		return MsgPack
 	}
-	for _, b := range body {
-		switch b {
-		case ' ', '\t', '\r', '\n':
-			continue
-		case '{':
-			return JSON
-		}
-		break
-	}
-	return MsgPack
+	return JSON
 }
 
 // Marshal encodes v. Struct fields use their json tags in both codecs.

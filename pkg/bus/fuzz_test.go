@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"errors"
+	"math"
 	"reflect"
 	"testing"
 	"unicode/utf8"
@@ -59,8 +60,8 @@ func FuzzCodec(f *testing.F) {
 		}
 		v.Payload = nil // an any decodes to codec-specific types
 		for _, c2 := range []bus.Codec{bus.MsgPack, bus.JSON} {
-			if c2 == bus.JSON && !validUTF8(v) {
-				continue // JSON replaces invalid UTF-8; services reject such names
+			if c2 == bus.JSON && !jsonable(v) {
+				continue // JSON replaces invalid UTF-8 (services reject such names) and has no NaN or infinities
 			}
 			b, err := c2.Marshal(v)
 			if err != nil {
@@ -77,15 +78,17 @@ func FuzzCodec(f *testing.F) {
 	})
 }
 
-func validUTF8(r fuzzReq) bool {
-	ok := utf8.ValidString(r.Name)
+// jsonable reports whether JSON can carry r: its strings are valid UTF-8
+// and its floats finite.
+func jsonable(r fuzzReq) bool {
+	ok := utf8.ValidString(r.Name) && !math.IsNaN(r.Ratio) && !math.IsInf(r.Ratio, 0)
 	for _, k := range r.Keys {
 		ok = ok && utf8.ValidString(k)
 	}
 	for k, v := range r.Labels {
 		ok = ok && utf8.ValidString(k) && utf8.ValidString(v)
 	}
-	return ok && (r.Nested == nil || validUTF8(*r.Nested))
+	return ok && (r.Nested == nil || jsonable(*r.Nested))
 }
 
 func equalReq(a, b fuzzReq) bool {

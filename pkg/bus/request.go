@@ -27,7 +27,7 @@ func Request[Req, Resp any](ctx context.Context, nc *nats.Conn, subject string, 
 	}
 	m := &nats.Msg{Subject: subject, Data: buf.Bytes()}
 	if DetectCodec(nil, m.Data) != MsgPack {
-		// A scalar that looks like JSON (123 is '{'): say what it is.
+		// Not a map (a scalar, say), so it would be read as JSON: say what it is.
 		m.Header = nats.Header{HeaderContentType: []string{ContentTypeMsgPack}}
 	}
 	reply, err := RequestMsg(ctx, nc, m)
