@@ -142,7 +142,11 @@ func newLogger(level string) zerolog.Logger {
 func (a *app) connect(name string) (*nats.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.conn.Timeout)
 	defer cancel()
-	return bus.Connect(ctx, a.conn.options(name, a.log))
+	nc, err := bus.Connect(ctx, a.conn.options(name, a.log))
+	if errors.Is(err, nats.ErrNoServers) {
+		err = fmt.Errorf("%w; is a mesh running? Start one with `mesh up`, or point --nats (MESH_NATS) at its NATS", err)
+	}
+	return nc, err
 }
 
 // once runs the one exchange of a command: it connects, calls fn bounded by

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
@@ -247,6 +248,15 @@ func TestServeUnknownService(t *testing.T) {
 	defer cancel()
 	if err := up.run(ctx, a); err == nil || !strings.Contains(err.Error(), `unknown service "nope"`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A command that finds no NATS server says how to get one.
+func TestNoServerHint(t *testing.T) {
+	a := &app{conn: connFlags{NATS: "nats://" + bustest.FreeAddr(t), Timeout: 5 * time.Second}, log: zerolog.Nop(), out: &syncBuffer{}}
+	_, err := a.connect("test")
+	if !errors.Is(err, nats.ErrNoServers) || !strings.Contains(err.Error(), "mesh up") {
+		t.Fatalf("err = %v, want no servers with a hint at mesh up", err)
 	}
 }
 
