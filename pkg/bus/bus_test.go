@@ -118,8 +118,9 @@ func TestJSONRequestGetsJSONReply(t *testing.T) {
 	}
 }
 
-// A body that is not a msgpack map (text a person typed, a JSON array, a
-// bare string) is read as JSON, so its error comes back in JSON.
+// A body that is not a msgpack map or nil (text a person typed, a JSON
+// array, a bare string) is read as JSON, so its error comes back in JSON;
+// a msgpack nil is an empty request.
 func TestTypedTextGetsJSONError(t *testing.T) {
 	_, _, nc := greeter(t)
 	for _, body := range []string{"hello", `["bob"]`, `"bob"`, "42"} {
@@ -134,6 +135,11 @@ func TestTypedTextGetsJSONError(t *testing.T) {
 		if got.Code != "invalid" || !strings.HasPrefix(got.Message, "malformed json request") || !errors.Is(bus.ReplyError(reply), bus.ErrInvalid) {
 			t.Fatalf("%q: reply %q, want a malformed json request", body, reply.Data)
 		}
+	}
+	_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.greet", Data: []byte{0xc0}})
+	var e *bus.Error
+	if !errors.As(err, &e) || e.Message != "name is required" {
+		t.Fatalf("a msgpack nil: %v, want the empty request's validation error", err)
 	}
 }
 

@@ -20,7 +20,7 @@ const (
 	// MsgPack is the default codec. Struct fields are named by their json tags.
 	MsgPack Codec = iota
 	// JSON is chosen by a Content-Type: application/json header, or by a body
-	// that does not start with a msgpack map.
+	// that does not start with a msgpack map or nil.
 	JSON
 )
 
@@ -49,9 +49,10 @@ func (c Codec) ContentType() string {
 
 // DetectCodec picks the codec of a request: the Content-Type header when it
 // names one, else msgpack when the body starts with a msgpack map (0x80 to
-// 0x8f, 0xde, 0xdf: every msgpack request is one), else JSON. So a body a
-// person typed, even a malformed one (`nats req subject hello`), gets its
-// error in JSON, which they can read.
+// 0x8f, 0xde, 0xdf: every msgpack request is one) or is a msgpack nil
+// (0xc0, an empty request), else JSON. So a body a person typed, even a
+// malformed one (`nats req subject hello`), gets its error in JSON, which
+// they can read.
 func DetectCodec(h nats.Header, body []byte) Codec {
 	if h != nil {
 		switch ct := h.Get(HeaderContentType); {
@@ -61,7 +62,7 @@ func DetectCodec(h nats.Header, body []byte) Codec {
 			return MsgPack
 		}
 	}
-	if len(body) > 0 && (body[0]&0xf0 == 0x80 || body[0] == 0xde || body[0] == 0xdf) {
+	if len(body) > 0 && (body[0]&0xf0 == 0x80 || body[0] == 0xde || body[0] == 0xdf || body[0] == 0xc0) {
 		return MsgPack
 	}
 	return JSON
