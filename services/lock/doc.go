@@ -77,15 +77,22 @@
 // holder's key (its release, a renewal) is still being replicated:
 // nats-server matches the writes in flight by their exact subject. A
 // newcomer joining the line changes nothing the refusal rests on
-// (TestRefusalIgnoresNewcomers). A semaphore's refusal rests on all of the
-// name's keys instead (the check on w.<name>.*, as any of the holders
-// leaving would let the key in); on a cluster that check sees the writes
-// the stream has applied, not those still being replicated, so a release
-// in flight at that moment can still slip past it. A not_held answer (release, renew)
-// is given only after the instance has caught up: it writes a barrier key of its own and waits to
-// see it, so every write made before the request began is in view. The
-// tests check histories of concurrent clients with porcupine, on one server
-// with one and two instances and on a 3-node cluster losing a node.
+// (TestRefusalIgnoresNewcomers). A semaphore's refusal rests on every key
+// ahead of the refused one, as any of them leaving moves it up: the purge is
+// an atomic batch (nats-server 2.12+, the bucket allows them) of one message
+// per key ahead, each checking that key's last revision, applied whole or
+// not at all (TestSemaphoreRefusalRestsOnEveryKeyAhead, on one server and on
+// a cluster). Past 64 keys ahead the refusal checks all the name's keys at
+// once (w.<name>.*) instead; on a cluster that check sees the writes the
+// stream has applied, not those still being replicated, so a release in
+// flight at that moment can slip past it. A refusal whose batch the stream
+// does not take (too many in flight, or at the moment an instance starting
+// updates the bucket, which briefly allows none) falls back to that check. A
+// not_held answer (release, renew) is given only after the instance has
+// caught up: it writes a barrier key of its own and waits to see it, so
+// every write made before the request began is in view. The tests check
+// histories of concurrent clients with porcupine, on one server with one and
+// two instances and on a 3-node cluster losing a node.
 //
 // Losing a NATS node: when the node that served a mirror's consumer goes,
 // the mirror misses two heartbeats (1 s apart) and makes a new consumer;

@@ -533,6 +533,90 @@ func TestRefusedKeyFirstInLine(t *testing.T) {
 	}
 }
 
+// A semaphore's refused try rests on every key ahead of it, here both
+// holders: the second one leaving before the refused key is taken out
+// must not leave the key standing as a holder. Either the first try is
+// granted after all, or the second is. On one server and on a cluster,
+// where the refusal is an atomic batch that the stream must accept.
+func TestSemaphoreRefusalRestsOnEveryKeyAhead(t *testing.T) {
+	for _, where := range []string{"server", "cluster"} {
+		t.Run(where, func(t *testing.T) {
+			var url string
+			if where == "server" {
+				url = bustest.RunServer(t).URL()
+			} else {
+				url = bustest.RunCluster(t, 3).URL()
+			}
+			refusing, resume, _ := serveHoldingRefusal(t, url)
+			c := client(t, url)
+			sem := opts
+			sem.Limit = 2
+			var holders []*lock.Lease
+			for range 2 {
+				l, err := c.TryAcquire(ctx(t), "pool", sem)
+				if err != nil {
+					t.Fatal(err)
+				}
+				holders = append(holders, l)
+			}
+			defer holders[0].Release(context.Background())
+			type outcome struct {
+				lease *lock.Lease
+				err   error
+			}
+			firstTry := make(chan outcome, 1)
+			go func() {
+				l, err := c.TryAcquire(ctx(t), "pool", sem)
+				firstTry <- outcome{l, err}
+			}()
+			<-refusing // refused with both slots taken, its key not yet out of the line
+			if err := holders[1].Release(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			second, secondErr := c.TryAcquire(ctx(t), "pool", sem)
+			close(resume)
+			got := <-firstTry
+			for _, l := range []*lock.Lease{got.lease, second} {
+				if l != nil {
+					defer l.Release(context.Background())
+				}
+			}
+			if errors.Is(got.err, lock.ErrLocked) && errors.Is(secondErr, lock.ErrLocked) {
+				t.Fatal("both tries were refused after a holder released: the first, refused, stood in a free slot")
+			}
+			if got.err != nil && secondErr != nil {
+				t.Fatalf("first try: %v; second try: %v", got.err, secondErr)
+			}
+			// Both slots taken again: a third try is refused, by a batch
+			// the stream accepts, and by the check of the whole name when
+			// the stream takes no batch; either way its key leaves the line.
+			js := bustest.JetStream(t, bustest.Connect(t, url))
+			for _, batches := range []bool{true, false} {
+				if !batches {
+					stream, err := js.Stream(ctx(t), "KV_"+lock.Bucket)
+					if err != nil {
+						t.Fatal(err)
+					}
+					cfg := stream.CachedInfo().Config
+					cfg.AllowAtomicPublish = false
+					if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if l, err := c.TryAcquire(ctx(t), "pool", sem); !errors.Is(err, lock.ErrLocked) {
+					if l != nil {
+						defer l.Release(context.Background())
+					}
+					t.Fatalf("a try on a full semaphore (batches %v): %v, want ErrLocked", batches, err)
+				}
+				if info, err := c.Inspect(ctx(t), "pool"); err != nil || len(info.Holders) != 2 || len(info.Waiters) != 0 {
+					t.Fatalf("after a refused try (batches %v): %+v, %v", batches, info, err)
+				}
+			}
+		})
+	}
+}
+
 // A try refused while a newcomer joins the line is refused once: its
 // refusal rests on the holder's key alone, which the newcomer does not
 // change (resting on every key of the name, it was decided again).

@@ -284,17 +284,44 @@ func (m *mirror) position(name, id string) (present, holds bool, g guard) {
 	if me.limit() == 1 && first != me {
 		// The lock is held by the first in line while its key stands
 		// unchanged.
-		return true, false, guard{key: first.id, seq: first.rev}
+		return true, false, guard{keys: []keyAt{{first.id, first.rev}}}
 	}
-	return true, ahead < me.limit(), guard{seq: m.names[name]}
+	if ahead < me.limit() {
+		return true, true, guard{}
+	}
+	// A semaphore is held by the first limit keys: any key ahead leaving
+	// moves this one up.
+	g.seq = m.names[name]
+	if ahead > maxGuardKeys {
+		return true, false, g
+	}
+	g.keys = make([]keyAt, 0, ahead)
+	for _, c := range m.locks[name] {
+		if c.token < me.token {
+			g.keys = append(g.keys, keyAt{c.id, c.rev})
+		}
+	}
+	return true, false, g
 }
 
-// guard is what a refusal rests on: the last message of the holder's key
-// (key, the holder's id), or of any key of the name (key empty).
+// guard is what a refusal rests on: the last message of each key ahead of
+// the refused one (keys), and, for a semaphore, of any key of the name
+// (seq), checked instead past maxGuardKeys keys ahead or when the stream
+// takes no batch.
 type guard struct {
-	key string
+	keys []keyAt
+	seq  uint64
+}
+
+// keyAt is a contender's key (its id) and its last revision.
+type keyAt struct {
+	id  string
 	seq uint64
 }
+
+// maxGuardKeys bounds the keys a refusal checks one by one, each in a
+// message of an atomic batch.
+const maxGuardKeys = 64
 
 // freeBefore tells whether fewer than limit keys of name older than rev
 // exist, when the mirror has seen the bucket up to rev-1 and so knows every

@@ -119,6 +119,9 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("lock: bucket %s: %w", Bucket, err)
 	}
+	if err := s.allowBatches(ctx); err != nil {
+		return fmt.Errorf("lock: bucket %s: %w", Bucket, err)
+	}
 	s.kv = kv
 	s.feed = newFeed(s.js, "KV_"+Bucket, s.prefix+">", "mesh_lock_"+s.svc.ID(), s.mirror, s.onMsg, s.log)
 	if err := s.feed.start(ctx); err != nil {
@@ -133,6 +136,24 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// allowBatches lets the bucket's stream take atomic batches, which a
+// semaphore's refusals are (see refuse). CreateOrUpdateKeyValue writes the
+// stream's whole configuration, which has no such setting: every instance
+// that starts turns it back on.
+func (s *Server) allowBatches(ctx context.Context) error {
+	stream, err := s.js.Stream(ctx, "KV_"+Bucket)
+	if err != nil {
+		return err
+	}
+	cfg := stream.CachedInfo().Config
+	if cfg.AllowAtomicPublish {
+		return nil
+	}
+	cfg.AllowAtomicPublish = true
+	_, err = s.js.UpdateStream(ctx, cfg)
+	return err
 }
 
 // Stop stops serving. Waiting acquires give up and leave the line.
@@ -205,29 +226,93 @@ func (s *Server) purgeMsg(name, id string, rev uint64) *nats.Msg {
 }
 
 // refuse takes a refused request's key out of the line, provided that
-// what the refusal was decided on still stands (g): the holder's key is
-// unchanged, or, for a semaphore, no key of the name changed since. If the
-// holder had left, this key, refused, could stand first in line until taken
-// out, and others would be refused for a holder that never was (the
-// linearizability test caught this: two tries refused while nobody held
-// the lock). The check names the holder's key itself rather than all the
-// name's keys, so that on a cluster nats-server also refuses it while a
-// write of that key is still being replicated (it matches writes in flight
-// by their exact subject), and a newcomer joining the line is no conflict.
+// what the refusal was decided on still stands (g): every key ahead of it
+// is unchanged. If the holder had left, this key, refused, could stand
+// first in line until taken out, and others would be refused for a holder
+// that never was (the linearizability test caught this: two tries refused
+// while nobody held the lock). The checks name those keys themselves
+// rather than all the name's keys, so that on a cluster nats-server also
+// refuses the purge while a write of one of them is still being replicated
+// (it matches writes in flight by their exact subject), and a newcomer
+// joining the line is no conflict. A lock has one key ahead that matters,
+// the holder's; a semaphore's keys ahead are each checked by a message of
+// an atomic batch, all purging this key, which the stream applies whole or
+// not at all.
 func (s *Server) refuse(ctx context.Context, name, id string, g guard) error {
 	if s.beforeRefusal != nil {
 		s.beforeRefusal(name)
 	}
-	m := s.purgeMsg(name, id, 0)
-	on := s.prefix + "w." + name + ".*"
-	if g.key != "" {
-		on = s.prefix + s.key(name, g.key)
+	if len(g.keys) > 1 {
+		err := s.refuseBatch(ctx, name, id, g.keys)
+		var apiErr *jetstream.APIError
+		if err == nil || isConflict(err) || !errors.As(err, &apiErr) {
+			return err
+		}
+		// The stream refused the batch as such (an instance starting
+		// updates the bucket, and for a moment it allows none; too many
+		// batches in flight): check all the name's keys at once instead.
+		g.keys = nil
 	}
-	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(g.seq, 10))
+	m := s.purgeMsg(name, id, 0)
+	on, seq := s.prefix+"w."+name+".*", g.seq
+	if len(g.keys) == 1 {
+		on, seq = s.prefix+s.key(name, g.keys[0].id), g.keys[0].seq
+	}
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(seq, 10))
 	m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, on)
 	_, err := s.js.PublishMsg(ctx, m)
 	return err
 }
+
+// refuseBatch purges a refused key in one atomic batch of a message per
+// key ahead, each checking that key's last revision. nats.go 1.55 has no
+// batch API: the headers are ADR-50's, the last message commits the batch
+// and its reply is the batch's acknowledgement or error.
+func (s *Server) refuseBatch(ctx context.Context, name, id string, keys []keyAt) error {
+	batch := nuid.Next()
+	for i, k := range keys {
+		m := s.purgeMsg(name, id, 0)
+		if i > 0 {
+			m.Header.Del(jetstream.MsgRollup) // a batch may roll a subject up once
+		}
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(k.seq, 10))
+		m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, s.prefix+s.key(name, k.id))
+		m.Header.Set(headerBatchID, batch)
+		m.Header.Set(headerBatchSeq, strconv.Itoa(i+1))
+		if i < len(keys)-1 {
+			if err := s.nc.PublishMsg(m); err != nil {
+				return err
+			}
+			continue
+		}
+		m.Header.Set(headerBatchCommit, "1")
+		// Bounded as a JetStream publish is when ctx has no deadline: a
+		// batch sent to a stream leader that went away gets no answer.
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		reply, err := s.nc.RequestMsgWithContext(cctx, m)
+		cancel()
+		if err != nil {
+			return err
+		}
+		var ack struct {
+			Error *jetstream.APIError `json:"error"`
+		}
+		if err := json.Unmarshal(reply.Data, &ack); err != nil {
+			return fmt.Errorf("lock: acknowledgement of a refusal: %w", err)
+		}
+		if ack.Error != nil {
+			return ack.Error
+		}
+	}
+	return nil
+}
+
+// Headers of an atomic batch (nats-server 2.12+, ADR-50).
+const (
+	headerBatchID     = "Nats-Batch-Id"
+	headerBatchSeq    = "Nats-Batch-Sequence"
+	headerBatchCommit = "Nats-Batch-Commit"
+)
 
 // isConflict reports a failed compare-and-set.
 func isConflict(err error) bool {
