@@ -12,6 +12,9 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// errReconnected: the connection reconnected since the consumer was made.
+var errReconnected = errors.New("the connection reconnected")
+
 // createTimeout bounds one request to create the feed's consumer. The
 // server answers in milliseconds or not at all: a request sent while
 // JetStream has no meta leader is dropped.
@@ -21,8 +24,10 @@ const createTimeout = time.Second
 // a consumer of its own (one replica, in memory, no acks), and makes a new
 // one when the consumer is lost: no heartbeat for 2 s, deleted, a gap in
 // its sequence, or the connection reconnected (messages may have been lost
-// with the old connection). Each consumer loads the bucket afresh (the last
-// message of every key) into a new view for the mirror (mirror.reload).
+// with the old connection; the old consumer's messages are dropped from
+// then on, so that no barrier is seen on the view of before). Each
+// consumer loads the bucket afresh (the last message of every key) into a
+// new view for the mirror (mirror.reload).
 //
 // nats.go's ordered consumer also makes a new consumer, but resumes after
 // the last message seen, which misses the markers that expired meanwhile,
@@ -42,10 +47,11 @@ type feed struct {
 	apply  func(jetstream.Msg) // hands a message to the mirror
 	log    zerolog.Logger
 
-	mu     sync.Mutex
-	serial int // of the consumer in use; older consumers' messages are dropped
-	cc     jetstream.ConsumeContext
-	dseq   uint64 // consumer sequence of the last message taken
+	mu         sync.Mutex
+	serial     int    // of the consumer in use; older consumers' messages are dropped
+	reconnects uint64 // the connection's reconnections when the consumer in use was made
+	cc         jetstream.ConsumeContext
+	dseq       uint64 // consumer sequence of the last message taken
 
 	lost   chan struct{} // the consumer in use is lost (buffered, 1)
 	status chan nats.Status
@@ -136,6 +142,7 @@ func (f *feed) resume(ctx context.Context) error {
 	old, oldName := f.cc, f.consumer()
 	f.serial++
 	f.dseq = 0
+	f.reconnects = f.nc.Stats().Reconnects
 	serial, name := f.serial, f.consumer()
 	f.mu.Unlock()
 	if old != nil {
@@ -233,6 +240,15 @@ func (f *feed) handler(serial int) func(jetstream.Msg) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if serial != f.serial {
+			return
+		}
+		if f.nc.Stats().Reconnects != f.reconnects {
+			// A consumer made before the connection's last reconnection:
+			// messages may have gone with the old connection, and a
+			// barrier (catchUp) taken from it would answer from the view
+			// of before. The status listener makes a new consumer; this
+			// makes sure of it.
+			f.lose(serial, errReconnected)
 			return
 		}
 		meta, err := msg.Metadata()
