@@ -504,29 +504,39 @@ func TestRefusedKeyFirstInLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	refusedThenReleased(t, c, "phantom", opts, refusing, resume, func() error { return holder.Release(ctx(t)) })
+}
+
+// refusedThenReleased makes a first try that is refused and held before
+// its key leaves the line (refusing, resume: serveHoldingRefusal), then
+// release, then a second try. The refused key must not stand where the
+// released one was: either try is granted. The leases are released at
+// cleanup.
+func refusedThenReleased(t *testing.T, c *lock.Client, name string, o lock.Options, refusing, resume chan struct{}, release func() error) {
+	t.Helper()
 	type outcome struct {
 		lease *lock.Lease
 		err   error
 	}
 	firstTry := make(chan outcome, 1)
 	go func() {
-		l, err := c.TryAcquire(ctx(t), "phantom", opts)
+		l, err := c.TryAcquire(ctx(t), name, o)
 		firstTry <- outcome{l, err}
 	}()
-	<-refusing // the first try is refused, its key not yet out of the line
-	if err := holder.Release(ctx(t)); err != nil {
+	<-refusing
+	if err := release(); err != nil {
 		t.Fatal(err)
 	}
-	second, secondErr := c.TryAcquire(ctx(t), "phantom", opts)
+	second, secondErr := c.TryAcquire(ctx(t), name, o)
 	close(resume)
 	got := <-firstTry
 	for _, l := range []*lock.Lease{got.lease, second} {
 		if l != nil {
-			defer l.Release(context.Background())
+			t.Cleanup(func() { _ = l.Release(context.Background()) })
 		}
 	}
 	if errors.Is(got.err, lock.ErrLocked) && errors.Is(secondErr, lock.ErrLocked) {
-		t.Fatal("both tries were refused after the holder released: the first, refused, stood first in line")
+		t.Fatal("both tries were refused after a release: the first, refused, stood where the released key was")
 	}
 	if got.err != nil && secondErr != nil {
 		t.Fatalf("first try: %v; second try: %v", got.err, secondErr)
@@ -560,33 +570,9 @@ func TestSemaphoreRefusalRestsOnEveryKeyAhead(t *testing.T) {
 				holders = append(holders, l)
 			}
 			defer holders[0].Release(context.Background())
-			type outcome struct {
-				lease *lock.Lease
-				err   error
-			}
-			firstTry := make(chan outcome, 1)
-			go func() {
-				l, err := c.TryAcquire(ctx(t), "pool", sem)
-				firstTry <- outcome{l, err}
-			}()
-			<-refusing // refused with both slots taken, its key not yet out of the line
-			if err := holders[1].Release(ctx(t)); err != nil {
-				t.Fatal(err)
-			}
-			second, secondErr := c.TryAcquire(ctx(t), "pool", sem)
-			close(resume)
-			got := <-firstTry
-			for _, l := range []*lock.Lease{got.lease, second} {
-				if l != nil {
-					defer l.Release(context.Background())
-				}
-			}
-			if errors.Is(got.err, lock.ErrLocked) && errors.Is(secondErr, lock.ErrLocked) {
-				t.Fatal("both tries were refused after a holder released: the first, refused, stood in a free slot")
-			}
-			if got.err != nil && secondErr != nil {
-				t.Fatalf("first try: %v; second try: %v", got.err, secondErr)
-			}
+			// The second holder leaves while the first try, refused with
+			// both slots taken, still stands in line.
+			refusedThenReleased(t, c, "pool", sem, refusing, resume, func() error { return holders[1].Release(ctx(t)) })
 			// Both slots taken again: a third try is refused, by a batch
 			// the stream accepts, and by the check of the whole name when
 			// the stream takes no batch; either way its key leaves the line.
