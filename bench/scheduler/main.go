@@ -9,7 +9,11 @@
 //     asynq.Server with Concurrency = the worker count);
 //   - JetStream floor: js.Publish to a work-queue stream and a durable pull
 //     consumer with the same number of goroutines acking; its delayed tasks
-//     use the server's message schedule alone (@at with the exact instant).
+//     use the server's message schedule alone (@at with the exact instant);
+//   - floor + state (-systems statefloor, not run by default): the floor
+//     plus the stored writes DESIGN.md asks of a scheduler (a state per
+//     task at submit, start and outcome; an event per change), made by the
+//     producer and the worker themselves: what those writes alone cost.
 //
 // Scenarios, in order, each on a queue of its own:
 //
@@ -52,6 +56,8 @@ const (
 	meshName  = "mesh scheduler"
 	asynqName = "asynq"
 	floorName = "JetStream floor"
+
+	stateFloorName = "floor + state"
 )
 
 type config struct {
@@ -71,7 +77,7 @@ func main() {
 	var systems string
 	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL` (JetStream enabled)")
 	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port` for asynq; empty: no asynq row")
-	flag.StringVar(&systems, "systems", "mesh,asynq,floor", "systems to run, in order: mesh, asynq, floor")
+	flag.StringVar(&systems, "systems", "mesh,asynq,floor", "systems to run, in order: mesh, asynq, floor, statefloor")
 	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
 	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
 	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")
@@ -130,8 +136,10 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			sys, err = newAsynq(cfg.redisAddr)
 		case "floor":
 			sys, err = newFloor(ctx, cfg.natsURL)
+		case "statefloor":
+			sys, err = newStateFloor(ctx, cfg.natsURL)
 		default:
-			return fmt.Errorf("unknown system %q (mesh, asynq, floor)", name)
+			return fmt.Errorf("unknown system %q (mesh, asynq, floor, statefloor)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -344,7 +352,7 @@ func report(w io.Writer, cfg config, rs []result) {
 			ms(r.idleP50), ms(r.idleP99), ms(r.lateP50), ms(r.lateP99), ms(r.lateMax), r.early, r.delayedN, r.errors)
 	}
 	tw.Flush()
-	var mesh, asq, floor *result
+	var mesh, asq, floor, stateFloor *result
 	for i := range rs {
 		switch rs[i].system {
 		case meshName:
@@ -353,6 +361,8 @@ func report(w io.Writer, cfg config, rs []result) {
 			asq = &rs[i]
 		case floorName:
 			floor = &rs[i]
+		case stateFloorName:
+			stateFloor = &rs[i]
 		}
 	}
 	if mesh == nil {
@@ -364,6 +374,12 @@ func report(w io.Writer, cfg config, rs []result) {
 	}
 	if floor != nil {
 		fmt.Fprintf(w, "mesh / floor: enqueue %s, drain %s (target ≥ 0.5×)\n", ratio(mesh.enqueue, floor.enqueue), ratio(mesh.drain, floor.drain))
+	}
+	if stateFloor != nil {
+		fmt.Fprintf(w, "mesh / floor + state: enqueue %s, drain %s\n", ratio(mesh.enqueue, stateFloor.enqueue), ratio(mesh.drain, stateFloor.drain))
+		if floor != nil {
+			fmt.Fprintf(w, "floor + state / floor: enqueue %s, drain %s\n", ratio(stateFloor.enqueue, floor.enqueue), ratio(stateFloor.drain, floor.drain))
+		}
 	}
 	fmt.Fprintf(w, "mesh targets: idle p50 %s (≤ 2 ms), late p99 %s (≤ 100 ms), %d early (0)\n", ms(mesh.idleP50), ms(mesh.lateP99), mesh.early)
 }

@@ -228,6 +228,15 @@ func (f *floorSystem) enqueue(ctx context.Context, queue string, payload []byte,
 }
 
 func (f *floorSystem) work(ctx context.Context, queue string, n int, handle func([]byte)) (func(), error) {
+	return f.consume(ctx, queue, n, func(msg jetstream.Msg) {
+		handle(msg.Data())
+		_ = msg.Ack()
+	})
+}
+
+// consume runs n goroutines calling fn with the messages of queue's
+// durable pull consumer.
+func (f *floorSystem) consume(ctx context.Context, queue string, n int, fn func(jetstream.Msg)) (func(), error) {
 	cons, err := f.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable: strings.ReplaceAll(queue, ".", "_"), FilterSubject: "bench.floor.q." + queue, AckPolicy: jetstream.AckExplicitPolicy,
 		MaxAckPending: 10_000,
@@ -257,8 +266,7 @@ func (f *floorSystem) work(ctx context.Context, queue string, n int, handle func
 	for range n {
 		wg.Go(func() {
 			for msg := range msgs {
-				handle(msg.Data())
-				_ = msg.Ack()
+				fn(msg)
 			}
 		})
 	}

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/meshkit/mesh/pkg/bus"
+)
+
+// stateFloorSystem is the floor plus the stored writes DESIGN.md asks of
+// any scheduler on it, made the cheapest way, by the producer and the
+// worker themselves with no service between them: a task's state in a KV
+// bucket configured as MESH_TASK_STATE, written before the task is
+// enqueued (so that they cannot drift), when it starts and when it ends
+// (with its retention as a per-key TTL), and an event per change captured
+// by MESH_EVENTS. The worker writes the running state without waiting for
+// it and waits for both states before it acknowledges the task (a task's
+// outcome must be stored before its message goes). It keeps no other
+// promise of the scheduler (no start gate, retries, cancellation): it
+// measures what the writes alone cost, a ceiling for any design on
+// JetStream that keeps them.
+type stateFloorSystem struct {
+	*floorSystem
+	kv jetstream.KeyValue
+}
+
+const stateFloorBucket = "BENCH_TASK_STATE"
+
+func newStateFloor(ctx context.Context, url string) (*stateFloorSystem, error) {
+	f, err := newFloor(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	s := &stateFloorSystem{floorSystem: f}
+	_ = f.js.DeleteKeyValue(ctx, stateFloorBucket)
+	s.kv, err = f.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: stateFloorBucket, History: 1, LimitMarkerTTL: time.Minute, Storage: jetstream.FileStorage,
+	})
+	if err == nil {
+		_, err = bus.EnsureEventStream(ctx, f.js, bus.EventStreamConfig{})
+	}
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *stateFloorSystem) name() string { return stateFloorName }
+
+// state is a task state of about the size the scheduler writes.
+func state(id, queue, what string) []byte {
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	return fmt.Appendf(nil, `{"id":%q,"queue":%q,"type":"noop","state":%q,"attempts":1,"max_retries":3,"timeout_ms":60000,"created_at":%q,"started_at":%q}`,
+		id, queue, what, now, now)
+}
+
+func (s *stateFloorSystem) event(id, queue, what string) {
+	_ = s.nc.Publish("mesh.events.benchfloor."+what, state(id, queue, what))
+}
+
+func (s *stateFloorSystem) enqueue(ctx context.Context, queue string, payload []byte, runAt time.Time) error {
+	if !runAt.IsZero() {
+		return s.floorSystem.enqueue(ctx, queue, payload, runAt)
+	}
+	id := nuid.Next()
+	if _, err := s.kv.Put(ctx, "t."+id, state(id, queue, "queued")); err != nil {
+		return err
+	}
+	m := nats.NewMsg("bench.floor.q." + queue)
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	m.Data = payload
+	if _, err := s.js.PublishMsg(ctx, m); err != nil {
+		return err
+	}
+	s.event(id, queue, "submitted")
+	return nil
+}
+
+func (s *stateFloorSystem) work(ctx context.Context, queue string, n int, handle func([]byte)) (func(), error) {
+	return s.consume(ctx, queue, n, func(msg jetstream.Msg) {
+		id := msg.Headers().Get(jetstream.MsgIDHeader)
+		if meta, err := msg.Metadata(); id == "" && err == nil {
+			id = strconv.FormatUint(meta.Sequence.Stream, 10) // a delayed task
+		}
+		key := "$KV." + stateFloorBucket + ".t." + id
+		running, err := s.js.PublishAsync(key, state(id, queue, "running"))
+		s.event(id, queue, "started")
+		handle(msg.Data())
+		done := nats.NewMsg(key)
+		done.Data = state(id, queue, "succeeded")
+		done.Header.Set(jetstream.MsgTTLHeader, "24h")
+		var finished jetstream.PubAckFuture
+		if err == nil {
+			finished, err = s.js.PublishMsgAsync(done)
+		}
+		s.event(id, queue, "succeeded")
+		if err == nil && acked(running) && acked(finished) {
+			_ = msg.Ack()
+		}
+	})
+}
+
+// acked waits for an asynchronous publish's acknowledgement.
+func acked(f jetstream.PubAckFuture) bool {
+	select {
+	case <-f.Ok():
+		return true
+	case <-f.Err():
+		return false
+	}
+}
+
+func (s *stateFloorSystem) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.js.DeleteKeyValue(ctx, stateFloorBucket)
+	s.floorSystem.close()
+}
