@@ -10,7 +10,7 @@
 //   - JetStream floor: js.Publish to a work-queue stream and a durable pull
 //     consumer with the same number of goroutines acking; its delayed tasks
 //     use the server's message schedule alone (@at with the exact instant);
-//   - floor + state (-systems statefloor, not run by default): the floor
+//   - floor + state: the floor
 //     plus the stored writes DESIGN.md asks of a scheduler (a state per
 //     task at submit, start and outcome; an event per change), made by the
 //     producer and the worker themselves: what those writes alone cost.
@@ -45,6 +45,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
 	"github.com/meshkit/mesh/bench/internal/machine"
@@ -77,7 +78,7 @@ func main() {
 	var systems string
 	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL` (JetStream enabled)")
 	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port` for asynq; empty: no asynq row")
-	flag.StringVar(&systems, "systems", "mesh,asynq,floor", "systems to run, in order: mesh, asynq, floor, statefloor")
+	flag.StringVar(&systems, "systems", "mesh,asynq,floor,statefloor", "systems to run, in order: mesh, asynq, floor, statefloor")
 	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
 	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
 	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")
@@ -122,9 +123,12 @@ type result struct {
 
 func run(ctx context.Context, cfg config, w io.Writer) error {
 	var results []result
+	rtt, err := idleRTT(cfg.natsURL, cfg.rate, 3*time.Second)
+	if err != nil {
+		return fmt.Errorf("request/reply at the idle rate: %w", err)
+	}
 	for _, name := range cfg.systems {
 		var sys system
-		var err error
 		switch name {
 		case "mesh":
 			sys, err = newMesh(ctx, cfg.natsURL)
@@ -152,8 +156,43 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		}
 		results = append(results, r)
 	}
-	report(w, cfg, results)
+	report(w, cfg, rtt, results)
 	return nil
+}
+
+// idleRTT measures a bare NATS request/reply (an echo on another
+// connection) at rate a second for d, and returns its median: the unit
+// that the idle scenario's latencies are made of on this machine, where a
+// request at a low rate finds the processes asleep.
+func idleRTT(url string, rate int, d time.Duration) (time.Duration, error) {
+	echo, err := nats.Connect(url, nats.Name("bench-scheduler-echo"))
+	if err != nil {
+		return 0, err
+	}
+	defer echo.Close()
+	if _, err := echo.Subscribe("bench.echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		return 0, err
+	}
+	if err := echo.Flush(); err != nil {
+		return 0, err
+	}
+	nc, err := nats.Connect(url, nats.Name("bench-scheduler-requester"))
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	var rtts []time.Duration
+	tick := time.NewTicker(time.Second / time.Duration(max(rate, 1)))
+	defer tick.Stop()
+	for range int(d.Seconds() * float64(rate)) {
+		<-tick.C
+		start := time.Now()
+		if _, err := nc.Request("bench.echo", stamp(start), time.Second); err != nil {
+			return 0, err
+		}
+		rtts = append(rtts, time.Since(start))
+	}
+	return quantile(rtts, 0.5), nil
 }
 
 // stamp is a payload carrying an instant (enqueue time or due time).
@@ -337,13 +376,14 @@ func ratio(a, b float64) string {
 	return fmt.Sprintf("%.2f×", a/b)
 }
 
-func report(w io.Writer, cfg config, rs []result) {
+func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 	fmt.Fprintf(w, "# Task scheduler: mesh vs asynq vs a bare JetStream work queue\n\n")
 	fmt.Fprintf(w, "machine: %s, %d CPUs, %s", machine.CPUModel(), runtime.NumCPU(), runtime.Version())
 	if cfg.source != "" {
 		fmt.Fprintf(w, ", mesh %s", cfg.source)
 	}
-	fmt.Fprintf(w, "\nenqueue: %d no-op tasks by %d producers; drain: the same with %d workers; idle: %d tasks/s for %s; delayed: %d tasks due 2-3 s ahead\n\n",
+	fmt.Fprintf(w, "\nbare NATS request/reply at %d/s (idle processes): p50 %s\n", cfg.rate, ms(rtt))
+	fmt.Fprintf(w, "enqueue: %d no-op tasks by %d producers; drain: the same with %d workers; idle: %d tasks/s for %s; delayed: %d tasks due 2-3 s ahead\n\n",
 		cfg.tasks, cfg.producers, cfg.workers, cfg.rate, cfg.idle, cfg.delayed)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "system\tenqueue/s\tdrain/s\tidle p50\tidle p99\tlate p50\tlate p99\tlate max\tearly\terrors\t")
