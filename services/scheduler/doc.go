@@ -175,7 +175,9 @@
 // task and one after it (the next task does not wait for that one: the
 // acknowledgement follows the report in the background). list and the
 // repair at start read every state (a scan of the bucket), so list is for
-// people and tools, not for a hot path.
+// people and tools, not for a hot path. The scheduler bench's "floor +
+// state" row makes the same stored writes with no service in between, a
+// ceiling for this design's drain rate (bench/README.md).
 //
 // # Departures from DESIGN.md
 //
