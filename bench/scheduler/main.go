@@ -13,7 +13,10 @@
 //   - floor + state: the floor
 //     plus the stored writes DESIGN.md asks of a scheduler (a state per
 //     task at submit, start and outcome; an event per change), made by the
-//     producer and the worker themselves: what those writes alone cost.
+//     producer and the worker themselves: what those writes alone cost;
+//   - floor + state via a service (-systems statesvc, not by default): the
+//     same with the worker's two writes asked of a bare service by
+//     request/reply: what a task's hops through a service cost.
 //
 // Scenarios, in order, each on a queue of its own:
 //
@@ -58,7 +61,8 @@ const (
 	asynqName = "asynq"
 	floorName = "JetStream floor"
 
-	stateFloorName = "floor + state"
+	stateFloorName   = "floor + state"
+	stateServiceName = "floor + state via a service"
 )
 
 type config struct {
@@ -78,7 +82,7 @@ func main() {
 	var systems string
 	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL` (JetStream enabled)")
 	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port` for asynq; empty: no asynq row")
-	flag.StringVar(&systems, "systems", "mesh,asynq,floor,statefloor", "systems to run, in order: mesh, asynq, floor, statefloor")
+	flag.StringVar(&systems, "systems", "mesh,asynq,floor,statefloor", "systems to run, in order: mesh, asynq, floor, statefloor, statesvc")
 	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
 	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
 	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")
@@ -140,10 +144,12 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			sys, err = newAsynq(cfg.redisAddr)
 		case "floor":
 			sys, err = newFloor(ctx, cfg.natsURL)
+		case "statesvc":
+			sys, err = newStateService(ctx, cfg.natsURL)
 		case "statefloor":
 			sys, err = newStateFloor(ctx, cfg.natsURL)
 		default:
-			return fmt.Errorf("unknown system %q (mesh, asynq, floor, statefloor)", name)
+			return fmt.Errorf("unknown system %q (mesh, asynq, floor, statefloor, statesvc)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
