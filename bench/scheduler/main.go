@@ -10,10 +10,10 @@
 //   - JetStream floor: js.Publish to a work-queue stream and a durable pull
 //     consumer with the same number of goroutines acking; its delayed tasks
 //     use the server's message schedule alone (@at with the exact instant);
-//   - floor + state: the floor
-//     plus the stored writes DESIGN.md asks of a scheduler (a state per
-//     task at submit, start and outcome; an event per change), made by the
-//     producer and the worker themselves: what those writes alone cost;
+//   - floor + state: the floor plus the stored writes DESIGN.md asks of a
+//     scheduler (a state per task at submit, start and outcome; an event
+//     per change), made by the producer and the worker themselves: what
+//     those writes alone cost;
 //   - floor + state via a service (-systems statesvc, not by default): the
 //     same with the worker's two writes asked of a bare service by
 //     request/reply: what a task's hops through a service cost.

@@ -85,10 +85,7 @@ func (s *stateFloorSystem) enqueue(ctx context.Context, queue string, payload []
 
 func (s *stateFloorSystem) work(ctx context.Context, queue string, n int, handle func([]byte)) (func(), error) {
 	return s.consume(ctx, queue, n, func(msg jetstream.Msg) {
-		id := msg.Headers().Get(jetstream.MsgIDHeader)
-		if meta, err := msg.Metadata(); id == "" && err == nil {
-			id = strconv.FormatUint(meta.Sequence.Stream, 10) // a delayed task
-		}
+		id := taskID(msg)
 		key := "$KV." + stateFloorBucket + ".t." + id
 		running, err := s.js.PublishAsync(key, state(id, queue, "running"))
 		s.event(id, queue, "started")
@@ -105,6 +102,19 @@ func (s *stateFloorSystem) work(ctx context.Context, queue string, n int, handle
 			_ = msg.Ack()
 		}
 	})
+}
+
+// taskID is the id of a task enqueued by enqueue, or the stream sequence
+// of a delayed one (the floor's schedules carry no id).
+func taskID(msg jetstream.Msg) string {
+	if id := msg.Headers().Get(jetstream.MsgIDHeader); id != "" {
+		return id
+	}
+	meta, err := msg.Metadata()
+	if err != nil {
+		return "unknown"
+	}
+	return strconv.FormatUint(meta.Sequence.Stream, 10)
 }
 
 // acked waits for an asynchronous publish's acknowledgement.

@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,16 +70,13 @@ func (s *stateServiceSystem) name() string { return stateServiceName }
 
 func (s *stateServiceSystem) work(ctx context.Context, queue string, n int, handle func([]byte)) (func(), error) {
 	return s.consume(ctx, queue, n, func(msg jetstream.Msg) {
-		id := msg.Headers().Get(jetstream.MsgIDHeader)
-		if meta, err := msg.Metadata(); id == "" && err == nil {
-			id = strconv.FormatUint(meta.Sequence.Stream, 10) // a delayed task
-		}
+		id := taskID(msg)
 		ask := func(what string) bool {
 			m := nats.NewMsg(stateServiceSubject)
 			m.Header.Set("id", id)
 			m.Header.Set("what", what)
 			m.Data = state(id, queue, what)
-			_, err := s.nc.RequestMsgWithContext(ctx, m)
+			_, err := s.nc.RequestMsg(m, 10*time.Second)
 			return err == nil
 		}
 		if !ask("running") {
