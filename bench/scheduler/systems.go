@@ -244,7 +244,10 @@ func (f *floorSystem) consume(ctx context.Context, queue string, n int, fn func(
 	if err != nil {
 		return nil, err
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(n))
+	// The pull options of scheduler.Worker: with nats.go's defaults (a 30 s
+	// pull expiry) the iterator stops pulling now and then until the expiry
+	// (bench/README.md, scheduler).
+	it, err := cons.Messages(jetstream.PullMaxMessages(n), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return nil, err
 	}
