@@ -61,8 +61,23 @@ func state(id, queue, what string) []byte {
 		id, queue, what, now, now)
 }
 
+// stateWrite is the message that writes task id's state what (data); an
+// outcome's is kept for a day, as the scheduler keeps finished tasks.
+func stateWrite(id, what string, data []byte) *nats.Msg {
+	m := nats.NewMsg("$KV." + stateFloorBucket + ".t." + id)
+	m.Data = data
+	if what == "succeeded" {
+		m.Header.Set(jetstream.MsgTTLHeader, "24h")
+	}
+	return m
+}
+
+// eventPrefix is the subject prefix of floor + state's events, which
+// MESH_EVENTS captures.
+const eventPrefix = "mesh.events.benchfloor."
+
 func (s *stateFloorSystem) event(id, queue, what string) {
-	_ = s.nc.Publish("mesh.events.benchfloor."+what, state(id, queue, what))
+	_ = s.nc.Publish(eventPrefix+what, state(id, queue, what))
 }
 
 func (s *stateFloorSystem) enqueue(ctx context.Context, queue string, payload []byte, runAt time.Time) error {
@@ -86,16 +101,12 @@ func (s *stateFloorSystem) enqueue(ctx context.Context, queue string, payload []
 func (s *stateFloorSystem) work(ctx context.Context, queue string, n int, handle func([]byte)) (func(), error) {
 	return s.consume(ctx, queue, n, func(msg jetstream.Msg) {
 		id := taskID(msg)
-		key := "$KV." + stateFloorBucket + ".t." + id
-		running, err := s.js.PublishAsync(key, state(id, queue, "running"))
+		running, err := s.js.PublishMsgAsync(stateWrite(id, "running", state(id, queue, "running")))
 		s.event(id, queue, "started")
 		handle(msg.Data())
-		done := nats.NewMsg(key)
-		done.Data = state(id, queue, "succeeded")
-		done.Header.Set(jetstream.MsgTTLHeader, "24h")
 		var finished jetstream.PubAckFuture
 		if err == nil {
-			finished, err = s.js.PublishMsgAsync(done)
+			finished, err = s.js.PublishMsgAsync(stateWrite(id, "succeeded", state(id, queue, "succeeded")))
 		}
 		s.event(id, queue, "succeeded")
 		if err == nil && acked(running) && acked(finished) {

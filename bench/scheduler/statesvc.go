@@ -49,18 +49,13 @@ func newStateService(ctx context.Context, url string) (*stateServiceSystem, erro
 // acknowledgement.
 func (s *stateServiceSystem) write(js jetstream.JetStream, m *nats.Msg) {
 	what := m.Header.Get("what")
-	w := nats.NewMsg("$KV." + stateFloorBucket + ".t." + m.Header.Get("id"))
-	w.Data = m.Data
-	if what == "succeeded" {
-		w.Header.Set(jetstream.MsgTTLHeader, "24h")
-	}
-	f, err := js.PublishMsgAsync(w)
+	f, err := js.PublishMsgAsync(stateWrite(m.Header.Get("id"), what, m.Data))
 	if err != nil {
 		return
 	}
 	go func() {
 		if acked(f) {
-			_ = s.svc.Publish("mesh.events.benchfloor."+what, m.Data)
+			_ = s.svc.Publish(eventPrefix+what, m.Data)
 			_ = m.Respond(nil)
 		}
 	}()
