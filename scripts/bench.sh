@@ -133,7 +133,7 @@ bench_cache() {
 	start_redis
 	echo "bench: building mesh" >&2
 	go build -o bin/mesh ./cmd/mesh
-	in_bench go run ./cache -nats "nats://127.0.0.1:$nats_port" -redis "127.0.0.1:$redis_port" -mesh "$root/bin/mesh" "$@"
+	in_bench go run ./cache -nats "nats://127.0.0.1:$nats_port" -nats-pid "$nats_pid" -redis "127.0.0.1:$redis_port" -mesh "$root/bin/mesh" "$@"
 	in_bench go run ./cache -nats "nats://127.0.0.1:$nats_port" -memory 1000000
 	stop_servers
 }

@@ -19,6 +19,11 @@
 // nats-server and redis-server run in processes of their own, started by
 // scripts/bench.sh cache.
 //
+// Each cell also reports the CPU time per request of the client (this
+// process), of the server (the echo's, the mesh's or redis-server's process)
+// and of nats-server, read from /proc over the measured window: where the
+// requests' cost goes, steadier than the throughput on a small machine.
+//
 // With -memory N it measures instead what N items of 100 bytes cost a node:
 // the process's RSS and Go heap before and after loading them.
 package main
@@ -77,6 +82,7 @@ type config struct {
 	cpuprofile, only   string
 	rounds             int
 	meshBin            string
+	natsPID            int
 }
 
 func main() {
@@ -94,6 +100,7 @@ func main() {
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile to `file`")
 	flag.StringVar(&cfg.only, "only", "", "run only the systems whose name matches this `regexp` (for diagnosis)")
 	flag.StringVar(&cfg.meshBin, "mesh", "", "run the cache nodes in a `mesh` binary's process (mesh up --services cache); empty: in this process")
+	flag.IntVar(&cfg.natsPID, "nats-pid", 0, "nats-server's `pid`, for its CPU time per request")
 	echo := flag.Bool("echo", false, "serve the raw NATS echo until killed (the benchmark starts itself so with -mesh)")
 	flag.Parse()
 	if *echo {
@@ -211,6 +218,20 @@ func (m *mesh) stop() {
 	}
 }
 
+// pid is the mesh process's id, 0 when the nodes run in this one.
+func (m *mesh) pid() int {
+	if m.proc == nil {
+		return 0
+	}
+	return m.proc.Process.Pid
+}
+
+// procs names the processes a request involves: this one (the client),
+// the server's (0: this one as well) and nats-server.
+func (cfg config) procs(server int) []load.Proc {
+	return []load.Proc{{Name: "client", PID: os.Getpid()}, {Name: "server", PID: server}, {Name: "nats-server", PID: cfg.natsPID}}
+}
+
 // serveEcho is the raw NATS echo: in a process of its own when the cache
 // runs in one (this program started with -echo), else on a connection of
 // this process.
@@ -282,6 +303,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	for i := range payload {
 		payload[i] = byte('a' + i%26)
 	}
+	echoPID := 0 // in this process
 	if cfg.meshBin != "" {
 		echo := exec.Command(os.Args[0], "-echo", "-nats", cfg.natsURL)
 		echo.Stderr = os.Stderr
@@ -289,6 +311,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			return err
 		}
 		defer func() { _ = echo.Process.Kill(); _ = echo.Wait() }()
+		echoPID = echo.Process.Pid
 	} else if err := serveEcho(ctx, cfg.natsURL); err != nil {
 		return err
 	}
@@ -372,7 +395,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			return nil
 		}},
 	}
-	redisInfo := "not run"
+	redisInfo, redisPID := "not run", 0
 	if cfg.redisAddr != "" {
 		rdb := redisbench.Client(cfg.redisAddr, cfg.concs[len(cfg.concs)-1], timeout)
 		defer rdb.Close()
@@ -385,6 +408,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			return fmt.Errorf("redis %s: %w", cfg.redisAddr, err)
 		}
 		redisInfo = redisbench.Describe(ctx, rdb, cfg.redisAddr)
+		redisPID = redisbench.PID(ctx, rdb)
 		targets = append(targets,
 			load.Target{Name: rGetName, Call: func(ctx context.Context, i int) error {
 				b, err := rdb.Get(ctx, pick(i)).Bytes()
@@ -415,6 +439,16 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			}})
 	}
 
+	for i, t := range targets {
+		switch {
+		case strings.HasPrefix(t.Name, "cache"):
+			targets[i].Procs = cfg.procs(m.pid())
+		case strings.HasPrefix(t.Name, "redis"):
+			targets[i].Procs = cfg.procs(redisPID)[:2] // no NATS
+		default:
+			targets[i].Procs = cfg.procs(echoPID)
+		}
+	}
 	stopProfile, err := machine.CPUProfile(cfg.cpuprofile)
 	if err != nil {
 		m.stop()
@@ -447,7 +481,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		return err
 	}
 	members := m.client.Ring().Members()
-	measure([]load.Target{{Name: "cache GET forwarded (R=1, to the non-owner)", Call: func(ctx context.Context, i int) error {
+	measure([]load.Target{{Name: "cache GET forwarded (R=1, to the non-owner)", Procs: cfg.procs(m.pid()), Call: func(ctx context.Context, i int) error {
 		k := pick(i)
 		other := members[0].ID
 		if other == m.client.Ring().Owner(k) {
@@ -488,8 +522,8 @@ func report(w io.Writer, results []load.Result) error {
 		}
 		return 1
 	}
-	fmt.Fprintln(w, "| system | c | ops/s | ops/s, all rounds | keys/s | p50 | p99 | ops vs raw echo | keys vs redis |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| system | c | ops/s | ops/s, all rounds | keys/s | p50 | p99 | ops vs raw echo | keys vs redis | CPU µs/op: client, server, NATS |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	failed := 0
 	for _, r := range results {
 		vsRaw, vsRedis := "-", "-"
@@ -500,8 +534,8 @@ func report(w io.Writer, results []load.Result) error {
 		if b := find(redisTwin, r.Conc); b != nil && b.Ops > 0 {
 			vsRedis = fmt.Sprintf("%.2f", r.OpsPerSec()/b.OpsPerSec())
 		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %.0f | %s | %s | %s | %s |\n", r.System, r.Conc, r.OpsPerSec(), r.Spread(), r.OpsPerSec()*float64(perOp(r.System)),
-			micros(r.Quantile(0.5)), micros(r.Quantile(0.99)), vsRaw, vsRedis)
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %.0f | %s | %s | %s | %s | %s |\n", r.System, r.Conc, r.OpsPerSec(), r.Spread(), r.OpsPerSec()*float64(perOp(r.System)),
+			micros(r.Quantile(0.5)), micros(r.Quantile(0.99)), vsRaw, vsRedis, cpuPerOp(r))
 		if r.Errs > 0 || r.Ops == 0 {
 			failed++
 			fmt.Fprintf(os.Stderr, "%s c=%d: %d errors, the first: %v\n", r.System, r.Conc, r.Errs, r.FirstErr)
@@ -528,6 +562,21 @@ func report(w io.Writer, results []load.Result) error {
 		return errors.New("some cells had errors")
 	}
 	return nil
+}
+
+// cpuPerOp renders the CPU time per request of each process of a cell
+// ("-" where unknown, or where the server shares the client's process).
+func cpuPerOp(r load.Result) string {
+	var parts []string
+	for i := range r.CPU {
+		d := r.CPUPerOp(i)
+		if d < 0 {
+			parts = append(parts, "-")
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%.1f", float64(d)/float64(time.Microsecond)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func verdict(ok bool) string {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/meshkit/mesh/bench/internal/machine"
 )
 
 // probe reads, at the edges of each window, what the processes involved
@@ -50,7 +52,7 @@ func (p *probe) sample() sample {
 		s.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 		s.ok["self"] = true
 	}
-	if busy, steal, err := machineCPU(); err == nil {
+	if busy, steal, err := machine.CPUTime(); err == nil {
 		s.busy, s.steal, s.ok["machine"] = busy, steal, true
 	}
 	if n, err := procSyscalls("self"); err == nil {
@@ -59,10 +61,10 @@ func (p *probe) sample() sample {
 	if n, err := procSyscalls(fmt.Sprint(p.natsPID)); err == nil && p.natsPID > 0 {
 		s.natsSys, s.ok["natssys"] = n, true
 	}
-	if d, err := procCPU(p.natsPID); err == nil {
+	if d, err := machine.ProcCPU(p.natsPID); err == nil {
 		s.nats, s.ok["nats"] = d, true
 	}
-	if d, err := procCPU(p.etcdPID); err == nil {
+	if d, err := machine.ProcCPU(p.etcdPID); err == nil {
 		s.etcd, s.ok["etcd"] = d, true
 	}
 	if p.natsMon != "" {
@@ -121,33 +123,6 @@ func (p *probe) metrics(url string) (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-// procCPU is the user + system CPU time of process pid so far.
-func procCPU(pid int) (time.Duration, error) {
-	if pid <= 0 {
-		return 0, fmt.Errorf("no pid")
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) is in parentheses and may hold spaces.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64) // field 14, utime
-	st, err2 := strconv.ParseInt(f[12], 10, 64) // field 15, stime
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	const clkTck = 100 // USER_HZ on Linux
-	return time.Duration(ut+st) * time.Second / clkTck, nil
-}
-
 // procSyscalls is the number of read and write system calls process pid
 // ("self" for this one) made so far.
 func procSyscalls(pid string) (float64, error) {
@@ -167,33 +142,6 @@ func procSyscalls(pid string) (float64, error) {
 		}
 	}
 	return n, nil
-}
-
-// machineCPU reads the first line of /proc/stat: the busy CPU time of the
-// machine (all but idle, iowait and steal) and the steal time.
-func machineCPU() (busy, steal time.Duration, err error) {
-	f, err := os.Open("/proc/stat")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	if !sc.Scan() {
-		return 0, 0, fmt.Errorf("/proc/stat: empty")
-	}
-	fs := strings.Fields(sc.Text())
-	if len(fs) < 9 || fs[0] != "cpu" {
-		return 0, 0, fmt.Errorf("/proc/stat: unexpected format")
-	}
-	var v [8]int64 // user nice system idle iowait irq softirq steal
-	for i := range v {
-		if v[i], err = strconv.ParseInt(fs[i+1], 10, 64); err != nil {
-			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
-		}
-	}
-	const clkTck = 100
-	b := v[0] + v[1] + v[2] + v[5] + v[6]
-	return time.Duration(b) * time.Second / clkTck, time.Duration(v[7]) * time.Second / clkTck, nil
 }
 
 // natsInfo is what nats-server's /varz says of its version and JetStream.

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/meshkit/mesh/bench/internal/machine"
 )
 
 // A Target is one system under test. Call makes one request on behalf of
@@ -21,6 +23,15 @@ import (
 type Target struct {
 	Name string
 	Call func(ctx context.Context, i int) error
+	// Procs are processes whose CPU time the window measures (Result.CPU).
+	Procs []Proc
+}
+
+// A Proc is a process taking part in a target's requests: its client, its
+// server, the broker between them.
+type Proc struct {
+	Name string
+	PID  int
 }
 
 // A Result is what one cell of a table measured.
@@ -35,6 +46,9 @@ type Result struct {
 	Allocs   uint64          // heap allocations of the whole process in the window
 	// AllRounds is the throughput of every round of the cell (Rounds).
 	AllRounds []float64
+	// CPU is the CPU time of each of the target's Procs in the window, -1
+	// where it could not be read.
+	CPU []time.Duration
 }
 
 // Measure runs conc workers that call t back to back for warmup+dur and
@@ -72,13 +86,20 @@ func Measure(ctx context.Context, t Target, conc int, warmup, dur time.Duration)
 	}
 
 	var m0, m1 runtime.MemStats
+	cpu := make([]time.Duration, len(t.Procs))
 	time.Sleep(time.Until(from))
 	runtime.ReadMemStats(&m0)
+	for i, p := range t.Procs {
+		cpu[i] = procCPU(p.PID, 0)
+	}
 	time.Sleep(time.Until(end))
 	runtime.ReadMemStats(&m1)
+	for i, p := range t.Procs {
+		cpu[i] = procCPU(p.PID, cpu[i])
+	}
 	wg.Wait()
 
-	r := Result{System: t.Name, Conc: conc, Window: dur, Allocs: m1.Mallocs - m0.Mallocs}
+	r := Result{System: t.Name, Conc: conc, Window: dur, Allocs: m1.Mallocs - m0.Mallocs, CPU: cpu}
 	for i := range conc {
 		r.Lat = append(r.Lat, lats[i]...)
 		r.Errs += errs[i]
@@ -89,6 +110,25 @@ func Measure(ctx context.Context, t Target, conc int, warmup, dur time.Duration)
 	r.Ops = len(r.Lat)
 	slices.Sort(r.Lat)
 	return r
+}
+
+// procCPU returns pid's CPU time since the reading before (-1 when either
+// failed).
+func procCPU(pid int, before time.Duration) time.Duration {
+	d, err := machine.ProcCPU(pid)
+	if err != nil || before < 0 {
+		return -1
+	}
+	return d - before
+}
+
+// CPUPerOp is the CPU time of the target's process i per successful
+// request, or -1 when it is unknown.
+func (r Result) CPUPerOp(i int) time.Duration {
+	if i >= len(r.CPU) || r.CPU[i] < 0 || r.Ops == 0 {
+		return -1
+	}
+	return r.CPU[i] / time.Duration(r.Ops)
 }
 
 // OpsPerSec is the throughput of the successful requests.
