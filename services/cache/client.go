@@ -196,9 +196,12 @@ func (c *Client) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
 	groups := c.cover(r, keys)
 	errs := make([]error, len(groups))
 	fetch := func(gi int, g group) {
-		sub := make([]string, len(g.idx))
-		for j, i := range g.idx {
-			sub[j] = keys[i]
+		sub := keys // a group of all the keys, in order
+		if len(g.idx) < len(keys) {
+			sub = make([]string, len(g.idx))
+			for j, i := range g.idx {
+				sub[j] = keys[i]
+			}
 		}
 		var nodes []string
 		if g.node != "" {
@@ -235,7 +238,11 @@ func (c *Client) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
 // mget is do for an MGetRequest, with the hand-written codec.
 func (c *Client) mget(ctx context.Context, nodes, keys []string) ([]GetReply, error) {
 	var vals []GetReply
-	err := c.send(ctx, nodes, OpMGet, appendMGetRequest(nil, keys), func(b []byte) error {
+	size := 16
+	for _, k := range keys {
+		size += 5 + len(k)
+	}
+	err := c.send(ctx, nodes, OpMGet, appendMGetRequest(make([]byte, 0, size), keys), func(b []byte) error {
 		var ok bool
 		if vals, ok = parseMGetReply(b); ok {
 			return nil
@@ -256,14 +263,16 @@ type group struct {
 // cover assigns each key to one of its copy holders, greedily taking the
 // node that holds the most unassigned keys first.
 func (c *Client) cover(r *ring.Ring, keys []string) []group {
-	if r.Len() == 0 {
-		all := make([]int, len(keys))
-		for i := range all {
-			all[i] = i
-		}
-		return []group{{idx: all}}
-	}
 	n := min(c.cfg.Replicas, r.Len())
+	if n == r.Len() {
+		// No node known (any will do), or every node holds every key: the
+		// first key's owner takes them all, as the greedy choice below would.
+		g := group{node: r.Owner(keys[0]), idx: make([]int, len(keys))}
+		for i := range g.idx {
+			g.idx[i] = i
+		}
+		return []group{g}
+	}
 	holders := make([]string, 0, n*len(keys)) // key i's holders: [i*n, (i+1)*n)
 	for _, k := range keys {
 		holders = r.AppendOwners(holders, k, n)

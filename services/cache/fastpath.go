@@ -117,22 +117,36 @@ func appendMGetRequest(dst []byte, keys []string) []byte {
 // parseMGetRequest reads the keys of a msgpack MGetRequest written as
 // appendMGetRequest writes it.
 func parseMGetRequest(b []byte) ([]string, bool) {
+	var keys []string
+	_, ok := eachMGetKey(b, func(n, i int, k []byte) bool {
+		if keys == nil {
+			keys = make([]string, n)
+		}
+		keys[i] = string(k)
+		return true
+	})
+	return keys, ok
+}
+
+// eachMGetKey reads a msgpack MGetRequest written as appendMGetRequest
+// writes it and calls f with the number of keys, the index and the bytes of
+// each key in turn (b's memory), until f returns false. It returns the number
+// of keys, and whether it read the whole request with f accepting every key.
+func eachMGetKey(b []byte, f func(n, i int, k []byte) bool) (int, bool) {
 	if len(b) < 1+len(fieldKeys) || b[0] != 0x81 || string(b[1:1+len(fieldKeys)]) != fieldKeys {
-		return nil, false
+		return 0, false
 	}
 	n, b, ok := readArrayLen(b[1+len(fieldKeys):])
 	if !ok || n > len(b) {
-		return nil, false
+		return 0, false
 	}
-	keys := make([]string, n)
-	for i := range keys {
+	for i := range n {
 		var k []byte
-		if k, b, ok = readStr(b); !ok {
-			return nil, false
+		if k, b, ok = readStr(b); !ok || !f(n, i, k) {
+			return n, false
 		}
-		keys[i] = string(k)
 	}
-	return keys, len(b) == 0
+	return n, len(b) == 0
 }
 
 // appendMGetReply appends the msgpack form of MGetReply{Values: vs}.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 
@@ -489,6 +490,13 @@ func withoutSelf(ids []string, self string) []string {
 }
 
 func (s *Server) mget(_ context.Context, m *bus.Msg) (any, error) {
+	r := s.ring()
+	via := hopOf(m)
+	if m.Codec == bus.MsgPack {
+		if rep, ok := s.mgetHits(m.Data, r, via != ""); ok {
+			return rep, nil
+		}
+	}
 	var req MGetRequest
 	fast := false
 	if m.Codec == bus.MsgPack {
@@ -511,8 +519,6 @@ func (s *Server) mget(_ context.Context, m *bus.Msg) (any, error) {
 		}
 		return bus.Raw(appendMGetReply(make([]byte, 0, size), rep.Values))
 	}
-	via := hopOf(m)
-	r := s.ring()
 	rep := MGetReply{Values: make([]GetReply, len(req.Keys))}
 	var rest []int
 	var buf [4]string
@@ -534,6 +540,38 @@ func (s *Server) mget(_ context.Context, m *bus.Msg) (any, error) {
 		}
 		return reply(rep), nil
 	}), nil
+}
+
+// mgetHits answers a msgpack MGET of at most 16 keys that this node holds
+// copies of and has (or was sent, any): the request is read and the reply
+// written with no copy of a key or value in between. ok false: the request
+// is malformed, or a key invalid, missing or elsewhere; it then takes the
+// general path, which says which.
+func (s *Server) mgetHits(data []byte, r *ring.Ring, sent bool) (bus.Raw, bool) {
+	const most = 16
+	var (
+		vals [most]GetReply
+		buf  [4]string
+	)
+	size := 16
+	n, ok := eachMGetKey(data, func(n, i int, k []byte) bool {
+		if n > most || len(k) == 0 {
+			return false
+		}
+		key := unsafe.String(&k[0], len(k)) // only looked up
+		if CheckKey(key) != nil || !sent && !slices.Contains(s.owners(r, key, buf[:0]), s.cfg.ID) {
+			return false
+		}
+		var hit bool
+		vals[i], hit = s.lookup(key)
+		size += 32 + len(vals[i].Value)
+		return hit
+	})
+	if !ok || n == 0 {
+		return nil, false
+	}
+	s.hits.Add(int64(n))
+	return appendMGetReply(make([]byte, 0, size), vals[:n]), true
 }
 
 // mgetRest fills the values of the keys at rest: a miss this node owns (or
