@@ -550,28 +550,41 @@ func TestJSONValues(t *testing.T) {
 	}
 }
 
+// A batch reads back what a batch wrote, a miss as nil and an empty value
+// as empty (as Get does): with 3 nodes (the keys spread over several requests) and with 2
+// (every node holds every key: one request).
 func TestMGetMSet(t *testing.T) {
-	_, _, c := cluster(t, 3, cache.Config{})
-	items := map[string][]byte{}
-	var keys []string
-	for i := range 40 {
-		k := fmt.Sprintf("m%d", i)
-		keys = append(keys, k)
-		if i%4 != 0 {
-			items[k] = []byte("val-" + k)
-		}
-	}
-	if err := c.MSet(ctx(t), items, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	vals, err := c.MGet(ctx(t), keys...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, k := range keys {
-		if want := items[k]; !bytes.Equal(vals[i], want) {
-			t.Fatalf("%s = %q, want %q", k, vals[i], want)
-		}
+	for _, nodes := range []int{3, 2} {
+		t.Run(fmt.Sprint(nodes, " nodes"), func(t *testing.T) {
+			_, _, c := cluster(t, nodes, cache.Config{})
+			items := map[string][]byte{"empty": {}}
+			keys := []string{"empty"}
+			for i := range 40 {
+				k := fmt.Sprintf("m%d", i)
+				keys = append(keys, k)
+				if i%4 != 0 {
+					items[k] = []byte("val-" + k)
+				}
+			}
+			if err := c.MSet(ctx(t), items, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := c.Get(ctx(t), "empty"); err != nil || v == nil || len(v) != 0 {
+				t.Fatalf("get empty = %#v, %v", v, err)
+			}
+			for _, batch := range [][]string{keys, keys[:16]} {
+				vals, err := c.MGet(ctx(t), batch...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i, k := range batch {
+					want, found := items[k]
+					if !bytes.Equal(vals[i], want) || (vals[i] != nil) != found {
+						t.Fatalf("%s = %q, want %q (found %v)", k, vals[i], want, found)
+					}
+				}
+			}
+		})
 	}
 }
 

@@ -145,7 +145,7 @@ func (c *Client) Get(ctx context.Context, key string) ([]byte, error) {
 	if !rep.Found {
 		return nil, ErrNotFound.With("%q not found", key)
 	}
-	return rep.Value, nil
+	return rep.value(), nil
 }
 
 // get is do for a GetRequest, with the hand-written codec.
@@ -184,18 +184,16 @@ func (c *Client) Delete(ctx context.Context, key string) (bool, error) {
 }
 
 // MGet reads several keys at once: the values in the order of keys, nil for
-// a miss. Each key goes to one of its copy holders, chosen so that the batch
+// a miss (an empty value is empty, not nil). Each key goes to one of its copy holders, chosen so that the batch
 // takes as few requests as possible; they run in parallel.
 func (c *Client) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
 	req := MGetRequest{Keys: keys}
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	r := c.Ring()
 	out := make([][]byte, len(keys))
-	groups := c.cover(r, keys)
-	errs := make([]error, len(groups))
-	fetch := func(gi int, g group) {
+	groups := c.cover(c.Ring(), keys)
+	fetch := func(g group) error {
 		sub := keys // a group of all the keys, in order
 		if len(g.idx) < len(keys) {
 			sub = make([]string, len(g.idx))
@@ -209,50 +207,49 @@ func (c *Client) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
 		}
 		// The node passes on what it holds no copy of; when it does not
 		// answer, send asks any node.
-		vals, err := c.mget(ctx, nodes, sub)
-		if err == nil && len(vals) != len(g.idx) {
-			err = bus.ErrInternal.With("mget: %d values for %d keys", len(vals), len(g.idx))
-		}
-		if err != nil {
-			errs[gi] = err
-			return
-		}
-		for j, i := range g.idx {
-			if vals[j].Found {
-				out[i] = vals[j].Value
-			}
-		}
+		return c.mget(ctx, nodes, sub, func(j int, v []byte) { out[g.idx[j]] = v })
 	}
 	if len(groups) == 1 {
-		fetch(0, groups[0])
-	} else {
-		var wg sync.WaitGroup
-		for gi, g := range groups {
-			wg.Go(func() { fetch(gi, g) })
-		}
-		wg.Wait()
+		return out, fetch(groups[0])
 	}
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	for gi, g := range groups {
+		wg.Go(func() { errs[gi] = fetch(g) })
+	}
+	wg.Wait()
 	return out, errors.Join(errs...)
 }
 
-// mget is do for an MGetRequest, with the hand-written codec.
-func (c *Client) mget(ctx context.Context, nodes, keys []string) ([]GetReply, error) {
-	var vals []GetReply
+// mget is do for an MGetRequest, with the hand-written codec: set(j, v)
+// receives the value of keys[j], nil for a miss.
+func (c *Client) mget(ctx context.Context, nodes, keys []string, set func(j int, v []byte)) error {
 	size := 16
 	for _, k := range keys {
 		size += 5 + len(k)
 	}
-	err := c.send(ctx, nodes, OpMGet, appendMGetRequest(make([]byte, 0, size), keys), func(b []byte) error {
-		var ok bool
-		if vals, ok = parseMGetReply(b); ok {
+	return c.send(ctx, nodes, OpMGet, appendMGetRequest(make([]byte, 0, size), keys), func(b []byte) error {
+		if _, ok := eachGetReply(b, func(n, j int, r GetReply) bool {
+			if n != len(keys) {
+				return false
+			}
+			set(j, r.value())
+			return true
+		}); ok {
 			return nil
 		}
 		var rep MGetReply
-		err := bus.MsgPack.Unmarshal(b, &rep)
-		vals = rep.Values
-		return err
+		if err := bus.MsgPack.Unmarshal(b, &rep); err != nil {
+			return err
+		}
+		if len(rep.Values) != len(keys) {
+			return bus.ErrInternal.With("mget: %d values for %d keys", len(rep.Values), len(keys))
+		}
+		for j, r := range rep.Values {
+			set(j, r.value())
+		}
+		return nil
 	})
-	return vals, err
 }
 
 type group struct {

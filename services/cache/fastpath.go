@@ -160,22 +160,25 @@ func appendMGetReply(dst []byte, vs []GetReply) []byte {
 	return dst
 }
 
-// parseMGetReply reads a reply written by appendMGetReply.
-func parseMGetReply(b []byte) ([]GetReply, bool) {
+// eachGetReply reads a reply written by appendMGetReply and calls f with
+// the number of values, the index and each value in turn (its bytes are
+// b's memory), until f returns false. It returns the number of values, and
+// whether it read the whole reply with f accepting every value.
+func eachGetReply(b []byte, f func(n, i int, r GetReply) bool) (int, bool) {
 	if len(b) < 1+len(fieldValues) || b[0] != 0x81 || string(b[1:1+len(fieldValues)]) != fieldValues {
-		return nil, false
+		return 0, false
 	}
 	n, b, ok := readArrayLen(b[1+len(fieldValues):])
 	if !ok || n > len(b) {
-		return nil, false
+		return 0, false
 	}
-	vs := make([]GetReply, n)
-	for i := range vs {
-		if vs[i], b, ok = readGetReply(b); !ok {
-			return nil, false
+	for i := range n {
+		var r GetReply
+		if r, b, ok = readGetReply(b); !ok || !f(n, i, r) {
+			return n, false
 		}
 	}
-	return vs, len(b) == 0
+	return n, len(b) == 0
 }
 
 func appendArrayLen(dst []byte, n int) []byte {

@@ -145,6 +145,19 @@ func FuzzFastPath(f *testing.F) {
 	})
 }
 
+// parseMGetReply reads a reply written by appendMGetReply whole.
+func parseMGetReply(b []byte) ([]GetReply, bool) {
+	var vs []GetReply
+	_, ok := eachGetReply(b, func(n, i int, r GetReply) bool {
+		if vs == nil {
+			vs = make([]GetReply, n)
+		}
+		vs[i] = r
+		return true
+	})
+	return vs, ok
+}
+
 func sameReplies(a, b []GetReply) bool {
 	return slices.EqualFunc(a, b, sameReply)
 }

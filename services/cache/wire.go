@@ -154,6 +154,15 @@ type GetReply struct {
 	TTLms int64 `json:"ttl_ms,omitempty"`
 }
 
+// value is the reply's value: nil for a miss, empty (not nil) for an empty
+// value, which the wire form leaves out.
+func (r GetReply) value() []byte {
+	if r.Found && r.Value == nil {
+		return []byte{}
+	}
+	return r.Value
+}
+
 // SetRequest writes a key.
 type SetRequest struct {
 	Key   string `json:"key"`
