@@ -24,6 +24,10 @@
 // and of nats-server, read from /proc over the measured window: where the
 // requests' cost goes, steadier than the throughput on a small machine.
 //
+// With -pin the servers (the echo, the mesh, redis-server) share CPU 1 and
+// this process and nats-server CPU 0 (taskset): a diagnosis of what the
+// sharing of both cores by every process costs.
+//
 // With -memory N it measures instead what N items of 100 bytes cost a node:
 // the process's RSS and Go heap before and after loading them.
 package main
@@ -83,6 +87,7 @@ type config struct {
 	rounds             int
 	meshBin            string
 	natsPID            int
+	pin                bool
 }
 
 func main() {
@@ -101,6 +106,7 @@ func main() {
 	flag.StringVar(&cfg.only, "only", "", "run only the systems whose name matches this `regexp` (for diagnosis)")
 	flag.StringVar(&cfg.meshBin, "mesh", "", "run the cache nodes in a `mesh` binary's process (mesh up --services cache); empty: in this process")
 	flag.IntVar(&cfg.natsPID, "nats-pid", 0, "nats-server's `pid`, for its CPU time per request")
+	flag.BoolVar(&cfg.pin, "pin", false, "give the servers (echo, mesh, redis-server) CPU 1 and this process and nats-server CPU 0 (with -mesh; for diagnosis)")
 	echo := flag.Bool("echo", false, "serve the raw NATS echo until killed (the benchmark starts itself so with -mesh)")
 	flag.Parse()
 	if *echo {
@@ -150,7 +156,7 @@ func startMesh(ctx context.Context, cfg config, nodes, replicas int) (*mesh, err
 	m := &mesh{}
 	var err error
 	if cfg.meshBin != "" {
-		m.proc = exec.Command(cfg.meshBin, "--nats", cfg.natsURL, "--log-level", "warn", "up", "--services", "cache",
+		m.proc = cfg.server(cfg.meshBin, "--nats", cfg.natsURL, "--log-level", "warn", "up", "--services", "cache",
 			"--node", "bench", "--cache-nodes", strconv.Itoa(nodes), "--cache-replicas", strconv.Itoa(replicas), "--cache-max-bytes", "4GiB")
 		m.proc.Stdout, m.proc.Stderr = io.Discard, os.Stderr
 		err = m.proc.Start()
@@ -216,6 +222,28 @@ func (m *mesh) stop() {
 			nc.Close()
 		}
 	}
+}
+
+// With -pin, the servers run on one CPU and the clients and nats-server on
+// the other, as where a server has a core of its own: a request's processes
+// no longer take turns on the same core's caches.
+const clientCPU, serverCPU = 0, 1
+
+// server returns the command that starts a server process, on serverCPU
+// with -pin.
+func (cfg config) server(name string, args ...string) *exec.Cmd {
+	if cfg.pin {
+		return exec.Command("taskset", append([]string{"-c", strconv.Itoa(serverCPU), name}, args...)...)
+	}
+	return exec.Command(name, args...)
+}
+
+// pin moves every thread of process pid to the CPU.
+func pin(pid, cpu int) error {
+	if out, err := exec.Command("taskset", "-a", "-p", "-c", strconv.Itoa(cpu), strconv.Itoa(pid)).CombinedOutput(); err != nil {
+		return fmt.Errorf("taskset pid %d: %v: %s", pid, err, out)
+	}
+	return nil
 }
 
 // pid is the mesh process's id, 0 when the nodes run in this one.
@@ -299,13 +327,23 @@ func keysFor(n int) func(i int) string {
 }
 
 func run(ctx context.Context, cfg config, w io.Writer) error {
+	if cfg.pin {
+		if cfg.meshBin == "" || cfg.natsPID == 0 || runtime.NumCPU() < 2 {
+			return errors.New("-pin needs -mesh, -nats-pid and 2 CPUs")
+		}
+		for _, pid := range []int{os.Getpid(), cfg.natsPID} {
+			if err := pin(pid, clientCPU); err != nil {
+				return err
+			}
+		}
+	}
 	payload := make([]byte, cfg.size)
 	for i := range payload {
 		payload[i] = byte('a' + i%26)
 	}
 	echoPID := 0 // in this process
 	if cfg.meshBin != "" {
-		echo := exec.Command(os.Args[0], "-echo", "-nats", cfg.natsURL)
+		echo := cfg.server(os.Args[0], "-echo", "-nats", cfg.natsURL)
 		echo.Stderr = os.Stderr
 		if err := echo.Start(); err != nil {
 			return err
@@ -409,6 +447,12 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		}
 		redisInfo = redisbench.Describe(ctx, rdb, cfg.redisAddr)
 		redisPID = redisbench.PID(ctx, rdb)
+		if cfg.pin {
+			if err := pin(redisPID, serverCPU); err != nil {
+				m.stop()
+				return err
+			}
+		}
 		targets = append(targets,
 			load.Target{Name: rGetName, Call: func(ctx context.Context, i int) error {
 				b, err := rdb.Get(ctx, pick(i)).Bytes()
@@ -501,6 +545,9 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	where := "in a `mesh up --services cache --cache-nodes 2` process of their own, the raw echo in another"
 	if cfg.meshBin == "" {
 		where = "in this process on one NATS connection (as `mesh up --cache-nodes 2`), the raw echo on another"
+	}
+	if cfg.pin {
+		where += fmt.Sprintf("; pinned: the servers (echo, mesh, redis-server) on CPU %d, this process and nats-server on CPU %d", serverCPU, clientCPU)
 	}
 	fmt.Fprintf(w, "- cache: 2 nodes %s, R = 2 unless said; the clients in this process on one connection; %d keys of %d B loaded, each request picks keys at random; per cell %d interleaved rounds of %v measured after %v warm-up, the table shows the round of median ops/s\n\n",
 		where, cfg.keys, cfg.size, cfg.rounds, cfg.duration, cfg.warmup)
