@@ -254,10 +254,10 @@ func (m *mesh) pid() int {
 	return m.proc.Process.Pid
 }
 
-// procs names the processes a request involves: this one (the client),
-// the server's (0: this one as well) and nats-server.
-func (cfg config) procs(server int) []load.Proc {
-	return []load.Proc{{Name: "client", PID: os.Getpid()}, {Name: "server", PID: server}, {Name: "nats-server", PID: cfg.natsPID}}
+// pids are the processes a request involves: this one (the client), the
+// server's (0: this one as well) and nats-server.
+func (cfg config) pids(server int) []int {
+	return []int{os.Getpid(), server, cfg.natsPID}
 }
 
 // serveEcho is the raw NATS echo: in a process of its own when the cache
@@ -486,11 +486,11 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	for i, t := range targets {
 		switch {
 		case strings.HasPrefix(t.Name, "cache"):
-			targets[i].Procs = cfg.procs(m.pid())
+			targets[i].PIDs = cfg.pids(m.pid())
 		case strings.HasPrefix(t.Name, "redis"):
-			targets[i].Procs = cfg.procs(redisPID)[:2] // no NATS
+			targets[i].PIDs = cfg.pids(redisPID)[:2] // no NATS
 		default:
-			targets[i].Procs = cfg.procs(echoPID)
+			targets[i].PIDs = cfg.pids(echoPID)
 		}
 	}
 	stopProfile, err := machine.CPUProfile(cfg.cpuprofile)
@@ -525,7 +525,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		return err
 	}
 	members := m.client.Ring().Members()
-	measure([]load.Target{{Name: "cache GET forwarded (R=1, to the non-owner)", Procs: cfg.procs(m.pid()), Call: func(ctx context.Context, i int) error {
+	measure([]load.Target{{Name: "cache GET forwarded (R=1, to the non-owner)", PIDs: cfg.pids(m.pid()), Call: func(ctx context.Context, i int) error {
 		k := pick(i)
 		other := members[0].ID
 		if other == m.client.Ring().Owner(k) {

@@ -551,8 +551,8 @@ func TestJSONValues(t *testing.T) {
 }
 
 // A batch reads back what a batch wrote, a miss as nil and an empty value
-// as empty (as Get does): with 3 nodes (the keys spread over several requests) and with 2
-// (every node holds every key: one request).
+// as empty (as Get does): with 3 nodes (the keys spread over several
+// requests) and with 2 (every node holds every key: one request).
 func TestMGetMSet(t *testing.T) {
 	for _, nodes := range []int{3, 2} {
 		t.Run(fmt.Sprint(nodes, " nodes"), func(t *testing.T) {

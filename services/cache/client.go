@@ -184,8 +184,9 @@ func (c *Client) Delete(ctx context.Context, key string) (bool, error) {
 }
 
 // MGet reads several keys at once: the values in the order of keys, nil for
-// a miss (an empty value is empty, not nil). Each key goes to one of its copy holders, chosen so that the batch
-// takes as few requests as possible; they run in parallel.
+// a miss (an empty value is empty, not nil). Each key goes to one of its
+// copy holders, chosen so that the batch takes as few requests as possible;
+// they run in parallel.
 func (c *Client) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
 	req := MGetRequest{Keys: keys}
 	if err := req.Validate(); err != nil {

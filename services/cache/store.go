@@ -63,9 +63,9 @@ type store struct {
 	maxBytes  int64
 }
 
-// clockStep is the resolution of otter's clock. Reading the precise time
-// was a tenth of an MGET's lookups; otter needs the time only to drop
-// expired entries, and a read checks the entry's own expiry exactly.
+// clockStep is the resolution of otter's clock. Reading the precise time at
+// every lookup took 7% of an MGET handler's time; otter needs the time only
+// to drop expired entries, and a read checks the entry's own expiry exactly.
 const clockStep = 100 * time.Millisecond
 
 // evictions counts otter's evictions and nothing else: the node counts its

@@ -23,15 +23,9 @@ import (
 type Target struct {
 	Name string
 	Call func(ctx context.Context, i int) error
-	// Procs are processes whose CPU time the window measures (Result.CPU).
-	Procs []Proc
-}
-
-// A Proc is a process taking part in a target's requests: its client, its
-// server, the broker between them.
-type Proc struct {
-	Name string
-	PID  int
+	// PIDs are the processes taking part in the requests (client, server,
+	// broker) whose CPU time the window measures (Result.CPU).
+	PIDs []int
 }
 
 // A Result is what one cell of a table measured.
@@ -46,7 +40,7 @@ type Result struct {
 	Allocs   uint64          // heap allocations of the whole process in the window
 	// AllRounds is the throughput of every round of the cell (Rounds).
 	AllRounds []float64
-	// CPU is the CPU time of each of the target's Procs in the window, -1
+	// CPU is the CPU time of each of the target's PIDs in the window, -1
 	// where it could not be read.
 	CPU []time.Duration
 }
@@ -86,16 +80,16 @@ func Measure(ctx context.Context, t Target, conc int, warmup, dur time.Duration)
 	}
 
 	var m0, m1 runtime.MemStats
-	cpu := make([]time.Duration, len(t.Procs))
+	cpu := make([]time.Duration, len(t.PIDs))
 	time.Sleep(time.Until(from))
 	runtime.ReadMemStats(&m0)
-	for i, p := range t.Procs {
-		cpu[i] = procCPU(p.PID, 0)
+	for i, pid := range t.PIDs {
+		cpu[i] = procCPU(pid, 0)
 	}
 	time.Sleep(time.Until(end))
 	runtime.ReadMemStats(&m1)
-	for i, p := range t.Procs {
-		cpu[i] = procCPU(p.PID, cpu[i])
+	for i, pid := range t.PIDs {
+		cpu[i] = procCPU(pid, cpu[i])
 	}
 	wg.Wait()
 
@@ -122,7 +116,7 @@ func procCPU(pid int, before time.Duration) time.Duration {
 	return d - before
 }
 
-// CPUPerOp is the CPU time of the target's process i per successful
+// CPUPerOp is the CPU time of the target's process i (PIDs) per successful
 // request, or -1 when it is unknown.
 func (r Result) CPUPerOp(i int) time.Duration {
 	if i >= len(r.CPU) || r.CPU[i] < 0 || r.Ops == 0 {
