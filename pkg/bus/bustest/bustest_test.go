@@ -2,6 +2,8 @@ package bustest_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -43,10 +45,24 @@ func TestClusterStopRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A publish whose ack is lost while the stream elects a leader is sent
+	// again, under the same message id so that the stream keeps it once.
+	sent := 0
 	publish := func(n int) {
 		for range n {
-			if _, err := js.Publish(ctx, "s.x", []byte("x")); err != nil {
-				t.Fatal(err)
+			sent++
+			id := fmt.Sprint("m", sent)
+			for {
+				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err := js.Publish(pctx, "s.x", []byte("x"), jetstream.WithMsgID(id))
+				cancel()
+				if err == nil {
+					break
+				}
+				lost := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoStreamResponse)
+				if !lost || ctx.Err() != nil {
+					t.Fatalf("publish %s: %v", id, err)
+				}
 			}
 		}
 	}
