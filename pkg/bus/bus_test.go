@@ -546,6 +546,49 @@ func TestInboxPrefix(t *testing.T) {
 
 // A msgpack reply that is a bare number, even one whose byte is also JSON
 // whitespace or '{', decodes as the number.
+// scribbler stands for a pool whose buffers are reused at once.
+type scribbler chan *[]byte
+
+func (p scribbler) Put(b any) {
+	buf := b.(*[]byte)
+	copy(*buf, "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX")
+	p <- buf
+}
+
+// A Pooled reply goes out as it is, and its buffer goes back to the pool
+// once, after the reply has left: reusing it at once changes nothing sent.
+func TestPooledReply(t *testing.T) {
+	s := bustest.RunServer(t)
+	pool := make(scribbler, 4)
+	made := make(chan *[]byte, 4)
+	startService(t, s, bus.Config{Name: "pooled", Version: "1.0.0", Endpoints: []bus.Endpoint{{
+		Name: "p", Subject: "test.pooled", Inline: true,
+		Handler: func(_ context.Context, m *bus.Msg) (any, error) {
+			b := []byte("reply to " + string(m.Data))
+			made <- &b
+			return bus.Pooled{Buf: &b, Pool: pool}, nil
+		},
+	}}})
+	nc := s.Connect()
+	for _, body := range []string{"a", "bb"} {
+		m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.pooled", Data: []byte(body)})
+		if err != nil || string(m.Data) != "reply to "+body {
+			t.Fatalf("reply = %q, %v", m.Data, err)
+		}
+		select {
+		case b := <-pool:
+			if b != <-made {
+				t.Fatal("another buffer put back")
+			}
+		case <-ctx(t).Done():
+			t.Fatal("the buffer was not put back")
+		}
+	}
+	if len(pool) != 0 {
+		t.Fatalf("%d more buffers put back", len(pool))
+	}
+}
+
 func TestScalarReplies(t *testing.T) {
 	s := bustest.RunServer(t)
 	startService(t, s, bus.Config{Name: "num", Version: "1.0.0", Endpoints: []bus.Endpoint{{

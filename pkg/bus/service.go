@@ -20,7 +20,8 @@ import (
 )
 
 // Handler serves one request. It returns the reply value, encoded in the
-// request's codec (a Raw value is sent as it is), or an error, sent as a coded error (see AsError).
+// request's codec (a Raw or Pooled value is sent as it is), or an error,
+// sent as a coded error (see AsError).
 // Handlers run concurrently, up to Config.MaxConcurrent at once per service.
 // ctx is cancelled when the service is stopped and its grace period is over.
 type Handler func(ctx context.Context, req *Msg) (any, error)
@@ -33,6 +34,14 @@ type Msg struct {
 
 // Raw is a reply sent as it is, without encoding.
 type Raw []byte
+
+// Pooled is a reply sent as it is, like Raw, from a buffer that the
+// service puts back in Pool (a *sync.Pool) once the reply is sent, as the
+// connection copies it: a handler that answers often reuses its buffers.
+type Pooled struct {
+	Buf  *[]byte
+	Pool interface{ Put(any) }
+}
 
 // Continue is what an Inline handler returns when a request needs work that
 // may block (a request to another service, a wait): the service runs the
@@ -522,14 +531,18 @@ func (s *Service) reply(ep *endpoint, m *nats.Msg, c Codec, start time.Time, res
 		cerr *Error
 	)
 	if err == nil {
-		raw, isRaw := resp.(Raw)
-		data = raw
 		var merr error
-		if !isRaw {
+		switch r := resp.(type) {
+		case Raw:
+			data = r
+		case Pooled:
+			data = *r.Buf
+			defer r.Pool.Put(r.Buf) // the reply is copied when published
+		default:
 			var buf *bytes.Buffer
 			buf, merr = c.encode(resp)
 			if buf != nil {
-				defer putBuffer(buf) // the reply is copied when published
+				defer putBuffer(buf)
 				data = buf.Bytes()
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/ring"
 )
 
@@ -27,14 +28,14 @@ func TestMGetHits(t *testing.T) {
 		want[i], _ = s.lookup(k)
 	}
 	got, ok := s.mgetHits(appendMGetRequest(nil, keys), nil, false)
-	if !ok || !bytes.Equal(got, appendMGetReply(nil, want)) {
+	if !ok || !bytes.Equal(replyBytes(t, got), appendMGetReply(nil, want)) {
 		t.Fatalf("mgetHits = % x, %v; want the general path's reply", got, ok)
 	}
 	if n := s.hits.Load(); n != 16 {
 		t.Fatalf("hits %d, want 16", n)
 	}
 	got, ok = s.mgetHits(appendMGetRequest(nil, []string{"ttl"}), nil, false)
-	vs, _ := parseMGetReply(got)
+	vs, _ := parseMGetReply(replyBytes(t, got))
 	if !ok || len(vs) != 1 || vs[0].TTLms <= 0 || vs[0].TTLms > time.Hour.Milliseconds() {
 		t.Fatalf("mgetHits of a key with a TTL = %+v, %v", vs, ok)
 	}
@@ -72,4 +73,17 @@ func TestMGetHits(t *testing.T) {
 	if n := s.hits.Load(); n != before {
 		t.Fatalf("refused requests counted %d hits", n-before)
 	}
+}
+
+// replyBytes is the body a handler's reply sends.
+func replyBytes(t *testing.T, reply any) []byte {
+	t.Helper()
+	switch r := reply.(type) {
+	case bus.Raw:
+		return r
+	case bus.Pooled:
+		return *r.Buf
+	}
+	t.Fatalf("reply of type %T", reply)
+	return nil
 }

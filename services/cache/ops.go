@@ -76,7 +76,7 @@ func (s *Server) get(_ context.Context, m *bus.Msg) (any, error) {
 	if mine >= 0 || via != "" {
 		if rep, ok := s.hit(req.Key); ok {
 			if m.Codec == bus.MsgPack {
-				return bus.Raw(appendGetReply(make([]byte, 0, 32+len(rep.Value)), rep)), nil
+				return pooledReply(32+len(rep.Value), func(b []byte) []byte { return appendGetReply(b, rep) }), nil
 			}
 			return rep, nil
 		}
@@ -547,7 +547,7 @@ func (s *Server) mget(_ context.Context, m *bus.Msg) (any, error) {
 // written with no copy of a key or value in between. ok false: the request
 // is malformed, or a key invalid, missing or elsewhere; it then takes the
 // general path, which says which.
-func (s *Server) mgetHits(data []byte, r *ring.Ring, sent bool) (bus.Raw, bool) {
+func (s *Server) mgetHits(data []byte, r *ring.Ring, sent bool) (any, bool) {
 	const most = 16
 	var (
 		vals [most]GetReply
@@ -571,7 +571,24 @@ func (s *Server) mgetHits(data []byte, r *ring.Ring, sent bool) (bus.Raw, bool) 
 		return nil, false
 	}
 	s.hits.Add(int64(n))
-	return appendMGetReply(make([]byte, 0, size), vals[:n]), true
+	return pooledReply(size, func(b []byte) []byte { return appendMGetReply(b, vals[:n]) }), true
+}
+
+// hitBufs are the buffers of the replies of hits, up to maxPooled bytes:
+// reused, they spare the allocation and its garbage collection.
+var hitBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+const maxPooled = 64 << 10
+
+// pooledReply is the reply that write appends to an empty buffer of at
+// least size bytes: a pooled one when size is at most maxPooled.
+func pooledReply(size int, write func([]byte) []byte) any {
+	if size > maxPooled {
+		return bus.Raw(write(make([]byte, 0, size)))
+	}
+	b := hitBufs.Get().(*[]byte)
+	*b = write((*b)[:0])
+	return bus.Pooled{Buf: b, Pool: &hitBufs}
 }
 
 // mgetRest fills the values of the keys at rest: a miss this node owns (or
