@@ -513,11 +513,7 @@ func (s *Server) mget(_ context.Context, m *bus.Msg) (any, error) {
 		if m.Codec != bus.MsgPack {
 			return rep
 		}
-		size := 16
-		for _, v := range rep.Values {
-			size += 32 + len(v.Value)
-		}
-		return bus.Raw(appendMGetReply(make([]byte, 0, size), rep.Values))
+		return mgetReply(rep.Values)
 	}
 	rep := MGetReply{Values: make([]GetReply, len(req.Keys))}
 	var rest []int
@@ -553,7 +549,6 @@ func (s *Server) mgetHits(data []byte, r *ring.Ring, sent bool) (any, bool) {
 		vals [most]GetReply
 		buf  [4]string
 	)
-	size := 16
 	n, ok := eachMGetKey(data, func(n, i int, k []byte) bool {
 		if n > most || len(k) == 0 {
 			return false
@@ -564,18 +559,27 @@ func (s *Server) mgetHits(data []byte, r *ring.Ring, sent bool) (any, bool) {
 		}
 		var hit bool
 		vals[i], hit = s.lookup(key)
-		size += 32 + len(vals[i].Value)
 		return hit
 	})
 	if !ok || n == 0 {
 		return nil, false
 	}
 	s.hits.Add(int64(n))
-	return pooledReply(size, func(b []byte) []byte { return appendMGetReply(b, vals[:n]) }), true
+	return mgetReply(vals[:n]), true
 }
 
-// hitBufs are the buffers of the replies of hits, up to maxPooled bytes:
-// reused, they spare the allocation and its garbage collection.
+// mgetReply is the msgpack reply of an MGET.
+func mgetReply(vals []GetReply) any {
+	size := 16
+	for _, v := range vals {
+		size += 32 + len(v.Value)
+	}
+	return pooledReply(size, func(b []byte) []byte { return appendMGetReply(b, vals) })
+}
+
+// hitBufs are the buffers of msgpack replies (GET hits, MGETs) up to
+// maxPooled bytes: reused, they spare the allocation and its garbage
+// collection.
 var hitBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 const maxPooled = 64 << 10
