@@ -189,6 +189,42 @@ func TestUpCacheNodesConverged(t *testing.T) {
 	}
 }
 
+// A second mesh up on the data folder of a running one is refused, with
+// the folder, the process holding it and --data named; the first keeps
+// serving.
+func TestUpDataInUse(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	listen := bustest.FreeAddr(t)
+	out := &syncBuffer{}
+	first := &upCmd{Listen: listen, Data: data, Services: []string{"lock"}, runFlags: runFlags{Replicas: 1}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- first.run(ctx, &app{log: zerolog.Nop(), out: out}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	out.waitFor(t, "Ctrl-C stops it")
+
+	second := &upCmd{Listen: bustest.FreeAddr(t), Data: data, Services: []string{"lock"}, runFlags: runFlags{Replicas: 1}}
+	sctx, scancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer scancel()
+	err := second.run(sctx, &app{log: zerolog.Nop(), out: &syncBuffer{}})
+	if err == nil {
+		t.Fatal("a second mesh up started on the same data folder")
+	}
+	for _, want := range []string{data, fmt.Sprintf("process %d", os.Getpid()), "--data"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	nc := bustest.Connect(t, "nats://"+listen)
+	lease, err := lock.NewClient(nc).TryAcquire(sctx, "still-serving", lock.Options{TTL: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("the first mesh after the refusal: %v", err)
+	}
+	if err := lease.Release(sctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestUpPortInUse(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

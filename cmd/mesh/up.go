@@ -101,6 +101,9 @@ func (c *upCmd) run(ctx context.Context, a *app) error {
 		var err error
 		srv, err = embed.Start(startCtx, embed.Config{Listen: c.Listen, DataDir: c.Data, Sync: c.Sync, Name: nodeName(c.Node), Logger: a.log})
 		cancel()
+		if errors.Is(err, embed.ErrDataDirInUse) {
+			return fmt.Errorf("%w: stop that mesh, or give this one a data folder of its own with --data (MESH_DATA)", err)
+		}
 		if err != nil {
 			return fmt.Errorf("starting the embedded NATS server on %s: %w", c.Listen, err)
 		}

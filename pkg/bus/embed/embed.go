@@ -12,6 +12,16 @@
 // writes of the last interval. Sync "always" fsyncs every write, at a large
 // cost in write throughput (JetStream does not group commits). A cluster gets
 // its durability from R3 replication instead.
+//
+// # One server per data directory
+//
+// A server holds an exclusive lock (flock) on the file mesh.lock in its
+// data directory for its lifetime, and writes its process id there. A
+// second server on the same directory, in this process or another, is
+// refused with a *DataDirInUseError naming the directory and that process:
+// two servers on one store would each grant the same locks and corrupt the
+// store's state files. The operating system drops the lock when the process
+// ends, even by kill -9, so a crash leaves no stale lock behind.
 package embed
 
 import (
@@ -63,6 +73,7 @@ type Cluster struct {
 type Server struct {
 	ns   *server.Server
 	opts *server.Options
+	lock *dataLock // of the data directory
 }
 
 // Options turns cfg into nats-server options.
@@ -134,8 +145,21 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return StartOptions(ctx, opts, cfg.Logger, cfg.Debug)
 }
 
-// StartOptions starts a server from nats-server options, as Start does.
-func StartOptions(ctx context.Context, opts *server.Options, log zerolog.Logger, debug bool) (*Server, error) {
+// StartOptions starts a server from nats-server options, as Start does. With
+// JetStream, it locks opts.StoreDir first (see the package doc), or fails
+// with a *DataDirInUseError.
+func StartOptions(ctx context.Context, opts *server.Options, log zerolog.Logger, debug bool) (_ *Server, err error) {
+	var lock *dataLock
+	if opts.JetStream && opts.StoreDir != "" {
+		if lock, err = lockDataDir(opts.StoreDir); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				lock.release()
+			}
+		}()
+	}
 	// The server retries a port in use until its deadline; say so at once.
 	if !opts.DontListen && opts.Port > 0 {
 		addr := net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port))
@@ -160,7 +184,7 @@ func StartOptions(ctx context.Context, opts *server.Options, log zerolog.Logger,
 		ns.WaitForShutdown()
 		return nil, fmt.Errorf("embed: server not ready for connections within %v (a port in use, or a long JetStream recovery)", wait.Round(time.Millisecond))
 	}
-	return &Server{ns: ns, opts: opts}, nil
+	return &Server{ns: ns, opts: opts, lock: lock}, nil
 }
 
 // NATS returns the underlying nats-server.
@@ -179,12 +203,14 @@ func (s *Server) ClientURL() string {
 func (s *Server) ConnectOption() nats.Option { return nats.InProcessServer(s.ns) }
 
 // Shutdown stops the server, closing client connections and flushing and
-// closing the JetStream store, and waits until it is done or ctx ends.
+// closing the JetStream store, and waits until it is done or ctx ends. The
+// data directory is unlocked once the store is closed.
 func (s *Server) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
+		s.lock.release()
 		close(done)
 	}()
 	select {
