@@ -49,6 +49,11 @@ type mirror struct {
 	changed map[string]chan struct{} // name -> closed at the next change of that name
 	seq     chan struct{}            // closed at the next message
 
+	// telling holds the expiries seen and not yet told (the expired event
+	// not yet emitted, or the compare-and-set that decides who emits it not
+	// yet answered): name -> key id -> closed once told.
+	telling map[string]map[string]chan struct{}
+
 	// While it loads the bucket afresh, the mirror builds the new view in
 	// next and keeps answering from the old one, which lags but is never
 	// wrong in a way that matters (see doc.go); the new one replaces it
@@ -64,6 +69,7 @@ func newMirror() *mirror {
 		names:   map[string]uint64{},
 		changed: map[string]chan struct{}{},
 		seq:     make(chan struct{}),
+		telling: map[string]map[string]chan struct{}{},
 	}
 }
 
@@ -120,6 +126,18 @@ func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *
 	name, id, ok := splitKey(strings.TrimPrefix(msg.Subject(), prefix))
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	defer func() {
+		// Registered before any waiter wakes to this message: a grant
+		// that follows the expiry waits until it is told (see expiring).
+		if expired != nil {
+			if m.telling[name] == nil {
+				m.telling[name] = map[string]chan struct{}{}
+			}
+			if m.telling[name][expired.id] == nil {
+				m.telling[name][expired.id] = make(chan struct{})
+			}
+		}
+	}()
 	if m.next != nil {
 		if ok {
 			update(m.next, m.nextNames, name, id, msg, meta)
@@ -195,6 +213,48 @@ func update(locks map[string]map[string]*contender, names map[string]uint64, nam
 	return nil, true
 }
 
+// expiring reports whether an expiry of name is being told.
+func (m *mirror) expiring(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.telling[name]) > 0
+}
+
+// told marks the expiry of key id of name told (or given up).
+func (m *mirror) told(name, id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ch := m.telling[name][id]; ch != nil {
+		close(ch)
+		delete(m.telling[name], id)
+		if len(m.telling[name]) == 0 {
+			delete(m.telling, name)
+		}
+	}
+}
+
+// awaitTold waits until every expiry of name seen so far is told, or ctx
+// ends.
+func (m *mirror) awaitTold(ctx context.Context, name string) {
+	for {
+		m.mu.Lock()
+		var ch chan struct{}
+		for _, c := range m.telling[name] {
+			ch = c
+			break
+		}
+		m.mu.Unlock()
+		if ch == nil {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // watch returns a channel closed at the next change of name, and whether
 // the mirror has seen the bucket up to seq.
 func (m *mirror) watch(name string, seq uint64) (<-chan struct{}, bool) {
@@ -234,7 +294,10 @@ type place struct {
 	holds bool // fewer than its limit are ahead of it
 }
 
-// lineLocked returns the contenders of name in line order (by token).
+// lineLocked returns the contenders of name in line order (by token). The
+// first in line sets the name's limit: a key that asked with another limit
+// holds nothing (it is being refused with limit_mismatch) but keeps its
+// place until taken out.
 func (m *mirror) lineLocked(name string) []place {
 	line := make([]place, 0, len(m.locks[name]))
 	for _, c := range m.locks[name] {
@@ -242,9 +305,27 @@ func (m *mirror) lineLocked(name string) []place {
 	}
 	slices.SortFunc(line, func(a, b place) int { return cmp.Compare(a.token, b.token) })
 	for ahead := range line {
-		line[ahead].holds = ahead < line[ahead].limit()
+		limit := line[0].limit()
+		line[ahead].holds = ahead < limit && line[ahead].limit() == limit
 	}
 	return line
+}
+
+// limit returns the limit of name, the first in line's, and whether name
+// has contenders at all.
+func (m *mirror) limit(name string) (int, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var first *contender
+	for _, c := range m.locks[name] {
+		if first == nil || c.token < first.token {
+			first = c
+		}
+	}
+	if first == nil {
+		return 0, false
+	}
+	return first.limit(), true
 }
 
 // find returns the place of the contender of name that matches.
@@ -263,13 +344,14 @@ func (m *mirror) find(name string, match func(*contender) bool) (contender, plac
 // holds the lock, and, for a refusal, what must not have changed for the
 // refusal to stand (see Server.refuse). Every waiter of a name asks at every
 // change of the name, so it counts the keys ahead instead of sorting the
-// line.
-func (m *mirror) position(name, id string) (present, holds bool, g guard) {
+// line. mismatch is set when the first in line asked with another limit:
+// then g guards on that key alone.
+func (m *mirror) position(name, id string) (present, holds, mismatch bool, g guard) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	me := m.locks[name][id]
 	if me == nil {
-		return false, false, guard{}
+		return false, false, false, guard{}
 	}
 	ahead := 0
 	var first *contender
@@ -281,19 +363,22 @@ func (m *mirror) position(name, id string) (present, holds bool, g guard) {
 			first = c
 		}
 	}
+	if first.limit() != me.limit() {
+		return true, false, true, guard{keys: []keyAt{{first.id, first.rev}}}
+	}
 	if me.limit() == 1 && first != me {
 		// The lock is held by the first in line while its key stands
 		// unchanged.
-		return true, false, guard{keys: []keyAt{{first.id, first.rev}}}
+		return true, false, false, guard{keys: []keyAt{{first.id, first.rev}}}
 	}
 	if ahead < me.limit() {
-		return true, true, guard{}
+		return true, true, false, guard{}
 	}
 	// A semaphore is held by the first limit keys: any key ahead leaving
 	// moves this one up.
 	g.seq = m.names[name]
 	if ahead > maxGuardKeys {
-		return true, false, g
+		return true, false, false, g
 	}
 	g.keys = make([]keyAt, 0, ahead)
 	for _, c := range m.locks[name] {
@@ -301,7 +386,7 @@ func (m *mirror) position(name, id string) (present, holds bool, g guard) {
 			g.keys = append(g.keys, keyAt{c.id, c.rev})
 		}
 	}
-	return true, false, g
+	return true, false, false, g
 }
 
 // guard is what a refusal rests on: the last message of each key ahead of
@@ -324,9 +409,10 @@ type keyAt struct {
 const maxGuardKeys = 64
 
 // freeBefore tells whether fewer than limit keys of name older than rev
-// exist, when the mirror has seen the bucket up to rev-1 and so knows every
-// such key (a key written at rev holds the lock then; keys only leave, and
-// a newer key cannot stand ahead). False when the mirror is behind.
+// exist, the first of them (if any) with the same limit, when the mirror
+// has seen the bucket up to rev-1 and so knows every such key (a key
+// written at rev holds the lock then; keys only leave, and a newer key
+// cannot stand ahead). False when the mirror is behind.
 func (m *mirror) freeBefore(name string, rev uint64, limit int) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -334,12 +420,17 @@ func (m *mirror) freeBefore(name string, rev uint64, limit int) bool {
 		return false
 	}
 	ahead := 0
+	var first *contender
 	for _, c := range m.locks[name] {
 		if c.token < rev {
 			ahead++
+			if first == nil || c.token < first.token {
+				first = c
+			}
 		}
 	}
-	return ahead < max(limit, 1)
+	limit = max(limit, 1)
+	return ahead < limit && (first == nil || first.limit() == limit)
 }
 
 // byToken finds the contender of name with token, and whether it holds.
@@ -353,9 +444,11 @@ func (m *mirror) inspect(name string) InspectReply {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := InspectReply{Name: name, Limit: 1, Holders: []Holder{}, Waiters: []Holder{}}
-	for _, p := range m.lineLocked(name) {
+	for i, p := range m.lineLocked(name) {
 		h := Holder{Owner: p.rec.Owner, Token: p.token, Since: p.rec.Since, ExpiresAt: bus.Time{Time: p.expiresAt()}}
-		r.Limit = p.limit()
+		if i == 0 {
+			r.Limit = p.limit()
+		}
 		if p.holds {
 			r.Holders = append(r.Holders, h)
 		} else {
@@ -383,8 +476,10 @@ func (m *mirror) list(prefix string, limit int) ListReply {
 	}
 	for _, name := range names {
 		s := LockSummary{Name: name, Limit: 1}
-		for _, p := range m.lineLocked(name) {
-			s.Limit = p.limit()
+		for i, p := range m.lineLocked(name) {
+			if i == 0 {
+				s.Limit = p.limit()
+			}
 			if p.holds {
 				s.Holders++
 			} else {

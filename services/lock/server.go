@@ -174,12 +174,17 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 		return
 	}
 	// Every instance sees the expiry; the one whose marker replaces the
-	// server's (compare-and-set on its sequence) tells the world.
+	// server's (compare-and-set on its sequence) tells the world. Until
+	// then, this instance grants no lock of the name (mirror.telling), so
+	// that the expired event of the old holder comes before the acquired
+	// event of the next.
 	meta, err := msg.Metadata()
 	if err != nil {
+		s.mirror.told(name, expired.id)
 		return
 	}
 	go func() {
+		defer s.mirror.told(name, expired.id)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if s.purge(ctx, name, expired.id, meta.Sequence.Stream) == nil {
@@ -340,6 +345,9 @@ func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 	arrived := time.Now()
 	id := nuid.Next()
 	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: arrived}}
+	if limit, ok := s.mirror.limit(r.Name); ok && limit != r.limit() {
+		return bus.Continue(func(ctx context.Context) (any, error) { return s.acquireChecked(ctx, r, id, rec, arrived) }), nil
+	}
 	key := nats.NewMsg(s.prefix + s.key(r.Name, id))
 	key.Data, _ = json.Marshal(rec)
 	return bus.Deferred(func(reply func(any, error)) {
@@ -347,7 +355,9 @@ func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 			var rev uint64
 			if err == nil {
 				rev = ack.Sequence
-				if s.mirror.freeBefore(r.Name, rev, r.Limit) {
+				// A grant after an expiry waits until the expiry is told,
+				// on a worker.
+				if s.mirror.freeBefore(r.Name, rev, r.Limit) && !s.mirror.expiring(r.Name) {
 					reply(s.grant(r, rec, rev, time.Now()), nil)
 					return
 				}
@@ -355,6 +365,27 @@ func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
 			reply(bus.Continue(func(ctx context.Context) (any, error) { return s.wait(ctx, r, id, rec, arrived, rev, err) }), nil)
 		}, joinOpts(r)...)
 	}), nil
+}
+
+// acquireChecked serves, on a worker, a request for a name that the
+// mirror shows held or waited for with another limit: it is refused with
+// limit_mismatch, writing nothing, if a view caught up with the bucket
+// shows it still (the mirror may lag: the others may have left); else it
+// joins the line.
+func (s *Server) acquireChecked(ctx context.Context, r *AcquireRequest, id string, rec record, arrived time.Time) (*AcquireReply, error) {
+	if err := s.catchUp(ctx); err != nil {
+		return nil, err
+	}
+	if limit, ok := s.mirror.limit(r.Name); ok && limit != r.limit() {
+		return nil, ErrLimitMismatch.With("lock %s has limit %d while it has holders or waiters; this request asked for %d", r.Name, limit, r.limit())
+	}
+	data, _ := json.Marshal(rec)
+	var rev uint64
+	ack, err := s.js.Publish(ctx, s.prefix+s.key(r.Name, id), data, joinOpts(r)...)
+	if err == nil {
+		rev = ack.Sequence
+	}
+	return s.wait(ctx, r, id, rec, arrived, rev, err)
 }
 
 // grant answers a request whose key, written at token, holds the lock.
@@ -422,9 +453,22 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 		defer t.Stop()
 		deadline = t.C
 	}
+	// The caller's deadline, when the request carries one (the Go SDK
+	// sends it), also ends the wait: past it nobody reads the answer, so
+	// the request leaves the line rather than take the lock for a caller
+	// that is gone.
+	var callerGone <-chan time.Time
+	if r.Deadline != nil && !r.Deadline.IsZero() {
+		t := time.NewTimer(time.Until(r.Deadline.Time))
+		defer t.Stop()
+		callerGone = t.C
+	}
+	gone := func() error {
+		return leave(ErrWaitTimeout.With("lock %s: the caller's deadline passed while it waited", r.Name))
+	}
 	refresh := time.NewTicker(ttl / 3)
 	defer refresh.Stop()
-	giveUp := r.WaitMs == 0
+	giveUp, waited := r.WaitMs == 0, false
 	var behind <-chan time.Time // bounds the wait for the mirror to see our key
 	if giveUp {
 		behind = time.After(5 * time.Second)
@@ -435,11 +479,37 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	for !s.mirror.freeBefore(r.Name, token, r.Limit) {
 		changed, seen := s.mirror.watch(r.Name, rev)
 		if seen {
-			present, holds, g := s.mirror.position(r.Name, id)
+			present, holds, mismatch, g := s.mirror.position(r.Name, id)
 			if holds {
 				break
 			}
 			switch {
+			case mismatch && !caughtUp:
+				// Decided on a view caught up with the bucket, as a refusal
+				// is (below): the first in line may have left.
+				caughtUp = true
+				if err := s.catchUp(ctx); err != nil {
+					return nil, leave(err)
+				}
+				continue
+			case mismatch:
+				// The first in line asked with another limit. The key is
+				// taken out only while that key stands unchanged, else the
+				// line is looked at again, as for a refusal.
+				limit, _ := s.mirror.limit(r.Name)
+				cause := ErrLimitMismatch.With("lock %s has limit %d while it has holders or waiters; this request asked for %d", r.Name, limit, r.limit())
+				err := s.refuse(ctx, r.Name, id, g)
+				if err == nil {
+					return nil, cause
+				}
+				if !isConflict(err) || refusals == maxRefusals {
+					return nil, leave(cause)
+				}
+				refusals++
+				if err := s.catchUp(ctx); err != nil {
+					return nil, leave(err)
+				}
+				continue
 			case !present:
 				// Our key is gone: it expired while this request waited.
 				return nil, leave(bus.ErrInternal.With("lock %s: the waiting request's key expired", r.Name))
@@ -478,8 +548,11 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 				continue
 			}
 		}
+		waited = true
 		select {
 		case <-changed:
+		case <-callerGone:
+			return nil, gone()
 		case <-refresh.C:
 			if rev, err = s.write(ctx, r.Name, id, rec, rev); err != nil {
 				return nil, leave(fmt.Errorf("lock %s: renewing the place in line: %w", r.Name, err))
@@ -493,12 +566,26 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 			return nil, leave(bus.ErrUnavailable.With("lock %s: the lock service is stopping", r.Name))
 		}
 	}
-	// Granted. If it waited, the lease starts now.
-	if time.Since(written) > ttl/10 {
+	// Granted. An expiry that let this key through is told first, so that
+	// the expired event comes before this acquired event.
+	if s.mirror.expiring(r.Name) {
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		s.mirror.awaitTold(tctx, r.Name)
+		cancel()
+	}
+	if callerGone != nil && !time.Now().Before(r.Deadline.Time) {
+		return nil, gone()
+	}
+	// If it waited, the lease starts now, with its whole TTL: the key is
+	// written again (it was last written when it joined the line or at its
+	// last renewal in line). The expiry told is counted from before the
+	// write, so it is never later than the server's.
+	if waited {
+		start := time.Now()
 		if rev, err = s.write(ctx, r.Name, id, rec, rev); err != nil {
 			return nil, leave(fmt.Errorf("lock %s: starting the lease: %w", r.Name, err))
 		}
-		written = time.Now()
+		written = start
 	}
 	return s.grant(r, rec, token, written), nil
 }

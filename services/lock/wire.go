@@ -46,6 +46,9 @@ var (
 	// ErrExpired: the request reached the service after its deadline; it
 	// changed nothing.
 	ErrExpired = bus.NewError(408, "expired", "the request arrived after its deadline")
+	// ErrLimitMismatch: the name has holders or waiters that asked with
+	// another limit; the request changed nothing.
+	ErrLimitMismatch = bus.NewError(409, "limit_mismatch", "the lock is in use with another limit")
 )
 
 // AcquireRequest asks for a lease on a lock (or on one of limit slots).
