@@ -34,11 +34,12 @@ type cli struct {
 	Ring    ringCmd    `cmd:"" help:"Show the ring of a service: members, weights, partition shares, version."`
 	Cache   cacheCmd   `cmd:"" help:"Get, set and delete cache keys; show the cache's figures."`
 	Lock    lockCmd    `cmd:"" help:"Take, release, renew, inspect and list locks; hold one while a command runs."`
-	Version versionCmd `cmd:"" help:"Print the version."`
 
 	Task     taskCmd     `cmd:"" help:"Submit tasks, show their state, cancel them; list, pause and resume queues."`
 	Schedule scheduleCmd `cmd:"" help:"Add, list and remove periodic schedules of tasks."`
 	Worker   workerCmd   `cmd:"" help:"Run a command for each task of a queue (payload on stdin)."`
+
+	Version versionCmd `cmd:"" help:"Print the version."` // last in the help
 }
 
 // connFlags are the connection options of every command.
@@ -167,6 +168,14 @@ func (a *app) printJSON(v any) error {
 	enc := json.NewEncoder(a.out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// plural is "1 copy", "2 copies".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 type versionCmd struct{}

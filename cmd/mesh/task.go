@@ -305,7 +305,26 @@ type scheduleAddCmd struct {
 	JSON     bool          `help:"Print JSON."`
 }
 
+// check checks the flags the service would refuse, so that the error
+// names the flags rather than the request's fields.
+func (c *scheduleAddCmd) check() error {
+	switch {
+	case c.Cron != "" && c.Every != 0:
+		return errors.New("give --cron or --every, not both")
+	case c.Cron == "" && c.Every == 0:
+		return errors.New("give --cron (e.g. --cron \"0 */5 * * * *\") or --every (e.g. --every 1m)")
+	case c.Every != 0 && (c.Every < time.Second || c.Every%time.Second != 0):
+		return fmt.Errorf("--every must be whole seconds, at least 1s; got %v", c.Every)
+	case c.TimeZone != "" && c.Cron == "":
+		return errors.New("--tz goes with --cron only")
+	}
+	return nil
+}
+
 func (c *scheduleAddCmd) Run(a *app) error {
+	if err := c.check(); err != nil {
+		return err
+	}
 	req := scheduler.ScheduleRequest{
 		Name: c.Name, Queue: c.Queue, Type: c.Type, Cron: c.Cron, EveryMs: c.Every.Milliseconds(), TimeZone: c.TimeZone,
 		MaxRetries: c.retries(), TimeoutMs: c.Timeout.Milliseconds(),
@@ -387,6 +406,20 @@ type workerCmd struct {
 	MaxResult   int           `name:"max-result" default:"16384" help:"Bytes of the command's stdout kept as the task's result."`
 }
 
+// Help is the detail of mesh worker --help: the command's contract.
+func (c *workerCmd) Help() string {
+	return `For each task of the queues, runs sh -c CMD with the task's payload on stdin and
+MESH_TASK_ID, MESH_TASK_TYPE, MESH_TASK_QUEUE and MESH_TASK_ATTEMPT in the environment.
+
+How the command's outcome is taken:
+  exit 0      the task succeeded; its stdout (the first --max-result bytes) is the task's result
+  exit 100    the task failed for good: it is not retried
+  other exit  the task failed and is retried with backoff, then dead-lettered; the end of
+              stderr is its last error
+A command still running at the task's timeout or cancellation gets SIGTERM, then SIGKILL
+5 seconds later. Ctrl-C stops fetching tasks and lets running commands finish (--grace).`
+}
+
 // Run serves the queues until interrupted. Each task runs the command with
 // the payload on stdin and MESH_TASK_ID, MESH_TASK_TYPE, MESH_TASK_QUEUE,
 // MESH_TASK_ATTEMPT in the environment. Exit 0 is success, its stdout the
@@ -394,6 +427,13 @@ type workerCmd struct {
 // A command still running at the task's timeout or cancellation gets
 // SIGTERM, then SIGKILL 5 seconds later.
 func (c *workerCmd) Run(a *app) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return c.run(ctx, a)
+}
+
+// run serves the queues until ctx ends.
+func (c *workerCmd) run(ctx context.Context, a *app) error {
 	nc, err := a.connect("mesh worker")
 	if err != nil {
 		return err
@@ -410,15 +450,17 @@ func (c *workerCmd) Run(a *app) error {
 	w.Handle(scheduler.AnyType, func(ctx context.Context, t *scheduler.Task) error {
 		return c.runTask(ctx, a, t)
 	})
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	if err := w.Start(ctx); err != nil {
 		return err
 	}
 	a.log.Info().Strs("queues", c.Queue).Str("exec", c.Exec).Msg("worker started")
 	<-ctx.Done()
 	a.log.Info().Msg("stopping: running commands may finish")
-	return w.Stop(context.Background())
+	if err := w.Stop(context.Background()); err != nil {
+		return err
+	}
+	a.log.Info().Msg("stopped")
+	return nil
 }
 
 // skipRetryStatus is the exit status of a command whose failure is final.

@@ -120,6 +120,17 @@ func (c *upCmd) run(ctx context.Context, a *app) error {
 	return err
 }
 
+// Help is the detail of mesh serve --help: the services there are.
+func (c *serveCmd) Help() string {
+	var b strings.Builder
+	b.WriteString("Services:\n")
+	for _, d := range node.Defs() {
+		fmt.Fprintf(&b, "  %-10s %s\n", d.Name, d.Summary)
+	}
+	b.WriteString("Several instances of a service may run at once, in one process or many.")
+	return b.String()
+}
+
 func (c *serveCmd) Run(a *app) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
