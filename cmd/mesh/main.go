@@ -28,12 +28,12 @@ type cli struct {
 	Conn     connFlags `embed:""`
 	LogLevel string    `name:"log-level" env:"MESH_LOG_LEVEL" default:"info" enum:"trace,debug,info,warn,error" help:"Log level (${enum})."`
 
-	Up      upCmd      `cmd:"" help:"Run the mesh: an embedded NATS server with JetStream and every service."`
-	Serve   serveCmd   `cmd:"" help:"Run one service against a NATS server."`
-	Status  statusCmd  `cmd:"" help:"Show the running services and the mesh's JetStream streams and buckets."`
-	Ring    ringCmd    `cmd:"" help:"Show the ring of a service: members, weights, partition shares, version."`
-	Cache   cacheCmd   `cmd:"" help:"Get, set and delete cache keys; show the cache's figures."`
-	Lock    lockCmd    `cmd:"" help:"Take, release, renew, inspect and list locks; hold one while a command runs."`
+	Up     upCmd     `cmd:"" help:"Run the mesh: an embedded NATS server with JetStream and every service."`
+	Serve  serveCmd  `cmd:"" help:"Run one service against a NATS server."`
+	Status statusCmd `cmd:"" help:"Show the running services and the mesh's JetStream streams and buckets."`
+	Ring   ringCmd   `cmd:"" help:"Show the ring of a service: members, weights, partition shares, version."`
+	Cache  cacheCmd  `cmd:"" help:"Get, set and delete cache keys; show the cache's figures."`
+	Lock   lockCmd   `cmd:"" help:"Take, release, renew, inspect and list locks; hold one while a command runs."`
 
 	Task     taskCmd     `cmd:"" help:"Submit tasks, show their state, cancel them; list, pause and resume queues."`
 	Schedule scheduleCmd `cmd:"" help:"Add, list and remove periodic schedules of tasks."`
