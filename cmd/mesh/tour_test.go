@@ -13,8 +13,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/meshkit/mesh/internal/node"
+	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/lock"
+	"github.com/meshkit/mesh/services/scheduler"
 )
 
 // help runs mesh with args (a --help) and returns what it printed.
@@ -149,5 +151,24 @@ func TestWorkerLogsStopped(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"message":"stopped"`) {
 		t.Fatalf("no stopped line in the worker's log:\n%s", logs)
+	}
+}
+
+// mesh schedule list tells when each schedule fires next.
+func TestNextRun(t *testing.T) {
+	created := time.Date(2026, 12, 7, 20, 0, 0, 300e6, time.UTC)
+	now := time.Date(2026, 12, 7, 20, 2, 30, 0, time.UTC)
+	for _, c := range []struct {
+		s    scheduler.ScheduleInfo
+		want time.Time
+	}{
+		{scheduler.ScheduleInfo{EveryMs: 60000, CreatedAt: bus.Time{Time: created}}, time.Date(2026, 12, 7, 20, 3, 0, 0, time.UTC)},
+		{scheduler.ScheduleInfo{Cron: "0 0 8 * * *", TimeZone: "Europe/Paris", CreatedAt: bus.Time{Time: created}}, time.Date(2026, 12, 8, 7, 0, 0, 0, time.UTC)},
+		{scheduler.ScheduleInfo{Cron: "@hourly", CreatedAt: bus.Time{Time: created}}, time.Date(2026, 12, 7, 21, 0, 0, 0, time.UTC)},
+	} {
+		got, ok := nextRun(c.s, now)
+		if !ok || !got.Equal(c.want) {
+			t.Errorf("%+v: next run %v, %v; want %v", c.s, got, ok, c.want)
+		}
 	}
 }
