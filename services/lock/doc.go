@@ -13,9 +13,11 @@
 //
 // Errors: lock_held (409, a try found it held), wait_timeout (408),
 // expired (408, the request arrived after its deadline: see below),
-// not_held (409, no holder has this token), invalid_name, invalid_ttl,
-// invalid (400). The Client maps them to ErrLocked, ErrWaitTimeout, ErrExpired,
-// ErrNotHeld, ErrInvalidName, ErrInvalidTTL and ErrInvalid.
+// not_held (409, no holder has this token), limit_mismatch (409, the name
+// is in use with another limit: see Semaphores), invalid_name, invalid_ttl,
+// invalid (400). The Client maps them to ErrLocked, ErrWaitTimeout,
+// ErrExpired, ErrNotHeld, ErrLimitMismatch, ErrInvalidName, ErrInvalidTTL
+// and ErrInvalid.
 //
 // # How it works
 //
@@ -141,7 +143,29 @@
 // sat in the socket of an instance that was stalled (paused, swapping).
 // The Client sends its deadline with every acquire; a request that arrives
 // more than DeadlineSkew after it is refused with expired and writes no key,
-// so it takes no place in line for a caller that is gone.
+// so it takes no place in line for a caller that is gone. A waiting request
+// that carries a deadline also leaves the line when the deadline passes,
+// even if wait_ms is longer, and is not granted past it: a caller whose
+// wait_ms outlasts its own timeout (nats req's default of 5 s against a
+// wait_ms of a minute) is not left in line to be granted a lock nobody
+// takes (TestCallerDeadlineEndsWait). A request without a deadline (the
+// nats CLI sends none) waits its whole wait_ms.
+//
+// # A lease starts at its grant
+//
+// A request granted after waiting in line has its key written again at the
+// grant, so the lease has its whole TTL from the grant, not from the key's
+// last renewal in line (TestGrantGetsFullTTL). The expiry in the reply is
+// counted from before that write, never later than the server's.
+//
+// # Events
+//
+// acquired, released and expired are emitted by the instance that made the
+// change. The expired event of a holder comes before the acquired event of
+// the holder after it: an instance that sees an expiry grants nothing of
+// that name until the expiry is told, by it or by the instance whose marker
+// replaced the server's (TestExpiredBeforeAcquired). Across instances, the
+// two events then come from two connections, a moment apart.
 //
 // Expiry is seen by every instance's mirror as the server's marker. One
 // instance replaces the marker with its own (a compare-and-set on the
@@ -154,6 +178,13 @@
 // # Semaphores
 //
 // limit > 1 makes a name a counting semaphore: a key holds when fewer than
-// limit keys are ahead of it. Every contender of a name must ask with the
-// same limit; the limit is not stored per name.
+// limit keys are ahead of it. A name has one limit while it has holders or
+// waiters, the first in line's: a request with another limit is refused
+// with limit_mismatch and changes nothing (a mutex asked for as a semaphore
+// of 5 would otherwise have two holders). The instance refuses it before
+// writing anything when its mirror, caught up with the bucket, shows the
+// name in use with another limit. Two first requests of a free name with
+// different limits may both be written; the later in line sees the first's
+// limit and leaves, taken out as a refused key is (only while the first
+// in line stands unchanged), and meanwhile holds nothing in anyone's view.
 package lock
