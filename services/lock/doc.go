@@ -163,9 +163,11 @@
 // acquired, released and expired are emitted by the instance that made the
 // change. The expired event of a holder comes before the acquired event of
 // the holder after it: an instance that sees an expiry grants nothing of
-// that name until the expiry is told, by it or by the instance whose marker
-// replaced the server's (TestExpiredBeforeAcquired). Across instances, the
-// two events then come from two connections, a moment apart.
+// that name until the expiry is told: by it, or by the instance whose marker
+// replaced the server's, whose event it waits to receive (up to a second,
+// in case that instance died before telling). On one NATS server every
+// subscriber, and the stream MESH_EVENTS, gets them in that order
+// (TestExpiredBeforeAcquired, with one instance and with two).
 //
 // Expiry is seen by every instance's mirror as the server's marker. One
 // instance replaces the marker with its own (a compare-and-set on the

@@ -98,10 +98,34 @@ func TestGrantGetsFullTTL(t *testing.T) {
 }
 
 // The expired event of a holder that died comes before the acquired event
-// of the waiter that gets the lock after it.
+// of the waiter that gets the lock after it, with one instance and with two
+// (where the instance that tells the expiry may not be the one that
+// grants), there with the expired events held back a moment so that an
+// order left to chance shows.
 func TestExpiredBeforeAcquired(t *testing.T) {
+	for _, instances := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d instances", instances), func(t *testing.T) { expiredBeforeAcquired(t, instances) })
+	}
+}
+
+func expiredBeforeAcquired(t *testing.T, instances int) {
 	s := bustest.RunServer(t)
-	serve(t, s.URL())
+	if instances == 1 {
+		serve(t, s.URL())
+	}
+	for range instances - 1 {
+		for range 2 {
+			srv, err := lock.New(bustest.Connect(t, s.URL()), lock.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lock.BeforeExpired(srv, func() { time.Sleep(200 * time.Millisecond) }) // a slow emitter, not a wait for an event
+			if err := srv.Start(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { stopService(t, srv) })
+		}
+	}
 	type event struct {
 		Type string `json:"type"`
 		Data struct {
@@ -128,7 +152,7 @@ func TestExpiredBeforeAcquired(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const n = 4 // names at once, so that an order left to chance shows
+	const n = 6 // names at once, so that an order left to chance shows
 	type pair struct{ dead, next uint64 }
 	pairs := make([]pair, n)
 	var wg sync.WaitGroup

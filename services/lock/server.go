@@ -54,10 +54,12 @@ type Server struct {
 	kv     jetstream.KeyValue
 	prefix string // subject prefix of the bucket's keys
 	feed   *feed
+	heard  heard // the expired events of every instance
 
 	writes *bus.Writes // keys whose acknowledgements are answered in callbacks
 
 	beforeRefusal func(name string) // tests: hold a refusal before its key is taken out
+	beforeExpired func()            // tests: hold an expired event before it is emitted
 }
 
 // New returns a lock service instance ready to Start.
@@ -123,16 +125,22 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("lock: bucket %s: %w", Bucket, err)
 	}
 	s.kv = kv
+	if err := s.heard.listen(s.nc); err != nil {
+		return fmt.Errorf("lock: following the expired events: %w", err)
+	}
 	s.feed = newFeed(s.js, "KV_"+Bucket, s.prefix+">", "mesh_lock_"+s.svc.ID(), s.mirror, s.onMsg, s.log)
 	if err := s.feed.start(ctx); err != nil {
+		s.heard.stop()
 		return fmt.Errorf("lock: following the bucket: %w", err)
 	}
 	if err := s.catchUp(ctx); err != nil {
 		s.feed.stop()
+		s.heard.stop()
 		return fmt.Errorf("lock: loading the locks: %w", err)
 	}
 	if err := s.svc.Start(ctx); err != nil {
 		s.feed.stop()
+		s.heard.stop()
 		return err
 	}
 	return nil
@@ -162,6 +170,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	if s.feed != nil {
 		s.feed.stop()
 	}
+	s.heard.stop()
 	return err
 }
 
@@ -175,9 +184,9 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 	}
 	// Every instance sees the expiry; the one whose marker replaces the
 	// server's (compare-and-set on its sequence) tells the world. Until
-	// then, this instance grants no lock of the name (mirror.telling), so
-	// that the expired event of the old holder comes before the acquired
-	// event of the next.
+	// then, and until the others have heard it told, an instance grants no
+	// lock of the name (mirror.telling), so that the expired event of the
+	// old holder comes before the acquired event of the next.
 	meta, err := msg.Metadata()
 	if err != nil {
 		s.mirror.told(name, expired.id)
@@ -187,8 +196,19 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 		defer s.mirror.told(name, expired.id)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if s.purge(ctx, name, expired.id, meta.Sequence.Stream) == nil {
+		err := s.purge(ctx, name, expired.id, meta.Sequence.Stream)
+		switch {
+		case err == nil:
+			if s.beforeExpired != nil {
+				s.beforeExpired()
+			}
 			s.emit("expired", name, expired)
+		case isConflict(err):
+			// Another instance replaced the marker and tells the expiry:
+			// wait a moment for its event (it may have died meanwhile).
+			wctx, cancel := context.WithTimeout(ctx, time.Second)
+			s.heard.wait(wctx, expiryKey(name, expired.token))
+			cancel()
 		}
 	}()
 }
