@@ -123,11 +123,13 @@ type decoder struct {
 
 var decPool = sync.Pool{New: func() any { return &decoder{d: msgpack.NewDecoder(nil)} }}
 
-// Unmarshal decodes data into v. Unknown fields are ignored; a wrong type, a
-// truncated body or trailing bytes are errors. An empty body leaves v as is.
-// Strings are taken as they come: msgpack's str type must hold UTF-8 but the
-// decoder does not check it, and JSON replaces invalid sequences, so a service
-// checks the strings it keeps (names, keys) with utf8.ValidString.
+// Unmarshal decodes data into v leniently, as a client reads replies:
+// unknown fields are ignored (a newer service may add some); a wrong type, a
+// truncated body, trailing bytes or a msgpack body nested deeper than
+// MaxDepth are errors. An empty body leaves v as is. Strings are taken as
+// they come: msgpack's str type must hold UTF-8 but the decoder does not
+// check it, and JSON replaces invalid sequences. Requests are decoded
+// strictly instead, by Msg.Decode (see decode.go).
 func (c Codec) Unmarshal(data []byte, v any) error {
 	if c == JSON {
 		if len(bytes.TrimSpace(data)) == 0 {
@@ -141,10 +143,17 @@ func (c Codec) Unmarshal(data []byte, v any) error {
 	if err := checkMsgpack(data); err != nil {
 		return err
 	}
+	return c.unmarshalMsgpack(data, v, false)
+}
+
+// unmarshalMsgpack decodes a body that passed checkMsgpack; strict refuses
+// fields v does not have.
+func (c Codec) unmarshalMsgpack(data []byte, v any, strict bool) error {
 	dec := decPool.Get().(*decoder)
 	dec.r.Reset(data)
 	dec.d.Reset(&dec.r)
 	dec.d.SetCustomStructTag("json")
+	dec.d.DisallowUnknownFields(strict)
 	err := dec.d.Decode(v)
 	if err == nil && dec.r.Len() > 0 {
 		err = fmt.Errorf("msgpack: %d trailing bytes", dec.r.Len())

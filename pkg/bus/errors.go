@@ -49,6 +49,12 @@ var (
 	ErrUnavailable = NewError(503, "unavailable", "service unavailable")
 )
 
+// ErrUnknownField is a request with a field its endpoint does not know
+// (a misspelt "ttl" for "ttl_ms"): refused rather than ignored, so that a
+// slip never silently changes what a request does. It is a 400, so it also
+// matches ErrInvalid.
+var ErrUnknownField = NewError(400, "unknown_field", "unknown field")
+
 var generic = map[int]*Error{}
 
 func init() {

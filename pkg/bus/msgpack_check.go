@@ -5,31 +5,52 @@ import (
 	"fmt"
 )
 
+// MaxDepth bounds the nesting of a msgpack body: maps and arrays inside one
+// another, the body's own map counting as one. A deeper body is refused
+// before it is decoded, as a body nested a million deep (a MiB of 0x91
+// bytes) would cost the decoder hundreds of MB. Requests nest 3 deep at most
+// (a batch's items), so the bound only matters to opaque values such as a
+// task's payload. JSON is bounded by encoding/json at 10,000 levels, which
+// costs its scanner 80 KB at most and nothing else.
+const MaxDepth = 100
+
 // checkMsgpack walks a msgpack body without decoding it and fails if a
-// header claims more than the body holds: an array or a map with more
-// elements than bytes left, a string, bin or ext longer than the rest. The
-// msgpack decoder allocates a slice of structs at the length its header
-// claims (v5.4.1 applies no limit there), so a 10-byte body could otherwise
-// make it allocate gigabytes. Trailing bytes are left to the decoder.
+// header claims more than the body holds (an array or a map with more
+// elements than bytes left, a string, bin or ext longer than the rest) or if
+// it nests deeper than MaxDepth. The msgpack decoder allocates a slice of
+// structs at the length its header claims (v5.4.1 applies no limit there),
+// so a 10-byte body could otherwise make it allocate gigabytes. So what the
+// decoder allocates is bounded by a small multiple of the body's length.
+// Trailing bytes are left to the decoder.
 func checkMsgpack(b []byte) error {
-	need := 1 // values still to read
+	var (
+		left  [MaxDepth + 1]int // values still to read in each open container; [0]: the body
+		depth int               // open containers
+		need  = 1               // values still to read in all
+	)
+	left[0] = 1
 	for need > 0 {
+		for left[depth] == 0 {
+			depth--
+		}
 		if len(b) == 0 {
 			return fmt.Errorf("msgpack: truncated body")
 		}
 		need--
+		left[depth]--
 		c := b[0]
 		b = b[1:]
 		var (
-			items int // values nested in this one
-			skip  int // bytes of payload after the header
+			items     int  // values nested in this one
+			skip      int  // bytes of payload after the header
+			container bool // a map or an array
 		)
 		switch {
 		case c <= 0x7f || c >= 0xe0: // fixint
 		case c <= 0x8f: // fixmap
-			items = 2 * int(c&0x0f)
+			items, container = 2*int(c&0x0f), true
 		case c <= 0x9f: // fixarray
-			items = int(c & 0x0f)
+			items, container = int(c&0x0f), true
 		case c <= 0xbf: // fixstr
 			skip = int(c & 0x1f)
 		default:
@@ -37,11 +58,21 @@ func checkMsgpack(b []byte) error {
 			if b, items, skip, err = msgpackHeader(c, b); err != nil {
 				return err
 			}
+			container = c >= 0xdc
 		}
 		if skip > len(b) {
 			return fmt.Errorf("msgpack: a value claims %d bytes, %d are left", skip, len(b))
 		}
 		b = b[skip:]
+		if container {
+			if depth == MaxDepth {
+				return fmt.Errorf("msgpack: nested deeper than %d levels", MaxDepth)
+			}
+			if items > 0 {
+				depth++
+				left[depth] = items
+			}
+		}
 		need += items
 		if need > len(b) {
 			return fmt.Errorf("msgpack: %d values claimed, %d bytes left", need, len(b))

@@ -64,11 +64,13 @@ type Validator interface {
 	Validate() error
 }
 
-// Decode decodes the request body into v and validates it when v is a
-// Validator. A malformed body or a wrong type is ErrInvalid.
+// Decode decodes the request body into v, a pointer to a struct, strictly,
+// and validates it when v is a Validator. A field v does not have is
+// ErrUnknownField; a malformed body, a wrong type or text that is not UTF-8
+// is ErrInvalid; both name the field (see decode.go).
 func (r *Msg) Decode(v any) error {
-	if err := r.Codec.Unmarshal(r.Data, v); err != nil {
-		return ErrInvalid.With("malformed %s request: %v", r.Codec, err)
+	if err := r.Codec.decodeRequest(r.Data, v); err != nil {
+		return err
 	}
 	if val, ok := v.(Validator); ok {
 		if err := val.Validate(); err != nil {

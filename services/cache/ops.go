@@ -183,7 +183,9 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 			continue
 		}
 		if rep.Found {
-			s.store.set(key, rep.Value, time.Duration(rep.TTLms)*time.Millisecond)
+			// Version 0: kept unless a write or a hand-off brought the
+			// key meanwhile; a hand-off of the key replaces it.
+			s.store.put(key, rep.Value, expiry(time.Duration(rep.TTLms)*time.Millisecond), 0)
 			s.handoffs.Add(1)
 			return rep, nil
 		}
@@ -208,13 +210,14 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	}
 	s.loads.Add(1)
 	ttl := time.Duration(lr.TTLms) * time.Millisecond
-	s.store.set(key, lr.Value, ttl)
+	ver := s.clock.next()
+	s.store.put(key, lr.Value, expiry(ttl), ver)
 	// The copies are written as a set would write them; a replica that
 	// fails only costs a later miss there.
 	var buf [4]string
 	if others := withoutSelf(s.owners(s.ring(), key, buf[:0]), s.cfg.ID); len(others) > 0 {
 		item := SetRequest{Key: key, Value: lr.Value, TTLms: lr.TTLms}
-		if _, err := s.copyTo(ctx, key, others, OpSet, item, nil); err != nil {
+		if _, err := s.copyTo(ctx, key, others, OpSet, ver, item, nil); err != nil {
 			s.log.Warn().Err(err).Str("key", key).Msg("loaded value not replicated")
 		}
 	}
@@ -236,13 +239,15 @@ func (s *Server) set(_ context.Context, m *bus.Msg) (any, error) {
 	via := hopOf(m)
 	ttl := time.Duration(req.TTLms) * time.Millisecond
 	if via == hopReplica {
-		s.store.set(req.Key, req.Value, ttl)
+		s.store.put(req.Key, req.Value, expiry(ttl), s.versionOf(m.Header))
+		s.strayCheck(req.Key)
 		return SetReply{Copies: 1}, nil
 	}
 	var buf [4]string
-	owners := s.owners(s.ring(), req.Key, buf[:0])
+	r := s.ring()
+	owners := s.owners(r, req.Key, buf[:0])
 	if owners[0] == s.cfg.ID || via != "" {
-		return s.own(m, &req, owners, true)
+		return s.own(m, &req, r, owners, true)
 	}
 	owners = slices.Clone(owners)
 	return bus.Continue(func(ctx context.Context) (any, error) {
@@ -257,7 +262,7 @@ func (s *Server) set(_ context.Context, m *bus.Msg) (any, error) {
 		}
 		// The owner does not answer and this node holds a copy: it takes
 		// the write as the owner would.
-		rep, err = s.own(m, &req, owners, false)
+		rep, err = s.own(m, &req, s.ring(), owners, false)
 		if cont, ok := rep.(bus.Continue); ok && err == nil {
 			return cont(ctx)
 		}
@@ -268,14 +273,16 @@ func (s *Server) set(_ context.Context, m *bus.Msg) (any, error) {
 // own stores a set as the key's owner and writes the copies. In the
 // subscription's callback (callback true), the copy to a single replica is
 // answered from its reply (bus.Deferred); elsewhere, on a worker.
-func (s *Server) own(m *bus.Msg, req *SetRequest, owners []string, callback bool) (any, error) {
-	s.store.set(req.Key, req.Value, time.Duration(req.TTLms)*time.Millisecond)
+func (s *Server) own(m *bus.Msg, req *SetRequest, r *ring.Ring, owners []string, callback bool) (any, error) {
+	ver := s.clock.next()
+	s.store.put(req.Key, req.Value, expiry(time.Duration(req.TTLms)*time.Millisecond), ver)
+	s.raced(r)
 	others := withoutSelf(owners, s.cfg.ID)
 	if len(others) == 0 {
 		return SetReply{Copies: 1}, nil
 	}
 	copies := bus.Continue(func(ctx context.Context) (any, error) {
-		n, err := s.copyTo(ctx, req.Key, others, OpSet, nil, m)
+		n, err := s.copyTo(ctx, req.Key, others, OpSet, ver, nil, m)
 		if err != nil {
 			return nil, err
 		}
@@ -288,7 +295,9 @@ func (s *Server) own(m *bus.Msg, req *SetRequest, owners []string, callback bool
 	// give one; then the copy is written as above (asked again, or to a
 	// stand-in for a replica gone).
 	return bus.Deferred(func(reply func(any, error)) {
-		s.replies.send(passOn(m, others[0], OpSet, hopReplica), s.cfg.AttemptTimeout, func(_ *nats.Msg, err error) {
+		cm := passOn(m, others[0], OpSet, hopReplica)
+		setVersion(cm.Header, ver)
+		s.replies.send(cm, s.cfg.AttemptTimeout, func(_ *nats.Msg, err error) {
 			if err != nil {
 				reply(copies, nil)
 				return
@@ -305,6 +314,7 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 	}
 	via := hopOf(m)
 	if via == hopReplica {
+		s.tomb(req.Key, s.versionOf(m.Header))
 		return DelReply{Deleted: s.store.del(req.Key)}, nil
 	}
 	var buf [4]string
@@ -312,6 +322,8 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 	if owners[0] != s.cfg.ID && via == "" {
 		return s.forward(m, OpDel, withoutSelf(owners, s.cfg.ID)), nil
 	}
+	ver := s.clock.next()
+	s.tomb(req.Key, ver)
 	deleted := s.store.del(req.Key)
 	// The previous owners lose their copy too, or a hand-off would bring
 	// the key back.
@@ -324,10 +336,10 @@ func (s *Server) del(_ context.Context, m *bus.Msg) (any, error) {
 		for _, id := range prev {
 			if !slices.Contains(others, id) {
 				var r DelReply
-				_ = s.ask(ctx, id, OpDel, hopReplica, req, &r)
+				_ = s.askVersion(ctx, id, OpDel, hopReplica, ver, req, &r)
 			}
 		}
-		if _, err := s.copyTo(ctx, req.Key, others, OpDel, nil, m); err != nil {
+		if _, err := s.copyTo(ctx, req.Key, others, OpDel, ver, nil, m); err != nil {
 			return nil, err
 		}
 		return DelReply{Deleted: deleted}, nil
@@ -352,7 +364,7 @@ func passOn(body *bus.Msg, id, op, hop string) *nats.Msg {
 // the ring has not dropped it yet) is replaced by the member that takes its
 // place once it is dropped; when there is none (every other node holds a
 // copy already), the write counts one copy fewer instead of failing.
-func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op string, req any, body *bus.Msg) (int, error) {
+func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op string, ver uint64, req any, body *bus.Msg) (int, error) {
 	var m *nats.Msg
 	if body != nil {
 		m = passOn(body, "", op, hopReplica)
@@ -363,6 +375,7 @@ func (s *Server) copyTo(ctx context.Context, key string, nodes []string, op stri
 		}
 		m = &nats.Msg{Header: nats.Header{HeaderHop: []string{hopReplica}}, Data: data}
 	}
+	setVersion(m.Header, ver)
 	try := func(id string) error {
 		cm := *m
 		cm.Subject = NodeSubject(id, op)
@@ -464,11 +477,24 @@ func (s *Server) forward(m *bus.Msg, op string, nodes []string) any {
 
 // ask sends a request in msgpack to one node.
 func (s *Server) ask(ctx context.Context, id, op, via string, req, resp any) error {
+	return s.askVersion(ctx, id, op, via, 0, req, resp)
+}
+
+// askVersion is ask with the version of the write it copies (0: none).
+func (s *Server) askVersion(ctx context.Context, id, op, via string, ver uint64, req, resp any) error {
+	return s.askWithin(ctx, id, op, via, ver, s.cfg.AttemptTimeout, req, resp)
+}
+
+func (s *Server) askWithin(ctx context.Context, id, op, via string, ver uint64, d time.Duration, req, resp any) error {
 	data, err := bus.MsgPack.Marshal(req)
 	if err != nil {
 		return err
 	}
-	rep, err := bus.RequestMsgWithin(ctx, s.nc, &nats.Msg{Subject: NodeSubject(id, op), Header: nats.Header{HeaderHop: []string{via}}, Data: data}, s.cfg.AttemptTimeout)
+	m := &nats.Msg{Subject: NodeSubject(id, op), Header: nats.Header{HeaderHop: []string{via}}, Data: data}
+	if ver != 0 {
+		setVersion(m.Header, ver)
+	}
+	rep, err := bus.RequestMsgWithin(ctx, s.nc, m, d)
 	if err != nil {
 		return err
 	}
@@ -690,12 +716,15 @@ func (s *Server) mset(_ context.Context, m *bus.Msg) (any, error) {
 	}
 	via := hopOf(m)
 	if via == hopReplica {
+		ver := s.versionOf(m.Header)
 		for _, it := range req.Items {
-			s.store.set(it.Key, it.Value, time.Duration(it.TTLms)*time.Millisecond)
+			s.store.put(it.Key, it.Value, expiry(time.Duration(it.TTLms)*time.Millisecond), ver)
+			s.strayCheck(it.Key)
 		}
 		return MSetReply{Stored: len(req.Items)}, nil
 	}
 	r := s.ring()
+	ver := s.clock.next()               // one version for the items this node stores
 	copies := map[string][]SetRequest{} // replica writes of the items stored here
 	forward := map[string][]SetRequest{}
 	for _, it := range req.Items {
@@ -704,11 +733,12 @@ func (s *Server) mset(_ context.Context, m *bus.Msg) (any, error) {
 			forward[owners[0]] = append(forward[owners[0]], it)
 			continue
 		}
-		s.store.set(it.Key, it.Value, time.Duration(it.TTLms)*time.Millisecond)
+		s.store.put(it.Key, it.Value, expiry(time.Duration(it.TTLms)*time.Millisecond), ver)
 		for _, id := range withoutSelf(owners, s.cfg.ID) {
 			copies[id] = append(copies[id], it)
 		}
 	}
+	s.raced(r)
 	if len(copies) == 0 && len(forward) == 0 {
 		return MSetReply{Stored: len(req.Items)}, nil
 	}
@@ -718,7 +748,11 @@ func (s *Server) mset(_ context.Context, m *bus.Msg) (any, error) {
 		send := func(id, via string, items []SetRequest) {
 			wg.Go(func() {
 				var rep MSetReply
-				err := s.ask(ctx, id, OpMSet, via, MSetRequest{Items: items}, &rep)
+				v := ver
+				if via != hopReplica {
+					v = 0 // the owner gives its own
+				}
+				err := s.askVersion(ctx, id, OpMSet, via, v, MSetRequest{Items: items}, &rep)
 				if via == hopForward && unreachable(err) {
 					// The owner is away: its first replica takes the write.
 					err = s.msetVia(ctx, r, items)
@@ -767,12 +801,18 @@ func (s *Server) msetVia(ctx context.Context, r *ring.Ring, items []SetRequest) 
 
 func (s *Server) stats() NodeStats {
 	r := s.ring()
-	return NodeStats{
+	st := NodeStats{
 		Node: s.cfg.ID, Hits: s.hits.Load(), Misses: s.misses.Load(), Loads: s.loads.Load(),
 		Handoffs: s.handoffs.Load(), Forwards: s.forwards.Load(), Evictions: s.store.evicted(),
 		Items: s.store.items(), Bytes: s.store.bytes(), MaxBytes: s.store.maxBytes,
 		Members: r.Len(), Ring: formatVersion(r),
+		HandedOff: s.reb.handedOff.Load(), Received: s.reb.received.Load(),
+		UnderReplicated: s.reb.underRep.Load(), LastHandoffMs: s.reb.lastMs.Load(),
 	}
+	if v := s.reb.rebalanced.Load(); v != 0 {
+		st.Rebalanced = membership.FormatVersion(v)
+	}
+	return st
 }
 
 func (s *Server) nodeStats(context.Context, *StatsRequest) (NodeStats, error) { return s.stats(), nil }
@@ -809,6 +849,10 @@ func (s *Server) allStats(ctx context.Context, _ *StatsRequest) (StatsReply, err
 		t.Items += n.Items
 		t.Bytes += n.Bytes
 		t.MaxBytes += n.MaxBytes
+		t.HandedOff += n.HandedOff
+		t.Received += n.Received
+		t.UnderReplicated += n.UnderReplicated
+		t.LastHandoffMs = max(t.LastHandoffMs, n.LastHandoffMs)
 	}
 	if len(rep.Nodes) == 0 {
 		rep.Nodes = append(rep.Nodes, s.stats())

@@ -53,6 +53,16 @@ type Config struct {
 	AttemptTimeout time.Duration
 	// Heartbeat is the membership interval H. Zero: 1s.
 	Heartbeat time.Duration
+	// AntiEntropy is the interval at which a node checks, besides after
+	// every change of the ring, that the copy holders of its keys hold
+	// them (see Rebalancing in the package doc). Zero: 30s.
+	AntiEntropy time.Duration
+	// HandoffRate bounds the keys per second a node hands off. Zero:
+	// 250,000.
+	HandoffRate int
+	// LeaveTimeout bounds the hand-off of a node's keys when it stops
+	// (Stop), besides Stop's context. Zero: 30s.
+	LeaveTimeout time.Duration
 	// MaxConcurrent bounds the requests that wait on another node at once.
 	// Zero: 1024.
 	MaxConcurrent int
@@ -83,6 +93,10 @@ type Server struct {
 	timer *time.Timer // ends the grace period
 
 	replies *replies // of the copies a set sends (own)
+
+	clock clock      // versions of the writes this node owns
+	parts *ring.Ring // no members: the partition of a key
+	reb   rebalancer
 
 	hits, misses, loads, handoffs, forwards atomic.Int64
 }
@@ -123,6 +137,15 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = 1024
 	}
+	if cfg.AntiEntropy <= 0 {
+		cfg.AntiEntropy = 30 * time.Second
+	}
+	if cfg.HandoffRate <= 0 {
+		cfg.HandoffRate = 250_000
+	}
+	if cfg.LeaveTimeout <= 0 {
+		cfg.LeaveTimeout = 30 * time.Second
+	}
 	if cfg.MaxBytes > 1<<46 {
 		return nil, fmt.Errorf("cache: MaxBytes %d is too large", cfg.MaxBytes)
 	}
@@ -162,6 +185,8 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 			bus.Endpoint{Name: "node-" + op.name, Subject: NodeSubject(cfg.ID, op.name), Handler: op.h, Inline: true, NoQueue: true})
 	}
 	eps = append(eps,
+		bus.Endpoint{Name: "node-" + OpPut, Subject: NodeSubject(cfg.ID, OpPut), Handler: bus.Typed(s.put), NoQueue: true},
+		bus.Endpoint{Name: "node-" + OpDigest, Subject: NodeSubject(cfg.ID, OpDigest), Handler: bus.Typed(s.digest), NoQueue: true},
 		bus.Endpoint{Name: OpStats, Subject: SubjectStats, Handler: bus.Typed(s.allStats)},
 		bus.Endpoint{Name: "node-" + OpStats, Subject: NodeSubject(cfg.ID, OpStats), Handler: bus.Typed(s.nodeStats), NoQueue: true})
 	s.svc, err = bus.NewService(nc, bus.Config{
@@ -180,6 +205,10 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.events = bus.NewEvents(nc, Service, cfg.ID)
+	s.reb.init()
+	if s.parts, err = ring.New(nil, ring.Config{}); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -214,13 +243,20 @@ func (s *Server) Start(ctx context.Context) error {
 		s.store.close()
 		return fmt.Errorf("cache: %w", err)
 	}
+	s.startRebalancer()
 	return nil
 }
 
-// Stop leaves the ring (the other nodes drop this one at once), finishes the
-// requests in flight and stops.
+// Stop hands the node's keys off to the nodes that hold them once it is
+// gone (bounded by Config.LeaveTimeout and ctx), leaves the ring (the other
+// nodes drop this one at once), finishes the requests in flight, hands off
+// the keys written meanwhile, and stops.
 func (s *Server) Stop(ctx context.Context) error {
+	s.stopRebalancer()
+	since := s.clock.next()
+	s.leave(ctx, 0)
 	err := errors.Join(s.ann.Stop(ctx), s.watcher.Stop(ctx), s.svc.Stop(ctx))
+	s.leave(ctx, since)
 	s.replies.close() // after the requests in flight, whose copies it answers
 	s.mu.Lock()
 	if s.timer != nil {
@@ -300,23 +336,12 @@ func (s *Server) onChange(prev, next *ring.Ring) {
 			s.emit("node_left", map[string]any{"node": id, "members": next.Len()})
 		}
 	}
-	s.emit("rebalance_started", map[string]any{"node": s.cfg.ID, "ring_version": membership.FormatVersion(next.Version()), "members": next.Len(), "grace_ms": s.cfg.Grace.Milliseconds()})
+	s.reb.kick(true)
 }
 
-// endGrace drops the keys this node no longer holds a copy of, so that a
-// later change cannot bring a stale copy back.
-func (s *Server) endGrace() {
-	r := s.ring()
-	var buf []string
-	dropped := 0
-	for k := range s.store.keys() {
-		if !slices.Contains(s.owners(r, k, buf[:0]), s.cfg.ID) {
-			s.store.del(k)
-			dropped++
-		}
-	}
-	s.emit("rebalance_finished", map[string]any{"node": s.cfg.ID, "ring_version": membership.FormatVersion(r.Version()), "dropped": dropped})
-}
+// endGrace runs a hand-off once more at the end of the grace period, for
+// the writes that raced the change.
+func (s *Server) endGrace() { s.reb.kick(false) }
 
 func (s *Server) emit(what string, data any) {
 	if err := s.events.Emit(what, data); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
 
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/ring"
 )
 
 // Subjects of the cache service. Any node answers the service subjects (the
@@ -222,6 +223,17 @@ type NodeStats struct {
 	MaxBytes  int64  `json:"max_bytes"`
 	Members   int    `json:"members,omitempty"` // nodes in this node's ring
 	Ring      string `json:"ring_version,omitempty"`
+	// Active hand-off (rebalancing): keys handed off to their holders and
+	// acknowledged, keys received and stored, partitions held here whose
+	// copy holders are not all known to hold them now, and how long the
+	// last hand-off took. Rebalanced is the ring whose hand-off completed
+	// last: when it is Ring and UnderReplicated is 0, every key this node
+	// holds is on all its copy holders.
+	HandedOff       int64  `json:"handed_off"`
+	Received        int64  `json:"received"`
+	UnderReplicated int64  `json:"under_replicated"`
+	LastHandoffMs   int64  `json:"last_handoff_ms"`
+	Rebalanced      string `json:"rebalanced_ring,omitempty"`
 }
 
 // StatsReply sums the figures of the nodes that answered.
@@ -304,4 +316,81 @@ type LoadReply struct {
 	Found bool  `json:"found"`
 	Value Value `json:"value,omitempty"`
 	TTLms int64 `json:"ttl_ms,omitempty"`
+}
+
+// Operations of the hand-off between nodes, on NodeSubject(id, op) only.
+const (
+	// OpPut stores copies a node hands off: each item is kept unless the
+	// receiver holds the key at the same or a later version.
+	OpPut = "put"
+	// OpDigest returns a digest of each partition the receiver holds, so
+	// that a copy holder can tell which partitions another lacks.
+	OpDigest = "digest"
+)
+
+// PutItem is one copy handed off: the value, the time it has left and its
+// version.
+type PutItem struct {
+	Key     string `json:"key"`
+	Value   Value  `json:"value"`
+	TTLms   int64  `json:"ttl_ms,omitempty"` // 0: no expiry
+	Version uint64 `json:"version"`
+}
+
+// PutRequest hands copies off to a node that holds their keys.
+type PutRequest struct {
+	Items []PutItem `json:"items"`
+}
+
+// PutReply confirms a hand-off: every item is held at its version or a
+// later one; Stored of them were written.
+type PutReply struct {
+	Stored int `json:"stored"`
+}
+
+// Validate implements bus.Validator.
+func (r *PutRequest) Validate() error {
+	if err := checkBatch(len(r.Items)); err != nil {
+		return err
+	}
+	for _, it := range r.Items {
+		if err := CheckKey(it.Key); err != nil {
+			return err
+		}
+		if it.TTLms < 0 {
+			return ErrInvalidTTL.With("ttl_ms of %q must be ≥ 0, got %d", it.Key, it.TTLms)
+		}
+	}
+	return nil
+}
+
+// DigestRequest asks a node for the digests of partitions.
+type DigestRequest struct {
+	Partitions []int `json:"partitions"`
+}
+
+// Digest sums up the keys a node holds in one partition: how many, and the
+// xor of a hash of each key with its version. Two nodes that hold the same
+// keys at the same versions have the same digest.
+type Digest struct {
+	Keys int    `json:"keys"`
+	Hash uint64 `json:"hash"`
+}
+
+// DigestReply has one Digest per requested partition, in order.
+type DigestReply struct {
+	Digests []Digest `json:"digests"`
+}
+
+// Validate implements bus.Validator.
+func (r *DigestRequest) Validate() error {
+	if len(r.Partitions) > ring.MaxPartitions {
+		return ErrInvalid.With("at most %d partitions, got %d", ring.MaxPartitions, len(r.Partitions))
+	}
+	for _, p := range r.Partitions {
+		if p < 0 || p >= ring.MaxPartitions {
+			return ErrInvalid.With("partition %d out of range", p)
+		}
+	}
+	return nil
 }

@@ -1,0 +1,564 @@
+package bus
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Requests are decoded strictly (Msg.Decode, Typed); replies leniently
+// (Codec.Unmarshal), so that a client keeps reading the replies of a newer
+// service that added a field.
+//
+// A request is refused with a 400 that names the field, in both codecs:
+//   - a field the request type does not have: ErrUnknownField, "ttl:
+//     unknown field; did you mean ttl_ms?" (the closest field by edit
+//     distance, or the list of fields when none is close);
+//   - a value of the wrong type: ErrInvalid, "ttl_ms: expected an integer
+//     (milliseconds), got a string", in JSON's terms, never Go's;
+//   - a JSON body that is not UTF-8, or a JSON string holding a lone UTF-16
+//     surrogate escape (\udc80): ErrInvalid naming the field, where
+//     encoding/json would silently replace it with U+FFFD (msgpack strings
+//     are checked by the services, which refuse keys and names that are not
+//     UTF-8);
+//   - a msgpack body nested deeper than MaxDepth (see checkMsgpack), before
+//     anything is allocated. JSON bodies are bounded by encoding/json's own
+//     limit of 10,000 levels, which it checks before decoding.
+//
+// The decoders report where they failed only partly (encoding/json names the
+// field of a type error but not the struct of an unknown field; msgpack names
+// neither), so on failure the body is walked again against the request type
+// to say which field is wrong: the cost is paid by bad requests only.
+
+// decodeRequest decodes a request body into v strictly (see above).
+func (c Codec) decodeRequest(data []byte, v any) error {
+	if c == JSON {
+		if len(bytes.TrimSpace(data)) == 0 {
+			return nil
+		}
+		if !utf8.Valid(data) || loneSurrogate(data) >= 0 {
+			return explain(c, data, v, errors.New("the body is not UTF-8 text"))
+		}
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		err := dec.Decode(v)
+		if err == nil {
+			if _, terr := dec.Token(); terr != io.EOF {
+				return ErrInvalid.With("malformed json request: data after the request's object")
+			}
+			return nil
+		}
+		return explain(c, data, v, err)
+	}
+	if len(data) == 0 {
+		return nil
+	}
+	if err := checkMsgpack(data); err != nil {
+		return ErrInvalid.With("malformed msgpack request: %s", clean(err))
+	}
+	if err := c.unmarshalMsgpack(data, v, true); err != nil {
+		return explain(c, data, v, err)
+	}
+	return nil
+}
+
+// explain turns a decoding error into a coded error naming the field at
+// fault, found by walking data against v's type.
+func explain(c Codec, data []byte, v any, err error) *Error {
+	if c == JSON && !json.Valid(data) {
+		var x any
+		err = json.Unmarshal(data, &x) // a syntax error, with its offset
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return ErrInvalid.With("malformed json request: %s (at byte %d)", strings.TrimPrefix(se.Error(), "json: "), se.Offset)
+	}
+	w := walker{c: c}
+	if e := w.walk(reflect.TypeOf(v).Elem(), data, ""); e != nil {
+		return e
+	}
+	if c == JSON && strings.Contains(err.Error(), "exceeded max depth") {
+		return ErrInvalid.With("malformed json request: nested deeper than 10000 levels")
+	}
+	// Not located; never show Go's types.
+	msg := err.Error()
+	if strings.Contains(msg, "Go ") || strings.Contains(msg, "reflect") {
+		msg = "a value of the wrong type"
+	}
+	return ErrInvalid.With("malformed %s request: %s", c, strings.TrimPrefix(strings.TrimPrefix(msg, "json: "), "msgpack: "))
+}
+
+// walker finds the first field of a body that does not fit a type.
+type walker struct{ c Codec }
+
+var (
+	timeType        = reflect.TypeFor[Time]()
+	jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+	msgpackDecoder  = reflect.TypeFor[msgpack.CustomDecoder]()
+)
+
+// walk checks raw, the value at path (empty for the body), against t and
+// returns what is wrong with it, or nil.
+func (w walker) walk(t reflect.Type, raw []byte, path string) *Error {
+	if w.isNull(raw) {
+		return nil // absent: Validate decides whether it may be
+	}
+	switch {
+	case isCustom(t):
+		if e := w.text(raw, path); e != nil {
+			return e
+		}
+		if err := w.decode(raw, reflect.New(t).Interface()); err != nil {
+			return ErrInvalid.With("%s: %s", name(path), cleanCustom(err, t, w.describe(raw)))
+		}
+		return nil
+	case t.Kind() == reflect.Pointer:
+		return w.walk(t.Elem(), raw, path)
+	case t.Kind() == reflect.Interface:
+		if err := w.decode(raw, reflect.New(t).Interface()); err != nil {
+			return ErrInvalid.With("%s: %s", name(path), clean(err))
+		}
+		return nil
+	case t.Kind() == reflect.Struct:
+		keys, vals, e := w.object(raw, path)
+		if e != nil {
+			return e
+		}
+		fields := structFields(t)
+		if path != "" {
+			path += "."
+		}
+		for i, k := range keys {
+			f := fields.find(k, w.c == JSON)
+			if f == nil {
+				if strings.ContainsRune(k, utf8.RuneError) && w.c == JSON && firstNotText(raw) >= 0 {
+					return ErrInvalid.With("%s: a field name is not UTF-8 text", name(strings.TrimSuffix(path, ".")))
+				}
+				return unknownField(path+k, fields.names)
+			}
+			if e := w.walk(f.typ, vals[i], path+f.name); e != nil {
+				return e
+			}
+		}
+		return nil
+	case t.Kind() == reflect.Map && t.Key().Kind() == reflect.String:
+		keys, vals, e := w.object(raw, path)
+		if e != nil {
+			return e
+		}
+		for i, k := range keys {
+			if e := w.walk(t.Elem(), vals[i], name(path)+"."+k); e != nil {
+				return e
+			}
+		}
+		return nil
+	case t.Kind() == reflect.Slice && t.Elem().Kind() != reflect.Uint8:
+		vals, ok := w.array(raw)
+		if !ok {
+			return ErrInvalid.With("%s: expected an array, got %s", name(path), w.describe(raw))
+		}
+		for i, v := range vals {
+			if e := w.walk(t.Elem(), v, path+"["+strconv.Itoa(i)+"]"); e != nil {
+				return e
+			}
+		}
+		return nil
+	}
+	if e := w.text(raw, path); e != nil {
+		return e
+	}
+	if err := w.decode(raw, reflect.New(t).Interface()); err != nil {
+		return ErrInvalid.With("%s: expected %s, got %s", name(path), expected(t, path), w.describe(raw))
+	}
+	return nil
+}
+
+// text refuses a JSON value that is not UTF-8 text.
+func (w walker) text(raw []byte, path string) *Error {
+	if w.c == JSON && firstNotText(raw) >= 0 {
+		return ErrInvalid.With("%s: not UTF-8 text (a JSON text must be; send other bytes as base64 where the field allows it)", name(path))
+	}
+	return nil
+}
+
+// name is how a message names the field at path.
+func name(path string) string {
+	if path == "" {
+		return "request"
+	}
+	return path
+}
+
+func isCustom(t reflect.Type) bool {
+	p := reflect.PointerTo(t)
+	return t == timeType || p.Implements(jsonUnmarshaler) || p.Implements(msgpackDecoder)
+}
+
+// expected names, in JSON's terms, what a field of type t holds.
+func expected(t reflect.Type, path string) string {
+	ms := ""
+	if strings.HasSuffix(path, "_ms") {
+		ms = " (milliseconds)"
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "an integer" + ms
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a non-negative integer" + ms
+	case reflect.Float32, reflect.Float64:
+		return "a number" + ms
+	case reflect.Bool:
+		return "true or false"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Uint8 {
+			return "bytes (a base64 string in JSON)"
+		}
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return "a value of another type"
+}
+
+// cleanCustom is the message of a custom decoder's error (a cache value, an
+// instant), worded for the wire.
+func cleanCustom(err error, t reflect.Type, got string) string {
+	if t == timeType {
+		return "expected an RFC 3339 string (2026-01-02T15:04:05.000Z), got " + got
+	}
+	msg := clean(err)
+	if strings.Contains(msg, "invalid code") || strings.Contains(msg, "Go ") {
+		return "a value of the wrong type: " + got
+	}
+	return msg
+}
+
+func clean(err error) string {
+	return strings.TrimPrefix(strings.TrimPrefix(err.Error(), "json: "), "msgpack: ")
+}
+
+// unknownField is the error of a field named path that the request does
+// not have, with the closest of names, the fields it has.
+func unknownField(path string, names []string) *Error {
+	field := path[strings.LastIndexAny(path, ".]")+1:]
+	switch best := closest(field, names); {
+	case len(names) == 0:
+		return ErrUnknownField.With("%s: unknown field; this request takes no fields", path)
+	case best != "":
+		return ErrUnknownField.With("%s: unknown field; did you mean %s?", path, best)
+	default:
+		return ErrUnknownField.With("%s: unknown field; the fields are %s", path, strings.Join(names, ", "))
+	}
+}
+
+// closest returns the name nearest to s by edit distance, if it is near
+// enough to be a likely slip: at most half the longer name's length apart,
+// or one a prefix of the other (ttl for ttl_ms).
+func closest(s string, names []string) string {
+	best, bestD := "", -1
+	for _, n := range names {
+		d := editDistance(strings.ToLower(s), n)
+		near := 2*d <= max(len(s), len(n)) || strings.HasPrefix(n, strings.ToLower(s)) || strings.HasPrefix(strings.ToLower(s), n)
+		if near && (bestD < 0 || d < bestD) {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	if len(a) > 64 {
+		a = a[:64] // a field name is short; a long one is far from all
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// fieldSet is the wire fields of a struct type.
+type fieldSet struct {
+	names []string // in declaration order
+	list  []field
+}
+
+type field struct {
+	name string
+	typ  reflect.Type
+}
+
+// find returns the field named k; JSON, as encoding/json does, also
+// matches a name that differs in case only.
+func (s *fieldSet) find(k string, foldCase bool) *field {
+	for i := range s.list {
+		if s.list[i].name == k {
+			return &s.list[i]
+		}
+	}
+	if foldCase {
+		for i := range s.list {
+			if strings.EqualFold(s.list[i].name, k) {
+				return &s.list[i]
+			}
+		}
+	}
+	return nil
+}
+
+var fieldSets sync.Map // reflect.Type -> *fieldSet
+
+// structFields returns the wire fields of t, named by their json tags as
+// both codecs name them; an embedded struct without a tag contributes its
+// own fields.
+func structFields(t reflect.Type) *fieldSet {
+	if s, ok := fieldSets.Load(t); ok {
+		return s.(*fieldSet)
+	}
+	s := &fieldSet{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("json")
+		n, _, _ := strings.Cut(tag, ",")
+		if n == "-" || (!f.IsExported() && !f.Anonymous) {
+			continue
+		}
+		if f.Anonymous && n == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				inner := structFields(ft)
+				s.list = append(s.list, inner.list...)
+				continue
+			}
+		}
+		if n == "" {
+			n = f.Name
+		}
+		s.list = append(s.list, field{name: n, typ: f.Type})
+	}
+	for _, f := range s.list {
+		s.names = append(s.names, f.name)
+	}
+	fieldSets.Store(t, s)
+	return s
+}
+
+// FieldNames returns the wire names of the fields of a struct type (or a
+// pointer to one), in declaration order: the names its requests may use.
+func FieldNames(t reflect.Type) []string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return slices.Clone(structFields(t).names)
+}
+
+func (w walker) isNull(raw []byte) bool {
+	if w.c == JSON {
+		return string(bytes.TrimSpace(raw)) == "null"
+	}
+	return len(raw) == 1 && raw[0] == 0xc0
+}
+
+func (w walker) decode(raw []byte, v any) error {
+	if w.c == JSON {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		return dec.Decode(v)
+	}
+	return w.c.unmarshalMsgpack(raw, v, true)
+}
+
+// object splits the object at path (a map with string keys) into its keys,
+// sorted, and their values.
+func (w walker) object(raw []byte, path string) (keys []string, vals [][]byte, e *Error) {
+	if got := w.describe(raw); got != "an object" {
+		return nil, nil, ErrInvalid.With("%s: expected an object, got %s", name(path), got)
+	}
+	if w.c == JSON {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(raw, &m) != nil {
+			return nil, nil, ErrInvalid.With("%s: malformed object", name(path))
+		}
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			keys, vals = append(keys, k), append(vals, m[k])
+		}
+		return keys, vals, nil
+	}
+	var m map[string]msgpack.RawMessage
+	if msgpack.Unmarshal(raw, &m) != nil {
+		return nil, nil, ErrInvalid.With("%s: an object whose keys are not all strings", name(path))
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		keys, vals = append(keys, k), append(vals, m[k])
+	}
+	return keys, vals, nil
+}
+
+func (w walker) array(raw []byte) ([][]byte, bool) {
+	var out [][]byte
+	if w.c == JSON {
+		var a []json.RawMessage
+		if json.Unmarshal(raw, &a) != nil {
+			return nil, false
+		}
+		for _, v := range a {
+			out = append(out, v)
+		}
+		return out, true
+	}
+	var a []msgpack.RawMessage
+	if msgpack.Unmarshal(raw, &a) != nil {
+		return nil, false
+	}
+	for _, v := range a {
+		out = append(out, v)
+	}
+	return out, true
+}
+
+// describe names what raw holds, in JSON's terms: "a string", "an object",
+// a number as it was written.
+func (w walker) describe(raw []byte) string {
+	if w.c == JSON {
+		raw = bytes.TrimSpace(raw)
+		if len(raw) == 0 {
+			return "nothing"
+		}
+		switch raw[0] {
+		case '"':
+			return "a string"
+		case '{':
+			return "an object"
+		case '[':
+			return "an array"
+		case 't', 'f':
+			return "a boolean"
+		case 'n':
+			return "null"
+		}
+		if len(raw) > 32 {
+			return "the number " + string(raw[:32]) + "..."
+		}
+		return string(raw)
+	}
+	if len(raw) == 0 {
+		return "nothing"
+	}
+	switch c := raw[0]; {
+	case c <= 0x7f || c >= 0xe0 || (c >= 0xcc && c <= 0xd3):
+		var n any
+		if msgpack.Unmarshal(raw, &n) == nil {
+			return fmt.Sprint(n)
+		}
+		return "an integer"
+	case c <= 0x8f || c == 0xde || c == 0xdf:
+		return "an object"
+	case c <= 0x9f || c == 0xdc || c == 0xdd:
+		return "an array"
+	case c <= 0xbf || (c >= 0xd9 && c <= 0xdb):
+		return "a string"
+	case c == 0xc0:
+		return "null"
+	case c == 0xc2 || c == 0xc3:
+		return "a boolean"
+	case c >= 0xc4 && c <= 0xc6:
+		return "bytes (bin)"
+	case c == 0xca || c == 0xcb:
+		var f float64
+		if msgpack.Unmarshal(raw, &f) == nil {
+			return strconv.FormatFloat(f, 'g', -1, 64)
+		}
+		return "a number"
+	}
+	return "a msgpack extension"
+}
+
+// firstNotText returns the offset of the first byte of a JSON text that is
+// not UTF-8, or of a string escape of a lone UTF-16 surrogate (which
+// encoding/json turns into U+FFFD), or -1.
+func firstNotText(b []byte) int {
+	if !utf8.Valid(b) {
+		for i := 0; i < len(b); {
+			r, n := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && n == 1 {
+				return i
+			}
+			i += n
+		}
+	}
+	return loneSurrogate(b)
+}
+
+// loneSurrogate returns the offset of the first \uXXXX escape of a UTF-16
+// surrogate that is not half of a pair, or -1. Backslashes only occur in a
+// valid JSON text inside strings, so every one starts an escape.
+func loneSurrogate(b []byte) int {
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\\')
+		if j < 0 {
+			return -1
+		}
+		i += j
+		if i+1 >= len(b) {
+			return -1
+		}
+		if b[i+1] != 'u' {
+			i += 2
+			continue
+		}
+		r, ok := hex4(b[i+2:])
+		switch {
+		case !ok:
+			i += 2
+		case r >= 0xd800 && r < 0xdc00: // high: a low must follow
+			if len(b) < i+12 || b[i+6] != '\\' || b[i+7] != 'u' {
+				return i
+			}
+			if lo, ok := hex4(b[i+8:]); !ok || lo < 0xdc00 || lo > 0xdfff {
+				return i
+			}
+			i += 12
+		case r >= 0xdc00 && r <= 0xdfff:
+			return i
+		default:
+			i += 6
+		}
+	}
+}
+
+func hex4(b []byte) (rune, bool) {
+	if len(b) < 4 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(string(b[:4]), 16, 16)
+	return rune(v), err == nil
+}
