@@ -164,8 +164,8 @@
 // change. The expired event of a holder comes before the acquired event of
 // the holder after it: an instance that sees an expiry grants nothing of
 // that name until the expiry is told: by it, or by the instance whose marker
-// replaced the server's, whose event it waits to receive (up to a second,
-// in case that instance died before telling). On one NATS server every
+// replaced the server's, whose event it waits to receive (up to 5 s, in
+// case that instance died before telling). On one NATS server every
 // subscriber, and the stream MESH_EVENTS, gets them in that order
 // (TestExpiredBeforeAcquired, with one instance and with two).
 //

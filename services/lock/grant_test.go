@@ -40,6 +40,14 @@ func TestCallerDeadlineEndsWait(t *testing.T) {
 	if info, err := c.Inspect(ctx(t), "tour"); err != nil || len(info.Waiters) != 0 {
 		t.Fatalf("the waiter whose caller left is still in line: %+v, %v", info, err)
 	}
+	// Arrived just past its deadline (within the clocks' skew): answered at
+	// once, as a try, not after wait_ms.
+	start = time.Now()
+	_, err = bus.Request[lock.AcquireRequest, lock.AcquireReply](ctx(t), nc, lock.SubjectAcquire,
+		lock.AcquireRequest{Name: "tour", TTLms: 30000, WaitMs: 60000, Deadline: &bus.Time{Time: time.Now().Add(-lock.DeadlineSkew / 2)}})
+	if !errors.Is(err, lock.ErrWaitTimeout) || time.Since(start) > 20*time.Second {
+		t.Fatalf("acquire just past its deadline = %v after %v, want ErrWaitTimeout at once", err, time.Since(start))
+	}
 	if err := holder.Release(ctx(t)); err != nil {
 		t.Fatal(err)
 	}

@@ -205,10 +205,9 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 			s.emit("expired", name, expired)
 		case isConflict(err):
 			// Another instance replaced the marker and tells the expiry:
-			// wait a moment for its event (it may have died meanwhile).
-			wctx, cancel := context.WithTimeout(ctx, time.Second)
-			s.heard.wait(wctx, expiryKey(name, expired.token))
-			cancel()
+			// wait for its event, up to the 5 s of ctx (it may have died
+			// meanwhile; on a loaded machine a second was seen to be short).
+			s.heard.wait(ctx, expiryKey(name, expired.token))
 		}
 	}()
 }
@@ -473,22 +472,28 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 		defer t.Stop()
 		deadline = t.C
 	}
+	giveUp, waited := r.WaitMs == 0, false
 	// The caller's deadline, when the request carries one (the Go SDK
 	// sends it), also ends the wait: past it nobody reads the answer, so
 	// the request leaves the line rather than take the lock for a caller
-	// that is gone.
+	// that is gone. A request already past its deadline (it arrived within
+	// the clock skew allowed, or waited on a busy instance) is answered at
+	// once, as a try.
 	var callerGone <-chan time.Time
 	if r.Deadline != nil && !r.Deadline.IsZero() {
-		t := time.NewTimer(time.Until(r.Deadline.Time))
-		defer t.Stop()
-		callerGone = t.C
+		if d := time.Until(r.Deadline.Time); d > 0 {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			callerGone = t.C
+		} else {
+			giveUp = true
+		}
 	}
 	gone := func() error {
 		return leave(ErrWaitTimeout.With("lock %s: the caller's deadline passed while it waited", r.Name))
 	}
 	refresh := time.NewTicker(ttl / 3)
 	defer refresh.Stop()
-	giveUp, waited := r.WaitMs == 0, false
 	var behind <-chan time.Time // bounds the wait for the mirror to see our key
 	if giveUp {
 		behind = time.After(5 * time.Second)
