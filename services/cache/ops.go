@@ -203,8 +203,8 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	if !lr.Found {
 		return GetReply{}, nil
 	}
-	if lr.TTLms < 0 || len(lr.Value) > s.cfg.MaxValueBytes {
-		return GetReply{}, ErrLoader.With("loader %s for %q: a negative ttl_ms or a value above %d bytes", subj, key, s.cfg.MaxValueBytes)
+	if checkTTL(lr.TTLms) != nil || len(lr.Value) > s.cfg.MaxValueBytes {
+		return GetReply{}, ErrLoader.With("loader %s for %q: a ttl_ms outside [0, %d] or a value above %d bytes", subj, key, int64(MaxTTLms), s.cfg.MaxValueBytes)
 	}
 	s.loads.Add(1)
 	ttl := time.Duration(lr.TTLms) * time.Millisecond
