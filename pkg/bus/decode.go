@@ -242,16 +242,23 @@ func unknownField(path string, names []string) *Error {
 	}
 }
 
-// closest returns the name nearest to s by edit distance, if it is near
-// enough to be a likely slip: at most half the longer name's length apart,
-// or one a prefix of the other (ttl for ttl_ms).
+// closest returns the name nearest to s, if it is near enough to be a
+// likely slip: one a prefix of the other (ttl for ttl_ms; the nearest such
+// first), else at most half the longer name's length apart by edit
+// distance. Ties go to the first name.
 func closest(s string, names []string) string {
-	best, bestD := "", -1
+	s = strings.ToLower(s)
+	best, bestScore := "", 0
 	for _, n := range names {
-		d := editDistance(strings.ToLower(s), n)
-		near := 2*d <= max(len(s), len(n)) || strings.HasPrefix(n, strings.ToLower(s)) || strings.HasPrefix(strings.ToLower(s), n)
-		if near && (bestD < 0 || d < bestD) {
-			best, bestD = n, d
+		d := editDistance(s, n)
+		score := d
+		if s != "" && (strings.HasPrefix(n, s) || strings.HasPrefix(s, n)) {
+			score -= 1 << 20 // a prefix beats any edit
+		} else if 2*d > max(len(s), len(n)) {
+			continue
+		}
+		if best == "" || score < bestScore {
+			best, bestScore = n, score
 		}
 	}
 	return best
