@@ -213,7 +213,7 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	// fails only costs a later miss there.
 	var buf [4]string
 	if others := withoutSelf(s.owners(s.ring(), key, buf[:0]), s.cfg.ID); len(others) > 0 {
-		item := SetRequest{Key: key, Value: lr.Value, TTLms: lr.TTLms}
+		item := SetRequest{Key: key, Value: present(lr.Value), TTLms: lr.TTLms}
 		if _, err := s.copyTo(ctx, key, others, OpSet, item, nil); err != nil {
 			s.log.Warn().Err(err).Str("key", key).Msg("loaded value not replicated")
 		}

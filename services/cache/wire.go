@@ -104,13 +104,13 @@ func (v Value) MarshalJSON() ([]byte, error) {
 	return json.Marshal(b64Value{base64.StdEncoding.EncodeToString(v)})
 }
 
-// EncodeMsgpack implements msgpack.CustomEncoder: always bin, an empty one
-// for a nil Value, so that a value sent is never taken for a missing one.
-func (v Value) EncodeMsgpack(enc *msgpack.Encoder) error {
-	if v == nil {
-		return enc.EncodeBytesLen(0)
+// present returns b as a Value that is not nil: a nil Value encodes as
+// msgpack nil, which reads as a missing value.
+func present(b []byte) Value {
+	if b == nil {
+		return Value{}
 	}
-	return enc.EncodeBytes(v)
+	return b
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
