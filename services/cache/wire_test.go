@@ -1,55 +1,16 @@
 package cache_test
 
 import (
-	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/cache"
 )
-
-// packJSON encodes a JSON body in msgpack as a client would: integral
-// numbers as integers.
-func packJSON(t *testing.T, body string) []byte {
-	t.Helper()
-	dec := json.NewDecoder(strings.NewReader(body))
-	dec.UseNumber()
-	var v map[string]any
-	if err := dec.Decode(&v); err != nil {
-		t.Fatal(err)
-	}
-	var conv func(any) any
-	conv = func(v any) any {
-		switch x := v.(type) {
-		case json.Number:
-			i, err := x.Int64()
-			if err != nil {
-				t.Fatal(err)
-			}
-			return i
-		case map[string]any:
-			for k, e := range x {
-				x[k] = conv(e)
-			}
-		case []any:
-			for i, e := range x {
-				x[i] = conv(e)
-			}
-		}
-		return v
-	}
-	b, err := msgpack.Marshal(conv(v))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 // The requests a misspelling, an overflow or a missing value turned into
 // silent damage are refused, in both codecs, with an error naming the
@@ -79,7 +40,7 @@ func TestBadWritesAreRefused(t *testing.T) {
 		for _, codec := range []string{"json", "msgpack"} {
 			body := []byte(tc.body)
 			if codec == "msgpack" {
-				body = packJSON(t, tc.body)
+				body = bustest.MsgpackFromJSON(t, tc.body)
 			}
 			_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: tc.subject, Data: body})
 			var e *bus.Error
@@ -115,7 +76,7 @@ func TestEmptyValueAndLongestTTL(t *testing.T) {
 	s, _, c := cluster(t, 1, cache.Config{})
 	nc := bustest.Connect(t, s.URL())
 	for i, body := range []string{`{"key":"e1","value":""}`, `{"key":"e2","value":"x","ttl_ms":31622400000}`} {
-		for _, data := range [][]byte{[]byte(body), packJSON(t, body)} {
+		for _, data := range [][]byte{[]byte(body), bustest.MsgpackFromJSON(t, body)} {
 			if _, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: cache.SubjectSet, Data: data}); err != nil {
 				t.Fatalf("%s: %v", body, err)
 			}

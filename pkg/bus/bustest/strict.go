@@ -1,11 +1,14 @@
 package bustest
 
 import (
+	"encoding/json"
 	"errors"
 	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/meshkit/mesh/pkg/bus"
 )
@@ -44,4 +47,41 @@ func CheckDecoded(t testing.TB, m *bus.Msg, req any, err error) bool {
 		t.Fatalf("%T: a JSON body that is not UTF-8 was accepted: %q", req, m.Data)
 	}
 	return true
+}
+
+// MsgpackFromJSON encodes a JSON body in msgpack as a client would:
+// integral numbers as integers, others as floats, strings as str.
+func MsgpackFromJSON(t testing.TB, body string) []byte {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("%s: %v", body, err)
+	}
+	var conv func(any) any
+	conv = func(v any) any {
+		switch x := v.(type) {
+		case json.Number:
+			if i, err := x.Int64(); err == nil {
+				return i
+			}
+			f, _ := x.Float64()
+			return f
+		case map[string]any:
+			for k, e := range x {
+				x[k] = conv(e)
+			}
+		case []any:
+			for i, e := range x {
+				x[i] = conv(e)
+			}
+		}
+		return v
+	}
+	b, err := msgpack.Marshal(conv(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
