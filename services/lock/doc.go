@@ -15,7 +15,10 @@
 // expired (408, the request arrived after its deadline: see below),
 // not_held (409, no holder has this token), invalid_name, invalid_ttl,
 // invalid (400). The Client maps them to ErrLocked, ErrWaitTimeout, ErrExpired,
-// ErrNotHeld, ErrInvalidName, ErrInvalidTTL and ErrInvalid.
+// ErrNotHeld, ErrInvalidName, ErrInvalidTTL and ErrInvalid. Durations are
+// bounded: ttl_ms (acquire, renew) in [1000, Config.MaxTTL], 24 h by
+// default; wait_ms at most 3,600,000 (an hour). A field the request does
+// not have is refused with unknown_field (400), a wrong type with invalid.
 //
 // # How it works
 //
