@@ -84,7 +84,7 @@ func explain(c Codec, data []byte, v any, err error) *Error {
 		return ErrInvalid.With("malformed json request: %s (at byte %d)", strings.TrimPrefix(se.Error(), "json: "), se.Offset)
 	}
 	w := walker{c: c}
-	if e := w.walk(reflect.TypeOf(v).Elem(), data, ""); e != nil {
+	if e := w.walk(reflect.TypeOf(v).Elem(), data, "", 0); e != nil {
 		return e
 	}
 	if c == JSON && strings.Contains(err.Error(), "exceeded max depth") {
@@ -107,9 +107,9 @@ var (
 	msgpackDecoder  = reflect.TypeFor[msgpack.CustomDecoder]()
 )
 
-// walk checks raw, the value at path (empty for the body), against t and
-// returns what is wrong with it, or nil.
-func (w walker) walk(t reflect.Type, raw []byte, path string) *Error {
+// walk checks raw, the value at path (empty for the body) depth levels
+// down, against t and returns what is wrong with it, or nil.
+func (w walker) walk(t reflect.Type, raw []byte, path string, depth int) *Error {
 	switch {
 	case w.isNull(raw) && !isCustom(t):
 		return nil // absent: Validate decides whether it may be
@@ -122,7 +122,7 @@ func (w walker) walk(t reflect.Type, raw []byte, path string) *Error {
 		}
 		return nil
 	case t.Kind() == reflect.Pointer:
-		return w.walk(t.Elem(), raw, path)
+		return w.walk(t.Elem(), raw, path, depth)
 	case t.Kind() == reflect.Interface:
 		if err := w.decode(raw, reflect.New(t).Interface()); err != nil {
 			return ErrInvalid.With("%s: %s", name(path), clean(err))
@@ -142,15 +142,15 @@ func (w walker) walk(t reflect.Type, raw []byte, path string) *Error {
 				}
 				return unknownField(prefix+k, fields.names)
 			}
-			return w.walk(f.typ, v, prefix+f.name)
+			return w.walk(f.typ, v, prefix+f.name, depth+1)
 		})
 	case t.Kind() == reflect.Map && t.Key().Kind() == reflect.String:
 		return w.object(raw, path, func(k string, v []byte) *Error {
-			return w.walk(t.Elem(), v, name(path)+"."+k)
+			return w.walk(t.Elem(), v, name(path)+"."+k, depth+1)
 		})
 	case t.Kind() == reflect.Slice && t.Elem().Kind() != reflect.Uint8:
 		return w.array(raw, path, func(i int, v []byte) *Error {
-			return w.walk(t.Elem(), v, path+"["+strconv.Itoa(i)+"]")
+			return w.walk(t.Elem(), v, path+"["+strconv.Itoa(i)+"]", depth+1)
 		})
 	}
 	if e := w.text(raw, path); e != nil {
