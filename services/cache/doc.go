@@ -17,11 +17,15 @@
 // A miss is a reply ({"found": false}), not an error; the Client returns
 // ErrNotFound. Values are bytes: a string in JSON when they are UTF-8 text,
 // else {"base64": "..."}; bin (or str) in msgpack. ttl_ms 0 keeps a value
-// until it is evicted or deleted. Errors: invalid_key (empty, over 1024
-// bytes, not UTF-8), invalid_ttl (negative), value_too_large (over
+// until it is evicted or deleted; at most MaxTTLms (366 days): a larger
+// one is refused, never wrapped. set requires value ("" is an empty value).
+// Errors: invalid_key (empty, over 1024 bytes, not UTF-8), invalid_ttl
+// (negative or over MaxTTLms), value_too_large (over
 // Config.MaxValueBytes, 1 MiB by default), invalid (an empty or oversized
 // batch), unavailable (503: the owner or a replica did not answer),
-// loader_failed (502).
+// loader_failed (502), and pkg/bus's unknown_field and invalid for a field
+// the request does not have or of the wrong type (requests are read
+// strictly: a misspelt "ttl" is refused, not ignored).
 //
 // # Routing
 //

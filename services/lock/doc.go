@@ -17,7 +17,10 @@
 // is in use with another limit: see Semaphores), invalid_name, invalid_ttl,
 // invalid (400). The Client maps them to ErrLocked, ErrWaitTimeout,
 // ErrExpired, ErrNotHeld, ErrLimitMismatch, ErrInvalidName, ErrInvalidTTL
-// and ErrInvalid.
+// and ErrInvalid. Durations are bounded: ttl_ms (acquire, renew) in
+// [1000, Config.MaxTTL], 24 h by default; wait_ms at most 3,600,000 (an
+// hour). A field the request does not have is refused with unknown_field
+// (400), a wrong type with invalid.
 //
 // # How it works
 //

@@ -34,7 +34,11 @@
 // DuplicateID), task_not_found, schedule_not_found, queue_not_found (404),
 // task_finished (409, cancelling a finished task), invalid_queue,
 // invalid_schedule, invalid (400), payload_too_large (413). The Client
-// returns them as the package's sentinels (ErrDuplicate, ...).
+// returns them as the package's sentinels (ErrDuplicate, ...). A field the
+// request does not have is refused with unknown_field (400), a wrong type
+// with invalid. Durations are bounded: delay_ms, unique_for_ms and every_ms
+// at most MaxDelayMs (366 days); timeout_ms, backoff.initial_ms and
+// backoff.max_ms at most MaxTimeoutMs (24 h); a larger one is refused.
 //
 // # Storage
 //

@@ -1,12 +1,12 @@
 package scheduler
 
 import (
-	"errors"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
 )
 
 // FuzzDecodeRequests: any body, in either codec, decodes into a request that
@@ -23,21 +23,19 @@ func FuzzDecodeRequests(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
+	for _, s := range []string{`{"queue":"q","type":"t","delay":5000}`, `{"id":"a","queue":"q","attempt":1,"stream_seq":0}`} {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := &bus.Msg{Msg: &nats.Msg{Data: data}, Codec: bus.DetectCodec(nil, data)}
 		for _, req := range []any{&SubmitRequest{}, &StatusRequest{}, &CancelRequest{}, &ListRequest{}, &QueuesRequest{}, &PauseRequest{},
 			&ScheduleRequest{}, &ScheduleListRequest{}, &ScheduleRmRequest{}, &StartedRequest{}, &FinishedRequest{}} {
-			err := m.Decode(req)
-			if err != nil {
-				var e *bus.Error
-				if !errors.As(err, &e) || e.Status < 400 || e.Status >= 500 {
-					t.Fatalf("%T: error %v is not a 4xx", req, err)
-				}
+			if !bustest.CheckDecoded(t, m, req, m.Decode(req)) {
 				continue
 			}
 			switch r := req.(type) {
 			case *SubmitRequest:
-				if CheckQueue(r.Queue) != nil || checkType(r.Type) != nil || r.DelayMs < 0 || (r.MaxRetries != nil && *r.MaxRetries < 0) || r.PayloadEncoding != "" {
+				if CheckQueue(r.Queue) != nil || checkType(r.Type) != nil || r.DelayMs < 0 || r.DelayMs > MaxDelayMs || r.TimeoutMs > MaxTimeoutMs || r.UniqueForMs > MaxDelayMs || (r.MaxRetries != nil && *r.MaxRetries < 0) || r.PayloadEncoding != "" {
 					t.Fatalf("accepted %+v", r)
 				}
 			case *StatusRequest:
@@ -49,7 +47,7 @@ func FuzzDecodeRequests(f *testing.F) {
 					t.Fatalf("accepted %+v", r)
 				}
 			case *FinishedRequest:
-				if r.Attempt < 1 || checkID(r.ID) != nil {
+				if r.Attempt < 1 || checkID(r.ID) != nil || r.StreamSeq == 0 {
 					t.Fatalf("accepted %+v", r)
 				}
 			}

@@ -640,6 +640,9 @@ func (r *StartedRequest) Validate() error {
 	if r.Attempt < 1 {
 		return ErrInvalid.With("attempt must be at least 1")
 	}
+	if r.StreamSeq == 0 {
+		return ErrInvalid.With("stream_seq is required (the message's stream sequence)")
+	}
 	if len(r.Worker) > 256 {
 		return ErrInvalid.With("worker must be at most 256 bytes")
 	}
@@ -656,6 +659,9 @@ func (r *FinishedRequest) Validate() error {
 	}
 	if r.Attempt < 1 {
 		return ErrInvalid.With("attempt must be at least 1")
+	}
+	if r.StreamSeq == 0 {
+		return ErrInvalid.With("stream_seq is required (the message's stream sequence)")
 	}
 	return nil
 }
