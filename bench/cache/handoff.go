@@ -62,11 +62,15 @@ func handoff(ctx context.Context, cfg config, n int, w io.Writer) error {
 
 	fmt.Fprintln(w, "| phase | time to hand off | GET/s | SET/s | keys handed off | keys received |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	// The nodes' figures are totals: a row shows what the phase added.
+	before := map[string]cache.NodeStats{}
 	row := func(phase string, d time.Duration, l loadRates, live []*handoffNode) {
 		var out, in int64
 		for _, nd := range live {
 			if st, err := nodeFigures(cli, nd.id); err == nil {
-				out, in = out+st.HandedOff, in+st.Received
+				out += st.HandedOff - before[nd.id].HandedOff
+				in += st.Received - before[nd.id].Received
+				before[nd.id] = st
 			}
 		}
 		took := "-"
