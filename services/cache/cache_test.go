@@ -339,7 +339,7 @@ func TestReplicaDiesHoldingTheCopy(t *testing.T) {
 	if err := sub.AutoUnsubscribe(1); err != nil {
 		t.Fatal(err)
 	}
-	ann, err := membership.NewAnnouncer(ghost, membership.AnnouncerConfig{Service: cache.Service, ID: "n1", Interval: hb})
+	ann, err := membership.NewAnnouncer(ghost, membership.AnnouncerConfig{Service: cache.Service, ID: "n1", Interval: hb, IdentitySubject: cache.NodeSubject("n1", cache.OpIdentity)})
 	if err != nil {
 		t.Fatal(err)
 	}

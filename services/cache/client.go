@@ -47,7 +47,7 @@ func NewClient(nc *nats.Conn, cfg ClientConfig) (*Client, error) {
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = time.Second
 	}
-	w, err := membership.NewWatcher(nc, membership.WatcherConfig{Service: Service, Interval: cfg.Heartbeat, Logger: cfg.Logger})
+	w, err := membership.NewWatcher(nc, membership.WatcherConfig{Service: Service, Interval: cfg.Heartbeat, IdentitySubject: identitySubject, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}

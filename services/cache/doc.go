@@ -13,6 +13,8 @@
 //	mesh.cache.node.<id>.<op>        the same, served by node <id> (stats: that node's figures)
 //	mesh.cache.node.<id>.put         {items: [{key, value, ttl_ms, version}]} {stored}  (between nodes)
 //	mesh.cache.node.<id>.digest      {partitions}                   {digests: [{keys, hash}]}  (between nodes)
+//	mesh.cache.node.<id>.identity    {}                             the node's heartbeat: nodes and clients route keys to a
+//	                                                                new node once it answers with its own id and start time
 //	mesh.heartbeat.cache.<id>        the nodes' membership heartbeats (package membership)
 //	mesh.events.cache.<what>         node_joined, node_left, rebalance_started, rebalance_finished
 //

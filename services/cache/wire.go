@@ -34,7 +34,14 @@ const (
 	OpMGet  = "mget"
 	OpMSet  = "mset"
 	OpStats = "stats"
+	// OpIdentity answers with the node's heartbeat: the identity probe
+	// that nodes and clients send a new member before they route keys
+	// to it (package membership, IdentitySubject).
+	OpIdentity = "identity"
 )
+
+// identitySubject is where node id answers identity probes.
+func identitySubject(id string) string { return NodeSubject(id, OpIdentity) }
 
 // NodeSubject is the subject of one node's operation: mesh.cache.node.<id>.<op>.
 func NodeSubject(id, op string) string { return "mesh.cache.node." + id + "." + op }

@@ -32,7 +32,8 @@
 //
 // Errors: duplicate (409, with the existing id at the end of the message:
 // DuplicateID), task_not_found, schedule_not_found, queue_not_found (404),
-// task_finished (409, cancelling a finished task), invalid_queue,
+// task_finished (409, cancelling a finished task), stale_report (409, a
+// worker's report that matches no delivery of the task), invalid_queue,
 // invalid_schedule, invalid (400), payload_too_large (413). The Client
 // returns them as the package's sentinels (ErrDuplicate, ...). A field the
 // request does not have is refused with unknown_field (400), a wrong type
@@ -150,6 +151,35 @@
 // worker: it is on the way from a submit to the task's start, and every
 // hand-off between goroutines there costs a thread's wake-up
 // (TestStartOnStaleState covers the stale entry).
+//
+// # Reports must match a delivery
+//
+// Whoever may publish to mesh.scheduler.started and .finished could
+// otherwise run, finish or kill any task, so each report is checked
+// against the delivery it claims before it changes anything; a report
+// that does not match is refused with ErrStaleReport (409), one for an id
+// without a state with ErrNotFound (no state is made up from a report).
+// A start must name the task's queue and type; its stream_seq must be the
+// task's message (the state knows it, or the message at that sequence is
+// read: subject mesh.tasks.<queue>, Mesh-Task-Id, and still in the work
+// queue); the queue's consumer must have delivered that far (its
+// delivered sequence, cached per queue and asked again only for a
+// sequence beyond it); the attempt must be within the consumer's
+// MaxDeliver and newer than the last start accepted for that message; and
+// a running task is taken over only by a start that comes at least the
+// consumer's AckWait after the one it replaces, as a redelivery after a
+// worker's death does. The state keeps the accepted delivery (Seq and
+// Delivery), and an outcome must name exactly that one: an outcome sent
+// again gets the first one's reply and writes nothing, and a dead
+// worker's late outcome, after a newer delivery started, is refused. The
+// Worker leaves a message alone when a report of its delivery is refused:
+// the newer delivery owns it, or it comes back after its ack wait.
+//
+// What the server does not tell is which client holds a delivery (an
+// acknowledgement is not checked against the delivery that sent it), so a
+// client that knows a task's id and its message's sequence can still
+// claim a delivery that the consumer has made, once its ack wait has
+// passed. The NATS permissions decide who may report at all.
 //
 // # Retries, timeouts, dead letters
 //

@@ -141,6 +141,7 @@ type Server struct {
 	tasks      jetstream.Stream
 	dead       jetstream.Stream
 	queues     sync.Map // queue name -> struct{}: consumers known to exist
+	facts      sync.Map // queue name -> *queueFacts: what reports are checked against
 	consumes   []jetstream.ConsumeContext
 
 	// states caches the states this instance wrote or read, with their
@@ -337,6 +338,9 @@ type record struct {
 	// Seq is the stream sequence of the task's message in its queue, when
 	// known (to remove a cancelled task at once).
 	Seq uint64 `json:"seq,omitempty"`
+	// Delivery is the delivery count (the report's attempt) of the start
+	// last accepted, at Seq: an outcome report must name that delivery.
+	Delivery int `json:"delivery,omitempty"`
 	// Interrupted counts the deliveries a worker gave back unfinished at
 	// its shutdown: they do not count as attempts.
 	Interrupted int `json:"interrupted,omitempty"`
@@ -496,11 +500,13 @@ func (s *Server) create(ctx context.Context, rec *record) (uint64, error) {
 
 // update applies fn to a task's state and writes it with a compare-and-set,
 // retrying on conflicts. fn returns errNoChange to stop without writing
-// (update then returns the state read and nil).
+// (update then returns the state read and nil). A report refused on the
+// cached state (ErrStaleReport) is decided again on the state read.
 func (s *Server) update(ctx context.Context, id string, fn func(*record) error) (record, error) {
 	for attempt := 0; ; attempt++ {
 		rec, rev, ok := s.cached(id)
-		if !ok || attempt > 0 {
+		fromCache := ok && attempt == 0
+		if !fromCache {
 			var err error
 			if rec, rev, err = s.get(ctx, id); err != nil {
 				return rec, err
@@ -509,6 +515,9 @@ func (s *Server) update(ctx context.Context, id string, fn func(*record) error) 
 		if err := fn(&rec); err != nil {
 			if errors.Is(err, errNoChange) {
 				return rec, nil
+			}
+			if fromCache && errors.Is(err, ErrStaleReport) {
+				continue
 			}
 			return rec, err
 		}

@@ -122,6 +122,12 @@ var (
 	// ErrFinished: the task has already finished (succeeded, dead or
 	// cancelled), so it cannot be cancelled.
 	ErrFinished = bus.NewError(409, "task_finished", "the task has finished")
+	// ErrStaleReport: a worker's report does not match the delivery it
+	// claims (another queue or type, a message that is not the task's or
+	// was not delivered, a delivery already reported or replaced by a
+	// newer one, an outcome without its start). Nothing changed; the
+	// worker leaves the message alone.
+	ErrStaleReport = bus.NewError(409, "stale_report", "the report does not match the task's delivery")
 	// ErrQueueNotFound: no queue of this name (nothing was ever submitted to it).
 	ErrQueueNotFound = bus.NewError(404, "queue_not_found", "no such queue")
 	// ErrInvalidQueue: empty, too long, or outside the queue charset.
