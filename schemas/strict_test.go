@@ -33,6 +33,8 @@ var requestTypes = map[string]any{
 	"cache.mget":               cache.MGetRequest{},
 	"cache.mset":               cache.MSetRequest{},
 	"cache.stats":              cache.StatsRequest{},
+	"cache.put":                cache.PutRequest{},
+	"cache.digest":             cache.DigestRequest{},
 	"lock.acquire":             lock.AcquireRequest{},
 	"lock.release":             lock.ReleaseRequest{},
 	"lock.renew":               lock.RenewRequest{},

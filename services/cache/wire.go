@@ -392,8 +392,8 @@ func (r *PutRequest) Validate() error {
 		if err := CheckKey(it.Key); err != nil {
 			return err
 		}
-		if it.TTLms < 0 {
-			return ErrInvalidTTL.With("ttl_ms of %q must be ≥ 0, got %d", it.Key, it.TTLms)
+		if err := checkTTL(it.TTLms); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -419,6 +419,9 @@ type DigestReply struct {
 
 // Validate implements bus.Validator.
 func (r *DigestRequest) Validate() error {
+	if len(r.Partitions) == 0 {
+		return ErrInvalid.With("partitions is required (at least one)")
+	}
 	if len(r.Partitions) > ring.MaxPartitions {
 		return ErrInvalid.With("at most %d partitions, got %d", ring.MaxPartitions, len(r.Partitions))
 	}
