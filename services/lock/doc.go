@@ -148,8 +148,9 @@
 // even if wait_ms is longer, and is not granted past it: a caller whose
 // wait_ms outlasts its own timeout (nats req's default of 5 s against a
 // wait_ms of a minute) is not left in line to be granted a lock nobody
-// takes (TestCallerDeadlineEndsWait). A request without a deadline (the
-// nats CLI sends none) waits its whole wait_ms.
+// takes (TestCallerDeadlineEndsWait). One that arrives just past its
+// deadline, within DeadlineSkew, is answered at once, as a try. A request
+// without a deadline (the nats CLI sends none) waits its whole wait_ms.
 //
 // # A lease starts at its grant
 //
