@@ -73,7 +73,7 @@ func parseBytes(s string) (int64, error) {
 type upCmd struct {
 	runFlags
 	Listen   string   `env:"MESH_LISTEN" default:"127.0.0.1:4222" help:"Client address of the embedded NATS server."`
-	Data     string   `env:"MESH_DATA" default:".mesh/data" help:"JetStream store directory of the embedded server."`
+	Data     string   `env:"MESH_DATA" default:".mesh/data" help:"JetStream store directory of the embedded server, locked while it runs: a second mesh needs its own."`
 	Sync     string   `env:"MESH_SYNC" default:"default" help:"fsync policy of the store: default (NATS's: every 2 minutes), always (every write; much slower), or an interval such as 10s."`
 	Services []string `env:"MESH_SERVICES" placeholder:"NAME,..." help:"Services to run (default: all)."`
 }

@@ -52,15 +52,26 @@ func (h *heard) listen(nc *nats.Conn) error {
 	return nc.Flush() // subscribed before any expiry this instance tells
 }
 
+// stop unsubscribes and lets every wait return.
 func (h *heard) stop() {
 	if h.sub != nil {
 		_ = h.sub.Unsubscribe()
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for key, ch := range h.waiting {
+		close(ch)
+		delete(h.waiting, key)
+	}
+	h.waiting = nil // and waits to come return at once
 }
 
 func (h *heard) heard(key string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.seen == nil {
+		return
+	}
 	now := time.Now()
 	for k, at := range h.seen {
 		if now.Sub(at) > heardKeep {
