@@ -32,6 +32,9 @@ import (
 //     encoding/json would silently replace it with U+FFFD (msgpack strings
 //     are checked by the services, which refuse keys and names that are not
 //     UTF-8);
+//   - a msgpack integer that does not fit its field (a negative one for an
+//     unsigned field, one beyond 2^63 for a signed one), which the decoder
+//     would wrap silently: JSON refuses those too;
 //   - a msgpack body nested deeper than MaxDepth (see checkMsgpack), before
 //     anything is allocated. JSON bodies are bounded by encoding/json's own
 //     limit of 10,000 levels, which it checks before decoding.
@@ -120,6 +123,8 @@ var (
 // down, against t and returns what is wrong with it, or nil.
 func (w walker) walk(t reflect.Type, raw []byte, path string, depth int) *Error {
 	switch {
+	case depth > MaxDepth:
+		return nil // left to the decoder's message; no request type nests so deep
 	case w.isNull(raw) && !isCustom(t):
 		return nil // absent: Validate decides whether it may be
 	case isCustom(t):
