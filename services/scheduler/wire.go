@@ -144,7 +144,8 @@ const duplicateMarker = "existing id: "
 // Bytes is an opaque byte string (a payload or a result). In msgpack it is
 // bin (str is accepted); in JSON a string holding the bytes as text. A
 // request may also give any other value (an object, a number): its JSON
-// text becomes the bytes.
+// text becomes the bytes (from msgpack, an object's keys in the order sent;
+// they must be strings).
 type Bytes []byte
 
 // MarshalJSON writes the bytes as a JSON string (invalid UTF-8 is replaced;
