@@ -1,9 +1,12 @@
 package scheduler
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -147,7 +150,8 @@ const duplicateMarker = "existing id: "
 // Bytes is an opaque byte string (a payload or a result). In msgpack it is
 // bin (str is accepted); in JSON a string holding the bytes as text. A
 // request may also give any other value (an object, a number): its JSON
-// text becomes the bytes.
+// text becomes the bytes (from msgpack, an object's keys in the order sent;
+// they must be strings).
 type Bytes []byte
 
 // MarshalJSON writes the bytes as a JSON string (invalid UTF-8 is replaced;
@@ -192,16 +196,112 @@ func (b *Bytes) DecodeMsgpack(dec *msgpack.Decoder) error {
 		return err
 	}
 	// Any other value: its JSON text, as in a JSON request.
-	v, err := dec.DecodeInterface()
+	var buf bytes.Buffer
+	if err := appendJSON(&buf, dec); err != nil {
+		return fmt.Errorf("payload: %w", err)
+	}
+	*b = buf.Bytes()
+	return nil
+}
+
+// appendJSON writes the JSON text of the msgpack value at dec to buf as it
+// reads it, without building the value first: what it allocates is bounded
+// by the text it writes, a few bytes for each byte read, where a decoded
+// tree of maps and slices costs up to 160 bytes for each. Maps keep their
+// order; their keys must be strings. Values without a JSON form (NaN, an
+// extension) are errors, as json.Marshal has them.
+func appendJSON(buf *bytes.Buffer, dec *msgpack.Decoder) error {
+	c, err := dec.PeekCode()
+	if err != nil {
+		return err
+	}
+	var num [32]byte
+	switch {
+	case c == msgpcode.Nil:
+		buf.WriteString("null")
+		return dec.Skip()
+	case c == msgpcode.True || c == msgpcode.False:
+		v, err := dec.DecodeBool()
+		buf.WriteString(strconv.FormatBool(v))
+		return err
+	case c == msgpcode.Uint64:
+		v, err := dec.DecodeUint64()
+		buf.Write(strconv.AppendUint(num[:0], v, 10))
+		return err
+	case msgpcode.IsFixedNum(c) || c >= msgpcode.Uint8 && c <= msgpcode.Uint32 || c >= msgpcode.Int8 && c <= msgpcode.Int64:
+		v, err := dec.DecodeInt64()
+		buf.Write(strconv.AppendInt(num[:0], v, 10))
+		return err
+	case c == msgpcode.Float || c == msgpcode.Double:
+		var v any
+		if c == msgpcode.Float {
+			v, err = dec.DecodeFloat32()
+		} else {
+			v, err = dec.DecodeFloat64()
+		}
+		return writeJSON(buf, v, err)
+	case msgpcode.IsString(c):
+		v, err := dec.DecodeString()
+		return writeJSON(buf, v, err)
+	case msgpcode.IsBin(c):
+		v, err := dec.DecodeBytes()
+		return writeJSON(buf, v, err)
+	case msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32:
+		n, err := dec.DecodeMapLen()
+		if err != nil {
+			return err
+		}
+		buf.WriteByte('{')
+		for i := range n {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			k, err := dec.PeekCode()
+			if err != nil {
+				return err
+			}
+			if !msgpcode.IsString(k) {
+				return errors.New("an object whose keys are not all strings")
+			}
+			if err := appendJSON(buf, dec); err != nil {
+				return err
+			}
+			buf.WriteByte(':')
+			if err := appendJSON(buf, dec); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte('}')
+		return nil
+	case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
+		n, err := dec.DecodeArrayLen()
+		if err != nil {
+			return err
+		}
+		buf.WriteByte('[')
+		for i := range n {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			if err := appendJSON(buf, dec); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte(']')
+		return nil
+	}
+	v, err := dec.DecodeInterface() // an extension, such as a timestamp
+	return writeJSON(buf, v, err)
+}
+
+// writeJSON writes v as json.Marshal does, unless err.
+func writeJSON(buf *bytes.Buffer, v any, err error) error {
 	if err != nil {
 		return err
 	}
 	j, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("payload: %w", err)
-	}
-	*b = j
-	return nil
+	buf.Write(j)
+	return err
 }
 
 // encodeText returns b as text and "" when it is valid UTF-8, else as
