@@ -74,7 +74,7 @@ func TestHeartbeatBounds(t *testing.T) {
 	}
 	// In bounds: the largest weight and interval allowed.
 	forge(t, nc, membership.Heartbeat{ID: "big", Weight: membership.MaxWeight, Started: now, IntervalMs: membership.MaxInterval.Milliseconds()})
-	await(t, w, 5*h, size(1))
+	await(t, w, 20*h, size(1))
 	if got := ids(w); got[0] != "big" {
 		t.Fatalf("members = %v", got)
 	}
