@@ -71,6 +71,9 @@ type app struct {
 	conn connFlags
 	log  zerolog.Logger
 	out  io.Writer // where results go: stdout
+	// serviceConn, when set, connects each service with its own user
+	// (mesh up --auth).
+	serviceConn func(service string) (*nats.Conn, error)
 }
 
 // kongUsageError is the exit code kong gives a command line it cannot

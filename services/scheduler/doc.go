@@ -207,7 +207,11 @@
 // the message and the acknowledgement. Every hop is a round trip: submit
 // makes two in a row behind the request, a worker one before running a
 // task and one after it (the next task does not wait for that one: the
-// acknowledgement follows the report in the background). list and the
+// acknowledgement follows the report in the background). Checking a start
+// against its delivery adds reads, no write: the queue's consumer info
+// when the start names a sequence beyond the delivered one last seen (one
+// request for the starts waiting on it), and the task's message when the
+// instance does not know its sequence (it did not enqueue it). list and the
 // repair at start read every state (a scan of the bucket), so list is for
 // people and tools, not for a hot path. The scheduler bench's "floor +
 // state" row makes the same stored writes with no service in between, a
