@@ -36,7 +36,11 @@ type rebalancer struct {
 	done   chan struct{}
 
 	handedOff, received, underRep, lastMs atomic.Int64
-	rebalanced                            atomic.Uint64 // ring version of the last complete pass
+	// changes counts the changes of the ring; rebalanced is the value it
+	// had when the last complete pass started, so that a pass completed
+	// before a change does not count for a ring that came back.
+	changes, rebalanced atomic.Uint64
+	rebalancedRing      atomic.Uint64 // the version of the ring of that pass
 
 	mu      sync.Mutex
 	changed bool // the pass wanted follows a change of the ring
@@ -179,6 +183,7 @@ func (s *Server) rebalance(ctx context.Context, r *ring.Ring, reason string) boo
 		return true
 	}
 	start := time.Now()
+	epoch := s.reb.changes.Load()
 	s.pruneTombs(start)
 	parts := s.partitions(0)
 	held := len(parts)
@@ -210,7 +215,8 @@ func (s *Server) rebalance(ctx context.Context, r *ring.Ring, reason string) boo
 	s.reb.underRep.Store(under)
 	complete := !f.aborted && f.failed == 0
 	if complete {
-		s.reb.rebalanced.Store(r.Version())
+		s.reb.rebalancedRing.Store(r.Version())
+		s.reb.rebalanced.Store(epoch)
 	}
 	if f.started || f.failed > 0 {
 		d := time.Since(start)
