@@ -12,7 +12,7 @@
 //	mesh.cache.stats                 {}                             {total, nodes}
 //	mesh.cache.node.<id>.<op>        the same, served by node <id> (stats: that node's figures)
 //	mesh.cache.node.<id>.put         {items: [{key, value, ttl_ms, version}]} {stored}  (between nodes)
-//	mesh.cache.node.<id>.digest      {partitions}                   {digests: [{keys, hash}]}  (between nodes)
+//	mesh.cache.node.<id>.digest      {partitions, digests}          {digests: [{keys, hash}]}  (between nodes)
 //	mesh.cache.node.<id>.identity    {}                             the node's heartbeat: nodes and clients route keys to a
 //	                                                                new node once it answers with its own id and start time
 //	mesh.heartbeat.cache.<id>        the nodes' membership heartbeats (package membership)
@@ -98,10 +98,10 @@
 // After each change of the ring (a join, a leave, a crash seen), at the end
 // of the grace period, after a write that raced a change, and every
 // Config.AntiEntropy (30 s), each node runs a hand-off pass over its keys,
-// by partition. It asks each other copy holder of the partitions it has
-// keys in for their digests (the number of keys and an xor of a hash of
-// each key and its version), all holders at once, and sends the keys of a
-// partition to each holder whose digest differs from its own, on
+// by partition. It asks each other copy holder of the partitions it holds
+// for their digests (the number of keys and an xor of a hash of each key
+// and its version), all holders at once, and sends the keys of a partition
+// to each holder whose digest differs from its own, on
 // mesh.cache.node.<id>.put: many partitions a batch, each value with the
 // time it has left and its version, at most Config.HandoffRate keys a
 // second (250,000). A node that is no longer a copy holder of a partition
@@ -109,7 +109,10 @@
 // it, unless the key was written again meanwhile. So a joining node
 // receives its keys without being asked, the survivors of a crash bring
 // every partition back to R copies, and a copy written by a node whose ring
-// was behind reaches the holders. A pass that cannot reach a holder leaves
+// was behind reaches the holders. The request carries the asker's own
+// digests: a holder that has keys of a partition the asker has none of
+// runs a pass at once, so a node that restarted empty before the others'
+// rings saw it go gets its keys back. A pass that cannot reach a holder leaves
 // its partitions counted as under-replicated and is tried again after four
 // heartbeats; a change of the ring during a pass starts a new one. Digests
 // that differ only because a key expired at a slightly different time on

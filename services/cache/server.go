@@ -337,6 +337,7 @@ func (s *Server) onChange(prev, next *ring.Ring) {
 			s.emit("node_left", map[string]any{"node": id, "members": next.Len()})
 		}
 	}
+	s.reb.changes.Add(1)
 	s.reb.kick(true)
 }
 
