@@ -367,7 +367,7 @@ func linClients(t *testing.T, url string, h *linHistory, cfg linRun) (wait func(
 func linCheck(t *testing.T, h *linHistory, ws []*linClient, js jetstream.JetStream, tap *linJoinTap) {
 	t.Helper()
 	joins := tap.result()
-	events := linReadEvents(t, js, h, linScaled(10*time.Second))
+	events := linReadEvents(t, js, h, linScaled(5*time.Second))
 	// Event times and the stream's timestamps are read on the wall clock,
 	// the history on the monotonic one: allow for their drift.
 	now := time.Now()
@@ -415,14 +415,6 @@ func linCheck(t *testing.T, h *linHistory, ws []*linClient, js jetstream.JetStre
 		for sec := int64(0); sec <= last; sec++ {
 			fmt.Fprintf(&b, " %d", bySecond[sec])
 		}
-		if os.Getenv("LINDEBUG") != "" {
-			for _, op := range h.ops {
-				if op.Output.(linOutput).result == linUnknown {
-					in := op.Input.(linInput)
-					t.Logf("DEBUG %v op=%d wait=%v owner=%s err=%.120s", time.Duration(op.Call).Round(time.Millisecond), in.op, in.wait, in.owner, op.Output.(linOutput).err)
-				}
-			}
-		}
 		t.Logf("unknown outcomes by second of call:%s (stopped at %v, restarted at %v)", b.String(), time.Duration(h.stopped).Round(time.Millisecond), time.Duration(h.restarted).Round(time.Millisecond))
 	}
 	if len(unexpected) > 0 {
@@ -444,7 +436,9 @@ func linCheck(t *testing.T, h *linHistory, ws []*linClient, js jetstream.JetStre
 	}
 
 	model := linModel.ToModel()
+	checking := time.Now()
 	res := porcupine.CheckOperationsTimeout(model, ops, 30*time.Second)
+	t.Logf("porcupine: %s in %v", res, time.Since(checking).Round(time.Millisecond))
 	if res == porcupine.Ok {
 		return
 	}
