@@ -53,7 +53,7 @@ func linTapJoins(t *testing.T, js jetstream.JetStream, h *linHistory) *linJoinTa
 			tap.joins[rec.Owner] = at
 		}
 		tap.mu.Unlock()
-	})
+	}, jetstream.PullExpiry(2*time.Second), jetstream.PullHeartbeat(500*time.Millisecond)) // quick to notice a lost consumer
 	if err != nil {
 		t.Fatalf("tapping the bucket: %v", err)
 	}
@@ -84,7 +84,16 @@ func linReadEvents(t *testing.T, js jetstream.JetStream, h *linHistory, within t
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within+10*time.Second)
 	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.EventSubject("lock", ">")}})
+	// After a fault, the cluster may take a moment to answer again.
+	var cons jetstream.Consumer
+	var err error
+	for {
+		cons, err = js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.EventSubject("lock", ">")}})
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // polling for the cluster
+	}
 	if err != nil {
 		t.Fatalf("reading %s: %v", bus.EventStream, err)
 	}

@@ -611,9 +611,17 @@ func linCluster(t *testing.T, victim string) {
 	serveWith(t, c.URL(), cfg)
 	serveWith(t, c.URL(), cfg)
 
+	// The node to stop is picked before the run, so that the tap on the
+	// bucket is connected to another.
+	victimNode, tapURL := -1, c.URL()
+	if victim != "" {
+		victimNode = linVictim(t, c, victim)
+		tapURL = c.Node((victimNode + 1) % c.N()).ClientURL()
+	}
 	healed := make(chan struct{})
 	h := &linHistory{start: time.Now()}
-	tap := linTapJoins(t, js, h)
+	tapJS := bustest.JetStream(t, bustest.Connect(t, tapURL))
+	tap := linTapJoins(t, tapJS, h)
 	wait := linClients(t, c.URL(), h, linRun{names: linNames, clients: 8, ops: 40, keepGoing: healed, deadline: h.start.Add(linMaxHistory)})
 	ok := false
 	defer func() {
@@ -623,12 +631,12 @@ func linCluster(t *testing.T, victim string) {
 		}
 	}()
 
-	// Let the clients get going, then pick the node and stop it.
+	// Let the clients get going, then stop the node.
 	for h.len() < 80 && time.Since(h.start) < 5*time.Second {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if victim != "" {
-		i := linVictim(t, c, victim)
+		i := victimNode
 		t.Logf("stopping node %d (%s) after %d operations", i, victim, h.len())
 		c.Stop(i)
 		h.stopped = h.now()
@@ -649,7 +657,7 @@ func linCluster(t *testing.T, victim string) {
 	}
 	ok = true
 	close(healed)
-	linCheck(t, h, wait(), js, tap)
+	linCheck(t, h, wait(), tapJS, tap)
 }
 
 // linVictim picks the node to stop: the JetStream meta leader, the leader
