@@ -16,31 +16,38 @@ import (
 // # Waiting
 //
 // A refused try observes, at one instant, every slot of its name taken. A
-// wait that times out observes more: its key stood in line from the moment
-// the stream stored it (its join, k) until the refusal, and the service
-// grants the first keys in line as soon as they hold a slot. So it is legal
-// only if every slot was taken through that whole window, or was free only
-// between a release and the grant that took the slot again (another waiter
-// served). Porcupine's operations have one linearization point each, so a
-// timed-out wait is checked as two: a watch, which begins the window and
-// needs every slot taken (its interval ends at k, read from the bucket's
-// stream while the history runs, plus linClockSlack), and the refusal,
-// which needs every slot taken and ends the window (its interval starts at
-// the instant the service's wait had surely run out, known to the client:
-// its deadline less the 100 ms the Client keeps for the reply, less
-// linClockSlack). While a watch stands, the model lets a slot be free only
-// briefly: a step that frees a slot (a release, an unknown acquire's key
-// leaving) records the release's return time plus a tolerance (gap), and
-// every operation linearized while the slot stays free must have been
-// called by then. As the release took effect by its return and a later
-// operation by its call at the earliest, a history that passes had a
-// linearization in which no slot stayed free for longer than the tolerance
-// while a timed-out waiter stood in line. The tolerance absorbs only the
-// clocks' rounding: the grant that takes the slot again was asked for
-// before the waiter joined, so its interval covers the hand-off.
+// wait that times out observes more: its key stood in line from its join
+// until the refusal, and the service grants the first keys in line as soon
+// as they hold a slot. So it is legal only if every slot was taken through
+// that whole window, or was free only between a release and the grant that
+// took the slot again (another waiter served). Porcupine's operations have
+// one linearization point each, so a timed-out wait is checked as two:
 //
-// A wait whose join the stream tap missed (it was purged before the tap
-// read it, in a failover) keeps only the refusal's end of the window.
+//   - a watch, which begins the window and needs every slot taken. Its
+//     interval ends at the join: the timestamp of the key's first message
+//     in the bucket's stream, tapped while the history runs (on a cluster
+//     the leader stamps a message when it gives it its place in the
+//     stream's order), plus the clock slack;
+//   - the refusal, which needs every slot taken and ends the window. Its
+//     interval starts where the service's wait had surely run out: the
+//     service counts wait_ms from the request's arrival, after the call
+//     (less the clock slack).
+//
+// While a watch stands, a slot may be free only briefly: a step that frees
+// one (a release, a ghost's key leaving) sets a deadline, the return time
+// of that step's operation plus a tolerance (linGapDefault, scaled), and
+// every operation linearized while the slot stays free must have been
+// called by then. The release took effect by its return and a later
+// operation by its call at the earliest, so a history that passes has a
+// linearization in which no slot stayed free longer than the tolerance
+// while a timed-out waiter stood in line. The service itself leaves no such
+// gap: the grant that takes the slot again goes to a key ahead of the
+// waiter's, asked for before the waiter joined, so its interval covers the
+// hand-off; the tolerance absorbs the clocks' rounding.
+//
+// A wait whose join the tap missed (its key purged before the tap read it,
+// as when the tap's consumer is made again in a failover) keeps only the
+// refusal's end of its window.
 //
 // # Unknown outcomes
 //
@@ -57,12 +64,14 @@ import (
 // known outcome fails the run, as does an expired event (no lease lives
 // less than its TTL, far longer than a history).
 //
-// An acquire still unknown left no acquired event: it was never granted
-// (events are lost only with a connection or the event stream, in a fault),
-// but its key may have stood first in line, holding a slot for nobody, until
-// the service took it out (the request's caller gone, a write that failed).
-// So it may take a slot at any time after its call (a ghost), and give it
-// back at any later time.
+// An acquire still unknown left no acquired event: it was never granted, or
+// its event was lost (with a connection, or while the event stream elects a
+// leader, in a fault). Either way its key may have stood first in line,
+// holding a slot, until the service took it out (the request's caller gone,
+// a write that failed). So it may take a slot at any time after its call (a
+// ghost), and give it back at any later time: looser than the service,
+// never stricter. A run fails when more than 5% of its outcomes stay
+// unknown.
 //
 // A definite refusal (expired: the request arrived after its deadline and
 // wrote nothing; no responders: no instance received it) changed nothing.
