@@ -79,8 +79,9 @@ func (tap *linJoinTap) result() map[string]int64 {
 // linReadEvents reads the lock events of MESH_EVENTS. Events are published
 // without waiting for the stream: it reads until every grant and release
 // whose answer a client received has its event, or until within passes
-// (events are lost with a connection or the event stream, in a fault).
-func linReadEvents(t *testing.T, js jetstream.JetStream, h *linHistory, within time.Duration) []linEvent {
+// (events are lost with a connection or the event stream, in a fault), and
+// returns the number of those grants and releases whose event is missing.
+func linReadEvents(t *testing.T, js jetstream.JetStream, h *linHistory, within time.Duration) (events []linEvent, missing int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within+10*time.Second)
 	defer cancel()
@@ -109,7 +110,6 @@ func linReadEvents(t *testing.T, js jetstream.JetStream, h *linHistory, within t
 			wantReleases[in.token] = true
 		}
 	}
-	var events []linEvent
 	deadline := time.Now().Add(within)
 	for {
 		batch, err := cons.FetchNoWait(1000)
@@ -147,11 +147,11 @@ func linReadEvents(t *testing.T, js jetstream.JetStream, h *linHistory, within t
 			continue
 		}
 		if len(wantGrants)+len(wantReleases) == 0 {
-			return events
+			return events, 0
 		}
 		if time.Now().After(deadline) {
 			t.Logf("%s lacks the events of %d grants and %d releases that clients saw", bus.EventStream, len(wantGrants), len(wantReleases))
-			return events
+			return events, len(wantGrants) + len(wantReleases)
 		}
 		time.Sleep(50 * time.Millisecond) // polling for events not stored yet
 	}

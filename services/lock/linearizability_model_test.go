@@ -643,6 +643,9 @@ func TestLinearizabilityModel(t *testing.T) {
 		{name: "unknown acquire granted by its event, released by its event, a lower token after", fencing: true, ops: []porcupine.Operation{
 			by("a", 1, "g", 0, unknown, inf), relMs("a", 1, 9, 20, unknown, inf), by("a", 1, "t", 40, granted(7), 50)},
 			events: []linEvent{event("acquired", "a", "g", 9, 5), event("released", "a", "g", 9, 25)}},
+		{name: "unknown acquire granted by its event, a lower token while it holds", fencing: true, ops: []porcupine.Operation{
+			by("a", 1, "g", 0, unknown, inf), by("a", 1, "t", 40, granted(7), 50)},
+			events: []linEvent{event("acquired", "a", "g", 9, 5)}},
 		{name: "unknown acquire granted by its event, released by its event, a higher token after", ok: true, ops: []porcupine.Operation{
 			by("a", 1, "g", 0, unknown, inf), relMs("a", 1, 5, 20, unknown, inf), by("a", 1, "t", 40, granted(7), 50)},
 			events: []linEvent{event("acquired", "a", "g", 5, 5), event("released", "a", "g", 5, 25)}},

@@ -367,7 +367,12 @@ func linClients(t *testing.T, url string, h *linHistory, cfg linRun) (wait func(
 func linCheck(t *testing.T, h *linHistory, ws []*linClient, js jetstream.JetStream, tap *linJoinTap) {
 	t.Helper()
 	joins := tap.result()
-	events := linReadEvents(t, js, h, linScaled(5*time.Second))
+	events, missing := linReadEvents(t, js, h, linScaled(5*time.Second))
+	if missing > 0 && h.stopped == 0 {
+		// Without a fault no event is lost: every grant and release emits
+		// one.
+		t.Errorf("%d grants and releases that clients saw have no event in %s", missing, bus.EventStream)
+	}
 	// Event times and the stream's timestamps are read on the wall clock,
 	// the history on the monotonic one: allow for their drift.
 	now := time.Now()
@@ -416,6 +421,9 @@ func linCheck(t *testing.T, h *linHistory, ws []*linClient, js jetstream.JetStre
 			fmt.Fprintf(&b, " %d", bySecond[sec])
 		}
 		t.Logf("unknown outcomes by second of call:%s (stopped at %v, restarted at %v)", b.String(), time.Duration(h.stopped).Round(time.Millisecond), time.Duration(h.restarted).Round(time.Millisecond))
+	}
+	if rep.waits >= 5 && rep.watched == 0 {
+		t.Errorf("none of %d timed-out waits was watched from its join: the tap on the bucket saw none", rep.waits)
 	}
 	if len(unexpected) > 0 {
 		t.Errorf("%d refusals no run may see: %s", len(unexpected), unexpected[0])
