@@ -554,8 +554,8 @@ func linCheckFencing(ops []porcupine.Operation) error {
 var linNames = []linName{{"lin.a", 1}, {"lin.b", 1}, {"lin.pool", 2}}
 
 // TestLinearizability: one server, one service instance, 8 clients
-// acquiring (TryAcquire, or Acquire with a wait) and releasing two mutexes
-// and a semaphore of 2, and releasing stale tokens.
+// acquiring (TryAcquire, or a wait in line up to wait_ms) and releasing two
+// mutexes and a semaphore of 2, and releasing stale tokens.
 func TestLinearizability(t *testing.T) {
 	linSingle(t, 1)
 }
