@@ -4,14 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/anishathalye/porcupine"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/lock"
 )
 
@@ -154,5 +158,113 @@ func linReadEvents(t *testing.T, js jetstream.JetStream, h *linHistory, within t
 			return events, len(wantGrants) + len(wantReleases)
 		}
 		time.Sleep(50 * time.Millisecond) // polling for events not stored yet
+	}
+}
+
+// TestLinearizabilityResolvesLostGrant: a waiter whose caller gave up is
+// granted the lock when its holder releases it; the caller never hears of
+// it. The acquired event resolves the unknown outcome into a grant with its
+// token, which then holds the lock: a later try is refused, and a grant
+// after it is a double grant the model rejects.
+func TestLinearizabilityResolvesLostGrant(t *testing.T) {
+	s := bustest.RunServer(t)
+	js := bustest.JetStream(t, bustest.Connect(t, s.URL()))
+	if _, err := bus.EnsureEventStream(ctx(t), js, bus.EventStreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	serve(t, s.URL())
+	h := &linHistory{start: time.Now()}
+	tap := linTapJoins(t, js, h)
+	c := lock.NewClient(bustest.Connect(t, s.URL()))
+	nc := bustest.Connect(t, s.URL())
+	const name = "lin.lost"
+	acquire := func(owner string) linInput {
+		return linInput{op: linAcquire, name: name, limit: 1, owner: owner}
+	}
+
+	in := acquire("holder")
+	call := h.now()
+	holder, err := c.TryAcquire(ctx(t), name, lock.Options{TTL: linTTL, Owner: in.owner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.add(in, call, linOutput{result: linGranted, token: holder.Token()}, h.now())
+
+	// The waiter's caller gives up after 300 ms; the service would wait 20 s.
+	in = acquire("waiter")
+	in.wait = 20 * time.Second
+	call = h.now()
+	req := lock.AcquireRequest{Name: name, Owner: in.owner, TTLms: linTTL.Milliseconds(), WaitMs: in.wait.Milliseconds(),
+		Deadline: &bus.Time{Time: time.Now().Add(30 * time.Second)}}
+	wctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err = bus.Request[lock.AcquireRequest, lock.AcquireReply](wctx, nc, lock.SubjectAcquire, req)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the waiter's request: %v, want a timeout", err)
+	}
+	h.add(in, call, linOutput{result: linUnknown, err: err.Error()}, h.now())
+	// The waiter stands in line.
+	for inLine := false; !inLine; {
+		info, err := c.Inspect(ctx(t), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range info.Waiters {
+			inLine = inLine || w.Owner == "waiter"
+		}
+		if !inLine {
+			time.Sleep(10 * time.Millisecond) // polling for the key
+		}
+	}
+
+	in = linInput{op: linRelease, name: name, limit: 1, token: holder.Token()}
+	call = h.now()
+	if err := holder.Release(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	h.add(in, call, linOutput{result: linReleased}, h.now())
+
+	// The lock passes to the waiter, whose key was first in line: a try is
+	// refused.
+	in = acquire("try")
+	call = h.now()
+	if _, err := c.TryAcquire(ctx(t), name, lock.Options{TTL: linTTL, Owner: in.owner}); !errors.Is(err, lock.ErrLocked) {
+		t.Fatalf("a try after the release: %v, want ErrLocked", err)
+	}
+	h.add(in, call, linOutput{result: linBusy}, h.now())
+
+	joins := tap.result()
+	events, missing := linReadEvents(t, js, h, 5*time.Second)
+	p := linParams{events: events, joins: joins, slack: linClockSlack.Nanoseconds(), gap: linGapDefault.Nanoseconds()}
+	if missing > 0 {
+		t.Fatalf("%d events missing", missing)
+	}
+	ops, rep, err := linPrepare(h.ops, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.resolvedGrants != 1 || rep.unknown != 0 {
+		t.Fatalf("resolved %d grants, %d unknown left; want the waiter's grant resolved", rep.resolvedGrants, rep.unknown)
+	}
+	var token uint64
+	for _, op := range ops {
+		if in := op.Input.(linInput); in.owner == "waiter" {
+			token = op.Output.(linOutput).token
+			if token <= holder.Token() || op.Return == math.MaxInt64 {
+				t.Fatalf("the waiter resolved to token %d, returning at %d; want a token above %d and a return time", token, op.Return, holder.Token())
+			}
+		}
+	}
+	if res := porcupine.CheckOperations(linModel.ToModel(), ops); !res {
+		t.Fatal("the resolved history is not linearizable")
+	}
+	// A grant after the try, while the waiter holds: rejected.
+	late := h.now()
+	bad := append(slices.Clone(h.ops), porcupine.Operation{Input: acquire("intruder"), Call: late, Output: linOutput{result: linGranted, token: token + 1}, Return: late + 1})
+	if ops, _, err = linPrepare(bad, p); err != nil {
+		t.Fatal(err)
+	}
+	if porcupine.CheckOperations(linModel.ToModel(), ops) {
+		t.Fatal("a grant while the resolved waiter holds the lock is accepted")
 	}
 }
