@@ -38,12 +38,12 @@ import (
 // of that step's operation plus a tolerance (linGapDefault, scaled), and
 // every operation linearized while the slot stays free must have been
 // called by then. The release took effect by its return and a later
-// operation by its call at the earliest, so a history that passes has a
-// linearization in which no slot stayed free longer than the tolerance
-// while a timed-out waiter stood in line. The service itself leaves no such
-// gap: the grant that takes the slot again goes to a key ahead of the
-// waiter's, asked for before the waiter joined, so its interval covers the
-// hand-off; the tolerance absorbs the clocks' rounding.
+// operation by its call at the earliest, so the model rejects a history only
+// if, in every linearization, a slot surely stayed free longer than the
+// tolerance while a timed-out waiter stood in line. The service itself
+// leaves no such gap: the grant that takes the slot again goes to a key
+// ahead of the waiter's, asked for before the waiter joined, so its
+// interval covers the hand-off; the tolerance absorbs the clocks' rounding.
 //
 // A wait whose join the tap missed (its key purged before the tap read it,
 // as when the tap's consumer is made again in a failover) keeps only the
