@@ -76,6 +76,8 @@ type upCmd struct {
 	Data     string   `env:"MESH_DATA" default:".mesh/data" help:"JetStream store directory of the embedded server."`
 	Sync     string   `env:"MESH_SYNC" default:"default" help:"fsync policy of the store: default (NATS's: every 2 minutes), always (every write; much slower), or an interval such as 10s."`
 	Services []string `env:"MESH_SERVICES" placeholder:"NAME,..." help:"Services to run (default: all)."`
+	Console  string   `env:"MESH_CONSOLE" default:"127.0.0.1:4280" placeholder:"ADDR" help:"Serve the web console on ADDR, a loopback address; off: no console."`
+	consoleFlags
 }
 
 type serveCmd struct {
@@ -110,7 +112,13 @@ func (c *upCmd) run(ctx context.Context, a *app) error {
 		a.log.Info().Str("url", srv.ClientURL()).Str("data", c.Data).Str("sync", c.Sync).Msg("embedded NATS server ready")
 		opts.URL = srv.ClientURL()
 	}
-	err := a.run(ctx, opts, c.runFlags, c.Services, func(nc *nats.Conn) { printTour(a.out, nc.ConnectedUrl(), c.Services) })
+	waitConsole := func() {}
+	err := a.run(ctx, opts, c.runFlags, c.Services, func(nc *nats.Conn) {
+		var url string
+		url, waitConsole = a.startConsole(ctx, nc, c.Console, c.consoleFlags, c.CacheReplicas)
+		printTour(a.out, nc.ConnectedUrl(), url, c.Services)
+	})
+	waitConsole()
 	if srv != nil {
 		shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -209,9 +217,13 @@ func isLoopback(host string) bool {
 }
 
 // printTour tells a person at the terminal how to talk to the mesh.
-func printTour(w io.Writer, url string, services []string) {
+func printTour(w io.Writer, url, console string, services []string) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nMesh is up. NATS: %s\n\n", url)
+	fmt.Fprintf(&b, "\nMesh is up. NATS: %s\n", url)
+	if console != "" {
+		fmt.Fprintf(&b, "Console: %s\n", console)
+	}
+	fmt.Fprintf(&b, "\n")
 	fmt.Fprintf(&b, "  nats micro ls                  # the running services\n")
 	fmt.Fprintf(&b, "  nats sub 'mesh.events.>'       # what the services do\n")
 	for _, d := range node.Defs() {
