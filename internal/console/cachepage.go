@@ -55,7 +55,10 @@ func (c *Console) cacheView(ctx context.Context, r *http.Request) (any, error) {
 		v.Members = append(v.Members, row)
 	}
 	v.Stats, v.StatsErr = c.cache.Stats(ctx)
-	if v.Key != "" {
+	// The lookup is made once, when the page is opened: the live part does
+	// not repeat it (each lookup is a read that the node counts as a hit or
+	// a miss).
+	if v.Key != "" && r.URL.Path != "/live" {
 		l := &keyLookup{Partition: rg.Partition(v.Key), Owners: rg.Owners(v.Key, c.cfg.CacheReplicas)}
 		val, err := c.cache.Get(ctx, v.Key)
 		switch {

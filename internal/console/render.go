@@ -202,7 +202,11 @@ func roundDur(d time.Duration) string {
 	case d < time.Hour:
 		return d.Truncate(time.Second).String()
 	default:
-		return d.Truncate(time.Minute).String()
+		h, m := d/time.Hour, (d%time.Hour)/time.Minute
+		if m == 0 {
+			return fmt.Sprintf("%dh", h)
+		}
+		return fmt.Sprintf("%dh%dm", h, m)
 	}
 }
 
