@@ -232,7 +232,8 @@ func TestTaskGoesLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	frags := m.live(t, "/live?page=task&id="+id)
-	waitFragment(t, frags, "s-queued")
+	f := waitFragment(t, frags, "s-queued")
+	mustContain(t, "the live part's cancel form", f, `name="back" value="/scheduler/tasks/`+id+`"`) // returns to the page, not to its stream
 
 	release := make(chan struct{})
 	w, err := scheduler.NewWorker(m.nc, scheduler.WorkerConfig{Queues: map[string]int{"jobs": 1}})
@@ -253,7 +254,7 @@ func TestTaskGoesLive(t *testing.T) {
 	defer w.Stop(context.Background())
 	waitFragment(t, frags, "s-running")
 	close(release)
-	f := waitFragment(t, frags, "s-succeeded")
+	f = waitFragment(t, frags, "s-succeeded")
 	mustContain(t, "succeeded fragment", f, "task.succeeded", "finished")
 }
 

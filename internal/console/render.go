@@ -97,6 +97,12 @@ func (c *Console) pageData(name string, r *http.Request) pageData {
 	q.Del("msg")
 	q.Del("err")
 	d.Back = r.URL.Path
+	if d.Back == "/live" { // the live part of a page: its actions return to the page
+		d.Back = pagePath(name, q.Get("id"))
+		q.Del("page")
+		q.Del("id")
+		d.Query = q
+	}
 	if len(q) > 0 {
 		d.Back += "?" + q.Encode()
 	}
@@ -108,6 +114,19 @@ func (c *Console) pageData(name string, r *http.Request) pageData {
 		d.Live = "/live?" + q.Encode()
 	}
 	return d
+}
+
+// pagePath is the path of a page.
+func pagePath(name, id string) string {
+	if name == "task" {
+		return "/scheduler/tasks/" + url.PathEscape(id)
+	}
+	for _, p := range pages {
+		if p.Name == name {
+			return p.Path
+		}
+	}
+	return "/"
 }
 
 // renderLive renders the live part of a page.

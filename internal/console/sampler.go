@@ -109,13 +109,10 @@ func (s *sampler) record(now time.Time, st meshstat.Status, stErr error, queues 
 			if dh < 0 || dm < 0 {
 				continue // the node restarted
 			}
-			ratio := 0.0
-			if dh+dm > 0 {
-				ratio = float64(dh) / float64(dh+dm)
-			} else if n.Hits+n.Misses > 0 {
-				ratio = float64(n.Hits) / float64(n.Hits+n.Misses)
+			if dh+dm == 0 {
+				continue // no read since the last sample: no ratio
 			}
-			s.add(s.hits, n.Node, "hit ratio", now, ratio)
+			s.add(s.hits, n.Node, "hit ratio", now, float64(dh)/float64(dh+dm))
 		}
 	}
 }
@@ -165,6 +162,15 @@ func (s *sampler) rateChart() chart  { return s.chart("Requests per second", s.r
 func (s *sampler) depthChart() chart { return s.chart("Queue depth", s.depths) }
 func (s *sampler) hitChart() chart   { return s.chart("Hit ratio", s.hits) }
 
+// chart returns the chart of the series of m, over the time they cover:
+// from a minute to the whole history.
 func (s *sampler) chart(title string, m map[string]*series) chart {
-	return chart{Title: title, Series: s.copies(m), Span: time.Duration(s.max) * s.c.cfg.SampleEvery}
+	c := chart{Title: title, Series: s.copies(m), Span: time.Minute}
+	for _, sr := range c.Series {
+		if len(sr.Points) > 0 {
+			c.Span = max(c.Span, time.Since(sr.Points[0].T).Round(time.Minute))
+		}
+	}
+	c.Span = min(c.Span, time.Duration(s.max)*s.c.cfg.SampleEvery)
+	return c
 }
