@@ -124,7 +124,7 @@ func TestBrowser(t *testing.T) {
 		t.Log("**********************************************************************")
 		t.Skip("no chromium binary (scripts/install-chromium.sh installs it)")
 	}
-	m := startMesh(t, console.Config{Refresh: 500 * time.Millisecond, SampleEvery: time.Second})
+	m := startMesh(t, console.Config{Refresh: 500 * time.Millisecond, SampleEvery: time.Second, TaskListEvery: 500 * time.Millisecond})
 	c := ctx(t)
 	shots := os.Getenv("MESH_CONSOLE_SCREENSHOTS")
 	if shots != "" {
@@ -237,6 +237,7 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("after Pause: %+v, %v", qs, err)
 	}
 	b.open("/scheduler")
+	b.js("every task listed", `document.querySelectorAll("#tasks tr[data-task]").length === 6`)
 	b.shot("scheduler")
 	b.do(chromedp.Click(chromedp.CSS(`tr[data-queue="reports"] button.resume`)))
 	b.js("the queue resumed", `document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("queue reports: resumed")`)

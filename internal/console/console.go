@@ -44,6 +44,10 @@ type Config struct {
 	SampleEvery time.Duration
 	// History is how far back the charts go. Zero: 1h.
 	History time.Duration
+	// TaskListEvery bounds how often the scheduler page lists tasks,
+	// whatever the number of pages open: a list reads every task state.
+	// Zero: 5s.
+	TaskListEvery time.Duration
 	// CacheReplicas is the copies of each cache key (the cache nodes'
 	// setting), for the key lookup's replicas. Zero: 2.
 	CacheReplicas int
@@ -65,9 +69,11 @@ type Console struct {
 	cache *cache.Client
 	ring  *membership.Watcher
 
-	events  *hub
-	sampler *sampler
-	viewFns map[string]viewFunc
+	events    *hub
+	sampler   *sampler
+	viewFns   map[string]viewFunc
+	taskLists *memo[scheduler.ListReply]
+	lockViews *memo[*locksView]
 
 	mu      sync.Mutex
 	started bool
@@ -89,6 +95,9 @@ func New(nc *nats.Conn, cfg Config) (*Console, error) {
 	if cfg.History <= 0 {
 		cfg.History = time.Hour
 	}
+	if cfg.TaskListEvery <= 0 {
+		cfg.TaskListEvery = 5 * time.Second
+	}
 	if cfg.CacheReplicas <= 0 {
 		cfg.CacheReplicas = 2
 	}
@@ -104,7 +113,9 @@ func New(nc *nats.Conn, cfg Config) (*Console, error) {
 	c := &Console{
 		nc: nc, cfg: cfg, log: cfg.Logger,
 		tasks: scheduler.NewClient(nc), locks: lock.NewClient(nc), cache: cc, ring: w,
-		events: newHub(eventBuffer),
+		events:    newHub(eventBuffer),
+		taskLists: newMemo[scheduler.ListReply](cfg.TaskListEvery),
+		lockViews: newMemo[*locksView](time.Second),
 	}
 	c.sampler = newSampler(c, int(cfg.History/cfg.SampleEvery))
 	if c.tmpl, err = parseTemplates(); err != nil {

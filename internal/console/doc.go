@@ -19,7 +19,7 @@
 //	            `mesh status`), JetStream account and stream info
 //	scheduler   mesh.scheduler.queues, .list, .schedules.list          submit, pause, resume
 //	task        mesh.scheduler.status                                  cancel
-//	locks       mesh.lock.list, mesh.lock.inspect (first 100 locks)    –
+//	locks       mesh.lock.list, mesh.lock.inspect (first 50 locks)     –
 //	cache       mesh.heartbeat.cache.* (the ring), mesh.cache.stats,   –
 //	            mesh.cache.node.<id>.get (key lookup)
 //	events      mesh.events.>                                          –
@@ -32,11 +32,14 @@
 // the server renders again and sends over server-sent events (/live) when
 // it changed: at every Refresh (2 s), and soon after an event that
 // concerns the page (a task event for the scheduler, a lock event for the
-// locks). The script swaps it in, and counts lock expiries down between
+// locks). Two reads are kept a while and shared by every page open: the
+// task list for TaskListEvery (5 s; the console's own submit and cancel
+// drop it), and the locks' details for a second (a request per lock). The
+// script swaps the live part in, and counts lock expiries down between
 // renders from the expires_at the lock service sent (the lease lives on the
 // server; the countdown only shows it). The scheduler page lists tasks
-// through mesh.scheduler.list, which reads every task state, so it renders
-// at most once a second whatever the rate of task events.
+// through mesh.scheduler.list, which reads every task state: hence its
+// bound, whatever the number of pages open and the rate of task events.
 //
 // The console owns two goroutines besides the HTTP server's: the one
 // subscription to mesh.events.> (the hub, which keeps the last 1,000

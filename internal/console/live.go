@@ -25,7 +25,7 @@ var interests = map[string]string{
 var minGap = map[string]time.Duration{
 	"scheduler": time.Second,
 	"task":      100 * time.Millisecond,
-	"locks":     200 * time.Millisecond,
+	"locks":     time.Second,
 	"cache":     500 * time.Millisecond,
 }
 
@@ -87,8 +87,13 @@ func (c *Console) live(w http.ResponseWriter, r *http.Request) {
 	var last []byte
 	var lastAt time.Time
 	var pending <-chan time.Time
+	var kicked time.Time // the first event since the last render
 	for {
-		html, err := c.renderLive(r.Context(), name, r)
+		rctx := r.Context()
+		if !kicked.IsZero() {
+			rctx = context.WithValue(rctx, freshKey{}, kicked)
+		}
+		html, err := c.renderLive(rctx, name, r)
 		if err != nil {
 			c.log.Error().Err(err).Str("page", name).Msg("console: rendering the live part")
 			html = []byte(`<p class="error">console: ` + err.Error() + `</p>`)
@@ -102,7 +107,7 @@ func (c *Console) live(w http.ResponseWriter, r *http.Request) {
 		} else if sseSend(w, f, "ping", nil) != nil { // a dead connection shows here
 			return
 		}
-		pending = nil
+		pending, kicked = nil, time.Time{}
 	wait:
 		for {
 			select {
@@ -115,6 +120,9 @@ func (c *Console) live(w http.ResponseWriter, r *http.Request) {
 			case <-pending:
 				break wait
 			case <-kick:
+				if kicked.IsZero() {
+					kicked = time.Now()
+				}
 				if pending == nil {
 					gap := minGap[name] - time.Since(lastAt)
 					pending = time.After(max(gap, 50*time.Millisecond)) // gather a burst

@@ -11,7 +11,7 @@ import (
 
 // locksShown is how many locks the locks page inspects (holders, tokens,
 // expiries, waiters); the rest are listed by name with their counts.
-const locksShown = 100
+const locksShown = 50
 
 // locksView is the locks page.
 type locksView struct {
@@ -30,7 +30,18 @@ type lockRow struct {
 }
 
 func (c *Console) locksView(ctx context.Context, r *http.Request) (any, error) {
-	v := &locksView{Prefix: strings.TrimSpace(r.URL.Query().Get("prefix"))}
+	prefix := strings.TrimSpace(r.URL.Query().Get("prefix"))
+	v, err := c.lockViews.get(prefix, freshAfter(ctx), func() (*locksView, error) { return c.readLocks(ctx, prefix) })
+	if err != nil {
+		return &locksView{Prefix: prefix}, err
+	}
+	return v, nil
+}
+
+// readLocks lists the locks whose names start with prefix and inspects the
+// first locksShown.
+func (c *Console) readLocks(ctx context.Context, prefix string) (*locksView, error) {
+	v := &locksView{Prefix: prefix}
 	list, err := c.locks.List(ctx, v.Prefix)
 	if err != nil {
 		return v, err

@@ -205,6 +205,7 @@ var funcs = template.FuncMap{
 	"float":  func(v any) float64 { return float64(toInt64(v)) },
 	"addf":   func(a, b float64) float64 { return a + b },
 	"mulf":   func(a, b float64) float64 { return a * b },
+	"sub":    func(a, b int) int { return a - b },
 }
 
 // roundDur prints a duration as people read it: 3.2s, 4m10s, 2h5m.

@@ -48,7 +48,10 @@ func (c *Console) schedulerView(ctx context.Context, r *http.Request) (any, erro
 		v.TasksErr = fmt.Errorf("no state %q (states: %s)", v.State, strings.Join(taskStates, ", "))
 	} else {
 		var page scheduler.ListReply
-		page, v.TasksErr = c.tasks.List(ctx, scheduler.ListRequest{Queue: v.Queue, State: v.State, Limit: tasksPerPage, Cursor: v.Cursor})
+		req := scheduler.ListRequest{Queue: v.Queue, State: v.State, Limit: tasksPerPage, Cursor: v.Cursor}
+		page, v.TasksErr = c.taskLists.get(v.Queue+"\x00"+v.State+"\x00"+v.Cursor, time.Time{}, func() (scheduler.ListReply, error) {
+			return c.tasks.List(ctx, req)
+		})
 		v.Tasks, v.Next = page.Tasks, page.NextCursor
 	}
 	v.Schedules, v.SchedErr = c.tasks.ListSchedules(ctx)
@@ -107,6 +110,7 @@ func (c *Console) submit(w http.ResponseWriter, r *http.Request) {
 		req.DelayMs = delay.Milliseconds()
 	}
 	id, err := c.tasks.Submit(ctx, req)
+	c.taskLists.forget()
 	if err != nil && !errors.Is(err, scheduler.ErrDuplicate) {
 		done(w, r, "", err)
 		return
@@ -124,6 +128,7 @@ func (c *Console) cancel(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	id := r.PathValue("id")
 	was, err := c.tasks.Cancel(ctx, id)
+	c.taskLists.forget()
 	done(w, r, fmt.Sprintf("cancelled task %s (it was %s)", id, was), err)
 }
 
