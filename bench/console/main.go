@@ -53,7 +53,18 @@ func main() {
 	dur := flag.Duration("d", 20*time.Second, "length of each phase")
 	n := flag.Int("n", 20, "GETs of each page")
 	workers := flag.Int("load", 8, "goroutines of the load")
+	tabList := flag.String("tabs", "/live?page=overview,/live?page=scheduler,/live?page=locks,/live?page=cache,/events/stream", "the live streams open during the open phase (comma-separated; none: no stream)")
+	nRounds := flag.Int("rounds", 3, "alternating rounds of closed and open phases")
+	profile := flag.String("cpuprofile", "", "write a CPU profile of the open phase to this file")
 	flag.Parse()
+	tabPaths = nil
+	for _, p := range strings.Split(*tabList, ",") {
+		if p != "" && p != "none" {
+			tabPaths = append(tabPaths, p)
+		}
+	}
+	cpuProfile = *profile
+	rounds = *nRounds
 	if err := run(*tasks, *locks, *dur, *n, *workers); err != nil {
 		fmt.Fprintln(os.Stderr, "console bench:", err)
 		os.Exit(1)
@@ -91,61 +102,39 @@ func run(nTasks, nLocks int, dur time.Duration, n, workers int) error {
 	}
 	fmt.Printf("filled: %d queued tasks, %d held locks in %s\n\n", nTasks, nLocks, time.Since(start).Round(time.Millisecond))
 
-	closed, err := loadPhase("closed", nc, ids, dur, workers)
-	if err != nil {
-		return err
-	}
-
-	c, err := console.New(nc, console.Config{})
-	if err != nil {
-		return err
-	}
-	if err := c.Start(ctx); err != nil {
-		return err
-	}
-	web := httptest.NewServer(c.Handler())
-	defer web.Close()
-	defer c.Stop(context.Background())
-	tabs, err := openTabs(web.URL)
-	if err != nil {
-		return err
-	}
+	var closedRuns, openRuns []result
 	var pages map[string][]time.Duration
-	var pagesErr error
-	pagesDone := make(chan struct{})
-	go func() {
-		defer close(pagesDone)
-		time.Sleep(dur / 4)
-		pages, pagesErr = pageTimes(web.URL, n)
-	}()
-	open, err := loadPhase("open", nc, ids, dur, workers)
-	<-pagesDone
-	rendered := tabs.stop()
-	if err != nil {
-		return err
+	var rendered string
+	for round := range rounds {
+		closed, err := loadPhase(fmt.Sprintf("closed%d", round), nc, ids, dur, workers)
+		if err != nil {
+			return err
+		}
+		closedRuns = append(closedRuns, closed)
+		last := round == rounds-1
+		open, rend, pg, err := openPhase(ctx, nc, ids, dur, workers, round, last, n)
+		if err != nil {
+			return err
+		}
+		openRuns = append(openRuns, open)
+		if last {
+			pages, rendered = pg, rend
+		}
+		fmt.Printf("round %d: closed %.0f req/s, open %.0f req/s\n", round+1, closed.rate, open.rate)
 	}
-	if pagesErr != nil {
-		return pagesErr
-	}
-	if err := c.Stop(ctx); err != nil {
-		return err
-	}
-	again, err := loadPhase("again", nc, ids, dur, workers)
-	if err != nil {
-		return err
-	}
-
+	closed, open := median(closedRuns), median(openRuns)
+	fmt.Println()
 	fmt.Printf("mesh request rate (%d goroutines; cache SET+GET, lock acquire+release, task status), %s per phase:\n", workers, dur)
 	fmt.Printf("  %-34s %10s %10s %10s\n", "phase", "req/s", "p50", "p99")
 	for _, p := range []struct {
 		name string
 		r    result
-	}{{"console closed", closed}, {"console open (5 live tabs)", open}, {"console closed again", again}} {
+	}{{"console closed (median)", closed}, {fmt.Sprintf("console open, %d live tabs (median)", len(tabPaths)), open}} {
 		fmt.Printf("  %-34s %10.0f %10s %10s\n", p.name, p.r.rate, p.r.p50, p.r.p99)
 	}
-	fmt.Printf("  ratio open / mean of closed: %.3f\n\n", open.rate/((closed.rate+again.rate)/2))
-	fmt.Printf("live streams during the open phase: %s\n\n", rendered)
-	fmt.Printf("page server time under that load (%d GETs each, one after another):\n", n)
+	fmt.Printf("  ratio open / closed: %.3f (medians of %d alternating rounds)\n\n", open.rate/closed.rate, rounds)
+	fmt.Printf("updates sent by the live streams during the last open phase: %s\n\n", rendered)
+	fmt.Printf("page server time under that load, console open (%d GETs each, one after another):\n", n)
 	fmt.Printf("  %-26s %10s %10s %10s\n", "page", "p50", "p99", "max")
 	for _, p := range pageList {
 		d := pages[p]
@@ -329,6 +318,68 @@ func pageTimes(base string, n int) (map[string][]time.Duration, error) {
 	return out, nil
 }
 
+var (
+	tabPaths   []string
+	cpuProfile string
+	rounds     int
+)
+
+// openPhase starts a console, opens the tabs, runs the load, and in the
+// last round measures the pages; then stops the console.
+func openPhase(ctx context.Context, nc *nats.Conn, ids []string, dur time.Duration, workers, round int, last bool, n int) (result, string, map[string][]time.Duration, error) {
+	c, err := console.New(nc, console.Config{})
+	if err != nil {
+		return result{}, "", nil, err
+	}
+	if err := c.Start(ctx); err != nil {
+		return result{}, "", nil, err
+	}
+	web := httptest.NewServer(c.Handler())
+	defer web.Close()
+	defer c.Stop(context.Background())
+	tabs, err := openTabs(web.URL)
+	if err != nil {
+		return result{}, "", nil, err
+	}
+	var pages map[string][]time.Duration
+	var pagesErr error
+	pagesDone := make(chan struct{})
+	go func() {
+		defer close(pagesDone)
+		if last {
+			time.Sleep(dur / 4)
+			pages, pagesErr = pageTimes(web.URL, n)
+		}
+	}()
+	stopProfile := func() {}
+	if cpuProfile != "" && last {
+		if stopProfile, err = machine.CPUProfile(cpuProfile); err != nil {
+			return result{}, "", nil, err
+		}
+	}
+	open, err := loadPhase(fmt.Sprintf("open%d", round), nc, ids, dur, workers)
+	stopProfile()
+	<-pagesDone
+	rendered := tabs.stop()
+	if err == nil {
+		err = pagesErr
+	}
+	return open, rendered, pages, err
+}
+
+func median(rs []result) result {
+	slices.SortFunc(rs, func(a, b result) int {
+		switch {
+		case a.rate < b.rate:
+			return -1
+		case a.rate > b.rate:
+			return 1
+		}
+		return 0
+	})
+	return rs[len(rs)/2]
+}
+
 // tabs are the live streams of open pages.
 type tabs struct {
 	cancel context.CancelFunc
@@ -340,7 +391,7 @@ type tabs struct {
 func openTabs(base string) (*tabs, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &tabs{cancel: cancel, count: map[string]int{}}
-	for _, p := range []string{"/live?page=overview", "/live?page=scheduler", "/live?page=locks", "/live?page=cache", "/events/stream"} {
+	for _, p := range tabPaths {
 		req, _ := http.NewRequestWithContext(ctx, "GET", base+p, nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
