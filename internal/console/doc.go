@@ -33,8 +33,11 @@
 // it changed: at every Refresh (2 s), and soon after an event that
 // concerns the page (a task event for the scheduler, a lock event for the
 // locks). Two reads are kept a while and shared by every page open: the
-// task list for TaskListEvery (5 s; the console's own submit and cancel
-// drop it), and the locks' details for a second (a request per lock). The
+// task list for TaskListEvery (5 s), and for up to a minute while no task
+// event says that something changed (the console's own submit and cancel
+// drop it), so a backlog of queued tasks costs no scan; and the locks'
+// details for a second (a request per lock). The events page gets the
+// events in batches, at most ten a second of at most 200 events. The
 // script swaps the live part in, and counts lock expiries down between
 // renders from the expires_at the lock service sent (the lease lives on the
 // server; the countdown only shows it). The scheduler page lists tasks

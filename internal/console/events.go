@@ -40,10 +40,11 @@ type hub struct {
 	seq    uint64
 	subs   map[chan event]func(event) bool
 	closed chan struct{}
+	last   map[string]time.Time // service -> when its last event came
 }
 
 func newHub(n int) *hub {
-	return &hub{buf: make([]event, n), subs: map[chan event]func(event) bool{}, closed: make(chan struct{})}
+	return &hub{buf: make([]event, n), subs: map[chan event]func(event) bool{}, closed: make(chan struct{}), last: map[string]time.Time{}}
 }
 
 func (h *hub) start(nc *nats.Conn) error {
@@ -106,7 +107,9 @@ func (h *hub) receive(m *nats.Msg) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
+	service, _, _ := strings.Cut(strings.TrimPrefix(m.Subject, "mesh.events."), ".")
 	h.mu.Lock()
+	h.last[service] = time.Now()
 	h.seq++
 	ev.Seq = h.seq
 	h.buf[int(h.seq-1)%len(h.buf)] = ev
@@ -119,6 +122,14 @@ func (h *hub) receive(m *nats.Msg) {
 		}
 	}
 	h.mu.Unlock()
+}
+
+// lastOf returns when the last event of a service came (zero: none since
+// the hub started).
+func (h *hub) lastOf(service string) time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.last[service]
 }
 
 // recent returns the kept events that match, oldest first, at most n.

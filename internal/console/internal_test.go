@@ -121,3 +121,26 @@ func httptestRequest(form string) *http.Request {
 }
 
 func urlQueryEscape(s string) string { return url.QueryEscape(s) }
+
+func TestTaskListKeptWhileNoTaskEvent(t *testing.T) {
+	c := &Console{cfg: Config{TaskListEvery: time.Millisecond}, events: newHub(4)}
+	read := time.Now()
+	time.Sleep(5 * time.Millisecond)
+	if !c.taskListValid(read) {
+		t.Fatal("a list older than TaskListEvery was dropped though no task event came")
+	}
+	c.events.receive(natsMsg("mesh.events.lock.acquired", `{}`))
+	if !c.taskListValid(read) {
+		t.Fatal("a lock event dropped the task list")
+	}
+	c.events.receive(natsMsg("mesh.events.task.queued", `{}`))
+	if c.taskListValid(read) {
+		t.Fatal("a task list older than TaskListEvery was kept after a task event")
+	}
+	if !c.taskListValid(time.Now()) {
+		t.Fatal("a fresh list was dropped")
+	}
+	if c.taskListValid(time.Now().Add(-2 * taskListStale)) {
+		t.Fatal("a list was kept past taskListStale")
+	}
+}

@@ -148,14 +148,17 @@ func (c *Console) eventStream(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	closed := c.events.done()
 	var lastSeq uint64
-	for _, ev := range c.events.recent(200, match) {
-		if sendEvent(w, f, ev) != nil {
+	recent := c.events.recent(200, match)
+	if len(recent) > 0 {
+		if sendEvents(w, f, recent) != nil {
 			return
 		}
-		lastSeq = ev.Seq
+		lastSeq = recent[len(recent)-1].Seq
 	}
 	keepAlive := time.NewTicker(15 * time.Second)
 	defer keepAlive.Stop()
+	var batch []event
+	var flush <-chan time.Time
 	for {
 		select {
 		case <-r.Context().Done():
@@ -170,15 +173,32 @@ func (c *Console) eventStream(w http.ResponseWriter, r *http.Request) {
 			if ev.Seq <= lastSeq {
 				continue // sent with the recent ones
 			}
-			if sendEvent(w, f, ev) != nil {
+			batch = append(batch, ev)
+			if len(batch) > maxBatch {
+				batch = append(batch[:0], batch[len(batch)-maxBatch:]...)
+			}
+			if flush == nil {
+				flush = time.After(batchEvery)
+			}
+		case <-flush:
+			if sendEvents(w, f, batch) != nil {
 				return
 			}
+			batch, flush = batch[:0], nil
 		}
 	}
 }
 
-func sendEvent(w http.ResponseWriter, f http.Flusher, ev event) error {
-	b, err := json.Marshal(ev)
+// Events go to a page in batches: at most one every batchEvery, of at most
+// maxBatch events (the latest), so that a busy mesh does not flood the
+// browser.
+const (
+	batchEvery = 100 * time.Millisecond
+	maxBatch   = 200
+)
+
+func sendEvents(w http.ResponseWriter, f http.Flusher, evs []event) error {
+	b, err := json.Marshal(evs)
 	if err != nil {
 		return err
 	}

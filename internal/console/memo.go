@@ -28,10 +28,17 @@ func newMemo[T any](ttl time.Duration) *memo[T] {
 // and was read after notBefore, else reads it with read and keeps it
 // (unless read fails).
 func (m *memo[T]) get(key string, notBefore time.Time, read func() (T, error)) (T, error) {
+	return m.getIf(key, func(at time.Time) bool { return time.Since(at) < m.ttl && !at.Before(notBefore) }, read)
+}
+
+// getIf returns the value kept for key if valid says it still is (given
+// when it was read), else reads it with read and keeps it (unless read
+// fails).
+func (m *memo[T]) getIf(key string, valid func(at time.Time) bool, read func() (T, error)) (T, error) {
 	m.mu.Lock()
 	e, ok := m.m[key]
 	m.mu.Unlock()
-	if ok && time.Since(e.at) < m.ttl && !e.at.Before(notBefore) {
+	if ok && valid(e.at) {
 		return e.v, nil
 	}
 	at := time.Now()

@@ -49,7 +49,7 @@ func (c *Console) schedulerView(ctx context.Context, r *http.Request) (any, erro
 	} else {
 		var page scheduler.ListReply
 		req := scheduler.ListRequest{Queue: v.Queue, State: v.State, Limit: tasksPerPage, Cursor: v.Cursor}
-		page, v.TasksErr = c.taskLists.get(v.Queue+"\x00"+v.State+"\x00"+v.Cursor, time.Time{}, func() (scheduler.ListReply, error) {
+		page, v.TasksErr = c.taskLists.getIf(v.Queue+"\x00"+v.State+"\x00"+v.Cursor, c.taskListValid, func() (scheduler.ListReply, error) {
 			return c.tasks.List(ctx, req)
 		})
 		v.Tasks, v.Next = page.Tasks, page.NextCursor
@@ -59,6 +59,18 @@ func (c *Console) schedulerView(ctx context.Context, r *http.Request) (any, erro
 		return v, v.QueuesErr
 	}
 	return v, nil
+}
+
+// taskListStale bounds how long a task list is kept while no task event
+// says that something changed (an event the console missed).
+const taskListStale = time.Minute
+
+// taskListValid reports whether a task list read at at can still be shown:
+// it is younger than TaskListEvery, or no task event came since it was
+// read (then nothing changed: a backlog of queued tasks costs no scan).
+func (c *Console) taskListValid(at time.Time) bool {
+	age := time.Since(at)
+	return age < c.cfg.TaskListEvery || (age < taskListStale && c.events.lastOf("task").Before(at))
 }
 
 // taskView is a task's page: its state, timeline and the events the console

@@ -72,7 +72,11 @@
     es.addEventListener("error", function () { connected(false); });
     es.addEventListener("mesh", function (e) {
       if (paused) return;
-      const ev = JSON.parse(e.data);
+      JSON.parse(e.data).forEach(addRow);
+      while (body.rows.length > 500) body.deleteRow(body.rows.length - 1);
+      if (none) none.style.display = "none";
+    });
+    function addRow(ev) {
       const tr = document.createElement("tr");
       tr.className = "new";
       tr.dataset.type = ev.type;
@@ -90,8 +94,6 @@
         tr.appendChild(td);
       });
       body.insertBefore(tr, body.firstChild);
-      while (body.rows.length > 500) body.deleteRow(body.rows.length - 1);
-      if (none) none.style.display = "none";
-    });
+    }
   }
 })();
