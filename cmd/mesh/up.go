@@ -78,6 +78,8 @@ type upCmd struct {
 	Services []string `env:"MESH_SERVICES" placeholder:"NAME,..." help:"Services to run (default: all)."`
 	Auth     bool     `env:"MESH_AUTH" help:"Require credentials on the embedded server: a NATS user per service with the compose stack's permissions, and client and admin users; kept in --auth-dir."`
 	AuthDir  string   `name:"auth-dir" env:"MESH_AUTH_DIR" default:".mesh/auth" help:"Where --auth keeps the credentials (made at the first run)."`
+	Console  string   `env:"MESH_CONSOLE" default:"127.0.0.1:4280" placeholder:"ADDR" help:"Serve the web console on ADDR, a loopback address; off: no console."`
+	consoleFlags
 }
 
 type serveCmd struct {
@@ -132,7 +134,13 @@ func (c *upCmd) run(ctx context.Context, a *app) error {
 			a.serviceConn = auth.serviceConn(opts)
 		}
 	}
-	err := a.run(ctx, opts, c.runFlags, c.Services, func(nc *nats.Conn) { printTour(a.out, nc.ConnectedUrl(), c.Services, auth) })
+	waitConsole := func() {}
+	err := a.run(ctx, opts, c.runFlags, c.Services, func(nc *nats.Conn) {
+		var url string
+		url, waitConsole = a.startConsole(ctx, nc, c.Console, c.consoleFlags, c.CacheReplicas)
+		printTour(a.out, nc.ConnectedUrl(), url, c.Services, auth)
+	})
+	waitConsole()
 	if srv != nil {
 		shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -242,8 +250,8 @@ func isLoopback(host string) bool {
 }
 
 // printTour tells a person at the terminal how to talk to the mesh (with
-// auth, as the client user).
-func printTour(w io.Writer, url string, services []string, auth *meshAuth) {
+// auth, as the client user) and where its console is.
+func printTour(w io.Writer, url, console string, services []string, auth *meshAuth) {
 	var b strings.Builder
 	lines := []string{
 		"nats micro ls                  # the running services",
@@ -256,11 +264,15 @@ func printTour(w io.Writer, url string, services []string, auth *meshAuth) {
 		lines = append(lines, d.Tour...)
 	}
 	if auth == nil {
-		fmt.Fprintf(&b, "\nMesh is up. NATS: %s (no authentication: anyone who can reach it can do anything; see --auth)\n\n", url)
+		fmt.Fprintf(&b, "\nMesh is up. NATS: %s (no authentication: anyone who can reach it can do anything; see --auth)\n", url)
 	} else {
-		fmt.Fprintf(&b, "\nMesh is up. NATS: %s, with a user per service; credentials in %s\n\n", url, auth.dir)
+		fmt.Fprintf(&b, "\nMesh is up. NATS: %s, with a user per service; credentials in %s\n", url, auth.dir)
 		lines = auth.tour(url, lines)
 	}
+	if console != "" {
+		fmt.Fprintf(&b, "Console: %s\n", console)
+	}
+	fmt.Fprintf(&b, "\n")
 	for _, line := range lines {
 		fmt.Fprintf(&b, "  %s\n", line)
 	}
