@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/meshkit/mesh/pkg/bus"
 )
@@ -24,8 +25,30 @@ func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
 // ErrInvalidSchedule, ErrInvalid or ErrPayloadTooLarge on bad input (nothing
 // is enqueued), and with ErrDuplicate when the queue has a task with the
 // same unique key within its window: the id returned is then that task's.
+//
+// Submit gives the task an id of its own making when req.ID is empty, and
+// when a submit gets no answer (a timeout, no service, or a 503 that
+// cannot tell whether the task stands) it sends it again with the same id
+// while ctx allows, up to submitAttempts times: the service makes no
+// second task of an id it knows, so a retry never duplicates a task.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) {
-	r, err := bus.Request[SubmitRequest, SubmitReply](ctx, c.nc, SubjectSubmit, req)
+	if req.ID == "" {
+		req.ID = nuid.Next()
+	}
+	var r SubmitReply
+	var err error
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, bus.DefaultTimeout)
+		r, err = bus.Request[SubmitRequest, SubmitReply](actx, c.nc, SubjectSubmit, req)
+		cancel()
+		if err == nil || attempt == submitAttempts || ctx.Err() != nil || !unsettled(err) {
+			break
+		}
+		select {
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
 	if err != nil {
 		if id, ok := DuplicateID(err); ok {
 			return id, err
@@ -33,6 +56,15 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) 
 		return "", err
 	}
 	return r.ID, nil
+}
+
+// submitAttempts bounds the attempts of one Submit.
+const submitAttempts = 4
+
+// unsettled reports an error after which a submit may or may not have
+// made its task.
+func unsettled(err error) bool {
+	return bus.Unanswered(err) || errors.Is(err, bus.ErrTimeout) || errors.Is(err, bus.ErrUnavailable)
 }
 
 // DuplicateID returns the id of the existing task an ErrDuplicate names.

@@ -6,7 +6,7 @@
 // # Subjects
 //
 //	subject                          request                                              reply
-//	mesh.scheduler.submit            {queue, type, payload, run_at | delay_ms,            {id, state, run_at}
+//	mesh.scheduler.submit            {id, queue, type, payload, run_at | delay_ms,        {id, state, run_at}
 //	                                  max_retries, timeout_ms, backoff,
 //	                                  unique_key, unique_for_ms}
 //	mesh.scheduler.status            {id}                                                 {id, queue, type, state, attempts, ...}
@@ -40,6 +40,18 @@
 // with invalid. Durations are bounded: delay_ms, unique_for_ms and every_ms
 // at most MaxDelayMs (366 days); timeout_ms, backoff.initial_ms and
 // backoff.max_ms at most MaxTimeoutMs (24 h); a larger one is refused.
+//
+// # Task ids and submits sent again
+//
+// A submit may name its task (id: letters, digits, '-' and '_'); the
+// service makes an id otherwise. The first state of a task is a
+// create-only write of its key, so a submit with the id of a task whose
+// state is kept (live, or finished within Retention) makes no second task:
+// with the same queue and type it is the same submit sent again, answered
+// with that task and its current state; otherwise it is refused with
+// duplicate (409). The Go Client makes an id for every submit and sends
+// it again with that id when it got no answer (a timeout, no service, a
+// 503), so a retried submit never makes a second task.
 //
 // # Storage
 //

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -613,8 +614,12 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 		runAt = now.Add(time.Duration(r.DelayMs) * time.Millisecond)
 	}
 	delayed := !runAt.IsZero() && runAt.After(now)
+	id := r.ID
+	if id == "" {
+		id = nuid.Next()
+	}
 	rec := record{TaskInfo: TaskInfo{
-		ID: nuid.Next(), Queue: r.Queue, Type: r.Type, State: StateQueued,
+		ID: id, Queue: r.Queue, Type: r.Type, State: StateQueued,
 		MaxRetries: s.maxRetries(r.MaxRetries), TimeoutMs: s.timeoutMs(r.TimeoutMs),
 		UniqueKey: r.UniqueKey, CreatedAt: bus.Time{Time: now},
 	}, Backoff: r.Backoff}
@@ -669,6 +674,12 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 			return nil, bus.ErrUnavailable.With("task %s: writing its state got no answer, and whether it stands is unknown: look it up before submitting again", rec.ID)
 		}
 	}
+	if errors.Is(err, jetstream.ErrKeyExists) && r.ID != "" {
+		// The client's id names a task already: the same submit sent
+		// again, answered with that task (its unique key, if any, names it
+		// too), or another task's id, refused.
+		return s.submitted(ctx, r)
+	}
 	if err != nil {
 		s.giveBackUnique(ctx, ukey)
 		return nil, fmt.Errorf("scheduler: writing the task's state: %w", err)
@@ -707,6 +718,20 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
 }
 
+// submitted answers a submit whose client-made id names an existing task:
+// with that task when it is the same submit (same queue and type), with
+// ErrDuplicate otherwise.
+func (s *Server) submitted(ctx context.Context, r *SubmitRequest) (*SubmitReply, error) {
+	rec, _, err := s.get(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Queue != r.Queue || rec.Type != r.Type {
+		return nil, ErrDuplicate.With("id %s names a task of queue %s and type %s; %s%s", r.ID, rec.Queue, rec.Type, duplicateMarker, rec.ID)
+	}
+	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
+}
+
 // errUnsettled: settleCreate could not tell whether the state stands.
 var errUnsettled = errors.New("unsettled")
 
@@ -722,6 +747,10 @@ func (s *Server) settleCreate(ctx context.Context, rec *record, cause error) (ui
 	defer cancel()
 	e, err := s.kv.Get(cctx, stateKey(rec.ID))
 	if err == nil {
+		if data, merr := json.Marshal(rec); merr != nil || !bytes.Equal(data, e.Value()) {
+			// Not this write: a task the client's id named already.
+			return 0, jetstream.ErrKeyExists
+		}
 		s.cache(rec, e.Revision())
 		return e.Revision(), nil
 	}
@@ -776,6 +805,9 @@ func (s *Server) claimUnique(ctx context.Context, ukey string, r *SubmitRequest,
 			return fmt.Errorf("scheduler: unique key: %w", err)
 		}
 		existing := string(e.Value())
+		if existing == id {
+			return nil // this submit's own, sent again with its id
+		}
 		_, _, err = s.get(ctx, existing)
 		age := time.Since(e.Created())
 		switch {

@@ -237,6 +237,14 @@ func (b *Backoff) check() error {
 
 // SubmitRequest submits a task.
 type SubmitRequest struct {
+	// ID, optional, names the task (1 to MaxIDLen letters, digits, '-' or
+	// '_'); absent, the service makes one. A submit with the id of a task
+	// that exists (its state is kept: see Config.Retention) in the same
+	// queue with the same type makes no second task: it answers with that
+	// task, so a client that did not get its reply may send the same
+	// submit again. The Go Client makes an id for every submit and sends
+	// it again with the same id when no reply came.
+	ID      string `json:"id,omitempty"`
 	Queue   string `json:"queue"`
 	Type    string `json:"type"`
 	Payload Bytes  `json:"payload,omitempty"`
@@ -509,6 +517,11 @@ func checkTimeout(ms int64) error {
 // Validate implements bus.Validator. Bounds that are the service's (the
 // payload size) are checked by the service.
 func (r *SubmitRequest) Validate() error {
+	if r.ID != "" {
+		if err := checkID(r.ID); err != nil {
+			return err
+		}
+	}
 	if err := CheckQueue(r.Queue); err != nil {
 		return err
 	}
