@@ -36,6 +36,9 @@ type Env struct {
 	Node        string   // this process's name; zero: the host name
 	Services    []string // the services this process runs
 	Cache       CacheEnv
+	// SchedulerCacheBytes bounds each scheduler instance's state cache;
+	// zero: the service's default.
+	SchedulerCacheBytes int64
 }
 
 // CacheEnv configures the cache nodes of a process.
@@ -101,7 +104,7 @@ func Defs() []Def {
 				`mesh worker --queue emails --exec cat`,
 			},
 			New: func(nc *nats.Conn, env Env) (Service, error) {
-				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, Logger: env.Logger, Observer: env.Observer})
+				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, CacheMaxBytes: env.SchedulerCacheBytes, Logger: env.Logger, Observer: env.Observer})
 			},
 		},
 	}

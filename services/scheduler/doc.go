@@ -157,7 +157,11 @@
 // the acknowledgements. An instance caches the states it wrote, with their
 // revisions, so that the compare-and-set of a worker's report needs no
 // read first when the same instance serves the task; a stale entry only
-// fails the compare-and-set, and the state is read again. A start report
+// fails the compare-and-set, and the state is read again. The cache is
+// bounded in bytes (CacheMaxBytes, 32 MiB by default, `mesh up|serve
+// --scheduler-cache-max-bytes`; the oldest entries go first) and holds no
+// payloads or results: a finished state with a result is not cached. Its
+// figures (entries, bytes, evictions) are in the queues reply, as cache. A start report
 // for a cached state is written in the subscription's callback and answered
 // from the write's acknowledgement (bus.Writes, bus.Deferred), with no
 // worker: it is on the way from a submit to the task's start, and every

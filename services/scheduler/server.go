@@ -45,6 +45,10 @@ type Config struct {
 	// StateMaxBytes bounds the state bucket; when it is full, submits fail
 	// (503) rather than drop states. Zero: 1 GiB.
 	StateMaxBytes int64
+	// CacheMaxBytes bounds the memory of the instance's cache of task
+	// states (an estimate of their size in bytes; results and payloads are
+	// never cached); the oldest entries go first. Zero: 32 MiB.
+	CacheMaxBytes int64
 	// DeadRetention is how long dead tasks stay in the dead-letter stream.
 	// Zero: 7 days.
 	DeadRetention time.Duration
@@ -100,6 +104,9 @@ func (c *Config) defaults() {
 	if c.StateMaxBytes <= 0 {
 		c.StateMaxBytes = 1 << 30
 	}
+	if c.CacheMaxBytes <= 0 {
+		c.CacheMaxBytes = 32 << 20
+	}
 	if c.DeadRetention <= 0 {
 		c.DeadRetention = 7 * 24 * time.Hour
 	}
@@ -148,8 +155,7 @@ type Server struct {
 	// states caches the states this instance wrote or read, with their
 	// revisions, to save a read before a compare-and-set (a stale entry
 	// only makes the compare-and-set fail, and the state is read again).
-	statesMu sync.Mutex
-	states   map[string]cachedState
+	states *stateCache
 
 	mu      sync.Mutex
 	held    map[*held]struct{} // delayed tasks on their timers
@@ -169,7 +175,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("service", "scheduler").Logger(),
-		held: map[*held]struct{}{}, stop: make(chan struct{}), states: map[string]cachedState{}}
+		held: map[*held]struct{}{}, stop: make(chan struct{}), states: newStateCache(cfg.CacheMaxBytes)}
 	if s.writes, err = bus.NewWrites(nc, bus.DefaultTimeout); err != nil {
 		return nil, err
 	}
@@ -375,56 +381,30 @@ func uniqueKey(queue, key string) string {
 // errNoChange stops an update without writing.
 var errNoChange = errors.New("no change")
 
-type cachedState struct {
-	rec record
-	rev uint64
-}
-
-// maxCached bounds the state cache; when full, it starts over.
-const maxCached = 100_000
-
 func (s *Server) cache(rec *record, rev uint64) {
-	s.statesMu.Lock()
-	defer s.statesMu.Unlock()
-	if c, ok := s.states[rec.ID]; ok && c.rev >= rev {
+	if terminal(rec.State) && rec.Result != "" {
+		// No results in memory: a finished task's state is read when
+		// needed (its next write, if any, must keep the result).
+		s.uncache(rec.ID)
 		return
 	}
-	if len(s.states) >= maxCached {
-		clear(s.states)
-	}
-	c := cachedState{*rec, rev}
-	if c.rec.Pending != nil {
+	c := *rec
+	if c.Pending != nil {
 		// Not the payload: whoever needs the message reads the state.
-		c.rec.Pending = &pendingMsg{}
+		c.Pending = &pendingMsg{}
 	}
-	s.states[rec.ID] = c
+	s.states.put(&c, rev)
 }
 
 // noteSeq records in the cached state at revision rev where the task's
 // message is, which no write tells: a cancel that this instance serves
 // removes the message from the queue at once (one served by another
 // instance leaves it for the first worker that gets it to drop).
-func (s *Server) noteSeq(id string, rev, seq uint64) {
-	s.statesMu.Lock()
-	defer s.statesMu.Unlock()
-	if c, ok := s.states[id]; ok && c.rev == rev {
-		c.rec.Seq = seq
-		s.states[id] = c
-	}
-}
+func (s *Server) noteSeq(id string, rev, seq uint64) { s.states.noteSeq(id, rev, seq) }
 
-func (s *Server) cached(id string) (record, uint64, bool) {
-	s.statesMu.Lock()
-	defer s.statesMu.Unlock()
-	c, ok := s.states[id]
-	return c.rec, c.rev, ok
-}
+func (s *Server) cached(id string) (record, uint64, bool) { return s.states.get(id) }
 
-func (s *Server) uncache(id string) {
-	s.statesMu.Lock()
-	delete(s.states, id)
-	s.statesMu.Unlock()
-}
+func (s *Server) uncache(id string) { s.states.remove(id) }
 
 // get reads a task's state.
 func (s *Server) get(ctx context.Context, id string) (record, uint64, error) {

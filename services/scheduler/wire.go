@@ -332,6 +332,18 @@ type QueuesRequest struct{}
 // QueuesReply lists the queues by name.
 type QueuesReply struct {
 	Queues []QueueInfo `json:"queues"`
+	// Cache is the state cache of the instance that answered.
+	Cache *CacheInfo `json:"cache,omitempty"`
+}
+
+// CacheInfo gives the figures of an instance's cache of task states
+// (Config.CacheMaxBytes), which holds no results or payloads.
+type CacheInfo struct {
+	Instance string `json:"instance"`
+	Entries  int    `json:"entries"`
+	Bytes    int64  `json:"bytes"` // estimated
+	MaxBytes int64  `json:"max_bytes"`
+	Evicted  uint64 `json:"evicted"` // entries dropped to stay within MaxBytes, since the start
 }
 
 // QueueInfo describes a queue.
