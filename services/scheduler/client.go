@@ -138,6 +138,29 @@ func (c *Client) RemoveSchedule(ctx context.Context, name string) error {
 	return err
 }
 
+// DeadList returns one page of the dead letters, oldest first; pass the
+// reply's NextCursor as the next request's Cursor.
+func (c *Client) DeadList(ctx context.Context, req DeadListRequest) (DeadListReply, error) {
+	return bus.Request[DeadListRequest, DeadListReply](ctx, c.nc, SubjectDeadList, req)
+}
+
+// DeadRequeue runs dead tasks again, with their ids and their attempts
+// reset: one task (req.ID), or every dead task of a queue (req.Queue and
+// req.All). It returns the ids requeued, or ErrNotFound for an id that is
+// not in the dead letters.
+func (c *Client) DeadRequeue(ctx context.Context, req DeadRequest) ([]string, error) {
+	r, err := bus.Request[DeadRequest, DeadReply](ctx, c.nc, SubjectDeadRequeue, req)
+	return r.IDs, err
+}
+
+// DeadDelete removes dead tasks from the dead letters (their states stay
+// dead until their retention ends), as DeadRequeue names them, and returns
+// the ids removed.
+func (c *Client) DeadDelete(ctx context.Context, req DeadRequest) ([]string, error) {
+	r, err := bus.Request[DeadRequest, DeadReply](ctx, c.nc, SubjectDeadDelete, req)
+	return r.IDs, err
+}
+
 // taskOfEvent reads the task id and queue of a task event.
 func taskOfEvent(data []byte) (id, queue string, ok bool) {
 	var ev struct {

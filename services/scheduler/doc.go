@@ -18,12 +18,15 @@
 //	                                  time_zone, max_retries, timeout_ms}
 //	mesh.scheduler.schedules.list    {}                                                   {schedules}
 //	mesh.scheduler.schedules.rm      {name}                                               {removed}
+//	mesh.scheduler.dead.list         {queue, limit, cursor}                               {tasks: [{id, queue, type, last_error, died_at, seq, payload_bytes}], next_cursor}
+//	mesh.scheduler.dead.requeue      {id} | {queue, all: true}                            {ids}
+//	mesh.scheduler.dead.delete       {id} | {queue, all: true}                            {ids}
 //	mesh.scheduler.started           {id, queue, type, attempt, stream_seq, worker}       {run, action, delay_ms, state}
 //	mesh.scheduler.finished          {id, queue, attempt, stream_seq, error,              {action, delay_ms, state}
 //	                                  skip_retry, interrupted, result}
 //	mesh.tasks.<queue>               a task: headers Mesh-Task-*, body the payload        (JetStream work queue; consumer <queue>)
 //	mesh.dead.<queue>                a dead task, with Mesh-Task-Last-Error               (stream MESH_TASKS_DEAD)
-//	mesh.events.task.submitted|queued|started|succeeded|failed|dead|cancelled              event data {id, queue, type, state, attempts, ...}
+//	mesh.events.task.submitted|queued|started|succeeded|failed|dead|cancelled|requeued     event data {id, queue, type, state, attempts, ...}
 //	mesh.events.task.paused|resumed|scheduled|unscheduled                                  event data {queue} or {schedule, ...}
 //
 // started and finished are the worker protocol (schemas/README.md, "Worker
@@ -228,6 +231,22 @@
 // people and tools, not for a hot path. The scheduler bench's "floor +
 // state" row makes the same stored writes with no service in between, a
 // ceiling for this design's drain rate (bench/README.md).
+//
+// # Dead letters people can act on
+//
+// dead.list pages through MESH_TASKS_DEAD, oldest first (the cursor is a
+// stream sequence). dead.requeue runs a dead task again with the same id
+// and its attempts reset, as a submit does: its state first (queued,
+// carrying the message, so the repair enqueues it if the instance dies
+// there), then the message (with a deduplication id of its own, as the
+// task's id may still be in the window), then the dead letter is deleted,
+// and a requeued event is emitted. A task whose state has expired (dead
+// letters are kept DeadRetention, states Retention) gets a new state made
+// from its message's headers. A requeued task that dies again has a new
+// dead letter (each death's is deduplicated apart). dead.delete removes
+// dead letters; the task's state stays dead until its retention ends.
+// Either takes one id, or a queue with all: true; finding an id reads the
+// queue's dead letters one by one, so they are for people and tools.
 //
 // # Departures from DESIGN.md
 //

@@ -198,6 +198,9 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 			{Name: "schedules_add", Subject: SubjectAddSched, Handler: bus.Typed(s.addSchedule)},
 			{Name: "schedules_list", Subject: SubjectListSched, Handler: bus.Typed(s.listSchedules)},
 			{Name: "schedules_rm", Subject: SubjectRmSched, Handler: bus.Typed(s.rmSchedule)},
+			{Name: "dead_list", Subject: SubjectDeadList, Handler: bus.Typed(s.deadList)},
+			{Name: "dead_requeue", Subject: SubjectDeadRequeue, Handler: bus.Typed(s.deadRequeue)},
+			{Name: "dead_delete", Subject: SubjectDeadDelete, Handler: bus.Typed(s.deadDelete)},
 			{Name: "started", Subject: SubjectStarted, Handler: s.startedNow, Inline: true},
 			{Name: "finished", Subject: SubjectFinished, Handler: s.finishedNow, Inline: true},
 		},
@@ -351,6 +354,9 @@ type record struct {
 	// Interrupted counts the deliveries a worker gave back unfinished at
 	// its shutdown: they do not count as attempts.
 	Interrupted int `json:"interrupted,omitempty"`
+	// Requeues counts the times the task was requeued from the dead
+	// letters: each death's dead letter has an id of its own.
+	Requeues int `json:"requeues,omitempty"`
 	// Pending is the message that enqueues the task, kept until its
 	// publication is confirmed, so that any instance can repeat it.
 	Pending *pendingMsg `json:"pending,omitempty"`
