@@ -52,6 +52,9 @@ var requestTypes = map[string]any{
 	"scheduler.schedules_rm":   scheduler.ScheduleRmRequest{},
 	"scheduler.started":        scheduler.StartedRequest{},
 	"scheduler.finished":       scheduler.FinishedRequest{},
+	"scheduler.dead_list":      scheduler.DeadListRequest{},
+	"scheduler.dead_requeue":   scheduler.DeadRequest{},
+	"scheduler.dead_delete":    scheduler.DeadRequest{},
 }
 
 // anyBody lists the endpoints that take any body.

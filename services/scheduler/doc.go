@@ -6,7 +6,7 @@
 // # Subjects
 //
 //	subject                          request                                              reply
-//	mesh.scheduler.submit            {queue, type, payload, run_at | delay_ms,            {id, state, run_at}
+//	mesh.scheduler.submit            {id, queue, type, payload, run_at | delay_ms,        {id, state, run_at}
 //	                                  max_retries, timeout_ms, backoff,
 //	                                  unique_key, unique_for_ms}
 //	mesh.scheduler.status            {id}                                                 {id, queue, type, state, attempts, ...}
@@ -18,12 +18,15 @@
 //	                                  time_zone, max_retries, timeout_ms}
 //	mesh.scheduler.schedules.list    {}                                                   {schedules}
 //	mesh.scheduler.schedules.rm      {name}                                               {removed}
+//	mesh.scheduler.dead.list         {queue, limit, cursor}                               {tasks: [{id, queue, type, last_error, died_at, seq, payload_bytes}], next_cursor}
+//	mesh.scheduler.dead.requeue      {id} | {queue, all: true}                            {ids}
+//	mesh.scheduler.dead.delete       {id} | {queue, all: true}                            {ids}
 //	mesh.scheduler.started           {id, queue, type, attempt, stream_seq, worker}       {run, action, delay_ms, state}
 //	mesh.scheduler.finished          {id, queue, attempt, stream_seq, error,              {action, delay_ms, state}
 //	                                  skip_retry, interrupted, result}
 //	mesh.tasks.<queue>               a task: headers Mesh-Task-*, body the payload        (JetStream work queue; consumer <queue>)
 //	mesh.dead.<queue>                a dead task, with Mesh-Task-Last-Error               (stream MESH_TASKS_DEAD)
-//	mesh.events.task.submitted|queued|started|succeeded|failed|dead|cancelled              event data {id, queue, type, state, attempts, ...}
+//	mesh.events.task.submitted|queued|started|succeeded|failed|dead|cancelled|requeued     event data {id, queue, type, state, attempts, ...}
 //	mesh.events.task.paused|resumed|scheduled|unscheduled                                  event data {queue} or {schedule, ...}
 //
 // started and finished are the worker protocol (schemas/README.md, "Worker
@@ -40,6 +43,18 @@
 // with invalid. Durations are bounded: delay_ms, unique_for_ms and every_ms
 // at most MaxDelayMs (366 days); timeout_ms, backoff.initial_ms and
 // backoff.max_ms at most MaxTimeoutMs (24 h); a larger one is refused.
+//
+// # Task ids and submits sent again
+//
+// A submit may name its task (id: letters, digits, '-' and '_'); the
+// service makes an id otherwise. The first state of a task is a
+// create-only write of its key, so a submit with the id of a task whose
+// state is kept (live, or finished within Retention) makes no second task:
+// with the same queue and type it is the same submit sent again, answered
+// with that task and its current state; otherwise it is refused with
+// duplicate (409). The Go Client makes an id for every submit and sends
+// it again with that id when it got no answer (a timeout, no service, a
+// 503), so a retried submit never makes a second task.
 //
 // # Storage
 //
@@ -145,7 +160,11 @@
 // the acknowledgements. An instance caches the states it wrote, with their
 // revisions, so that the compare-and-set of a worker's report needs no
 // read first when the same instance serves the task; a stale entry only
-// fails the compare-and-set, and the state is read again. A start report
+// fails the compare-and-set, and the state is read again. The cache is
+// bounded in bytes (CacheMaxBytes, 32 MiB by default, `mesh up|serve
+// --scheduler-cache-max-bytes`; the oldest entries go first) and holds no
+// payloads or results: a finished state with a result is not cached. Its
+// figures (entries, bytes, evictions) are in the queues reply, as cache. A start report
 // for a cached state is written in the subscription's callback and answered
 // from the write's acknowledgement (bus.Writes, bus.Deferred), with no
 // worker: it is on the way from a submit to the task's start, and every
@@ -216,6 +235,22 @@
 // people and tools, not for a hot path. The scheduler bench's "floor +
 // state" row makes the same stored writes with no service in between, a
 // ceiling for this design's drain rate (bench/README.md).
+//
+// # Dead letters people can act on
+//
+// dead.list pages through MESH_TASKS_DEAD, oldest first (the cursor is a
+// stream sequence). dead.requeue runs a dead task again with the same id
+// and its attempts reset, as a submit does: its state first (queued,
+// carrying the message, so the repair enqueues it if the instance dies
+// there), then the message (with a deduplication id of its own, as the
+// task's id may still be in the window), then the dead letter is deleted,
+// and a requeued event is emitted. A task whose state has expired (dead
+// letters are kept DeadRetention, states Retention) gets a new state made
+// from its message's headers. A requeued task that dies again has a new
+// dead letter (each death's is deduplicated apart). dead.delete removes
+// dead letters; the task's state stays dead until its retention ends.
+// Either takes one id, or a queue with all: true; finding an id reads the
+// queue's dead letters one by one, so they are for people and tools.
 //
 // # Departures from DESIGN.md
 //

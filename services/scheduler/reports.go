@@ -263,7 +263,7 @@ func (s *Server) kill(ctx context.Context, id string, seq uint64, lastErr string
 		}
 	}
 	m.Header.Set(HeaderLastError, truncate(lastErr, MaxErrorLen))
-	m.Header.Set(jetstream.MsgIDHeader, id)
+	m.Header.Set(jetstream.MsgIDHeader, deadMsgID(&rec))
 	if _, err := s.js.PublishMsg(ctx, m); err != nil {
 		return rec, fmt.Errorf("scheduler: dead-lettering task %s: %w", id, err)
 	}

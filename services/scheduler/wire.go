@@ -337,6 +337,14 @@ func (b *Backoff) check() error {
 
 // SubmitRequest submits a task.
 type SubmitRequest struct {
+	// ID, optional, names the task (1 to MaxIDLen letters, digits, '-' or
+	// '_'); absent, the service makes one. A submit with the id of a task
+	// that exists (its state is kept: see Config.Retention) in the same
+	// queue with the same type makes no second task: it answers with that
+	// task, so a client that did not get its reply may send the same
+	// submit again. The Go Client makes an id for every submit and sends
+	// it again with the same id when no reply came.
+	ID      string `json:"id,omitempty"`
 	Queue   string `json:"queue"`
 	Type    string `json:"type"`
 	Payload Bytes  `json:"payload,omitempty"`
@@ -424,6 +432,18 @@ type QueuesRequest struct{}
 // QueuesReply lists the queues by name.
 type QueuesReply struct {
 	Queues []QueueInfo `json:"queues"`
+	// Cache is the state cache of the instance that answered.
+	Cache *CacheInfo `json:"cache,omitempty"`
+}
+
+// CacheInfo gives the figures of an instance's cache of task states
+// (Config.CacheMaxBytes), which holds no results or payloads.
+type CacheInfo struct {
+	Instance string `json:"instance"`
+	Entries  int    `json:"entries"`
+	Bytes    int64  `json:"bytes"` // estimated
+	MaxBytes int64  `json:"max_bytes"`
+	Evicted  uint64 `json:"evicted"` // entries dropped to stay within MaxBytes, since the start
 }
 
 // QueueInfo describes a queue.
@@ -609,6 +629,11 @@ func checkTimeout(ms int64) error {
 // Validate implements bus.Validator. Bounds that are the service's (the
 // payload size) are checked by the service.
 func (r *SubmitRequest) Validate() error {
+	if r.ID != "" {
+		if err := checkID(r.ID); err != nil {
+			return err
+		}
+	}
 	if err := CheckQueue(r.Queue); err != nil {
 		return err
 	}
