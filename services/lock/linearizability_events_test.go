@@ -89,19 +89,27 @@ func linReadEvents(t *testing.T, js jetstream.JetStream, h *linHistory, within t
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within+10*time.Second)
 	defer cancel()
-	// After a fault, the cluster may take a moment to answer again.
-	var cons jetstream.Consumer
-	var err error
-	for {
-		cons, err = js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.EventSubject("lock", ">")}})
-		if err == nil || ctx.Err() != nil {
-			break
+	// A consumer from the message after the last one read. After a fault
+	// the cluster may take a moment to answer again, and may lose the
+	// consumer: it is made again.
+	var next uint64 = 1
+	consumer := func() jetstream.Consumer {
+		for {
+			cons, err := js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{
+				FilterSubjects: []string{bus.EventSubject("lock", ">")},
+				DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+				OptStartSeq:    next,
+			})
+			if err == nil {
+				return cons
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("reading %s: %v", bus.EventStream, err)
+			}
+			time.Sleep(100 * time.Millisecond) // polling for the cluster
 		}
-		time.Sleep(100 * time.Millisecond) // polling for the cluster
 	}
-	if err != nil {
-		t.Fatalf("reading %s: %v", bus.EventStream, err)
-	}
+	cons := consumer()
 	// What the events must show at least.
 	wantGrants := map[string]bool{} // owners
 	wantReleases := map[uint64]bool{}
@@ -118,11 +126,19 @@ func linReadEvents(t *testing.T, js jetstream.JetStream, h *linHistory, within t
 	for {
 		batch, err := cons.FetchNoWait(1000)
 		if err != nil {
-			t.Fatalf("reading %s: %v", bus.EventStream, err)
+			if ctx.Err() != nil {
+				t.Fatalf("reading %s: %v", bus.EventStream, err)
+			}
+			time.Sleep(100 * time.Millisecond) // polling for the cluster
+			cons = consumer()
+			continue
 		}
 		n := 0
 		for m := range batch.Messages() {
 			n++
+			if meta, err := m.Metadata(); err == nil {
+				next = meta.Sequence.Stream + 1
+			}
 			var ev struct {
 				Type string   `json:"type"`
 				Time bus.Time `json:"time"`
@@ -145,7 +161,12 @@ func linReadEvents(t *testing.T, js jetstream.JetStream, h *linHistory, within t
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			t.Fatalf("reading %s: %v", bus.EventStream, err)
+			if ctx.Err() != nil {
+				t.Fatalf("reading %s: %v", bus.EventStream, err)
+			}
+			time.Sleep(100 * time.Millisecond) // polling for the cluster
+			cons = consumer()
+			continue
 		}
 		if n > 0 {
 			continue
