@@ -226,7 +226,7 @@ func TestLinearizabilityResolvesLostGrant(t *testing.T) {
 	h.add(in, call, linOutput{result: linUnknown, err: err.Error()}, h.now())
 	// The waiter stands in line.
 	for inLine, since := false, time.Now(); !inLine; {
-		if time.Since(since) > linScaled(10*time.Second) {
+		if time.Since(since) > bustest.Scale(10*time.Second) {
 			t.Fatal("the waiter's key is not in line")
 		}
 		info, err := c.Inspect(ctx(t), name)

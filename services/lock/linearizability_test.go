@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,17 +55,6 @@ const (
 	// after wait_ms (scaled).
 	linReplyMargin = 2 * time.Second
 )
-
-// linTimeScale is MESH_TEST_TIME_SCALE (default 1): a factor on the time
-// bounds of these tests, for slow machines.
-func linTimeScale() float64 {
-	if f, err := strconv.ParseFloat(os.Getenv("MESH_TEST_TIME_SCALE"), 64); err == nil && f >= 1 {
-		return f
-	}
-	return 1
-}
-
-func linScaled(d time.Duration) time.Duration { return time.Duration(float64(d) * linTimeScale()) }
 
 // linHistory records the operations of a run.
 type linHistory struct {
@@ -203,7 +191,7 @@ func (w *linClient) wait(n linName, in linInput) {
 	now := time.Now()
 	call := now.Sub(w.h.start).Nanoseconds()
 	in.waitEnd = call + in.wait.Nanoseconds()
-	dl := now.Add(in.wait + linScaled(linReplyMargin))
+	dl := now.Add(in.wait + bustest.Scale(linReplyMargin))
 	req := lock.AcquireRequest{Name: n.name, Owner: in.owner, TTLms: linTTL.Milliseconds(), WaitMs: in.wait.Milliseconds(), Deadline: &bus.Time{Time: dl}}
 	if n.limit > 1 {
 		req.Limit = n.limit
@@ -367,7 +355,7 @@ func linClients(t *testing.T, url string, h *linHistory, cfg linRun) (wait func(
 func linCheck(t *testing.T, h *linHistory, ws []*linClient, js jetstream.JetStream, tap *linJoinTap) {
 	t.Helper()
 	joins := tap.result()
-	events, missing := linReadEvents(t, js, h, linScaled(5*time.Second))
+	events, missing := linReadEvents(t, js, h, bustest.Scale(5*time.Second))
 	if missing > 0 && h.stopped == 0 {
 		// Without a fault no event is lost: every grant and release emits
 		// one.
@@ -377,7 +365,7 @@ func linCheck(t *testing.T, h *linHistory, ws []*linClient, js jetstream.JetStre
 	// the history on the monotonic one: allow for their drift.
 	now := time.Now()
 	drift := now.Sub(h.start) - now.Round(0).Sub(h.start.Round(0))
-	p := linParams{events: events, joins: joins, slack: (linClockSlack + max(drift, -drift)).Nanoseconds(), gap: linScaled(linGapDefault).Nanoseconds()}
+	p := linParams{events: events, joins: joins, slack: (linClockSlack + max(drift, -drift)).Nanoseconds(), gap: bustest.Scale(linGapDefault).Nanoseconds()}
 	ops, rep, err := linPrepare(h.ops, p)
 	if err != nil {
 		t.Fatalf("events: %v", err)
@@ -652,7 +640,7 @@ func linCluster(t *testing.T, victim string) {
 		// asked for since complete.
 		down := time.Now()
 		for time.Since(down) < 1500*time.Millisecond || linCompleted(h, h.stopped, h.now()) < linFaultOps {
-			if time.Since(down) > linScaled(15*time.Second) {
+			if time.Since(down) > bustest.Scale(15*time.Second) {
 				t.Errorf("only %d operations completed in %v while node %d was down", linCompleted(h, h.stopped, h.now()), time.Since(down).Round(time.Millisecond), i)
 				break
 			}
