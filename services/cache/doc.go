@@ -104,9 +104,12 @@
 // receives its keys without being asked, the survivors of a crash bring
 // every partition back to R copies, and a copy written by a node whose ring
 // was behind reaches the holders. The request carries the asker's own
-// digests: a holder that has keys of a partition the asker has none of
-// runs a pass at once, so a node that restarted empty before the others'
-// rings saw it go gets its keys back. A pass that cannot reach a holder leaves
+// digests, and a node's first pass after its start asks for every
+// partition it holds, keys or none: a holder that has keys of a partition
+// the asker has none of runs a pass at once, so a node that restarted
+// empty before the others' rings saw it go gets its keys back. A node
+// whose ring lacks itself (its own heartbeats went unseen, as in a starved
+// process) hands nothing off and drops nothing until it is back. A pass that cannot reach a holder leaves
 // its partitions counted as under-replicated and is tried again after four
 // heartbeats; a change of the ring during a pass starts a new one. Digests
 // that differ only because a key expired at a slightly different time on
