@@ -117,7 +117,7 @@
 //
 // Stop (SIGTERM to mesh serve cache) hands the node's keys off to the nodes
 // that hold them once it is gone (bounded by Config.LeaveTimeout, 30 s, and
-// Stop's context) before it publishes its leave, then, once its requests in
+// half the time Stop's context has left) before it publishes its leave, then, once its requests in
 // flight are done, hands off the writes that came in meanwhile.
 //
 // Until its keys arrive, a node that misses a key it now owns asks the

@@ -524,7 +524,13 @@ func (s *Server) leave(ctx context.Context, since uint64) {
 	if r.Len() == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.LeaveTimeout)
+	// At most half the time Stop has left, so that the leave itself and the
+	// rest of the stop still fit in it.
+	budget := s.cfg.LeaveTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		budget = min(budget, time.Until(dl)/2)
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	start := time.Now()
 	parts := s.partitions(since)
