@@ -159,7 +159,7 @@ func TestOwnershipAgreesAndReplicas(t *testing.T) {
 	_, nodes, c := cluster(t, 3, cache.Config{})
 	for _, n := range nodes[1:] {
 		if n.Ring().Version() != nodes[0].Ring().Version() {
-			t.Fatal("the nodes' rings differ")
+			t.Fatalf("the nodes' rings differ: %v %v / %v %v", n.Ring().Members(), n.Ring().Version(), nodes[0].Ring().Members(), nodes[0].Ring().Version())
 		}
 	}
 	if c.Ring().Version() != nodes[0].Ring().Version() {

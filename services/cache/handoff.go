@@ -182,18 +182,27 @@ func (s *Server) rebalance(ctx context.Context, r *ring.Ring, reason string) boo
 	if r.Len() == 0 {
 		return true
 	}
+	if !slices.ContainsFunc(r.Members(), func(m ring.Member) bool { return m.ID == s.cfg.ID }) {
+		// The node's own heartbeats went unseen for a while (a starved
+		// process): it is still a member, and drops nothing until its ring
+		// says so again.
+		return false
+	}
 	start := time.Now()
 	epoch := s.reb.changes.Load()
 	s.pruneTombs(start)
 	parts := s.partitions(0)
 	held := len(parts)
-	// The partitions this node holds and has no key of are compared too:
-	// their digest is empty, and a holder that has keys of them sends them
-	// (see digest), as to a node that restarted before the ring saw it go.
-	R := min(s.cfg.Replicas, r.Len())
-	for p := range r.Partitions() {
-		if parts[p] == nil && slices.Contains(r.PartitionOwners(p, R), s.cfg.ID) {
-			parts[p] = &part{}
+	// Until a pass completes after the node's start, the partitions it
+	// holds and has no key of are compared too: their digest is empty, and
+	// a holder that has keys of them sends them (see digest), as to a node
+	// that restarted before the others' rings saw it go.
+	if s.reb.rebalanced.Load() == 0 {
+		R := min(s.cfg.Replicas, r.Len())
+		for p := range r.Partitions() {
+			if parts[p] == nil && slices.Contains(r.PartitionOwners(p, R), s.cfg.ID) {
+				parts[p] = &part{}
+			}
 		}
 	}
 	var f passFigures
@@ -515,7 +524,13 @@ func (s *Server) leave(ctx context.Context, since uint64) {
 	if r.Len() == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.LeaveTimeout)
+	// At most half the time Stop has left, so that the leave itself and the
+	// rest of the stop still fit in it.
+	budget := s.cfg.LeaveTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		budget = min(budget, time.Until(dl)/2)
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	start := time.Now()
 	parts := s.partitions(since)
