@@ -76,9 +76,14 @@ func startMesh(t *testing.T, cfg console.Config) *mesh {
 	})
 	return &mesh{
 		t: t, url: srv.URL(), nc: nc, console: c, web: web,
-		client: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		client: noRedirects(),
 		tasks:  scheduler.NewClient(nc), locks: lock.NewClient(nc),
 	}
+}
+
+// noRedirects is a client that shows redirects instead of following them.
+func noRedirects() *http.Client {
+	return &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
 // get fetches a page and returns its body, failing unless it is 200.

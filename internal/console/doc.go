@@ -10,9 +10,12 @@
 // # What it talks to
 //
 // Only the public subjects, through the SDKs and the user's NATS
-// connection (so the user's permissions hold, and an action the user may
-// not take shows the refusal the service sent: its status, code and
-// message):
+// connection, so the user's permissions hold. An action the mesh refuses
+// shows the refusal the service sent (its status, code and message); one
+// the user's NATS permissions forbid, which the server drops so that it
+// would fail as a timeout, shows 403 permission_denied with the server's
+// permissions violation (the connection's last error) when it names the
+// action's subject:
 //
 //	page        reads                                                 actions
 //	overview    $SRV.INFO, $SRV.STATS (meshstat, shared with          –
