@@ -188,6 +188,8 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /scheduler/submit", c.submit)
 	m.HandleFunc("POST /scheduler/tasks/{id}/cancel", c.cancel)
 	m.HandleFunc("POST /scheduler/queues/{queue}/{action}", c.pauseResume)
+	m.HandleFunc("POST /scheduler/schedules", c.addSchedule)
+	m.HandleFunc("POST /scheduler/schedules/{name}/remove", c.removeSchedule)
 	m.HandleFunc("GET /locks", c.page("locks", c.locksView))
 	m.HandleFunc("GET /cache", c.page("cache", c.cacheView))
 	m.HandleFunc("GET /events", c.page("events", c.eventsView))

@@ -224,6 +224,20 @@ func TestSchedulerPageAndActions(t *testing.T) {
 	loc = m.post("/scheduler/submit", url.Values{"queue": {"emails"}, "type": {"x"}, "delay": {"soon"}, "back": {"/scheduler"}})
 	mustContain(t, "submit with a bad delay", loc, "err=400 invalid")
 	mustContain(t, "unknown task", m.get("/scheduler/tasks/nosuchtask"), "404 task_not_found")
+
+	// Periodic schedules: add, list, remove; a bad one is refused.
+	loc = m.post("/scheduler/schedules", url.Values{"name": {"digest"}, "queue": {"emails"}, "type": {"digest"}, "every": {"1h"}, "back": {"/scheduler"}})
+	mustContain(t, "add a schedule", loc, "msg=schedule digest added")
+	mustContain(t, "the schedule listed", m.get("/scheduler"), `data-schedule="digest"`, "every 1h", "/scheduler/schedules/digest/remove")
+	loc = m.post("/scheduler/schedules", url.Values{"name": {"bad"}, "queue": {"emails"}, "type": {"x"}, "cron": {"not a cron"}, "back": {"/scheduler"}})
+	mustContain(t, "a bad schedule", loc, "err=400 invalid_schedule")
+	loc = m.post("/scheduler/schedules/digest/remove", url.Values{"back": {"/scheduler"}})
+	mustContain(t, "remove the schedule", loc, "msg=schedule digest removed")
+	if ss, err := m.tasks.ListSchedules(c); err != nil || len(ss) != 0 {
+		t.Fatalf("schedules after remove: %+v, %v", ss, err)
+	}
+	loc = m.post("/scheduler/schedules/digest/remove", url.Values{"back": {"/scheduler"}})
+	mustContain(t, "remove it again", loc, "err=404 schedule_not_found")
 	if qs, err = m.tasks.Queues(c); err != nil || len(qs) != 1 {
 		t.Fatalf("refused actions made queues: %+v, %v", qs, err)
 	}

@@ -20,7 +20,8 @@
 //	page        reads                                                 actions
 //	overview    $SRV.INFO, $SRV.STATS (meshstat, shared with          –
 //	            `mesh status`), JetStream account and stream info
-//	scheduler   mesh.scheduler.queues, .list, .schedules.list          submit, pause, resume
+//	scheduler   mesh.scheduler.queues, .list, .schedules.list          submit, pause, resume,
+//	                                                                   schedules add, rm
 //	task        mesh.scheduler.status                                  cancel
 //	locks       mesh.lock.list, mesh.lock.inspect (first 50 locks)     –
 //	cache       mesh.heartbeat.cache.* (the ring), mesh.cache.stats,   –

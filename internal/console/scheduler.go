@@ -166,6 +166,36 @@ func (c *Console) pauseResume(w http.ResponseWriter, r *http.Request) {
 	done(w, r, fmt.Sprintf("queue %s: %sd", queue, r.PathValue("action")), c.denied(err, subject))
 }
 
+// addSchedule adds (or replaces) a periodic schedule from the scheduler
+// page's form: a cron spec, or an interval such as 1m.
+func (c *Console) addSchedule(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), c.cfg.Timeout)
+	defer cancel()
+	req := scheduler.ScheduleRequest{
+		Name: strings.TrimSpace(r.FormValue("name")), Queue: strings.TrimSpace(r.FormValue("queue")), Type: strings.TrimSpace(r.FormValue("type")),
+		Payload: []byte(r.FormValue("payload")), Cron: strings.TrimSpace(r.FormValue("cron")), TimeZone: strings.TrimSpace(r.FormValue("time_zone")),
+	}
+	if e := strings.TrimSpace(r.FormValue("every")); e != "" {
+		every, err := time.ParseDuration(e)
+		if err != nil || every <= 0 {
+			refuse(w, r, 400, "invalid", fmt.Sprintf("every %q is not an interval such as 30s or 5m", e))
+			return
+		}
+		req.EveryMs = every.Milliseconds()
+	}
+	_, err := c.tasks.AddSchedule(ctx, req)
+	done(w, r, "schedule "+req.Name+" added", c.denied(err, scheduler.SubjectAddSched))
+}
+
+// removeSchedule removes a periodic schedule.
+func (c *Console) removeSchedule(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), c.cfg.Timeout)
+	defer cancel()
+	name := r.PathValue("name")
+	err := c.tasks.RemoveSchedule(ctx, name)
+	done(w, r, "schedule "+name+" removed", c.denied(err, scheduler.SubjectRmSched))
+}
+
 // ErrPermissionDenied is an action the user's NATS permissions do not
 // allow: the server drops the request, so it fails as a timeout; the
 // connection's last error tells why.
