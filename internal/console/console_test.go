@@ -150,9 +150,19 @@ func ctx(t *testing.T) context.Context {
 }
 
 func TestOverview(t *testing.T) {
-	m := startMesh(t, console.Config{})
+	m := startMesh(t, console.Config{SampleEvery: 50 * time.Millisecond})
 	body := m.get("/")
 	mustContain(t, "overview", body, "<b>cache</b>", "<b>lock</b>", "<b>scheduler</b>", "<b>sys</b>", "MESH_TASKS", "MESH_LOCKS", "MESH_EVENTS", "JetStream", "Requests per second", "mesh.scheduler.submit")
+	// The sampler draws the request rates once it has two samples with
+	// requests between them.
+	c := ctx(t)
+	eventually(t, "a chart of the request rates", func() bool {
+		if _, err := m.locks.Inspect(c, "x"); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Contains(m.get("/"), "<polyline")
+	})
+	mustContain(t, "the lock service's rate", m.get("/"), `lock <b>`)
 }
 
 func TestSchedulerPageAndActions(t *testing.T) {

@@ -54,7 +54,7 @@
 // and the sampler, which reads the services' micro stats, the queues and
 // the cache figures every SampleEvery (10 s) and keeps the last hour in
 // memory for the charts (requests per second per service, depth per queue,
-// hit ratio per cache node). Start starts them, Stop stops them and ends
+// hit ratio and items per cache node). Start starts them, Stop stops them and ends
 // the live streams (so that an HTTP server's Shutdown does not wait for
 // them).
 //
