@@ -183,7 +183,7 @@ func TestBrowser(t *testing.T) {
 	// Submit a task from the scheduler page; its page follows it live.
 	b.open("/scheduler")
 	b.do(
-		chromedp.Click(chromedp.CSS("details.submit summary")),
+		chromedp.Click(chromedp.CSS("#submit-details summary")),
 		chromedp.SetValue(chromedp.CSS(`#submit-task input[name="queue"]`), "emails"),
 		chromedp.SetValue(chromedp.CSS(`#submit-task input[name="type"]`), "welcome"),
 		chromedp.SetValue(chromedp.CSS(`#submit-task input[name="payload"]`), "ann@example.com"),

@@ -48,13 +48,13 @@
 // through mesh.scheduler.list, which reads every task state: hence its
 // bound, whatever the number of pages open and the rate of task events.
 //
-// The console owns two goroutines besides the HTTP server's: the one
-// subscription to mesh.events.> (the hub, which keeps the last 1,000
-// events for the events page and the task and lock pages' recent history),
-// and the sampler, which reads the services' micro stats, the queues and
-// the cache figures every SampleEvery (10 s) and keeps the last hour in
-// memory for the charts (requests per second per service, depth per queue,
-// hit ratio and items per cache node). Start starts them, Stop stops them and ends
+// Besides the HTTP server, the console owns one subscription to
+// mesh.events.> (the hub, which keeps the last 1,000 events for the events
+// page and the task and lock pages' recent history) and one goroutine, the
+// sampler, which reads the services' micro stats, the queues and the cache
+// figures every SampleEvery (10 s) and keeps the last hour in memory for
+// the charts (requests per second per service, depth per queue, hit ratio
+// and items per cache node). Start starts them; Stop stops them and ends
 // the live streams (so that an HTTP server's Shutdown does not wait for
 // them).
 //
