@@ -68,9 +68,14 @@ func setup(t *testing.T, ctx context.Context, nc *nats.Conn, e example, run stri
 	t.Helper()
 	saved := map[string]map[string]json.RawMessage{}
 	for _, st := range e.Before {
-		reply, err := bus.RequestMsg(ctx, nc, &nats.Msg{Subject: st.Subject, Data: expand(t, st.Request, run, saved)})
+		subject := strings.ReplaceAll(st.Subject, "${run}", run)
+		reply, err := bus.RequestMsg(ctx, nc, &nats.Msg{Subject: subject, Data: expand(t, st.Request, run, saved)})
 		if err != nil {
 			t.Fatalf("example %q: before %s: %v", e.Title, st.Subject, err)
+		}
+		if st.Save != "" && strings.HasPrefix(reply.Reply, "$JS.ACK.") {
+			saved[st.Save] = delivery(t, reply)
+			continue
 		}
 		if st.Save != "" {
 			fields := map[string]json.RawMessage{}
@@ -81,6 +86,25 @@ func setup(t *testing.T, ctx context.Context, nc *nats.Conn, e example, run stri
 		}
 	}
 	return saved
+}
+
+// delivery saves what a worker reports of a message pulled from a
+// consumer ($JS.API.CONSUMER.MSG.NEXT...): the task id, the stream
+// sequence and the delivery count, from the headers and the ack subject
+// ($JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>..., with a domain
+// and an account hash after $JS.ACK in the newer form).
+func delivery(t *testing.T, m *nats.Msg) map[string]json.RawMessage {
+	t.Helper()
+	tok := strings.Split(m.Reply, ".")
+	i := 4
+	if len(tok) > 9 {
+		i = 6
+	}
+	if len(tok) < i+2 {
+		t.Fatalf("ack subject %q", m.Reply)
+	}
+	id, _ := json.Marshal(m.Header.Get("Mesh-Task-Id"))
+	return map[string]json.RawMessage{"id": id, "attempt": json.RawMessage(tok[i]), "stream_seq": json.RawMessage(tok[i+1])}
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -3,9 +3,12 @@
 # steady load from the host (bench/chaos: cache sets and gets, lock
 # acquisitions with fencing checks, task submissions), it kills a NATS
 # server and starts it again, kills one instance of each service and starts
-# it again, and pauses a lock instance past the lease TTL. Then the load
-# program waits for every submitted task to finish, reads every cache key
-# back and prints the report: mutual exclusion, tokens, tasks, cache keys,
+# it again, and pauses a lock instance past the lease TTL. The cache runs as
+# three instances; a fourth joins, and once every cache node reports its
+# hand-off of the new ring complete, one of the first three is killed for
+# good. Then the load program waits for every submitted task to finish,
+# reads every cache key back (every acknowledged key must be readable with
+# its newest value) and prints the report: mutual exclusion, tokens, tasks, cache keys,
 # and the errors and recovery of each fault. The stack is torn down
 # (containers, network, volumes) whatever happens.
 #
@@ -14,19 +17,32 @@
 # Environment: CHAOS_BUILD=0 reuses an earlier build; CHAOS_REPORT=FILE
 # also writes the report there; CHAOS_TTL lease TTL in seconds (default 3);
 # COMPOSE_PROJECT_NAME (default mesh-chaos). NATS client ports: the first
-# free from 14401, on 127.0.0.1. It takes about 4 minutes.
+# free from 14401, on 127.0.0.1. It takes about 5 minutes.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-mesh-chaos}
 ttl=${CHAOS_TTL:-3}
-load_s=150
+load_s=180
 settle_s=90
 tmp=$(mktemp -d)
 
 . scripts/lib.sh
 find_compose chaos
+# A third cache instance from the start, and a fourth (profile join) that
+# joins under load: the same service as cache1 under other names.
+cat >"$tmp/cache-nodes.yaml" <<EOF
+services:
+  cache3:
+    extends: {file: $PWD/compose.yaml, service: cache1}
+    command: ["serve", "cache", "--node", "cache3"]
+  cache4:
+    extends: {file: $PWD/compose.yaml, service: cache1}
+    command: ["serve", "cache", "--node", "cache4"]
+    profiles: ["join"]
+EOF
+compose+=(-f compose.yaml -f "$tmp/cache-nodes.yaml")
 
 up="" load_pid=""
 cleanup() {
@@ -37,7 +53,7 @@ cleanup() {
 	if [ -n "$up" ]; then
 		# Anything left paused would block the teardown.
 		for id in $("${compose[@]}" ps -q 2>/dev/null); do docker unpause "$id" >/dev/null 2>&1 || true; done
-		"${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+		"${compose[@]}" --profile join down -v --remove-orphans >/dev/null 2>&1 || true
 	fi
 	rm -rf "$tmp"
 	echo "chaos: done in $(($(date +%s) - t0)) s (exit $rc)" >&2
@@ -70,6 +86,28 @@ wait_ready() {
 	done
 }
 
+# cache_settled N SECONDS: until N cache nodes agree on a ring of N and each
+# has completed the hand-off of that ring (rebalanced_ring = ring_version,
+# nothing under-replicated).
+cache_settled() {
+	local deadline=$(($(date +%s) + $2)) out
+	while :; do
+		out=$("${compose[@]}" exec -T cache2 /mesh cache stats --json 2>/dev/null || true)
+		if echo "$out" | N="$1" python3 -c '
+import json, os, sys
+r = json.load(sys.stdin)
+n = int(os.environ["N"])
+nodes = r.get("nodes") or []
+ok = len(nodes) == n and all(x.get("members") == n and x.get("ring_version") == nodes[0].get("ring_version")
+	and x.get("rebalanced_ring") == x.get("ring_version") and x.get("under_replicated", 1) == 0 for x in nodes)
+sys.exit(0 if ok else 1)' 2>/dev/null; then
+			return 0
+		fi
+		[ "$(date +%s)" -lt "$deadline" ] || fail "the cache did not settle on $1 nodes with its hand-off complete in $2 s"
+		sleep 0.5
+	done
+}
+
 # kill_restart SERVICE DOWN_SECONDS: kill -9 the service's container, leave
 # it down a while, start it again and wait until it is healthy.
 kill_restart() {
@@ -94,7 +132,7 @@ stack_ports 14401
 
 up=1
 "${compose[@]}" up -d >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log" >&2; fail "compose up"; }
-for s in n1 n2 n3 cache1 cache2 lock1 lock2 scheduler1 scheduler2 worker; do wait_ready "$(cid "$s")" 120; done
+for s in n1 n2 n3 cache1 cache2 cache3 lock1 lock2 scheduler1 scheduler2 worker; do wait_ready "$(cid "$s")" 120; done
 echo "chaos: stack healthy in $(($(date +%s) - t0)) s; load for ${load_s}s, lease TTL ${ttl}s" >&2
 
 : >"$tmp/faults"
@@ -107,6 +145,19 @@ sleep 10
 kill_restart n1 10
 sleep 10
 kill_restart cache1 8
+sleep 5
+mark start join-cache4
+say "cache4 joins"
+"${compose[@]}" --profile join up -d cache4 >>"$tmp/up.log" 2>&1 || fail "cache4 up"
+wait_ready "$(cid cache4)" 90
+cache_settled 4 60
+say "cache4 holds its keys; kill cache3 for good"
+mark end join-cache4
+mark start kill-cache3
+docker kill "$(cid cache3)" >/dev/null
+cache_settled 3 60
+mark end kill-cache3
+say "the cache settled on 3 nodes"
 sleep 8
 kill_restart lock1 8
 sleep 8

@@ -107,6 +107,7 @@ func main() {
 	flag.StringVar(&cfg.meshBin, "mesh", "", "run the cache nodes in a `mesh` binary's process (mesh up --services cache); empty: in this process")
 	flag.IntVar(&cfg.natsPID, "nats-pid", 0, "nats-server's `pid`, for its CPU time per request")
 	flag.BoolVar(&cfg.pin, "pin", false, "give the servers (echo, mesh, redis-server) CPU 1 and this process and nats-server CPU 0 (with -mesh; for diagnosis)")
+	handoffKeys := flag.Int("handoff", 0, "measure the hand-off of `N` keys on a join and a crash instead of the speed")
 	echo := flag.Bool("echo", false, "serve the raw NATS echo until killed (the benchmark starts itself so with -mesh)")
 	flag.Parse()
 	if *echo {
@@ -119,7 +120,9 @@ func main() {
 	if cfg.concs, err = load.ParseLevels(concs); err != nil {
 		fatal(fmt.Errorf("-c: %w", err))
 	}
-	if cfg.memory > 0 {
+	if *handoffKeys > 0 {
+		err = handoff(context.Background(), cfg, *handoffKeys, os.Stdout)
+	} else if cfg.memory > 0 {
 		err = memory(context.Background(), cfg, os.Stdout)
 	} else {
 		err = run(context.Background(), cfg, os.Stdout)

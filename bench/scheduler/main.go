@@ -61,6 +61,9 @@ const (
 	asynqName = "asynq"
 	floorName = "JetStream floor"
 
+	rawName    = "JetStream raw"
+	recordName = "record + history"
+
 	stateFloorName   = "floor + state"
 	stateServiceName = "floor + state via a service"
 )
@@ -82,7 +85,7 @@ func main() {
 	var systems string
 	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL` (JetStream enabled)")
 	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port` for asynq; empty: no asynq row")
-	flag.StringVar(&systems, "systems", "mesh,asynq,floor,statefloor", "systems to run, in order: mesh, asynq, floor, statefloor, statesvc")
+	flag.StringVar(&systems, "systems", "mesh,asynq,floor,statefloor", "systems to run, in order: mesh, asynq, floor, raw, record, statefloor, statesvc")
 	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
 	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
 	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")
@@ -91,6 +94,8 @@ func main() {
 	flag.IntVar(&cfg.delayed, "delayed", 200, "tasks of the delayed scenario, due 2 to 3 s ahead")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of this process to `file`")
 	flag.StringVar(&cfg.source, "source", "", "the revision of the mesh source under test, for the header")
+	flag.BoolVar(&recordWritesHistory, "record-history", true, "record row: write each outcome to the history stream (false: the per-task subjects alone)")
+	flag.BoolVar(&recordHistoryPerTask, "record-history-per-task", true, "record row: one history subject per task (false: one per queue)")
 	flag.Parse()
 	for _, s := range strings.Split(systems, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -148,8 +153,12 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			sys, err = newStateService(ctx, cfg.natsURL)
 		case "statefloor":
 			sys, err = newStateFloor(ctx, cfg.natsURL)
+		case "raw":
+			sys, err = newRaw(ctx, cfg.natsURL)
+		case "record":
+			sys, err = newRecord(ctx, cfg.natsURL)
 		default:
-			return fmt.Errorf("unknown system %q (mesh, asynq, floor, statefloor, statesvc)", name)
+			return fmt.Errorf("unknown system %q (mesh, asynq, floor, raw, record, statefloor, statesvc)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -225,6 +234,15 @@ func measure(ctx context.Context, cfg config, sys system) (result, error) {
 	var next atomic.Int64
 	start := time.Now()
 	var wg sync.WaitGroup
+	if b, ok := sys.(allEnqueuer); ok {
+		// One goroutine publishes every task asynchronously.
+		failed, err := b.enqueueAll(ctx, q, func(int) []byte { return stamp(time.Now()) }, cfg.tasks)
+		if err != nil {
+			return r, err
+		}
+		errs.Add(int64(failed))
+		next.Store(int64(cfg.tasks))
+	}
 	for range cfg.producers {
 		wg.Go(func() {
 			for next.Add(1) <= int64(cfg.tasks) {
@@ -304,6 +322,10 @@ func measure(ctx context.Context, cfg config, sys system) (result, error) {
 	mu.Unlock()
 
 	// Delayed tasks.
+	if _, ok := sys.(immediateOnly); ok {
+		r.errors = int(errs.Load())
+		return r, nil
+	}
 	fmt.Fprintf(os.Stderr, "bench:   %d delayed tasks\n", cfg.delayed)
 	q = queueName("delayed")
 	var late []time.Duration
@@ -345,6 +367,16 @@ func measure(ctx context.Context, cfg config, sys system) (result, error) {
 	r.errors = int(errs.Load())
 	return r, nil
 }
+
+// allEnqueuer is a system whose enqueue scenario is one goroutine
+// publishing every task at once (the raw row).
+type allEnqueuer interface {
+	enqueueAll(ctx context.Context, queue string, payload func(int) []byte, n int) (failed int, err error)
+}
+
+// immediateOnly is a system with no delayed tasks (the rows measuring a
+// store's drain path): the delayed scenario is skipped.
+type immediateOnly interface{ immediateOnly() }
 
 // waitFor polls cond (the handlers count tasks; there is no event to await
 // across three systems) until it holds or limit passes.

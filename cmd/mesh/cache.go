@@ -70,7 +70,7 @@ func (c *cacheSetCmd) Run(a *app) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(a.out, "stored %s (%d copies)\n", c.Key, r.Copies)
+	fmt.Fprintf(a.out, "stored %s (%s)\n", c.Key, plural(r.Copies, "copy", "copies"))
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -63,6 +64,9 @@ func (c *lockAcquireCmd) Run(a *app) error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.Wait+a.conn.Timeout)
 	defer cancel()
 	req := lock.AcquireRequest{Name: c.Name, Owner: c.owner(), TTLms: c.TTL.Milliseconds(), WaitMs: c.Wait.Milliseconds(), Limit: c.Limit}
+	if dl, ok := ctx.Deadline(); ok {
+		req.Deadline = &bus.Time{Time: dl} // a waiter whose command gave up leaves the line
+	}
 	r, err := bus.Request[lock.AcquireRequest, lock.AcquireReply](ctx, nc, lock.SubjectAcquire, req)
 	if err != nil {
 		return err
@@ -177,6 +181,8 @@ type lockRunCmd struct {
 	Wait    time.Duration `default:"1h" help:"How long to wait in line for the lock."`
 	Name    string        `arg:"" help:"Lock name."`
 	Command []string      `arg:"" passthrough:"" help:"The command and its arguments, after --."`
+
+	stderr io.Writer `kong:"-"` // where the wait is told; nil: os.Stderr
 }
 
 // Run holds the lock while the command runs, renewing the lease. The command
@@ -190,6 +196,10 @@ func (c *lockRunCmd) Run(a *app) error {
 	if len(c.Command) == 0 {
 		return errors.New("no command: mesh lock run NAME -- CMD [ARGS...]")
 	}
+	// A command that cannot start is found out before the lock is taken.
+	if _, err := exec.LookPath(c.Command[0]); err != nil {
+		return fmt.Errorf("cannot run %s: %w", c.Command[0], err)
+	}
 	nc, err := a.connect("mesh lock run")
 	if err != nil {
 		return err
@@ -198,7 +208,12 @@ func (c *lockRunCmd) Run(a *app) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	actx, cancel := context.WithTimeout(ctx, c.Wait)
-	lease, err := lock.NewClient(nc).Acquire(actx, c.Name, lock.Options{TTL: c.TTL, Owner: c.owner(), Limit: c.Limit})
+	locks, o := lock.NewClient(nc), lock.Options{TTL: c.TTL, Owner: c.owner(), Limit: c.Limit}
+	lease, err := locks.TryAcquire(actx, c.Name, o)
+	if errors.Is(err, lock.ErrLocked) {
+		c.tellWait(actx, locks)
+		lease, err = locks.Acquire(actx, c.Name, o)
+	}
 	cancel()
 	if err != nil {
 		return err
@@ -234,6 +249,26 @@ func (c *lockRunCmd) Run(a *app) error {
 		return exitCode(exit.ExitCode())
 	}
 	return runErr
+}
+
+// tellWait says on stderr who holds the lock run waits for.
+func (c *lockRunCmd) tellWait(ctx context.Context, locks *lock.Client) {
+	w := c.stderr
+	if w == nil {
+		w = os.Stderr
+	}
+	info, err := locks.Inspect(ctx, c.Name)
+	if err != nil || len(info.Holders) == 0 {
+		fmt.Fprintf(w, "waiting for %s\n", c.Name)
+		return
+	}
+	h := info.Holders[0]
+	more := ""
+	if n := len(info.Holders) - 1; n > 0 {
+		more = fmt.Sprintf(" and %d more", n)
+	}
+	fmt.Fprintf(w, "waiting for %s (held by %s%s, token %d, expires in %s)\n",
+		c.Name, h.Owner, more, h.Token, time.Until(h.ExpiresAt.Time).Round(100*time.Millisecond))
 }
 
 // exitCode makes mesh exit with a command's status.

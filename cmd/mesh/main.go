@@ -28,18 +28,19 @@ type cli struct {
 	Conn     connFlags `embed:""`
 	LogLevel string    `name:"log-level" env:"MESH_LOG_LEVEL" default:"info" enum:"trace,debug,info,warn,error" help:"Log level (${enum})."`
 
-	Up      upCmd      `cmd:"" help:"Run the mesh: an embedded NATS server with JetStream and every service."`
-	Serve   serveCmd   `cmd:"" help:"Run one service against a NATS server."`
-	Status  statusCmd  `cmd:"" help:"Show the running services and the mesh's JetStream streams and buckets."`
-	Ring    ringCmd    `cmd:"" help:"Show the ring of a service: members, weights, partition shares, version."`
-	Cache   cacheCmd   `cmd:"" help:"Get, set and delete cache keys; show the cache's figures."`
-	Lock    lockCmd    `cmd:"" help:"Take, release, renew, inspect and list locks; hold one while a command runs."`
-	Version versionCmd `cmd:"" help:"Print the version."`
+	Up     upCmd     `cmd:"" help:"Run the mesh: an embedded NATS server with JetStream and every service."`
+	Serve  serveCmd  `cmd:"" help:"Run one service against a NATS server."`
+	Status statusCmd `cmd:"" help:"Show the running services and the mesh's JetStream streams and buckets."`
+	Ring   ringCmd   `cmd:"" help:"Show the ring of a service: members, weights, partition shares, version."`
+	Cache  cacheCmd  `cmd:"" help:"Get, set and delete cache keys; show the cache's figures."`
+	Lock   lockCmd   `cmd:"" help:"Take, release, renew, inspect and list locks; hold one while a command runs."`
 
 	Task     taskCmd     `cmd:"" help:"Submit tasks, show their state, cancel them; list, pause and resume queues."`
 	Schedule scheduleCmd `cmd:"" help:"Add, list and remove periodic schedules of tasks."`
 	Worker   workerCmd   `cmd:"" help:"Run a command for each task of a queue (payload on stdin)."`
 	Console  consoleCmd  `cmd:"" help:"Serve the web console of a running mesh (--nats URL)."`
+
+	Version versionCmd `cmd:"" help:"Print the version."` // last in the help
 }
 
 // connFlags are the connection options of every command.
@@ -71,6 +72,9 @@ type app struct {
 	conn connFlags
 	log  zerolog.Logger
 	out  io.Writer // where results go: stdout
+	// serviceConn, when set, connects each service with its own user
+	// (mesh up --auth).
+	serviceConn func(service string) (*nats.Conn, error)
 }
 
 // kongUsageError is the exit code kong gives a command line it cannot
@@ -168,6 +172,14 @@ func (a *app) printJSON(v any) error {
 	enc := json.NewEncoder(a.out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// plural is "1 copy", "2 copies".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 type versionCmd struct{}

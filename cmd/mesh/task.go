@@ -21,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/meshkit/mesh/cmd/mesh/internal/cron"
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/scheduler"
 )
@@ -33,6 +34,7 @@ type taskCmd struct {
 	Queues taskQueuesCmd `cmd:"" help:"Show every queue: depth, in flight, scheduled, dead, paused."`
 	Pause  taskPauseCmd  `cmd:"" help:"Stop delivering a queue's tasks until resumed."`
 	Resume taskResumeCmd `cmd:"" help:"Deliver a paused queue's tasks again."`
+	Dead   taskDeadCmd   `cmd:"" help:"Dead letters: list, requeue or remove dead tasks."`
 }
 
 type scheduleCmd struct {
@@ -78,6 +80,7 @@ type taskSubmitCmd struct {
 	Delay     time.Duration `help:"Run no earlier than this from now."`
 	At        string        `help:"Run no earlier than this instant (RFC 3339)."`
 	Backoff   time.Duration `help:"Constant retry delay (default: exponential from 1s to 10m, with jitter)."`
+	ID        string        `help:"Task id (default: one made by the client); submitting again with the same id makes no second task."`
 	UniqueKey string        `name:"unique-key" help:"Refuse a second task of the queue with this key within --unique-for."`
 	UniqueFor time.Duration `name:"unique-for" help:"The unique window (default 1h)."`
 	Wait      bool          `help:"Wait until the task has finished and print its state."`
@@ -86,7 +89,7 @@ type taskSubmitCmd struct {
 
 func (c *taskSubmitCmd) Run(a *app) error {
 	req := scheduler.SubmitRequest{
-		Queue: c.Queue, Type: c.Type, DelayMs: c.Delay.Milliseconds(), MaxRetries: c.retries(), TimeoutMs: c.Timeout.Milliseconds(),
+		ID: c.ID, Queue: c.Queue, Type: c.Type, DelayMs: c.Delay.Milliseconds(), MaxRetries: c.retries(), TimeoutMs: c.Timeout.Milliseconds(),
 		UniqueKey: c.UniqueKey, UniqueForMs: c.UniqueFor.Milliseconds(),
 	}
 	var err error
@@ -305,7 +308,26 @@ type scheduleAddCmd struct {
 	JSON     bool          `help:"Print JSON."`
 }
 
+// check checks the flags the service would refuse, so that the error
+// names the flags rather than the request's fields.
+func (c *scheduleAddCmd) check() error {
+	switch {
+	case c.Cron != "" && c.Every != 0:
+		return errors.New("give --cron or --every, not both")
+	case c.Cron == "" && c.Every == 0:
+		return errors.New("give --cron (e.g. --cron \"0 */5 * * * *\") or --every (e.g. --every 1m)")
+	case c.Every != 0 && (c.Every < time.Second || c.Every%time.Second != 0):
+		return fmt.Errorf("--every must be whole seconds, at least 1s; got %v", c.Every)
+	case c.TimeZone != "" && c.Cron == "":
+		return errors.New("--tz goes with --cron only")
+	}
+	return nil
+}
+
 func (c *scheduleAddCmd) Run(a *app) error {
+	if err := c.check(); err != nil {
+		return err
+	}
 	req := scheduler.ScheduleRequest{
 		Name: c.Name, Queue: c.Queue, Type: c.Type, Cron: c.Cron, EveryMs: c.Every.Milliseconds(), TimeZone: c.TimeZone,
 		MaxRetries: c.retries(), TimeoutMs: c.Timeout.Milliseconds(),
@@ -350,19 +372,62 @@ func (c *scheduleListCmd) Run(a *app) error {
 	if err != nil {
 		return err
 	}
+	now := time.Now()
 	if c.JSON {
-		return a.printJSON(scheds)
+		rows := make([]scheduleRow, len(scheds))
+		for i, s := range scheds {
+			rows[i].ScheduleInfo = s
+			if next, ok := nextRun(s, now); ok {
+				rows[i].NextRunAt = &bus.Time{Time: next}
+			}
+		}
+		return a.printJSON(rows)
 	}
 	if len(scheds) == 0 {
 		fmt.Fprintln(a.out, "no schedules")
 		return nil
 	}
 	w := tabwriter.NewWriter(a.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tQUEUE\tTYPE\tWHEN\tCREATED")
+	fmt.Fprintln(w, "NAME\tQUEUE\tTYPE\tWHEN\tNEXT RUN\tCREATED")
 	for _, s := range scheds {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", s.Name, s.Queue, s.Type, when(s), s.CreatedAt)
+		next := "?"
+		if t, ok := nextRun(s, now); ok {
+			next = fmt.Sprintf("%s (in %s)", bus.Time{Time: t}, t.Sub(now).Round(time.Second))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Queue, s.Type, when(s), next, s.CreatedAt)
 	}
 	return w.Flush()
+}
+
+// scheduleRow is a schedule as mesh schedule list --json prints it.
+type scheduleRow struct {
+	scheduler.ScheduleInfo
+	NextRunAt *bus.Time `json:"next_run_at,omitempty"`
+}
+
+// nextRun is when the server fires s next after now, as it computes it:
+// a cron expression with nats-server's own parser; an interval counted
+// from the schedule's creation, to the second (to within the second or so
+// between the schedule's record and its message). False if it cannot tell.
+func nextRun(s scheduler.ScheduleInfo, now time.Time) (time.Time, bool) {
+	if s.EveryMs > 0 {
+		every := time.Duration(s.EveryMs) * time.Millisecond
+		base := s.CreatedAt.Round(time.Second)
+		if now.Before(base) {
+			return base.Add(every), true
+		}
+		return base.Add((now.Sub(base)/every + 1) * every), true
+	}
+	loc := time.UTC
+	if s.TimeZone != "" {
+		l, err := time.LoadLocation(s.TimeZone)
+		if err != nil {
+			return time.Time{}, false
+		}
+		loc = l
+	}
+	next, err := cron.Next(s.Cron, loc, now)
+	return next, err == nil
 }
 
 type scheduleRmCmd struct {
@@ -387,6 +452,20 @@ type workerCmd struct {
 	MaxResult   int           `name:"max-result" default:"16384" help:"Bytes of the command's stdout kept as the task's result."`
 }
 
+// Help is the detail of mesh worker --help: the command's contract.
+func (c *workerCmd) Help() string {
+	return `For each task of the queues, runs sh -c CMD with the task's payload on stdin and
+MESH_TASK_ID, MESH_TASK_TYPE, MESH_TASK_QUEUE and MESH_TASK_ATTEMPT in the environment.
+
+How the command's outcome is taken:
+  exit 0      the task succeeded; its stdout (the first --max-result bytes) is the task's result
+  exit 100    the task failed for good: it is not retried
+  other exit  the task failed and is retried with backoff, then dead-lettered; the end of
+              stderr is its last error
+A command still running at the task's timeout or cancellation gets SIGTERM, then SIGKILL
+5 seconds later. Ctrl-C stops fetching tasks and lets running commands finish (--grace).`
+}
+
 // Run serves the queues until interrupted. Each task runs the command with
 // the payload on stdin and MESH_TASK_ID, MESH_TASK_TYPE, MESH_TASK_QUEUE,
 // MESH_TASK_ATTEMPT in the environment. Exit 0 is success, its stdout the
@@ -394,6 +473,13 @@ type workerCmd struct {
 // A command still running at the task's timeout or cancellation gets
 // SIGTERM, then SIGKILL 5 seconds later.
 func (c *workerCmd) Run(a *app) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return c.run(ctx, a)
+}
+
+// run serves the queues until ctx ends.
+func (c *workerCmd) run(ctx context.Context, a *app) error {
 	nc, err := a.connect("mesh worker")
 	if err != nil {
 		return err
@@ -410,15 +496,17 @@ func (c *workerCmd) Run(a *app) error {
 	w.Handle(scheduler.AnyType, func(ctx context.Context, t *scheduler.Task) error {
 		return c.runTask(ctx, a, t)
 	})
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	if err := w.Start(ctx); err != nil {
 		return err
 	}
 	a.log.Info().Strs("queues", c.Queue).Str("exec", c.Exec).Msg("worker started")
 	<-ctx.Done()
 	a.log.Info().Msg("stopping: running commands may finish")
-	return w.Stop(context.Background())
+	if err := w.Stop(context.Background()); err != nil {
+		return err
+	}
+	a.log.Info().Msg("stopped")
+	return nil
 }
 
 // skipRetryStatus is the exit status of a command whose failure is final.

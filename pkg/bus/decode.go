@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
+	"math"
 	"reflect"
 	"slices"
 	"strconv"
@@ -32,6 +32,9 @@ import (
 //     encoding/json would silently replace it with U+FFFD (msgpack strings
 //     are checked by the services, which refuse keys and names that are not
 //     UTF-8);
+//   - a msgpack integer that does not fit its field (a negative one for an
+//     unsigned field, one beyond 2^63 for a signed one), which the decoder
+//     would wrap silently: JSON refuses those too;
 //   - a msgpack body nested deeper than MaxDepth (see checkMsgpack), before
 //     anything is allocated. JSON bodies are bounded by encoding/json's own
 //     limit of 10,000 levels, which it checks before decoding.
@@ -64,11 +67,19 @@ func (c Codec) decodeRequest(data []byte, v any) error {
 	if len(data) == 0 {
 		return nil
 	}
-	if err := checkMsgpack(data); err != nil {
+	signs, err := scanMsgpack(data)
+	if err != nil {
 		return ErrInvalid.With("malformed msgpack request: %s", clean(err))
 	}
 	if err := c.unmarshalMsgpack(data, v, true); err != nil {
 		return explain(c, data, v, err)
+	}
+	if signs {
+		// The decoder wraps a negative integer into an unsigned field and
+		// a uint64 above 2^63 into a signed one; JSON refuses both.
+		if e := (walker{c: c}).walk(reflect.TypeOf(v).Elem(), data, "", 0); e != nil {
+			return e
+		}
 	}
 	return nil
 }
@@ -85,7 +96,7 @@ func explain(c Codec, data []byte, v any, err error) *Error {
 		return ErrInvalid.With("malformed json request: %s (at byte %d)", strings.TrimPrefix(se.Error(), "json: "), se.Offset)
 	}
 	w := walker{c: c}
-	if e := w.walk(reflect.TypeOf(v).Elem(), data, ""); e != nil {
+	if e := w.walk(reflect.TypeOf(v).Elem(), data, "", 0); e != nil {
 		return e
 	}
 	if c == JSON && strings.Contains(err.Error(), "exceeded max depth") {
@@ -108,13 +119,14 @@ var (
 	msgpackDecoder  = reflect.TypeFor[msgpack.CustomDecoder]()
 )
 
-// walk checks raw, the value at path (empty for the body), against t and
-// returns what is wrong with it, or nil.
-func (w walker) walk(t reflect.Type, raw []byte, path string) *Error {
-	if w.isNull(raw) {
-		return nil // absent: Validate decides whether it may be
-	}
+// walk checks raw, the value at path (empty for the body) depth levels
+// down, against t and returns what is wrong with it, or nil.
+func (w walker) walk(t reflect.Type, raw []byte, path string, depth int) *Error {
 	switch {
+	case depth > MaxDepth:
+		return nil // left to the decoder's message; no request type nests so deep
+	case w.isNull(raw) && !isCustom(t):
+		return nil // absent: Validate decides whether it may be
 	case isCustom(t):
 		if e := w.text(raw, path); e != nil {
 			return e
@@ -124,64 +136,75 @@ func (w walker) walk(t reflect.Type, raw []byte, path string) *Error {
 		}
 		return nil
 	case t.Kind() == reflect.Pointer:
-		return w.walk(t.Elem(), raw, path)
+		return w.walk(t.Elem(), raw, path, depth)
 	case t.Kind() == reflect.Interface:
 		if err := w.decode(raw, reflect.New(t).Interface()); err != nil {
 			return ErrInvalid.With("%s: %s", name(path), clean(err))
 		}
 		return nil
 	case t.Kind() == reflect.Struct:
-		keys, vals, e := w.object(raw, path)
-		if e != nil {
-			return e
-		}
 		fields := structFields(t)
-		if path != "" {
-			path += "."
+		prefix := path
+		if prefix != "" {
+			prefix += "."
 		}
-		for i, k := range keys {
+		return w.object(raw, path, func(k string, v []byte) *Error {
 			f := fields.find(k, w.c == JSON)
 			if f == nil {
 				if strings.ContainsRune(k, utf8.RuneError) && w.c == JSON && firstNotText(raw) >= 0 {
-					return ErrInvalid.With("%s: a field name is not UTF-8 text", name(strings.TrimSuffix(path, ".")))
+					return ErrInvalid.With("%s: a field name is not UTF-8 text", name(path))
 				}
-				return unknownField(path+k, fields.names)
+				return unknownField(prefix+k, fields.names)
 			}
-			if e := w.walk(f.typ, vals[i], path+f.name); e != nil {
-				return e
-			}
-		}
-		return nil
+			return w.walk(f.typ, v, prefix+f.name, depth+1)
+		})
 	case t.Kind() == reflect.Map && t.Key().Kind() == reflect.String:
-		keys, vals, e := w.object(raw, path)
-		if e != nil {
-			return e
-		}
-		for i, k := range keys {
-			if e := w.walk(t.Elem(), vals[i], name(path)+"."+k); e != nil {
-				return e
-			}
-		}
-		return nil
+		return w.object(raw, path, func(k string, v []byte) *Error {
+			return w.walk(t.Elem(), v, name(path)+"."+k, depth+1)
+		})
 	case t.Kind() == reflect.Slice && t.Elem().Kind() != reflect.Uint8:
-		vals, ok := w.array(raw)
-		if !ok {
-			return ErrInvalid.With("%s: expected an array, got %s", name(path), w.describe(raw))
-		}
-		for i, v := range vals {
-			if e := w.walk(t.Elem(), v, path+"["+strconv.Itoa(i)+"]"); e != nil {
-				return e
-			}
-		}
-		return nil
+		return w.array(raw, path, func(i int, v []byte) *Error {
+			return w.walk(t.Elem(), v, path+"["+strconv.Itoa(i)+"]", depth+1)
+		})
 	}
 	if e := w.text(raw, path); e != nil {
 		return e
 	}
-	if err := w.decode(raw, reflect.New(t).Interface()); err != nil {
+	if err := w.decode(raw, reflect.New(t).Interface()); err != nil || !w.fits(raw, t) {
 		return ErrInvalid.With("%s: expected %s, got %s", name(path), expected(t, path), w.describe(raw))
 	}
 	return nil
+}
+
+// fits reports whether a msgpack integer fits an integer type without
+// wrapping: the decoder converts it without a check.
+func (w walker) fits(raw []byte, t reflect.Type) bool {
+	k := t.Kind()
+	signed := k >= reflect.Int && k <= reflect.Int64
+	unsigned := k >= reflect.Uint && k <= reflect.Uintptr
+	if w.c != MsgPack || !signed && !unsigned {
+		return true
+	}
+	var n any
+	if msgpack.Unmarshal(raw, &n) != nil {
+		return true // not an integer: the decoder said so
+	}
+	zero := reflect.Zero(t)
+	switch x := n.(type) {
+	case int8, int16, int32, int64:
+		i := reflect.ValueOf(x).Int()
+		if signed {
+			return !zero.OverflowInt(i)
+		}
+		return i >= 0 && !zero.OverflowUint(uint64(i))
+	case uint8, uint16, uint32, uint64:
+		u := reflect.ValueOf(x).Uint()
+		if unsigned {
+			return !zero.OverflowUint(u)
+		}
+		return u <= math.MaxInt64 && !zero.OverflowInt(int64(u))
+	}
+	return true
 }
 
 // text refuses a JSON value that is not UTF-8 text.
@@ -264,43 +287,56 @@ func unknownField(path string, names []string) *Error {
 	}
 }
 
-// closest returns the name nearest to s by edit distance, if it is near
-// enough to be a likely slip: at most half the longer name's length apart,
-// or one a prefix of the other (ttl for ttl_ms).
+// closest returns the name nearest to s, if it is near enough to be a
+// likely slip: one a prefix of the other (ttl for ttl_ms; the nearest such
+// first), else at most half the longer name's length apart by edit
+// distance. Ties go to the first name.
 func closest(s string, names []string) string {
-	best, bestD := "", -1
+	s = strings.ToLower(s)
+	best, bestScore := "", 0
 	for _, n := range names {
-		d := editDistance(strings.ToLower(s), n)
-		near := 2*d <= max(len(s), len(n)) || strings.HasPrefix(n, strings.ToLower(s)) || strings.HasPrefix(strings.ToLower(s), n)
-		if near && (bestD < 0 || d < bestD) {
-			best, bestD = n, d
+		d := editDistance(s, n)
+		score := d
+		if s != "" && (strings.HasPrefix(n, s) || strings.HasPrefix(s, n)) {
+			score -= 1 << 20 // a prefix beats any edit
+		} else if 2*d > max(len(s), len(n)) {
+			continue
+		}
+		if best == "" || score < bestScore {
+			best, bestScore = n, score
 		}
 	}
 	return best
 }
 
-// editDistance is the Levenshtein distance between a and b, in bytes.
+// editDistance is the optimal string alignment distance between a and b,
+// in bytes: insertions, deletions, substitutions and swaps of neighbours
+// ("kye" for "key") cost one each.
 func editDistance(a, b string) int {
 	if len(a) > 64 {
 		a = a[:64] // a field name is short; a long one is far from all
 	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
 	}
 	for i := 1; i <= len(a); i++ {
-		cur[0] = i
 		for j := 1; j <= len(b); j++ {
 			cost := 1
 			if a[i-1] == b[j-1] {
 				cost = 0
 			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
 		}
-		prev, cur = cur, prev
 	}
-	return prev[len(b)]
+	return d[len(a)][len(b)]
 }
 
 // fieldSet is the wire fields of a struct type.
@@ -397,52 +433,92 @@ func (w walker) decode(raw []byte, v any) error {
 	return w.c.unmarshalMsgpack(raw, v, true)
 }
 
-// object splits the object at path (a map with string keys) into its keys,
-// sorted, and their values.
-func (w walker) object(raw []byte, path string) (keys []string, vals [][]byte, e *Error) {
+// object calls f with each field of the object at path (a map with string
+// keys) and its value, in the body's order, until f returns an error. The
+// values are read one at a time, so a bad body costs no more than the part
+// read before its first fault.
+func (w walker) object(raw []byte, path string, f func(k string, v []byte) *Error) *Error {
 	if got := w.describe(raw); got != "an object" {
-		return nil, nil, ErrInvalid.With("%s: expected an object, got %s", name(path), got)
+		return ErrInvalid.With("%s: expected an object, got %s", name(path), got)
 	}
+	malformed := ErrInvalid.With("%s: malformed object", name(path))
 	if w.c == JSON {
-		var m map[string]json.RawMessage
-		if json.Unmarshal(raw, &m) != nil {
-			return nil, nil, ErrInvalid.With("%s: malformed object", name(path))
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		if _, err := dec.Token(); err != nil { // {
+			return malformed
 		}
-		for _, k := range slices.Sorted(maps.Keys(m)) {
-			keys, vals = append(keys, k), append(vals, m[k])
+		for dec.More() {
+			tok, err := dec.Token()
+			k, ok := tok.(string)
+			var v json.RawMessage
+			if err != nil || !ok || dec.Decode(&v) != nil {
+				return malformed
+			}
+			if e := f(k, v); e != nil {
+				return e
+			}
 		}
-		return keys, vals, nil
+		return nil
 	}
-	var m map[string]msgpack.RawMessage
-	if msgpack.Unmarshal(raw, &m) != nil {
-		return nil, nil, ErrInvalid.With("%s: an object whose keys are not all strings", name(path))
+	dec := msgpack.NewDecoder(bytes.NewReader(raw))
+	n, err := dec.DecodeMapLen()
+	if err != nil {
+		return malformed
 	}
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		keys, vals = append(keys, k), append(vals, m[k])
+	for range n {
+		k, err := dec.DecodeString()
+		if err != nil {
+			return ErrInvalid.With("%s: an object whose keys are not all strings", name(path))
+		}
+		v, err := dec.DecodeRaw()
+		if err != nil {
+			return malformed
+		}
+		if e := f(k, v); e != nil {
+			return e
+		}
 	}
-	return keys, vals, nil
+	return nil
 }
 
-func (w walker) array(raw []byte) ([][]byte, bool) {
-	var out [][]byte
+// array calls f with each element of the array at path, in turn, until f
+// returns an error.
+func (w walker) array(raw []byte, path string, f func(i int, v []byte) *Error) *Error {
+	if got := w.describe(raw); got != "an array" {
+		return ErrInvalid.With("%s: expected an array, got %s", name(path), got)
+	}
+	malformed := ErrInvalid.With("%s: malformed array", name(path))
 	if w.c == JSON {
-		var a []json.RawMessage
-		if json.Unmarshal(raw, &a) != nil {
-			return nil, false
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		if _, err := dec.Token(); err != nil { // [
+			return malformed
 		}
-		for _, v := range a {
-			out = append(out, v)
+		for i := 0; dec.More(); i++ {
+			var v json.RawMessage
+			if dec.Decode(&v) != nil {
+				return malformed
+			}
+			if e := f(i, v); e != nil {
+				return e
+			}
 		}
-		return out, true
+		return nil
 	}
-	var a []msgpack.RawMessage
-	if msgpack.Unmarshal(raw, &a) != nil {
-		return nil, false
+	dec := msgpack.NewDecoder(bytes.NewReader(raw))
+	n, err := dec.DecodeArrayLen()
+	if err != nil {
+		return malformed
 	}
-	for _, v := range a {
-		out = append(out, v)
+	for i := range n {
+		v, err := dec.DecodeRaw()
+		if err != nil {
+			return malformed
+		}
+		if e := f(i, v); e != nil {
+			return e
+		}
 	}
-	return out, true
+	return nil
 }
 
 // describe names what raw holds, in JSON's terms: "a string", "an object",

@@ -18,6 +18,14 @@
 // milliseconds (Time); durations as integer milliseconds in fields named
 // *_ms.
 //
+// Requests are read strictly (Msg.Decode, Typed): a field the type does
+// not have is ErrUnknownField ("ttl: unknown field; did you mean ttl_ms?"),
+// a wrong type ErrInvalid naming the field and the JSON type expected; a
+// JSON body must be UTF-8 text; a msgpack body nests at most MaxDepth
+// levels, checked before decoding, so decoding allocates at most a small
+// multiple of the body's length. Replies are read leniently
+// (Codec.Unmarshal): a newer service may add fields. See decode.go.
+//
 // Errors: an *Error has an HTTP-like Status, a stable Code and a Message. A
 // reply error carries micro's Nats-Service-Error (message) and
 // Nats-Service-Error-Code (status) headers and a {"code","message"} body in

@@ -1,9 +1,14 @@
 package bus_test
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"math"
 	"reflect"
+	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -122,9 +127,15 @@ func equalReq(a, b fuzzReq) bool {
 }
 
 // FuzzDecodeRequest: a request body of any bytes either decodes into a
-// request that passed validation, or fails with ErrInvalid; nothing else.
+// request that passed validation and has no field the type lacks, or fails
+// with a 400 invalid or unknown_field whose message speaks JSON, not Go;
+// nothing else.
 func FuzzDecodeRequest(f *testing.F) {
 	fuzzSeeds(f)
+	for _, s := range []string{`{"ttl":5}`, `{"nested":{"nam":"x"}}`, `{"name":"\udc80"}`, "{\"name\":\"\xff\"}", "\x81\xa3ttl\x05", `{"ttl_ms":"5"}`} {
+		f.Add([]byte(s))
+	}
+	known := bus.FieldNames(reflect.TypeFor[fuzzReq]())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, h := range []nats.Header{nil, {"Content-Type": []string{"application/json"}}, {"Content-Type": []string{"application/msgpack"}}} {
 			m := &bus.Msg{Msg: &nats.Msg{Subject: "x", Data: data, Header: h}, Codec: bus.DetectCodec(h, data)}
@@ -132,14 +143,99 @@ func FuzzDecodeRequest(f *testing.F) {
 			err := m.Decode(&r)
 			if err != nil {
 				var e *bus.Error
-				if !errors.As(err, &e) || e.Status != 400 || e.Code != "invalid" || e.Message == "" {
-					t.Fatalf("decode error %v is not a 400 invalid", err)
+				if !errors.As(err, &e) || e.Status != 400 || (e.Code != "invalid" && e.Code != "unknown_field") || e.Message == "" {
+					t.Fatalf("decode error %v is not a 400 invalid or unknown_field", err)
+				}
+				if strings.Contains(e.Message, "Go struct") || strings.Contains(e.Message, "of type") || strings.Contains(e.Message, "bus_test.") {
+					t.Fatalf("decode error %q speaks Go", e.Message)
 				}
 				continue
 			}
 			if r.TTLms < 0 {
 				t.Fatalf("validation skipped: %+v", r)
 			}
+			// Every field of the body is one of the type's.
+			var fields map[string]any
+			if m.Codec.Unmarshal(data, &fields) == nil {
+				for k := range fields {
+					if !slices.ContainsFunc(known, func(n string) bool { return n == k || m.Codec == bus.JSON && strings.EqualFold(n, k) }) {
+						t.Fatalf("%s body with the unknown field %q decoded: %q", m.Codec, k, data)
+					}
+				}
+			}
+			if m.Codec == bus.JSON && !utf8.Valid(data) {
+				t.Fatalf("a JSON body that is not UTF-8 decoded: %q", data)
+			}
 		}
 	})
+}
+
+type allocItem struct {
+	Key   string `json:"key"`
+	Value []byte `json:"value"`
+	TTLms int64  `json:"ttl_ms"`
+}
+
+// allocReq has the shapes of requests that allocate most per byte: an
+// opaque payload (a task's), a batch of items (mset's), a list of keys
+// (mget's).
+type allocReq struct {
+	Payload any         `json:"payload"`
+	Items   []allocItem `json:"items"`
+	Keys    []string    `json:"keys"`
+}
+
+// Bounds of what decoding a msgpack request may allocate: per byte of the
+// body, and in all for a small body.
+const (
+	allocPerByte = 256
+	allocBase    = 64 << 10
+)
+
+// allocSeeds are msgpack requests of about size bytes that allocate much
+// per byte when decoded: small values in a payload, a batch or a list of
+// keys, deep nesting, lying headers.
+func allocSeeds(size int) [][]byte {
+	var out [][]byte
+	elems := [][]byte{{0x80}, {0x90}, {0x05}, {0xc0}, {0xa0}, {0x81, 0xa0, 0xc0}, {0x91, 0x00}, {0xc4, 0}, {0xcb, 0, 0, 0, 0, 0, 0, 0, 0}, append(bytes.Repeat([]byte{0x91}, 97), 0x90)}
+	for _, field := range []string{"\xa7payload", "\xa5items", "\xa4keys"} {
+		for _, e := range elems {
+			n := size / len(e)
+			b := binary.BigEndian.AppendUint32([]byte("\x81"+field+"\xdd"), uint32(n))
+			out = append(out, append(b, bytes.Repeat(e, n)...))
+		}
+	}
+	out = append(out, append([]byte("\x81\xa7payload"), bytes.Repeat([]byte{0x91}, size)...))
+	return append(out, []byte("\x81\xa5items\xdd\x7f\xff\xff\xff"))
+}
+
+// checkAllocs decodes a msgpack request and fails if it allocated more
+// than allocBase + allocPerByte per byte of the body.
+func checkAllocs(t *testing.T, data []byte) {
+	m := &bus.Msg{Msg: &nats.Msg{Data: data}, Codec: bus.MsgPack}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var r allocReq
+	err := m.Decode(&r)
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > uint64(allocBase+allocPerByte*len(data)) {
+		t.Fatalf("decoding %d bytes allocated %d bytes (%.0f a byte; error %v)", len(data), alloc, float64(alloc)/float64(len(data)), err)
+	}
+}
+
+// Decoding the costliest msgpack requests of 256 KiB allocates less than
+// allocPerByte per byte.
+func TestMsgpackAllocsBounded(t *testing.T) {
+	for _, data := range allocSeeds(256 << 10) {
+		checkAllocs(t, data)
+	}
+}
+
+// FuzzMsgpackAllocs: what decoding a msgpack request allocates is bounded
+// by a multiple of its length, whatever the body.
+func FuzzMsgpackAllocs(f *testing.F) {
+	for _, data := range allocSeeds(300) {
+		f.Add(data)
+	}
+	f.Fuzz(checkAllocs)
 }

@@ -339,7 +339,7 @@ func TestReplicaDiesHoldingTheCopy(t *testing.T) {
 	if err := sub.AutoUnsubscribe(1); err != nil {
 		t.Fatal(err)
 	}
-	ann, err := membership.NewAnnouncer(ghost, membership.AnnouncerConfig{Service: cache.Service, ID: "n1", Interval: hb})
+	ann, err := membership.NewAnnouncer(ghost, membership.AnnouncerConfig{Service: cache.Service, ID: "n1", Interval: hb, IdentitySubject: cache.NodeSubject("n1", cache.OpIdentity)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +413,7 @@ func testJoin(t *testing.T, replicas int) {
 	s, nodes, c := cluster(t, 2, cache.Config{Replicas: replicas})
 	const n = 300
 	for i := range n {
-		if err := c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), time.Minute); err != nil {
+		if err := c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), 10*time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -47,7 +47,7 @@ func NewClient(nc *nats.Conn, cfg ClientConfig) (*Client, error) {
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = time.Second
 	}
-	w, err := membership.NewWatcher(nc, membership.WatcherConfig{Service: Service, Interval: cfg.Heartbeat, Logger: cfg.Logger})
+	w, err := membership.NewWatcher(nc, membership.WatcherConfig{Service: Service, Interval: cfg.Heartbeat, IdentitySubject: identitySubject, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +164,7 @@ func (c *Client) get(ctx context.Context, nodes []string, key string) (GetReply,
 // Set stores a value on the key's owner and replicas; ttl 0 keeps it until
 // it is evicted or deleted. It returns once every copy is written.
 func (c *Client) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	req := SetRequest{Key: key, Value: value, TTLms: ttl.Milliseconds()}
+	req := SetRequest{Key: key, Value: present(value), TTLms: ttl.Milliseconds()}
 	if err := req.Validate(); err != nil {
 		return err
 	}
@@ -325,7 +325,7 @@ func (c *Client) cover(r *ring.Ring, keys []string) []group {
 func (c *Client) MSet(ctx context.Context, items map[string][]byte, ttl time.Duration) error {
 	req := MSetRequest{}
 	for k, v := range items {
-		req.Items = append(req.Items, SetRequest{Key: k, Value: v, TTLms: ttl.Milliseconds()})
+		req.Items = append(req.Items, SetRequest{Key: k, Value: present(v), TTLms: ttl.Milliseconds()})
 	}
 	if err := req.Validate(); err != nil {
 		return err

@@ -11,17 +11,25 @@
 //	mesh.cache.mset                  {items: [{key, value, ttl_ms}]} {stored}
 //	mesh.cache.stats                 {}                             {total, nodes}
 //	mesh.cache.node.<id>.<op>        the same, served by node <id> (stats: that node's figures)
+//	mesh.cache.node.<id>.put         {items: [{key, value, ttl_ms, version}]} {stored}  (between nodes)
+//	mesh.cache.node.<id>.digest      {partitions, digests}          {digests: [{keys, hash}]}  (between nodes)
+//	mesh.cache.node.<id>.identity    {}                             the node's heartbeat: nodes and clients route keys to a
+//	                                                                new node once it answers with its own id and start time
 //	mesh.heartbeat.cache.<id>        the nodes' membership heartbeats (package membership)
 //	mesh.events.cache.<what>         node_joined, node_left, rebalance_started, rebalance_finished
 //
 // A miss is a reply ({"found": false}), not an error; the Client returns
 // ErrNotFound. Values are bytes: a string in JSON when they are UTF-8 text,
 // else {"base64": "..."}; bin (or str) in msgpack. ttl_ms 0 keeps a value
-// until it is evicted or deleted. Errors: invalid_key (empty, over 1024
-// bytes, not UTF-8), invalid_ttl (negative), value_too_large (over
+// until it is evicted or deleted; at most MaxTTLms (366 days): a larger
+// one is refused, never wrapped. set requires value ("" is an empty value).
+// Errors: invalid_key (empty, over 1024 bytes, not UTF-8), invalid_ttl
+// (negative or over MaxTTLms), value_too_large (over
 // Config.MaxValueBytes, 1 MiB by default), invalid (an empty or oversized
 // batch), unavailable (503: the owner or a replica did not answer),
-// loader_failed (502).
+// loader_failed (502), and pkg/bus's unknown_field and invalid for a field
+// the request does not have or of the wrong type (requests are read
+// strictly: a misspelt "ttl" is refused, not ignored).
 //
 // # Routing
 //
@@ -67,20 +75,76 @@
 // owners. A read right after an acknowledged set sees it on every copy; a
 // read during a set may see the old or the new value.
 //
+// # Versions
+//
+// Every write of a key has a version, which decides which of two values a
+// node keeps. The node that takes a set as owner gives it one from its
+// hybrid clock (the time in unix nanoseconds, never repeating nor going
+// back, and moved past every version the node receives); the copies it
+// writes on the replicas carry it in the header Mesh-Version, and so does a
+// hand-off. A node stores a copy only when its version is higher than the
+// one it holds, so a hand-off never replaces a newer write, and a set that
+// races a hand-off is neither lost nor overwritten by an older value. A
+// write that reaches a node after the node received a value has a higher
+// version than that value, whatever the clocks of the nodes; two writes of
+// one key through different owners with no exchange between them (while
+// the rings disagree) are ordered by the owners' clocks, so a clock behind
+// by more than the time between them lets the earlier one win. A delete is
+// remembered with its version for Config.Grace, so that a hand-off of an
+// older version does not bring the key back.
+//
 // # Rebalancing
 //
-// After a change of the ring, a node that misses a key it now owns asks the
-// key's owners under the previous ring (Mesh-Hop: handoff) before answering a
-// miss, for Config.Grace (30 s); a new node also asks the owners the key had
-// before it joined, as other nodes may route by that ring a little longer.
-// A value found this way is stored with the time it had left. So a join
-// moves keys on demand and causes no miss storm. A delete during the grace
-// period also removes the previous owners' copies, so that a hand-off cannot
-// bring a deleted key back. At the end of the grace period a node drops the
-// keys it no longer holds a copy of, so that a later change cannot serve a
-// stale copy. The node with the smallest id reports joins and leaves as
-// events; every node reports its own rebalance_started and
-// rebalance_finished (with the keys it dropped).
+// After each change of the ring (a join, a leave, a crash seen), at the end
+// of the grace period, after a write that raced a change, and every
+// Config.AntiEntropy (30 s), each node runs a hand-off pass over its keys,
+// by partition. It asks each other copy holder of the partitions it holds
+// for their digests (the number of keys and an xor of a hash of each key
+// and its version), all holders at once, and sends the keys of a partition
+// to each holder whose digest differs from its own, on
+// mesh.cache.node.<id>.put: many partitions a batch, each value with the
+// time it has left and its version, at most Config.HandoffRate keys a
+// second (250,000). A node that is no longer a copy holder of a partition
+// (a stray copy) does the same, then drops each copy once every holder has
+// it, unless the key was written again meanwhile. So a joining node
+// receives its keys without being asked, the survivors of a crash bring
+// every partition back to R copies, and a copy written by a node whose ring
+// was behind reaches the holders. The request carries the asker's own
+// digests: a holder that has keys of a partition the asker has none of
+// runs a pass at once, so a node that restarted empty before the others'
+// rings saw it go gets its keys back. A pass that cannot reach a holder leaves
+// its partitions counted as under-replicated and is tried again after four
+// heartbeats; a change of the ring during a pass starts a new one. Digests
+// that differ only because a key expired at a slightly different time on
+// each node cost a resend of that partition, which changes nothing.
+//
+// Stop (SIGTERM to mesh serve cache) hands the node's keys off to the nodes
+// that hold them once it is gone (bounded by Config.LeaveTimeout, 30 s, and
+// Stop's context) before it publishes its leave, then, once its requests in
+// flight are done, hands off the writes that came in meanwhile.
+//
+// Until its keys arrive, a node that misses a key it now owns asks the
+// key's owners under the previous ring (Mesh-Hop: handoff) before answering
+// a miss, for Config.Grace (30 s); a new node also asks the owners the key
+// had before it joined, as other nodes may route by that ring a little
+// longer. A value found this way is stored with the time it had left, at
+// version 0 (the hand-off replaces it). So a join causes no miss storm. A
+// delete during the grace period also removes the previous owners' copies.
+//
+// Each node's stats count the keys it handed off (acknowledged) and
+// received, the partitions it has keys in that are under-replicated now,
+// how long its last hand-off took, and the ring whose hand-off it completed
+// last (rebalanced_ring): when that is its ring and nothing is
+// under-replicated, every key it holds is on all its copy holders. Every
+// node reports its own rebalance_started (reason, ring, keys) and
+// rebalance_finished (complete, handed_off, dropped, received,
+// under_replicated, duration_ms) when a pass has anything to do or follows
+// a change; the node with the smallest id reports joins and leaves.
+//
+// So an acknowledged set survives the crash of any one node (R ≥ 2) at any
+// time once the pass that follows each change has completed: the window is
+// that pass (bench/README.md has its length for 100k and 1M keys). Two
+// crashes within one pass can lose the keys whose two copies they held.
 //
 // # Store
 //
@@ -90,8 +154,11 @@
 // to; the bound counts keys, values and a fixed overhead per entry that is
 // what the node, the allocation's header and rounding and the hash table
 // take (bench/cache -memory measures it); otter may exceed the bound
-// briefly while it evicts. Stats count hits, misses, evictions, items, bytes, forwards,
-// hand-offs and loads per node; mesh.cache.stats sums the nodes.
+// briefly while it evicts. An entry's header holds its expiry, the value's
+// length and its version. Stats count hits, misses, evictions, items, bytes,
+// forwards, hand-offs and loads per node; mesh.cache.stats sums the nodes.
+// A node whose memory is full evicts keys its peers hold, and their next
+// pass sends them again: under memory pressure R copies are not kept.
 //
 // # Read-through loading
 //

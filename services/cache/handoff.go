@@ -36,7 +36,11 @@ type rebalancer struct {
 	done   chan struct{}
 
 	handedOff, received, underRep, lastMs atomic.Int64
-	rebalanced                            atomic.Uint64 // ring version of the last complete pass
+	// changes counts the changes of the ring; rebalanced is the value it
+	// had when the last complete pass started, so that a pass completed
+	// before a change does not count for a ring that came back.
+	changes, rebalanced atomic.Uint64
+	rebalancedRing      atomic.Uint64 // the version of the ring of that pass
 
 	mu      sync.Mutex
 	changed bool // the pass wanted follows a change of the ring
@@ -127,10 +131,18 @@ func (s *Server) heartbeat() time.Duration {
 	return membership.DefaultInterval
 }
 
-// part is the keys of one partition this node holds, and their digest.
+// part is the keys of one partition this node holds, their versions and
+// digest, and what a pass does with them.
 type part struct {
 	keys []string
+	vers []uint64
 	dig  Digest
+
+	stray   bool      // this node is not one of the partition's holders
+	targets []string  // the other holders
+	need    []string  // the holders whose digest differs
+	items   []PutItem // what was sent
+	failed  bool
 }
 
 func hashOf(key string, ver uint64) uint64 {
@@ -151,6 +163,7 @@ func (s *Server) partitions(since uint64) map[int]*part {
 			parts[p] = pt
 		}
 		pt.keys = append(pt.keys, k)
+		pt.vers = append(pt.vers, st.ver)
 		pt.dig.Keys++
 		pt.dig.Hash ^= hashOf(k, st.ver)
 	}
@@ -159,9 +172,8 @@ func (s *Server) partitions(since uint64) map[int]*part {
 
 // passFigures are what a pass did.
 type passFigures struct {
-	handedOff, dropped int64
-	failed             map[int]bool
-	aborted            bool
+	handedOff, dropped, failed int64
+	started, aborted           bool
 }
 
 // rebalance runs one pass over ring r and reports whether it completed:
@@ -171,27 +183,23 @@ func (s *Server) rebalance(ctx context.Context, r *ring.Ring, reason string) boo
 		return true
 	}
 	start := time.Now()
+	epoch := s.reb.changes.Load()
 	s.pruneTombs(start)
-	R := min(s.cfg.Replicas, r.Len())
 	parts := s.partitions(0)
-	var strays []int
-	peers := map[string][]int{} // the partitions this node holds with each other holder
-	for p := range parts {
-		holders := r.PartitionOwners(p, R)
-		if !slices.Contains(holders, s.cfg.ID) {
-			strays = append(strays, p)
-			continue
-		}
-		for _, h := range holders {
-			if h != s.cfg.ID {
-				peers[h] = append(peers[h], p)
-			}
+	held := len(parts)
+	// The partitions this node holds and has no key of are compared too:
+	// their digest is empty, and a holder that has keys of them sends them
+	// (see digest), as to a node that restarted before the ring saw it go.
+	R := min(s.cfg.Replicas, r.Len())
+	for p := range r.Partitions() {
+		if parts[p] == nil && slices.Contains(r.PartitionOwners(p, R), s.cfg.ID) {
+			parts[p] = &part{}
 		}
 	}
-	started := false
+	var f passFigures
 	begin := func() {
-		if !started {
-			started = true
+		if !f.started {
+			f.started = true
 			s.emit("rebalance_started", map[string]any{"node": s.cfg.ID, "reason": reason,
 				"ring_version": formatVersion(r), "members": r.Len(), "keys": s.store.items()})
 		}
@@ -199,53 +207,18 @@ func (s *Server) rebalance(ctx context.Context, r *ring.Ring, reason string) boo
 	if reason != "anti_entropy" {
 		begin()
 	}
-	f := passFigures{failed: map[int]bool{}}
-	slices.Sort(strays)
-	for _, p := range strays {
-		if f.aborted = ctx.Err() != nil || s.ring() != r; f.aborted {
-			break
-		}
-		begin()
-		s.pushPartition(ctx, r.PartitionOwners(p, R), p, parts[p].keys, true, &f)
-	}
-	for peer, ps := range peers {
-		if f.aborted = f.aborted || ctx.Err() != nil || s.ring() != r; f.aborted {
-			break
-		}
-		slices.Sort(ps)
-		var rep DigestReply
-		err := s.askWithin(ctx, peer, OpDigest, hopHandoff, 0, s.batchTimeout(), DigestRequest{Partitions: ps}, &rep)
-		if err == nil && len(rep.Digests) != len(ps) {
-			err = errors.New("digests do not match the partitions asked")
-		}
-		if err != nil {
-			s.log.Debug().Err(err).Str("peer", peer).Msg("hand-off: no digest")
-			for _, p := range ps {
-				f.failed[p] = true
-			}
-			continue
-		}
-		for i, p := range ps {
-			if rep.Digests[i] == parts[p].dig {
-				continue
-			}
-			if f.aborted = ctx.Err() != nil || s.ring() != r; f.aborted {
-				break
-			}
-			begin()
-			s.pushPartition(ctx, []string{peer}, p, parts[p].keys, false, &f)
-		}
-	}
-	under := int64(len(f.failed))
+	s.handOff(ctx, r, parts, true, begin, &f)
+	under := f.failed
 	if r.Len() < s.cfg.Replicas {
-		under = int64(len(parts))
+		under = int64(held)
 	}
 	s.reb.underRep.Store(under)
-	complete := !f.aborted && len(f.failed) == 0
+	complete := !f.aborted && f.failed == 0
 	if complete {
-		s.reb.rebalanced.Store(r.Version())
+		s.reb.rebalancedRing.Store(r.Version())
+		s.reb.rebalanced.Store(epoch)
 	}
-	if started || len(f.failed) > 0 {
+	if f.started || f.failed > 0 {
 		d := time.Since(start)
 		s.reb.lastMs.Store(d.Milliseconds())
 		s.emit("rebalance_finished", map[string]any{"node": s.cfg.ID, "reason": reason,
@@ -256,13 +229,136 @@ func (s *Server) rebalance(ctx context.Context, r *ring.Ring, reason string) boo
 	return complete || f.aborted
 }
 
-// pushPartition sends the keys of partition p to holders. stray: this node
-// is not one of them, and drops each copy all of them acknowledged, unless
-// it was written again since.
-func (s *Server) pushPartition(ctx context.Context, holders []string, p int, keys []string, stray bool, f *passFigures) {
-	items := make([]PutItem, 0, len(keys))
+// handOff makes sure that the holders of each partition under r hold the
+// keys parts has of it: it asks each holder for the digests of its
+// partitions, all holders at once, and sends the keys of a partition to the
+// holders whose digest differs from this node's, many partitions a batch.
+// With drop, a copy of a partition this node does not hold is dropped once
+// every holder has it (unless it was written again meanwhile). begin is
+// called before the first key is sent. The pass stops short when ctx ends,
+// or with drop, when the node's ring is no longer r.
+func (s *Server) handOff(ctx context.Context, r *ring.Ring, parts map[int]*part, drop bool, begin func(), f *passFigures) {
+	R := min(s.cfg.Replicas, r.Len())
+	asks := map[string][]int{}
+	order := make([]int, 0, len(parts))
+	for p, pt := range parts {
+		order = append(order, p)
+		holders := r.PartitionOwners(p, R)
+		pt.stray = !slices.Contains(holders, s.cfg.ID)
+		pt.targets = withoutSelf(holders, s.cfg.ID)
+		for _, h := range pt.targets {
+			asks[h] = append(asks[h], p)
+		}
+	}
+	slices.Sort(order)
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	for peer, ps := range asks {
+		slices.Sort(ps)
+		wg.Go(func() {
+			req := DigestRequest{Partitions: ps, Digests: make([]Digest, len(ps))}
+			for i, p := range ps {
+				req.Digests[i] = parts[p].dig
+			}
+			var rep DigestReply
+			err := s.askWithin(ctx, peer, OpDigest, hopHandoff, 0, s.batchTimeout(), req, &rep)
+			if err == nil && len(rep.Digests) != len(ps) {
+				err = errors.New("digests do not match the partitions asked")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				s.log.Debug().Err(err).Str("peer", peer).Msg("hand-off: no digest")
+			}
+			for i, p := range ps {
+				switch pt := parts[p]; {
+				case err != nil:
+					pt.failed = true
+				case rep.Digests[i] != pt.dig:
+					pt.need = append(pt.need, peer)
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	// The partitions whose keys are in the batch being sent.
+	var (
+		batch []int
+		size  int
+	)
+	flush := func() {
+		to := map[string][]PutItem{}
+		for _, p := range batch {
+			for _, h := range parts[p].need {
+				to[h] = append(to[h], parts[p].items...)
+			}
+		}
+		failed := map[string]bool{}
+		for h, items := range to {
+			wg.Go(func() {
+				err := s.putTo(ctx, h, items)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					s.log.Debug().Err(err).Str("to", h).Msg("hand-off failed")
+					failed[h] = true
+					return
+				}
+				f.handedOff += int64(len(items))
+			})
+		}
+		wg.Wait()
+		for _, p := range batch {
+			pt := parts[p]
+			for _, h := range pt.need {
+				pt.failed = pt.failed || failed[h]
+			}
+			if !pt.failed && drop && pt.stray {
+				s.dropPart(pt, f)
+			}
+		}
+		batch, size = batch[:0], 0
+	}
+	for _, p := range order {
+		if f.aborted = ctx.Err() != nil || drop && s.ring() != r; f.aborted {
+			break
+		}
+		pt := parts[p]
+		if pt.failed || len(pt.keys) == 0 {
+			continue
+		}
+		if len(pt.need) == 0 {
+			if drop && pt.stray {
+				s.dropPart(pt, f)
+			}
+			continue
+		}
+		begin()
+		pt.items = s.snapshot(pt)
+		batch = append(batch, p)
+		size += len(pt.items) * len(pt.need)
+		if size >= MaxBatch {
+			flush()
+		}
+	}
+	if !f.aborted {
+		flush()
+	}
+	for _, pt := range parts {
+		if pt.failed && len(pt.keys) > 0 {
+			f.failed++
+		}
+	}
+}
+
+// snapshot reads the partition's keys as they are now, to send them.
+func (s *Server) snapshot(pt *part) []PutItem {
+	items := make([]PutItem, 0, len(pt.keys))
 	now := time.Now().UnixNano()
-	for _, k := range keys {
+	for _, k := range pt.keys {
 		st, ok := s.store.getItem(k)
 		if !ok {
 			continue
@@ -273,37 +369,38 @@ func (s *Server) pushPartition(ctx context.Context, holders []string, p int, key
 		}
 		items = append(items, it)
 	}
-	ok := true
-	for _, h := range holders {
-		if err := s.putTo(ctx, h, items); err != nil {
-			s.log.Debug().Err(err).Str("to", h).Int("partition", p).Msg("hand-off failed")
-			ok = false
-			continue
+	return items
+}
+
+// dropPart drops the copies of a stray partition that its holders have:
+// those whose version is still the one the digests compared (and, for the
+// keys sent, the one sent).
+func (s *Server) dropPart(pt *part, f *passFigures) {
+	sent := map[string]uint64{}
+	for _, it := range pt.items {
+		sent[it.Key] = it.Version
+	}
+	for i, k := range pt.keys {
+		if v, ok := sent[k]; pt.items != nil && (!ok || v != pt.vers[i]) {
+			continue // written since the digests were compared
 		}
-		f.handedOff += int64(len(items))
-	}
-	if !ok {
-		f.failed[p] = true
-		return
-	}
-	if stray {
-		for _, it := range items {
-			if s.store.delIf(it.Key, it.Version) {
-				f.dropped++
-			}
+		if s.store.delIf(k, pt.vers[i]) {
+			f.dropped++
 		}
 	}
 }
 
 func (s *Server) batchTimeout() time.Duration { return 5 * s.cfg.AttemptTimeout }
 
-// putTo hands items off to node id in batches of at most MaxBatch items
-// and half the server's max payload, paced to Config.HandoffRate.
+// putTo hands items off to node id in batches of at most MaxBatch items,
+// half the server's max payload and 50 ms of Config.HandoffRate, paced to
+// that rate.
 func (s *Server) putTo(ctx context.Context, id string, items []PutItem) error {
 	most := max(int(s.nc.MaxPayload()/2), 64<<10)
+	count := min(MaxBatch, max(s.cfg.HandoffRate/20, 1))
 	for len(items) > 0 {
 		n, size := 0, 0
-		for n < len(items) && n < MaxBatch {
+		for n < len(items) && n < count {
 			size += len(items[n].Key) + len(items[n].Value) + 32
 			if n > 0 && size > most {
 				break
@@ -394,43 +491,46 @@ func (s *Server) digest(_ context.Context, req *DigestRequest) (DigestReply, err
 	for i, p := range req.Partitions {
 		rep.Digests[i] = rep.Digests[want[p]]
 	}
+	// The asker has no key of a partition this node has keys of: it is
+	// new, or restarted before the ring saw it go; this node's next pass
+	// sends them.
+	if len(req.Digests) == len(req.Partitions) {
+		for i := range req.Partitions {
+			if req.Digests[i].Keys == 0 && rep.Digests[i].Keys > 0 {
+				s.reb.kick(false)
+				break
+			}
+		}
+	}
 	return rep, nil
 }
 
-// leave hands off the keys of versions above since to the nodes that hold
-// them once this node is gone.
+// leave hands off the keys of versions since or later to the nodes that
+// hold them once this node is gone.
 func (s *Server) leave(ctx context.Context, since uint64) {
 	if s.nc.IsClosed() {
 		return
 	}
-	cur := s.ring()
-	r := s.ringWithout(cur)
+	r := s.ringWithout(s.ring())
 	if r.Len() == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.LeaveTimeout)
 	defer cancel()
 	start := time.Now()
-	R := min(s.cfg.Replicas, r.Len())
 	parts := s.partitions(since)
-	if since == 0 {
-		s.emit("rebalance_started", map[string]any{"node": s.cfg.ID, "reason": "leave",
-			"ring_version": formatVersion(r), "members": r.Len(), "keys": s.store.items()})
-	} else if len(parts) == 0 {
+	if since > 0 && len(parts) == 0 {
 		return
 	}
-	f := passFigures{failed: map[int]bool{}}
-	for p, pt := range parts {
-		if ctx.Err() != nil {
-			break
-		}
-		s.pushPartition(ctx, r.PartitionOwners(p, R), p, pt.keys, false, &f)
-	}
+	s.emit("rebalance_started", map[string]any{"node": s.cfg.ID, "reason": "leave",
+		"ring_version": formatVersion(r), "members": r.Len(), "keys": s.store.items()})
+	var f passFigures
+	s.handOff(ctx, r, parts, false, func() {}, &f)
 	d := time.Since(start)
 	s.reb.lastMs.Store(d.Milliseconds())
 	s.emit("rebalance_finished", map[string]any{"node": s.cfg.ID, "reason": "leave",
-		"ring_version": formatVersion(r), "complete": ctx.Err() == nil && len(f.failed) == 0,
-		"handed_off": f.handedOff, "under_replicated": len(f.failed), "duration_ms": d.Milliseconds()})
+		"ring_version": formatVersion(r), "complete": ctx.Err() == nil && f.failed == 0,
+		"handed_off": f.handedOff, "under_replicated": f.failed, "duration_ms": d.Milliseconds()})
 }
 
 // raced asks for a pass when the ring changed since a write read it: the

@@ -205,8 +205,8 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	if !lr.Found {
 		return GetReply{}, nil
 	}
-	if lr.TTLms < 0 || len(lr.Value) > s.cfg.MaxValueBytes {
-		return GetReply{}, ErrLoader.With("loader %s for %q: a negative ttl_ms or a value above %d bytes", subj, key, s.cfg.MaxValueBytes)
+	if checkTTL(lr.TTLms) != nil || len(lr.Value) > s.cfg.MaxValueBytes {
+		return GetReply{}, ErrLoader.With("loader %s for %q: a ttl_ms outside [0, %d] or a value above %d bytes", subj, key, int64(MaxTTLms), s.cfg.MaxValueBytes)
 	}
 	s.loads.Add(1)
 	ttl := time.Duration(lr.TTLms) * time.Millisecond
@@ -216,7 +216,7 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	// fails only costs a later miss there.
 	var buf [4]string
 	if others := withoutSelf(s.owners(s.ring(), key, buf[:0]), s.cfg.ID); len(others) > 0 {
-		item := SetRequest{Key: key, Value: lr.Value, TTLms: lr.TTLms}
+		item := SetRequest{Key: key, Value: present(lr.Value), TTLms: lr.TTLms}
 		if _, err := s.copyTo(ctx, key, others, OpSet, ver, item, nil); err != nil {
 			s.log.Warn().Err(err).Str("key", key).Msg("loaded value not replicated")
 		}
@@ -809,8 +809,10 @@ func (s *Server) stats() NodeStats {
 		HandedOff: s.reb.handedOff.Load(), Received: s.reb.received.Load(),
 		UnderReplicated: s.reb.underRep.Load(), LastHandoffMs: s.reb.lastMs.Load(),
 	}
-	if v := s.reb.rebalanced.Load(); v != 0 {
-		st.Rebalanced = membership.FormatVersion(v)
+	// The ring a pass completed for is the current one when no change
+	// came since that pass started.
+	if s.reb.rebalanced.Load() == s.reb.changes.Load() && s.reb.rebalancedRing.Load() == r.Version() && r.Len() > 0 {
+		st.Rebalanced = st.Ring
 	}
 	return st
 }

@@ -163,14 +163,15 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 	var err error
 	s.ann, err = membership.NewAnnouncer(nc, membership.AnnouncerConfig{
 		Service: Service, ID: cfg.ID, Version: Version, Interval: cfg.Heartbeat,
-		RingVersion: func() uint64 { return s.ring().Version() },
-		Logger:      cfg.Logger,
+		RingVersion:     func() uint64 { return s.ring().Version() },
+		IdentitySubject: identitySubject(cfg.ID),
+		Logger:          cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
 	s.watcher, err = membership.NewWatcher(nc, membership.WatcherConfig{
-		Service: Service, Interval: cfg.Heartbeat, OnChange: s.onChange, Logger: cfg.Logger,
+		Service: Service, Interval: cfg.Heartbeat, OnChange: s.onChange, IdentitySubject: identitySubject, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
@@ -336,6 +337,7 @@ func (s *Server) onChange(prev, next *ring.Ring) {
 			s.emit("node_left", map[string]any{"node": id, "members": next.Len()})
 		}
 	}
+	s.reb.changes.Add(1)
 	s.reb.kick(true)
 }
 

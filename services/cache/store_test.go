@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -73,4 +74,28 @@ func TestStoreWeight(t *testing.T) {
 	if got, want := s.bytes(), int64(3+100+entryOverhead); got != want {
 		t.Fatalf("weighed %d bytes, want %d", got, want)
 	}
+}
+
+// put (a write that keeps the higher version, as every write now is)
+// against set (an unconditional write) of the same keys.
+func BenchmarkStoreWrite(b *testing.B) {
+	keys := make([]string, 1<<16)
+	for i := range keys {
+		keys[i] = "bench:" + strings.Repeat("k", i%7) + string(rune('a'+i%26)) + strconv.Itoa(i)
+	}
+	v := make([]byte, 100)
+	b.Run("set", func(b *testing.B) {
+		s := newStore(1 << 30)
+		defer s.close()
+		for i := 0; b.Loop(); i++ {
+			s.set(keys[i&(len(keys)-1)], v, 0)
+		}
+	})
+	b.Run("put", func(b *testing.B) {
+		s := newStore(1 << 30)
+		defer s.close()
+		for i := 0; b.Loop(); i++ {
+			s.put(keys[i&(len(keys)-1)], v, 0, uint64(i+1))
+		}
+	})
 }

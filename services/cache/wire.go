@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -33,7 +34,14 @@ const (
 	OpMGet  = "mget"
 	OpMSet  = "mset"
 	OpStats = "stats"
+	// OpIdentity answers with the node's heartbeat: the identity probe
+	// that nodes and clients send a new member before they route keys
+	// to it (package membership, IdentitySubject).
+	OpIdentity = "identity"
 )
+
+// identitySubject is where node id answers identity probes.
+func identitySubject(id string) string { return NodeSubject(id, OpIdentity) }
 
 // NodeSubject is the subject of one node's operation: mesh.cache.node.<id>.<op>.
 func NodeSubject(id, op string) string { return "mesh.cache.node." + id + "." + op }
@@ -57,6 +65,10 @@ const (
 	MaxBatch = 1024
 	// DefaultMaxValueBytes is Config.MaxValueBytes when left zero.
 	DefaultMaxValueBytes = 1 << 20
+	// MaxTTLms bounds ttl_ms: 366 days. A longer time to live is refused
+	// rather than wrapped (milliseconds beyond 2^63 ns overflow a
+	// time.Duration); 0 keeps a value until it is evicted or deleted.
+	MaxTTLms = 366 * 24 * 3_600_000
 )
 
 // Errors of the cache service. Across the wire they are codes; the Client
@@ -67,7 +79,7 @@ var (
 	ErrNotFound = bus.NewError(404, "not_found", "key not found")
 	// ErrInvalidKey: empty, longer than MaxKeyLen, or not UTF-8.
 	ErrInvalidKey = bus.NewError(400, "invalid_key", "invalid key")
-	// ErrInvalidTTL: a negative ttl_ms.
+	// ErrInvalidTTL: a ttl_ms outside [0, MaxTTLms].
 	ErrInvalidTTL = bus.NewError(400, "invalid_ttl", "invalid ttl_ms")
 	// ErrValueTooLarge: a value above the service's MaxValueBytes.
 	ErrValueTooLarge = bus.NewError(413, "value_too_large", "value too large")
@@ -84,7 +96,8 @@ var sentinels = []*bus.Error{ErrNotFound, ErrInvalidKey, ErrInvalidTTL, ErrValue
 // Value is a cached value: any bytes. In msgpack it travels as bin (str is
 // accepted too). In JSON it is a string when the bytes are UTF-8 text, as
 // most cached values are, and {"base64": "..."} otherwise; a request may use
-// either form.
+// either form. A decoded Value is nil only when the field was absent (or
+// null in msgpack): an empty value is empty, not nil.
 type Value []byte
 
 type b64Value struct {
@@ -99,16 +112,27 @@ func (v Value) MarshalJSON() ([]byte, error) {
 	return json.Marshal(b64Value{base64.StdEncoding.EncodeToString(v)})
 }
 
+// present returns b as a Value that is not nil: a nil Value encodes as
+// msgpack nil, which reads as a missing value.
+func present(b []byte) Value {
+	if b == nil {
+		return Value{}
+	}
+	return b
+}
+
 // UnmarshalJSON implements json.Unmarshaler.
 func (v *Value) UnmarshalJSON(b []byte) error {
 	var s string
-	if err := json.Unmarshal(b, &s); err == nil {
-		*v = Value(s)
+	if b[0] == '"' && json.Unmarshal(b, &s) == nil {
+		*v = append(Value{}, s...)
 		return nil
 	}
 	var o b64Value
-	if err := json.Unmarshal(b, &o); err != nil {
-		return errors.New(`a value is a string or {"base64": "..."}`)
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if b[0] != '{' || dec.Decode(&o) != nil {
+		return errors.New(`expected a string or {"base64": "..."}`)
 	}
 	d, err := base64.StdEncoding.DecodeString(o.Base64)
 	if err != nil {
@@ -126,13 +150,16 @@ func (v *Value) DecodeMsgpack(dec *msgpack.Decoder) error {
 		return err
 	}
 	if !msgpcode.IsFixedMap(c) && c != msgpcode.Map16 && c != msgpcode.Map32 {
+		if !msgpcode.IsBin(c) && !msgpcode.IsString(c) && c != msgpcode.Nil {
+			return errors.New(`expected bytes (bin), a string or {"base64": "..."}`)
+		}
 		b, err := dec.DecodeBytes()
 		*v = b
 		return err
 	}
 	var o b64Value
 	if err := dec.Decode(&o); err != nil {
-		return err
+		return errors.New(`expected bytes (bin), a string or {"base64": "..."}`)
 	}
 	d, err := base64.StdEncoding.DecodeString(o.Base64)
 	if err != nil {
@@ -273,8 +300,16 @@ func (r *SetRequest) Validate() error {
 	if err := CheckKey(r.Key); err != nil {
 		return err
 	}
-	if r.TTLms < 0 {
-		return ErrInvalidTTL.With("ttl_ms must be ≥ 0 (0: no expiry), got %d", r.TTLms)
+	if r.Value == nil {
+		return ErrInvalid.With("value is required (\"\" for an empty value)")
+	}
+	return checkTTL(r.TTLms)
+}
+
+// checkTTL checks a ttl_ms against [0, MaxTTLms].
+func checkTTL(ms int64) error {
+	if ms < 0 || ms > MaxTTLms {
+		return ErrInvalidTTL.With("ttl_ms must be in [0, %d] (0: no expiry; at most 366 days), got %d", int64(MaxTTLms), ms)
 	}
 	return nil
 }
@@ -357,16 +392,19 @@ func (r *PutRequest) Validate() error {
 		if err := CheckKey(it.Key); err != nil {
 			return err
 		}
-		if it.TTLms < 0 {
-			return ErrInvalidTTL.With("ttl_ms of %q must be ≥ 0, got %d", it.Key, it.TTLms)
+		if err := checkTTL(it.TTLms); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// DigestRequest asks a node for the digests of partitions.
+// DigestRequest asks a node for the digests of partitions. Digests, when
+// given, are the asker's own, in the same order: a node that has keys of a
+// partition whose digest the asker has empty sends them to it.
 type DigestRequest struct {
-	Partitions []int `json:"partitions"`
+	Partitions []int    `json:"partitions"`
+	Digests    []Digest `json:"digests,omitempty"`
 }
 
 // Digest sums up the keys a node holds in one partition: how many, and the
@@ -384,8 +422,14 @@ type DigestReply struct {
 
 // Validate implements bus.Validator.
 func (r *DigestRequest) Validate() error {
+	if len(r.Partitions) == 0 {
+		return ErrInvalid.With("partitions is required (at least one)")
+	}
 	if len(r.Partitions) > ring.MaxPartitions {
 		return ErrInvalid.With("at most %d partitions, got %d", ring.MaxPartitions, len(r.Partitions))
+	}
+	if len(r.Digests) != 0 && len(r.Digests) != len(r.Partitions) {
+		return ErrInvalid.With("%d digests for %d partitions", len(r.Digests), len(r.Partitions))
 	}
 	for _, p := range r.Partitions {
 		if p < 0 || p >= ring.MaxPartitions {

@@ -19,11 +19,13 @@ import (
 // TestFailoverServiceNode: the node a lock service is connected to, which
 // leads JetStream, stops. The service reconnects to another node and makes
 // its mirror a new consumer as soon as a new meta leader can make one:
-// acquires answer again within failoverBound. (With nats.go's ordered
-// consumer, whose request for a new consumer, sent before there was a new
-// meta leader, waited out a fixed 10 s, they answered again after 11 s.)
+// acquires answer again within failoverBound, the point of the test, a
+// bound scaled by MESH_TEST_TIME_SCALE (bustest.Scale). (With nats.go's
+// ordered consumer, whose request for a new consumer, sent before there was
+// a new meta leader, waited out a fixed 10 s, they answered again after
+// 11 s.)
 func TestFailoverServiceNode(t *testing.T) {
-	const failoverBound = 6 * time.Second
+	failoverBound := bustest.Scale(6 * time.Second)
 	c := bustest.RunCluster(t, 3)
 	victim := c.Leader()
 	other := c.Node((victim + 1) % c.N()).ClientURL()
@@ -53,7 +55,7 @@ func TestFailoverServiceNode(t *testing.T) {
 	d := time.Since(stopped)
 	t.Logf("answering again %v after the stop", d.Round(time.Millisecond))
 	if d > failoverBound {
-		t.Errorf("acquires failed for %v after the node stopped, more than %v", d.Round(time.Millisecond), failoverBound)
+		t.Errorf("acquires failed for %v after the node stopped, more than %v (%s)", d.Round(time.Millisecond), failoverBound, bustest.ScaleEnv)
 	}
 }
 
@@ -92,6 +94,7 @@ func TestAwayPastMarkers(t *testing.T) {
 	waitEmptied(t, bustest.JetStream(t, bustest.Connect(t, c.Node(0).ClientURL())))
 	stopService(t, stay)
 	c.Restart(1)
+	restarted := time.Now()
 	for { // until the instance that was away answers
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		info, err := locks.Inspect(ctx, "away")
@@ -101,6 +104,9 @@ func TestAwayPastMarkers(t *testing.T) {
 				t.Fatalf("the instance back from away shows a released lock held: %+v", info)
 			}
 			break
+		}
+		if time.Since(restarted) > reachWithin {
+			t.Fatalf("the instance back from away did not answer in %v: %v", reachWithin, err)
 		}
 	}
 	l, err = locks.TryAcquire(ctx(t), "away", opts)
@@ -112,11 +118,18 @@ func TestAwayPastMarkers(t *testing.T) {
 	}
 }
 
+// reachWithin bounds the waits for a service to answer on a node: a
+// generous deadline, so that a service that never answers fails the test
+// with a message instead of hanging it.
+const reachWithin = 30 * time.Second
+
 // reach returns a client on url once the service started on another node
-// answers there (its interest reaches the other nodes a moment later).
+// answers there (its interest reaches the other nodes a moment later), or
+// fails the test after reachWithin.
 func reach(t *testing.T, url string) *lock.Client {
 	t.Helper()
 	locks := lock.NewClient(bustest.Connect(t, url))
+	deadline := time.Now().Add(reachWithin)
 	for {
 		_, err := locks.Inspect(ctx(t), "reach")
 		if err == nil {
@@ -124,6 +137,9 @@ func reach(t *testing.T, url string) *lock.Client {
 		}
 		if !errors.Is(err, bus.ErrUnavailable) {
 			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lock service did not answer on %s in %v: %v", url, reachWithin, err)
 		}
 		time.Sleep(10 * time.Millisecond) // interest travels between servers unannounced
 	}

@@ -1,12 +1,12 @@
 package lock
 
 import (
-	"errors"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
 )
 
 // FuzzDecodeRequests: any body, in either codec, decodes into a request that
@@ -18,20 +18,18 @@ func FuzzDecodeRequests(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
+	for _, s := range []string{`{"name":"a","ttl":30000}`, "\x82\xa4name\xa1a\xa5token\xff", "\x82\xa4name\xa1a\xa6ttl_ms\xcf\xff\xff\xff\xff\xff\xff\xff\xff", `{"name":"a","ttl_ms":"30s"}`, "{\"name\":\"\xff\",\"ttl_ms\":1000}"} {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := &bus.Msg{Msg: &nats.Msg{Data: data}, Codec: bus.DetectCodec(nil, data)}
 		for _, req := range []any{&AcquireRequest{}, &ReleaseRequest{}, &RenewRequest{}, &InspectRequest{}, &ListRequest{}} {
-			err := m.Decode(req)
-			if err != nil {
-				var e *bus.Error
-				if !errors.As(err, &e) || e.Status != 400 {
-					t.Fatalf("%T: error %v is not a 400", req, err)
-				}
+			if !bustest.CheckDecoded(t, m, req, m.Decode(req)) {
 				continue
 			}
 			switch r := req.(type) {
 			case *AcquireRequest:
-				if CheckName(r.Name) != nil || r.WaitMs < 0 || r.Limit < 0 {
+				if CheckName(r.Name) != nil || r.WaitMs < 0 || r.WaitMs > maxWaitMs || r.Limit < 0 {
 					t.Fatalf("accepted %+v", r)
 				}
 			case *ReleaseRequest:

@@ -40,6 +40,14 @@ func TestCallerDeadlineEndsWait(t *testing.T) {
 	if info, err := c.Inspect(ctx(t), "tour"); err != nil || len(info.Waiters) != 0 {
 		t.Fatalf("the waiter whose caller left is still in line: %+v, %v", info, err)
 	}
+	// Arrived just past its deadline (within the clocks' skew): answered at
+	// once, as a try, not after wait_ms.
+	start = time.Now()
+	_, err = bus.Request[lock.AcquireRequest, lock.AcquireReply](ctx(t), nc, lock.SubjectAcquire,
+		lock.AcquireRequest{Name: "tour", TTLms: 30000, WaitMs: 60000, Deadline: &bus.Time{Time: time.Now().Add(-lock.DeadlineSkew / 2)}})
+	if !errors.Is(err, lock.ErrWaitTimeout) || time.Since(start) > 20*time.Second {
+		t.Fatalf("acquire just past its deadline = %v after %v, want ErrWaitTimeout at once", err, time.Since(start))
+	}
 	if err := holder.Release(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +61,8 @@ func TestCallerDeadlineEndsWait(t *testing.T) {
 }
 
 // A lease granted after a wait in line gets its whole TTL from the grant,
-// not from the waiter's last write in line.
+// not from the waiter's last write in line (written again at the grant
+// when that was more than 1% of the TTL before).
 func TestGrantGetsFullTTL(t *testing.T) {
 	s := bustest.RunServer(t)
 	serve(t, s.URL())
@@ -72,7 +81,7 @@ func TestGrantGetsFullTTL(t *testing.T) {
 		got <- l
 	}()
 	waitWaiters(t, c, "full", 1)
-	time.Sleep(300 * time.Millisecond) // time spent in line: what the lease must not lose
+	time.Sleep(time.Second) // time spent in line (over 1% of the TTL): what the lease must not lose
 	released := time.Now()
 	if err := holder.Release(ctx(t)); err != nil {
 		t.Fatal(err)
@@ -98,10 +107,34 @@ func TestGrantGetsFullTTL(t *testing.T) {
 }
 
 // The expired event of a holder that died comes before the acquired event
-// of the waiter that gets the lock after it.
+// of the waiter that gets the lock after it, with one instance and with two
+// (where the instance that tells the expiry may not be the one that
+// grants), there with the expired events held back a moment so that an
+// order left to chance shows.
 func TestExpiredBeforeAcquired(t *testing.T) {
+	for _, instances := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d instances", instances), func(t *testing.T) { expiredBeforeAcquired(t, instances) })
+	}
+}
+
+func expiredBeforeAcquired(t *testing.T, instances int) {
 	s := bustest.RunServer(t)
-	serve(t, s.URL())
+	if instances == 1 {
+		serve(t, s.URL())
+	}
+	for range instances - 1 {
+		for range 2 {
+			srv, err := lock.New(bustest.Connect(t, s.URL()), lock.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lock.BeforeExpired(srv, func() { time.Sleep(200 * time.Millisecond) }) // a slow emitter, not a wait for an event
+			if err := srv.Start(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { stopService(t, srv) })
+		}
+	}
 	type event struct {
 		Type string `json:"type"`
 		Data struct {
@@ -128,7 +161,7 @@ func TestExpiredBeforeAcquired(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const n = 4 // names at once, so that an order left to chance shows
+	const n = 6 // names at once, so that an order left to chance shows
 	type pair struct{ dead, next uint64 }
 	pairs := make([]pair, n)
 	var wg sync.WaitGroup

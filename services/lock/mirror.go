@@ -163,11 +163,14 @@ func (m *mirror) apply(msg jetstream.Msg, prefix string) (name string, expired *
 	if !ok {
 		return "", nil
 	}
+	rewrite := m.locks[name][id] != nil && msg.Headers().Get("KV-Operation") == "" && msg.Headers().Get(jetstream.MarkerReasonHeader) == ""
 	expired, ok = update(m.locks, m.names, name, id, msg, meta)
 	if !ok {
 		return "", nil
 	}
-	if ch, ok := m.changed[name]; ok {
+	// A key written again (a renewal, a lease started at its grant) moves
+	// nobody in line: its waiters are not woken for it.
+	if ch, ok := m.changed[name]; ok && !rewrite {
 		close(ch)
 		delete(m.changed, name)
 	}
@@ -211,6 +214,17 @@ func update(locks map[string]map[string]*contender, names map[string]uint64, nam
 	cs[id] = c
 	names[name] = meta.Sequence.Stream
 	return nil, true
+}
+
+// wrote tells the mirror that this instance wrote contender id of name at
+// revision rev (at the time at, or just before), ahead of seeing the
+// message itself.
+func (m *mirror) wrote(name, id string, rev uint64, at time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c := m.locks[name][id]; c != nil && c.rev < rev {
+		c.rev, c.written = rev, at
+	}
 }
 
 // expiring reports whether an expiry of name is being told.

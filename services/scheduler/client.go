@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/meshkit/mesh/pkg/bus"
 )
@@ -24,8 +25,30 @@ func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
 // ErrInvalidSchedule, ErrInvalid or ErrPayloadTooLarge on bad input (nothing
 // is enqueued), and with ErrDuplicate when the queue has a task with the
 // same unique key within its window: the id returned is then that task's.
+//
+// Submit gives the task an id of its own making when req.ID is empty, and
+// when a submit gets no answer (a timeout, no service, or a 503 that
+// cannot tell whether the task stands) it sends it again with the same id
+// while ctx allows, up to submitAttempts times: the service makes no
+// second task of an id it knows, so a retry never duplicates a task.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) {
-	r, err := bus.Request[SubmitRequest, SubmitReply](ctx, c.nc, SubjectSubmit, req)
+	if req.ID == "" {
+		req.ID = nuid.Next()
+	}
+	var r SubmitReply
+	var err error
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, bus.DefaultTimeout)
+		r, err = bus.Request[SubmitRequest, SubmitReply](actx, c.nc, SubjectSubmit, req)
+		cancel()
+		if err == nil || attempt == submitAttempts || ctx.Err() != nil || !unsettled(err) {
+			break
+		}
+		select {
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
 	if err != nil {
 		if id, ok := DuplicateID(err); ok {
 			return id, err
@@ -33,6 +56,15 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) 
 		return "", err
 	}
 	return r.ID, nil
+}
+
+// submitAttempts bounds the attempts of one Submit.
+const submitAttempts = 4
+
+// unsettled reports an error after which a submit may or may not have
+// made its task.
+func unsettled(err error) bool {
+	return bus.Unanswered(err) || errors.Is(err, bus.ErrTimeout) || errors.Is(err, bus.ErrUnavailable)
 }
 
 // DuplicateID returns the id of the existing task an ErrDuplicate names.
@@ -104,6 +136,29 @@ func (c *Client) ListSchedules(ctx context.Context) ([]ScheduleInfo, error) {
 func (c *Client) RemoveSchedule(ctx context.Context, name string) error {
 	_, err := bus.Request[ScheduleRmRequest, ScheduleRmReply](ctx, c.nc, SubjectRmSched, ScheduleRmRequest{Name: name})
 	return err
+}
+
+// DeadList returns one page of the dead letters, oldest first; pass the
+// reply's NextCursor as the next request's Cursor.
+func (c *Client) DeadList(ctx context.Context, req DeadListRequest) (DeadListReply, error) {
+	return bus.Request[DeadListRequest, DeadListReply](ctx, c.nc, SubjectDeadList, req)
+}
+
+// DeadRequeue runs dead tasks again, with their ids and their attempts
+// reset: one task (req.ID), or every dead task of a queue (req.Queue and
+// req.All). It returns the ids requeued, or ErrNotFound for an id that is
+// not in the dead letters.
+func (c *Client) DeadRequeue(ctx context.Context, req DeadRequest) ([]string, error) {
+	r, err := bus.Request[DeadRequest, DeadReply](ctx, c.nc, SubjectDeadRequeue, req)
+	return r.IDs, err
+}
+
+// DeadDelete removes dead tasks from the dead letters (their states stay
+// dead until their retention ends), as DeadRequeue names them, and returns
+// the ids removed.
+func (c *Client) DeadDelete(ctx context.Context, req DeadRequest) ([]string, error) {
+	r, err := bus.Request[DeadRequest, DeadReply](ctx, c.nc, SubjectDeadDelete, req)
+	return r.IDs, err
 }
 
 // taskOfEvent reads the task id and queue of a task event.

@@ -6,7 +6,7 @@
 // # Subjects
 //
 //	subject                          request                                              reply
-//	mesh.scheduler.submit            {queue, type, payload, run_at | delay_ms,            {id, state, run_at}
+//	mesh.scheduler.submit            {id, queue, type, payload, run_at | delay_ms,        {id, state, run_at}
 //	                                  max_retries, timeout_ms, backoff,
 //	                                  unique_key, unique_for_ms}
 //	mesh.scheduler.status            {id}                                                 {id, queue, type, state, attempts, ...}
@@ -18,12 +18,15 @@
 //	                                  time_zone, max_retries, timeout_ms}
 //	mesh.scheduler.schedules.list    {}                                                   {schedules}
 //	mesh.scheduler.schedules.rm      {name}                                               {removed}
+//	mesh.scheduler.dead.list         {queue, limit, cursor}                               {tasks: [{id, queue, type, last_error, died_at, seq, payload_bytes}], next_cursor}
+//	mesh.scheduler.dead.requeue      {id} | {queue, all: true}                            {ids}
+//	mesh.scheduler.dead.delete       {id} | {queue, all: true}                            {ids}
 //	mesh.scheduler.started           {id, queue, type, attempt, stream_seq, worker}       {run, action, delay_ms, state}
 //	mesh.scheduler.finished          {id, queue, attempt, stream_seq, error,              {action, delay_ms, state}
 //	                                  skip_retry, interrupted, result}
 //	mesh.tasks.<queue>               a task: headers Mesh-Task-*, body the payload        (JetStream work queue; consumer <queue>)
 //	mesh.dead.<queue>                a dead task, with Mesh-Task-Last-Error               (stream MESH_TASKS_DEAD)
-//	mesh.events.task.submitted|queued|started|succeeded|failed|dead|cancelled              event data {id, queue, type, state, attempts, ...}
+//	mesh.events.task.submitted|queued|started|succeeded|failed|dead|cancelled|requeued     event data {id, queue, type, state, attempts, ...}
 //	mesh.events.task.paused|resumed|scheduled|unscheduled                                  event data {queue} or {schedule, ...}
 //
 // started and finished are the worker protocol (schemas/README.md, "Worker
@@ -32,9 +35,26 @@
 //
 // Errors: duplicate (409, with the existing id at the end of the message:
 // DuplicateID), task_not_found, schedule_not_found, queue_not_found (404),
-// task_finished (409, cancelling a finished task), invalid_queue,
+// task_finished (409, cancelling a finished task), stale_report (409, a
+// worker's report that matches no delivery of the task), invalid_queue,
 // invalid_schedule, invalid (400), payload_too_large (413). The Client
-// returns them as the package's sentinels (ErrDuplicate, ...).
+// returns them as the package's sentinels (ErrDuplicate, ...). A field the
+// request does not have is refused with unknown_field (400), a wrong type
+// with invalid. Durations are bounded: delay_ms, unique_for_ms and every_ms
+// at most MaxDelayMs (366 days); timeout_ms, backoff.initial_ms and
+// backoff.max_ms at most MaxTimeoutMs (24 h); a larger one is refused.
+//
+// # Task ids and submits sent again
+//
+// A submit may name its task (id: letters, digits, '-' and '_'); the
+// service makes an id otherwise. The first state of a task is a
+// create-only write of its key, so a submit with the id of a task whose
+// state is kept (live, or finished within Retention) makes no second task:
+// with the same queue and type it is the same submit sent again, answered
+// with that task and its current state; otherwise it is refused with
+// duplicate (409). The Go Client makes an id for every submit and sends
+// it again with that id when it got no answer (a timeout, no service, a
+// 503), so a retried submit never makes a second task.
 //
 // # Storage
 //
@@ -140,12 +160,45 @@
 // the acknowledgements. An instance caches the states it wrote, with their
 // revisions, so that the compare-and-set of a worker's report needs no
 // read first when the same instance serves the task; a stale entry only
-// fails the compare-and-set, and the state is read again. A start report
+// fails the compare-and-set, and the state is read again. The cache is
+// bounded in bytes (CacheMaxBytes, 32 MiB by default, `mesh up|serve
+// --scheduler-cache-max-bytes`; the oldest entries go first) and holds no
+// payloads or results: a finished state with a result is not cached. Its
+// figures (entries, bytes, evictions) are in the queues reply, as cache. A start report
 // for a cached state is written in the subscription's callback and answered
 // from the write's acknowledgement (bus.Writes, bus.Deferred), with no
 // worker: it is on the way from a submit to the task's start, and every
 // hand-off between goroutines there costs a thread's wake-up
 // (TestStartOnStaleState covers the stale entry).
+//
+// # Reports must match a delivery
+//
+// Whoever may publish to mesh.scheduler.started and .finished could
+// otherwise run, finish or kill any task, so each report is checked
+// against the delivery it claims before it changes anything; a report
+// that does not match is refused with ErrStaleReport (409), one for an id
+// without a state with ErrNotFound (no state is made up from a report).
+// A start must name the task's queue and type; its stream_seq must be the
+// task's message (the state knows it, or the message at that sequence is
+// read: subject mesh.tasks.<queue>, Mesh-Task-Id, and still in the work
+// queue); the queue's consumer must have delivered that far (its
+// delivered sequence, cached per queue and asked again only for a
+// sequence beyond it); the attempt must be within the consumer's
+// MaxDeliver and newer than the last start accepted for that message; and
+// a running task is taken over only by a start that comes at least the
+// consumer's AckWait after the one it replaces, as a redelivery after a
+// worker's death does. The state keeps the accepted delivery (Seq and
+// Delivery), and an outcome must name exactly that one: an outcome sent
+// again gets the first one's reply and writes nothing, and a dead
+// worker's late outcome, after a newer delivery started, is refused. The
+// Worker leaves a message alone when a report of its delivery is refused:
+// the newer delivery owns it, or it comes back after its ack wait.
+//
+// What the server does not tell is which client holds a delivery (an
+// acknowledgement is not checked against the delivery that sent it), so a
+// client that knows a task's id and its message's sequence can still
+// claim a delivery that the consumer has made, once its ack wait has
+// passed. The NATS permissions decide who may report at all.
 //
 // # Retries, timeouts, dead letters
 //
@@ -173,11 +226,31 @@
 // the message and the acknowledgement. Every hop is a round trip: submit
 // makes two in a row behind the request, a worker one before running a
 // task and one after it (the next task does not wait for that one: the
-// acknowledgement follows the report in the background). list and the
+// acknowledgement follows the report in the background). Checking a start
+// against its delivery adds reads, no write: the queue's consumer info
+// when the start names a sequence beyond the delivered one last seen (one
+// request for the starts waiting on it), and the task's message when the
+// instance does not know its sequence (it did not enqueue it). list and the
 // repair at start read every state (a scan of the bucket), so list is for
 // people and tools, not for a hot path. The scheduler bench's "floor +
 // state" row makes the same stored writes with no service in between, a
 // ceiling for this design's drain rate (bench/README.md).
+//
+// # Dead letters people can act on
+//
+// dead.list pages through MESH_TASKS_DEAD, oldest first (the cursor is a
+// stream sequence). dead.requeue runs a dead task again with the same id
+// and its attempts reset, as a submit does: its state first (queued,
+// carrying the message, so the repair enqueues it if the instance dies
+// there), then the message (with a deduplication id of its own, as the
+// task's id may still be in the window), then the dead letter is deleted,
+// and a requeued event is emitted. A task whose state has expired (dead
+// letters are kept DeadRetention, states Retention) gets a new state made
+// from its message's headers. A requeued task that dies again has a new
+// dead letter (each death's is deduplicated apart). dead.delete removes
+// dead letters; the task's state stays dead until its retention ends.
+// Either takes one id, or a queue with all: true; finding an id reads the
+// queue's dead letters one by one, so they are for people and tools.
 //
 // # Departures from DESIGN.md
 //

@@ -17,28 +17,40 @@ import (
 // started serves a worker's report that it is about to run a delivery: the
 // task becomes running, unless it was cancelled or has finished (the worker
 // drops the message), or its attempts are spent (it goes to the dead
-// letters).
+// letters). A report that does not match a delivery the task can have is
+// refused (ErrStaleReport), and one for a task without a state
+// (ErrNotFound): neither changes anything.
 func (s *Server) started(ctx context.Context, r *StartedRequest) (*StartedReply, error) {
 	now := time.Now()
-	var reply StartedReply
-	spent := false
+	// The message at the sequence claimed is read unless the state knows
+	// it already; the consumer is asked unless it is known to have
+	// delivered that far. Both at most once, whatever the state read.
+	var (
+		reply        StartedReply
+		f            consumerFacts
+		spent        bool
+		seen, looked bool
+		asked        bool
+	)
 	rec, err := s.update(ctx, r.ID, func(rec *record) (err error) {
+		if rec.Queue == r.Queue && rec.Seq != r.StreamSeq && !looked {
+			if seen, err = s.isTaskMsg(ctx, r.ID, r.Queue, r.StreamSeq); err != nil {
+				return err
+			}
+			looked = true
+		}
+		if rec.Queue == r.Queue && !terminal(rec.State) && !asked {
+			if f, err = s.consumerFacts(ctx, r.Queue, r.StreamSeq); err != nil {
+				return err
+			}
+			asked = true
+		}
+		if err := checkStart(rec, r, f, seen, now); err != nil {
+			return err
+		}
 		reply, spent, err = start(rec, r, now)
 		return err
 	})
-	if errors.Is(err, ErrNotFound) {
-		// Its state expired (or was never written by this service): run it
-		// with a fresh state, rebuilt from the report.
-		rec = record{TaskInfo: TaskInfo{
-			ID: r.ID, Queue: r.Queue, Type: r.Type, State: StateRunning, Attempts: r.Attempt,
-			MaxRetries: s.cfg.DefaultMaxRetries, TimeoutMs: s.cfg.DefaultTimeout.Milliseconds(),
-			CreatedAt: bus.Time{Time: now}, StartedAt: bus.Time{Time: now},
-		}, Seq: r.StreamSeq}
-		if _, err = s.create(ctx, &rec); errors.Is(err, jetstream.ErrKeyExists) {
-			return s.started(ctx, r)
-		}
-		reply = StartedReply{Run: true, State: StateRunning}
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -55,9 +67,10 @@ func (s *Server) started(ctx context.Context, r *StartedRequest) (*StartedReply,
 	return &reply, nil
 }
 
-// start decides a start report on a task's state rec: it makes rec
-// running, or returns errNoChange with the reply to a task that has
-// finished, or with spent for a task whose attempts are spent.
+// start decides a start report, already checked against the delivery, on a
+// task's state rec: it makes rec running, or returns errNoChange with the
+// reply to a task that has finished, or with spent for a task whose
+// attempts are spent.
 func start(rec *record, r *StartedRequest, now time.Time) (reply StartedReply, spent bool, err error) {
 	switch {
 	case terminal(rec.State):
@@ -66,15 +79,17 @@ func start(rec *record, r *StartedRequest, now time.Time) (reply StartedReply, s
 		return StartedReply{}, true, errNoChange
 	}
 	rec.State, rec.Attempts, rec.StartedAt, rec.Seq = StateRunning, r.Attempt-rec.Interrupted, bus.Time{Time: now}, r.StreamSeq
-	rec.NextRetryAt, rec.Pending = bus.Time{}, nil
+	rec.Delivery, rec.NextRetryAt, rec.Pending = r.Attempt, bus.Time{}, nil
 	return StartedReply{Run: true, State: StateRunning}, false, nil
 }
 
 // startedNow serves a start report in the subscription's callback (the
-// endpoint is Inline) when this instance has the task's state cached and
-// the task is to run: it writes the state with a compare-and-set on the
-// cached revision and answers from the acknowledgement (bus.Deferred), with
-// no worker. Anything else, a conflict included, is left to started.
+// endpoint is Inline) when this instance has the task's state cached, the
+// state knows the message's sequence, the queue's consumer is known to
+// have delivered it, and the task is to run: it writes the state with a
+// compare-and-set on the cached revision and answers from the
+// acknowledgement (bus.Deferred), with no worker. Anything else, a
+// conflict or a refusal on the cached state included, is left to started.
 func (s *Server) startedNow(_ context.Context, m *bus.Msg) (any, error) {
 	r := new(StartedRequest)
 	if err := m.Decode(r); err != nil {
@@ -85,7 +100,15 @@ func (s *Server) startedNow(_ context.Context, m *bus.Msg) (any, error) {
 	if !ok {
 		return slow, nil
 	}
-	reply, _, err := start(&rec, r, time.Now())
+	f, ok := s.knownFacts(r.Queue, r.StreamSeq)
+	if !ok {
+		return slow, nil
+	}
+	now := time.Now()
+	if checkStart(&rec, r, f, false, now) != nil {
+		return slow, nil
+	}
+	reply, _, err := start(&rec, r, now)
 	if err != nil {
 		return slow, nil
 	}
@@ -95,12 +118,18 @@ func (s *Server) startedNow(_ context.Context, m *bus.Msg) (any, error) {
 	})
 }
 
-// finished serves a worker's report of an attempt's outcome.
+// finished serves a worker's report of an attempt's outcome. A report that
+// does not follow the start of the same delivery is refused
+// (ErrStaleReport), and one for a task without a state (ErrNotFound):
+// neither changes anything.
 func (s *Server) finished(ctx context.Context, r *FinishedRequest) (*FinishedReply, error) {
 	now := time.Now()
 	var reply FinishedReply
 	final, event := false, ""
 	rec, err := s.update(ctx, r.ID, func(rec *record) (err error) {
+		if err := checkFinish(rec, r); err != nil {
+			return err
+		}
 		reply, final, event, err = s.finish(rec, r, now)
 		return err
 	})
@@ -118,16 +147,22 @@ func (s *Server) finished(ctx context.Context, r *FinishedRequest) (*FinishedRep
 	return &reply, nil
 }
 
-// finish decides an attempt's outcome report on a task's state rec: it
-// changes rec and names the event to emit, or returns errNoChange with the
-// reply to a task that has finished already, or with final for a task to
-// move to the dead letters.
+// finish decides an attempt's outcome report, already checked against the
+// delivery, on a task's state rec: it changes rec and names the event to
+// emit, or returns errNoChange with the reply to a task that is no longer
+// running this delivery (a report sent again: the reply is the first's),
+// or with final for a task to move to the dead letters.
 func (s *Server) finish(rec *record, r *FinishedRequest, now time.Time) (reply FinishedReply, final bool, event string, err error) {
 	switch {
 	case rec.State == StateSucceeded:
 		return FinishedReply{Action: ActionAck, State: rec.State}, false, "", errNoChange
 	case terminal(rec.State):
 		return FinishedReply{Action: ActionTerm, State: rec.State}, false, "", errNoChange
+	case rec.State == StateFailed:
+		delay := max(rec.NextRetryAt.Sub(now).Milliseconds(), 1)
+		return FinishedReply{Action: ActionNak, DelayMs: delay, State: rec.State}, false, "", errNoChange
+	case rec.State != StateRunning:
+		return FinishedReply{Action: ActionNak, State: rec.State}, false, "", errNoChange
 	case r.Interrupted:
 		rec.State, rec.Interrupted = StateQueued, rec.Interrupted+1
 		return FinishedReply{Action: ActionNak, State: rec.State}, false, "", nil
@@ -178,7 +213,7 @@ func (s *Server) finishedNow(_ context.Context, m *bus.Msg) (any, error) {
 	}
 	slow := bus.Continue(func(ctx context.Context) (any, error) { return s.finished(ctx, r) })
 	rec, rev, ok := s.cached(r.ID)
-	if !ok {
+	if !ok || checkFinish(&rec, r) != nil {
 		return slow, nil
 	}
 	reply, _, event, err := s.finish(&rec, r, time.Now())
@@ -228,7 +263,7 @@ func (s *Server) kill(ctx context.Context, id string, seq uint64, lastErr string
 		}
 	}
 	m.Header.Set(HeaderLastError, truncate(lastErr, MaxErrorLen))
-	m.Header.Set(jetstream.MsgIDHeader, id)
+	m.Header.Set(jetstream.MsgIDHeader, deadMsgID(&rec))
 	if _, err := s.js.PublishMsg(ctx, m); err != nil {
 		return rec, fmt.Errorf("scheduler: dead-lettering task %s: %w", id, err)
 	}

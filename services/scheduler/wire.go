@@ -1,9 +1,12 @@
 package scheduler
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -122,6 +125,12 @@ var (
 	// ErrFinished: the task has already finished (succeeded, dead or
 	// cancelled), so it cannot be cancelled.
 	ErrFinished = bus.NewError(409, "task_finished", "the task has finished")
+	// ErrStaleReport: a worker's report does not match the delivery it
+	// claims (another queue or type, a message that is not the task's or
+	// was not delivered, a delivery already reported or replaced by a
+	// newer one, an outcome without its start). Nothing changed; the
+	// worker leaves the message alone.
+	ErrStaleReport = bus.NewError(409, "stale_report", "the report does not match the task's delivery")
 	// ErrQueueNotFound: no queue of this name (nothing was ever submitted to it).
 	ErrQueueNotFound = bus.NewError(404, "queue_not_found", "no such queue")
 	// ErrInvalidQueue: empty, too long, or outside the queue charset.
@@ -141,7 +150,8 @@ const duplicateMarker = "existing id: "
 // Bytes is an opaque byte string (a payload or a result). In msgpack it is
 // bin (str is accepted); in JSON a string holding the bytes as text. A
 // request may also give any other value (an object, a number): its JSON
-// text becomes the bytes.
+// text becomes the bytes (from msgpack, an object's keys in the order sent;
+// they must be strings).
 type Bytes []byte
 
 // MarshalJSON writes the bytes as a JSON string (invalid UTF-8 is replaced;
@@ -186,16 +196,112 @@ func (b *Bytes) DecodeMsgpack(dec *msgpack.Decoder) error {
 		return err
 	}
 	// Any other value: its JSON text, as in a JSON request.
-	v, err := dec.DecodeInterface()
+	var buf bytes.Buffer
+	if err := appendJSON(&buf, dec); err != nil {
+		return fmt.Errorf("payload: %w", err)
+	}
+	*b = buf.Bytes()
+	return nil
+}
+
+// appendJSON writes the JSON text of the msgpack value at dec to buf as it
+// reads it, without building the value first: what it allocates is bounded
+// by the text it writes, a few bytes for each byte read, where a decoded
+// tree of maps and slices costs up to 160 bytes for each. Maps keep their
+// order; their keys must be strings. Values without a JSON form (NaN, an
+// extension) are errors, as json.Marshal has them.
+func appendJSON(buf *bytes.Buffer, dec *msgpack.Decoder) error {
+	c, err := dec.PeekCode()
+	if err != nil {
+		return err
+	}
+	var num [32]byte
+	switch {
+	case c == msgpcode.Nil:
+		buf.WriteString("null")
+		return dec.Skip()
+	case c == msgpcode.True || c == msgpcode.False:
+		v, err := dec.DecodeBool()
+		buf.WriteString(strconv.FormatBool(v))
+		return err
+	case c == msgpcode.Uint64:
+		v, err := dec.DecodeUint64()
+		buf.Write(strconv.AppendUint(num[:0], v, 10))
+		return err
+	case msgpcode.IsFixedNum(c) || c >= msgpcode.Uint8 && c <= msgpcode.Uint32 || c >= msgpcode.Int8 && c <= msgpcode.Int64:
+		v, err := dec.DecodeInt64()
+		buf.Write(strconv.AppendInt(num[:0], v, 10))
+		return err
+	case c == msgpcode.Float || c == msgpcode.Double:
+		var v any
+		if c == msgpcode.Float {
+			v, err = dec.DecodeFloat32()
+		} else {
+			v, err = dec.DecodeFloat64()
+		}
+		return writeJSON(buf, v, err)
+	case msgpcode.IsString(c):
+		v, err := dec.DecodeString()
+		return writeJSON(buf, v, err)
+	case msgpcode.IsBin(c):
+		v, err := dec.DecodeBytes()
+		return writeJSON(buf, v, err)
+	case msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32:
+		n, err := dec.DecodeMapLen()
+		if err != nil {
+			return err
+		}
+		buf.WriteByte('{')
+		for i := range n {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			k, err := dec.PeekCode()
+			if err != nil {
+				return err
+			}
+			if !msgpcode.IsString(k) {
+				return errors.New("an object whose keys are not all strings")
+			}
+			if err := appendJSON(buf, dec); err != nil {
+				return err
+			}
+			buf.WriteByte(':')
+			if err := appendJSON(buf, dec); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte('}')
+		return nil
+	case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
+		n, err := dec.DecodeArrayLen()
+		if err != nil {
+			return err
+		}
+		buf.WriteByte('[')
+		for i := range n {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			if err := appendJSON(buf, dec); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte(']')
+		return nil
+	}
+	v, err := dec.DecodeInterface() // an extension, such as a timestamp
+	return writeJSON(buf, v, err)
+}
+
+// writeJSON writes v as json.Marshal does, unless err.
+func writeJSON(buf *bytes.Buffer, v any, err error) error {
 	if err != nil {
 		return err
 	}
 	j, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("payload: %w", err)
-	}
-	*b = j
-	return nil
+	buf.Write(j)
+	return err
 }
 
 // encodeText returns b as text and "" when it is valid UTF-8, else as
@@ -231,6 +337,14 @@ func (b *Backoff) check() error {
 
 // SubmitRequest submits a task.
 type SubmitRequest struct {
+	// ID, optional, names the task (1 to MaxIDLen letters, digits, '-' or
+	// '_'); absent, the service makes one. A submit with the id of a task
+	// that exists (its state is kept: see Config.Retention) in the same
+	// queue with the same type makes no second task: it answers with that
+	// task, so a client that did not get its reply may send the same
+	// submit again. The Go Client makes an id for every submit and sends
+	// it again with the same id when no reply came.
+	ID      string `json:"id,omitempty"`
 	Queue   string `json:"queue"`
 	Type    string `json:"type"`
 	Payload Bytes  `json:"payload,omitempty"`
@@ -318,6 +432,18 @@ type QueuesRequest struct{}
 // QueuesReply lists the queues by name.
 type QueuesReply struct {
 	Queues []QueueInfo `json:"queues"`
+	// Cache is the state cache of the instance that answered.
+	Cache *CacheInfo `json:"cache,omitempty"`
+}
+
+// CacheInfo gives the figures of an instance's cache of task states
+// (Config.CacheMaxBytes), which holds no results or payloads.
+type CacheInfo struct {
+	Instance string `json:"instance"`
+	Entries  int    `json:"entries"`
+	Bytes    int64  `json:"bytes"` // estimated
+	MaxBytes int64  `json:"max_bytes"`
+	Evicted  uint64 `json:"evicted"` // entries dropped to stay within MaxBytes, since the start
 }
 
 // QueueInfo describes a queue.
@@ -503,6 +629,11 @@ func checkTimeout(ms int64) error {
 // Validate implements bus.Validator. Bounds that are the service's (the
 // payload size) are checked by the service.
 func (r *SubmitRequest) Validate() error {
+	if r.ID != "" {
+		if err := checkID(r.ID); err != nil {
+			return err
+		}
+	}
 	if err := CheckQueue(r.Queue); err != nil {
 		return err
 	}
@@ -640,6 +771,9 @@ func (r *StartedRequest) Validate() error {
 	if r.Attempt < 1 {
 		return ErrInvalid.With("attempt must be at least 1")
 	}
+	if r.StreamSeq == 0 {
+		return ErrInvalid.With("stream_seq is required (the message's stream sequence)")
+	}
 	if len(r.Worker) > 256 {
 		return ErrInvalid.With("worker must be at most 256 bytes")
 	}
@@ -656,6 +790,9 @@ func (r *FinishedRequest) Validate() error {
 	}
 	if r.Attempt < 1 {
 		return ErrInvalid.With("attempt must be at least 1")
+	}
+	if r.StreamSeq == 0 {
+		return ErrInvalid.With("stream_seq is required (the message's stream sequence)")
 	}
 	return nil
 }

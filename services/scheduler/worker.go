@@ -323,6 +323,13 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 		ID: t.ID, Queue: queue, Type: t.Type, Attempt: t.Attempt, StreamSeq: meta.Sequence.Stream, Worker: w.cfg.Name,
 	})
 	rcancel()
+	if errors.Is(err, ErrStaleReport) {
+		// Not a delivery the service accepts (a newer one replaced it, or
+		// it came back before its ack wait): the message is left alone,
+		// and comes back after its ack wait unless another delivery ends.
+		w.log.Warn().Err(err).Str("task", t.ID).Msg("the service refused the start; the message is left to its next delivery")
+		return
+	}
 	if err != nil {
 		// Without the service's word, the task is not run: its state would
 		// not say so.
@@ -409,7 +416,13 @@ func (w *Worker) report(msg jetstream.Msg, fin FinishedRequest) {
 			w.act(msg, fr.Action, fr.DelayMs)
 			return
 		}
-		if attempt >= 2 || w.nc.IsClosed() {
+		if errors.Is(err, ErrStaleReport) {
+			// Another delivery of the task replaced this one: the message
+			// is its worker's now.
+			w.log.Warn().Err(err).Str("task", fin.ID).Msg("the service refused the outcome; the message is left to the task's newer delivery")
+			return
+		}
+		if attempt >= 2 || w.nc.IsClosed() || errors.Is(err, bus.ErrInvalid) || errors.Is(err, bus.ErrNotFound) {
 			w.log.Warn().Err(err).Str("task", fin.ID).Msg("cannot report the outcome; the task goes back to its queue")
 			_ = msg.NakWithDelay(time.Second)
 			return

@@ -1,7 +1,8 @@
 // Package bustest starts nats-servers with JetStream inside a test: one
 // server, or a cluster of routed servers on loopback whose nodes can be
 // stopped and restarted with their stores kept. Everything started is torn
-// down by t.Cleanup.
+// down by t.Cleanup. Scale stretches the time bounds tests assert by the
+// factor in MESH_TEST_TIME_SCALE, for slow machines.
 package bustest
 
 import (

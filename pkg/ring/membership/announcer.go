@@ -28,7 +28,14 @@ type AnnouncerConfig struct {
 	// RingVersion, when set, returns the version of the ring the member
 	// routes by; it travels in every heartbeat.
 	RingVersion func() uint64
-	Logger      zerolog.Logger // zero: no logs
+	// IdentitySubject, when set, is a subject on which the announcer
+	// answers every request with its heartbeat: the probe by which
+	// watchers configured with the same subject (WatcherConfig.
+	// IdentitySubject) check a new member before trusting it. Put it
+	// among the subjects the member serves (the cache: its node
+	// subjects), so that the answer proves the member serves them.
+	IdentitySubject string
+	Logger          zerolog.Logger // zero: no logs
 }
 
 // Announcer makes one member known: it publishes a heartbeat every
@@ -38,10 +45,11 @@ type Announcer struct {
 	cfg     AnnouncerConfig
 	started time.Time
 
-	mu    sync.Mutex
-	probe *nats.Subscription
-	stop  chan struct{}
-	done  chan struct{}
+	mu       sync.Mutex
+	probe    *nats.Subscription
+	identity *nats.Subscription
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // NewAnnouncer checks cfg and returns an announcer ready to Start.
@@ -49,7 +57,7 @@ func NewAnnouncer(nc *nats.Conn, cfg AnnouncerConfig) (*Announcer, error) {
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultInterval
 	}
-	hb := Heartbeat{ID: cfg.ID, Weight: cfg.Weight}
+	hb := Heartbeat{ID: cfg.ID, Weight: cfg.Weight, Version: cfg.Version, IntervalMs: cfg.Interval.Milliseconds()}
 	if !validToken(cfg.Service) {
 		return nil, fmt.Errorf("membership: invalid service name %q", cfg.Service)
 	}
@@ -92,11 +100,26 @@ func (a *Announcer) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("membership: %w", err)
 	}
+	var identity *nats.Subscription
+	if a.cfg.IdentitySubject != "" {
+		identity, err = a.nc.Subscribe(a.cfg.IdentitySubject, func(m *nats.Msg) {
+			if err := m.Respond(a.heartbeat(false)); err != nil {
+				a.cfg.Logger.Debug().Err(err).Msg("cannot answer an identity probe")
+			}
+		})
+		if err != nil {
+			_ = probe.Unsubscribe()
+			return fmt.Errorf("membership: %w", err)
+		}
+	}
 	if err := a.nc.Publish(subject, a.heartbeat(false)); err != nil {
 		_ = probe.Unsubscribe()
+		if identity != nil {
+			_ = identity.Unsubscribe()
+		}
 		return fmt.Errorf("membership: first heartbeat: %w", err)
 	}
-	a.probe = probe
+	a.probe, a.identity = probe, identity
 	a.stop = make(chan struct{})
 	go a.loop(subject)
 	// Once Start returns, the server knows the probe subscription, so a
@@ -141,6 +164,9 @@ func (a *Announcer) Stop(ctx context.Context) error {
 	}
 	close(a.stop)
 	_ = a.probe.Unsubscribe()
+	if a.identity != nil {
+		_ = a.identity.Unsubscribe()
+	}
 	a.mu.Unlock()
 	select {
 	case <-a.done:

@@ -20,11 +20,42 @@
 // the member set (ids and weights), so watchers that see the same members
 // have the same ring version. Malformed heartbeats are logged and ignored.
 //
+// # What a heartbeat can claim
+//
+// Anyone allowed to publish on the heartbeat subjects could otherwise
+// steer the ring, so a watcher trusts heartbeats only so far:
+//
+//   - Bounds: weight in [0, MaxWeight] (100; 0 means 1) and interval_ms
+//     0 (the watcher's interval) or in [MinInterval, MaxInterval] (100 ms,
+//     60 s). A heartbeat outside them is logged and ignored: no single
+//     member can take nearly every key, or stay for hours after its last
+//     heartbeat.
+//   - One incarnation per id: an id belongs to the incarnation (start
+//     time) first seen with it until that one leaves or expires. Heartbeats
+//     and leaves with another start time are ignored meanwhile (logged at
+//     most once per interval), and so is a change of weight. A restart
+//     after a crash, before the old incarnation expires, takes the id over
+//     only if the new one answers its identity probe and the old one does
+//     not (within half a probe's wait).
+//   - Identity probe: a watcher configured with IdentitySubject adds a new
+//     member to the ring only once a request on that subject (the cache:
+//     mesh.cache.node.<id>.identity, among the node's own subjects, which
+//     its Announcer answers with its heartbeat) is answered with the same
+//     id and start time; it asks again every interval while the member
+//     beats. A heartbeat with no responder behind it, or one whose
+//     responder answers anything else, never gets a key.
+//
+// A client that may both publish heartbeats and subscribe to a member's
+// subjects can still pose as a member that answers for itself: NATS
+// permissions (the compose stack's, `mesh up --auth`) keep those subjects
+// to the service's own users.
+//
 // # Subjects
 //
 //	subject                              what
 //	mesh.heartbeat.<service>.<id>        heartbeats and leaves of member <id>
 //	mesh.heartbeat.<service>             probe: every member replies with a heartbeat
+//	IdentitySubject (configured)         identity probe: member <id> replies with its heartbeat
 //
 // # Measured
 //

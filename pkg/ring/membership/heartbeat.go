@@ -3,8 +3,9 @@ package membership
 import (
 	"errors"
 	"fmt"
-	"math"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/meshkit/mesh/pkg/bus"
 )
@@ -13,13 +14,26 @@ import (
 // every interval, in JSON (msgpack is accepted too).
 type Heartbeat struct {
 	ID          string   `json:"id"`                     // the member, also the subject's last token
-	Weight      float64  `json:"weight"`                 // relative capacity; 0 means 1
+	Weight      float64  `json:"weight"`                 // relative capacity in [0, MaxWeight]; 0 means 1
 	Version     string   `json:"version"`                // the member's service version
 	Started     bus.Time `json:"started"`                // when the member started; a new value is a restart
 	RingVersion string   `json:"ring_version,omitempty"` // the ring the member routes by, 16 hex digits
-	IntervalMs  int64    `json:"interval_ms"`            // the member's heartbeat interval
+	IntervalMs  int64    `json:"interval_ms"`            // the member's heartbeat interval, in [MinInterval, MaxInterval]; 0: the watcher's
 	Leave       bool     `json:"leave,omitempty"`        // a graceful stop: drop the member now
 }
+
+// Bounds of a heartbeat's fields: a heartbeat outside them is ignored (and
+// logged), so that no single heartbeat can claim nearly every key (a huge
+// weight) or stay in the ring for hours after its last word (a huge
+// interval).
+const (
+	// MaxWeight bounds a member's weight: a member owns at most MaxWeight
+	// times the share of a member of weight 1.
+	MaxWeight = 100
+	// MinInterval and MaxInterval bound a member's heartbeat interval.
+	MinInterval = 100 * time.Millisecond
+	MaxInterval = 60 * time.Second
+)
 
 // Subject is the heartbeat subject of a member.
 func Subject(service, id string) string { return "mesh.heartbeat." + service + "." + id }
@@ -43,10 +57,12 @@ func (h *Heartbeat) check(subjectID string) error {
 		return fmt.Errorf("invalid member id %q", h.ID)
 	case subjectID != "" && subjectID != h.ID:
 		return fmt.Errorf("member id %q published on the subject of %q", h.ID, subjectID)
-	case !(h.Weight >= 0 && h.Weight <= math.MaxFloat32):
-		return fmt.Errorf("member %q: invalid weight %v", h.ID, h.Weight)
-	case h.IntervalMs < 0 || h.IntervalMs > 3_600_000:
-		return fmt.Errorf("member %q: invalid interval_ms %d", h.ID, h.IntervalMs)
+	case !(h.Weight >= 0 && h.Weight <= MaxWeight):
+		return fmt.Errorf("member %q: weight %v is outside [0, %d]", h.ID, h.Weight, MaxWeight)
+	case h.IntervalMs != 0 && (h.IntervalMs < MinInterval.Milliseconds() || h.IntervalMs > MaxInterval.Milliseconds()):
+		return fmt.Errorf("member %q: interval_ms %d is outside [%d, %d]", h.ID, h.IntervalMs, MinInterval.Milliseconds(), MaxInterval.Milliseconds())
+	case !utf8.ValidString(h.Version) || len(h.Version) > 64 || len(h.RingVersion) > 16:
+		return fmt.Errorf("member %q: version or ring_version too long", h.ID)
 	}
 	return nil
 }

@@ -182,8 +182,9 @@ func TestDelayedHeartbeatsDoNotFlap(t *testing.T) {
 	s := bustest.RunServer(t)
 	nc := s.Connect()
 	w := watch(t, s.Connect())
+	started := time.Now()
 	beat := func() {
-		b, _ := json.Marshal(membership.Heartbeat{ID: "slow", Weight: 1, IntervalMs: h.Milliseconds(), Started: bus.Time{Time: time.Now()}})
+		b, _ := json.Marshal(membership.Heartbeat{ID: "slow", Weight: 1, IntervalMs: h.Milliseconds(), Started: bus.Time{Time: started}})
 		if err := nc.Publish(membership.Subject("svc", "slow"), b); err != nil {
 			t.Fatal(err)
 		}
