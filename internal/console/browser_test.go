@@ -110,7 +110,8 @@ func (b *browser) shot(name string) {
 // TestBrowser drives the console in a real Chromium: every page opens and
 // stays live; a task submitted from the page goes queued → running →
 // succeeded on its page without a reload; a queue is paused and resumed
-// through its buttons and their confirmations; a lock's expiry counts down
+// through its buttons and their confirmations; a dead task is requeued from
+// the dead letters; a lock's expiry counts down
 // and its waiter then holds it. With MESH_CONSOLE_SCREENSHOTS=DIR it saves
 // a screenshot of each page in DIR (docs/console holds the ones of the
 // README).
@@ -246,6 +247,22 @@ func TestBrowser(t *testing.T) {
 		return err == nil && !paused(qs, "reports")
 	})
 	b.js("the queue running", `document.querySelector('tr[data-queue="reports"] .badge').textContent === "running"`)
+
+	// Requeue the dead task from the dead letters.
+	requeued, err := m.nc.SubscribeSync("mesh.events.task.requeued")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer requeued.Unsubscribe()
+	b.open("/scheduler/dead")
+	b.js("the dead task", fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-dead=%q]'); return r && r.innerText.includes("file not found: /data/import.csv"); })()`, dead))
+	b.shot("dead")
+	b.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-dead=%q] button.resume`, dead))))
+	b.js("the requeue done", fmt.Sprintf(`document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("requeued task %s")`, dead))
+	msg, err := requeued.NextMsg(30 * time.Second)
+	if err != nil || !strings.Contains(string(msg.Data), dead) {
+		t.Fatalf("no requeued event for %s: %v", dead, err)
+	}
 
 	// A refused action shows the service's refusal.
 	b.open("/scheduler/tasks/" + id)

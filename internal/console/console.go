@@ -188,6 +188,8 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /scheduler/submit", c.submit)
 	m.HandleFunc("POST /scheduler/tasks/{id}/cancel", c.cancel)
 	m.HandleFunc("POST /scheduler/queues/{queue}/{action}", c.pauseResume)
+	m.HandleFunc("GET /scheduler/dead", c.page("dead", c.deadView))
+	m.HandleFunc("POST /scheduler/dead/{action}", c.deadAction)
 	m.HandleFunc("POST /scheduler/schedules", c.addSchedule)
 	m.HandleFunc("POST /scheduler/schedules/{name}/remove", c.removeSchedule)
 	m.HandleFunc("GET /locks", c.page("locks", c.locksView))

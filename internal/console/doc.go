@@ -22,7 +22,9 @@
 //	            `mesh status`), JetStream account and stream info
 //	scheduler   mesh.scheduler.queues, .list, .schedules.list          submit, pause, resume,
 //	                                                                   schedules add, rm
-//	task        mesh.scheduler.status                                  cancel
+//	task        mesh.scheduler.status                                  cancel, requeue, delete (dead)
+//	dead        mesh.scheduler.dead.list                               requeue, delete (one, or
+//	                                                                   all of a queue)
 //	locks       mesh.lock.list, mesh.lock.inspect (first 50 locks)     –
 //	cache       mesh.heartbeat.cache.* (the ring), mesh.cache.stats,   –
 //	            mesh.cache.node.<id>.get (key lookup)
@@ -65,11 +67,4 @@
 // a loopback name or address (DNS rebinding) and actions whose Origin or
 // Sec-Fetch-Site says another site sent them (cross-site request forgery).
 // Config.ReadOnly hides the actions and refuses them with 403 read_only.
-//
-// # Not yet
-//
-// Dead letters: the scheduler publishes no subjects to list, requeue or
-// delete them (mesh.scheduler.dead.*), so the console shows each queue's
-// dead count and lists the dead tasks (state dead, with their last error)
-// but cannot requeue or delete them.
 package console
