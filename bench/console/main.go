@@ -120,19 +120,19 @@ func run(nTasks, nLocks int, dur time.Duration, n, workers int) error {
 		if last {
 			pages, rendered = pg, rend
 		}
-		fmt.Printf("round %d: closed %.0f req/s, open %.0f req/s\n", round+1, closed.rate, open.rate)
+		fmt.Printf("round %d: closed %.0f req/s (%s CPU/request), open %.0f req/s (%s CPU/request)\n", round+1, closed.rate, closed.cpu, open.rate, open.cpu)
 	}
 	closed, open := median(closedRuns), median(openRuns)
 	fmt.Println()
 	fmt.Printf("mesh request rate (%d goroutines; cache SET+GET, lock acquire+release, task status), %s per phase:\n", workers, dur)
-	fmt.Printf("  %-34s %10s %10s %10s\n", "phase", "req/s", "p50", "p99")
+	fmt.Printf("  %-38s %10s %10s %10s %14s\n", "phase", "req/s", "p50", "p99", "CPU/request")
 	for _, p := range []struct {
 		name string
 		r    result
 	}{{"console closed (median)", closed}, {fmt.Sprintf("console open, %d live tabs (median)", len(tabPaths)), open}} {
-		fmt.Printf("  %-34s %10.0f %10s %10s\n", p.name, p.r.rate, p.r.p50, p.r.p99)
+		fmt.Printf("  %-38s %10.0f %10s %10s %14s\n", p.name, p.r.rate, p.r.p50, p.r.p99, p.r.cpu)
 	}
-	fmt.Printf("  ratio open / closed: %.3f (medians of %d alternating rounds)\n\n", open.rate/closed.rate, rounds)
+	fmt.Printf("  ratio open / closed: %.3f req/s, %.3f CPU/request (medians of %d alternating rounds)\n\n", open.rate/closed.rate, float64(open.cpu)/float64(closed.cpu), rounds)
 	fmt.Printf("updates sent by the live streams during the last open phase: %s\n\n", rendered)
 	fmt.Printf("page server time under that load, console open (%d GETs each, one after another):\n", n)
 	fmt.Printf("  %-26s %10s %10s %10s\n", "page", "p50", "p99", "max")
@@ -207,6 +207,7 @@ func fill(ctx context.Context, nc *nats.Conn, nTasks, nLocks int) ([]string, err
 type result struct {
 	rate     float64
 	p50, p99 time.Duration
+	cpu      time.Duration // this process's CPU time (everything: NATS, services, console, load) per request
 }
 
 // loadPhase runs the load for d and returns its rate and latencies.
@@ -227,6 +228,10 @@ func loadPhase(phase string, nc *nats.Conn, ids []string, d time.Duration, worke
 	var firstErr error
 	var wg sync.WaitGroup
 	start := time.Now()
+	cpu0, err := machine.ProcCPU(os.Getpid())
+	if err != nil {
+		return result{}, err
+	}
 	for g := range workers {
 		wg.Add(1)
 		go func() {
@@ -277,11 +282,19 @@ func loadPhase(phase string, nc *nats.Conn, ids []string, d time.Duration, worke
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu1, err := machine.ProcCPU(os.Getpid())
+	if err != nil {
+		return result{}, err
+	}
 	if firstErr != nil {
 		return result{}, firstErr
 	}
 	slices.Sort(lat)
-	return result{rate: float64(len(lat)) / elapsed.Seconds(), p50: pct(lat, 50), p99: pct(lat, 99)}, nil
+	r := result{rate: float64(len(lat)) / elapsed.Seconds(), p50: pct(lat, 50), p99: pct(lat, 99)}
+	if len(lat) > 0 {
+		r.cpu = (cpu1 - cpu0) / time.Duration(len(lat))
+	}
+	return r, nil
 }
 
 func pct(d []time.Duration, p int) time.Duration {

@@ -28,6 +28,11 @@ type consoleCmd struct {
 func (c *consoleCmd) Run(a *app) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return c.run(ctx, a)
+}
+
+// run serves the console until ctx ends.
+func (c *consoleCmd) run(ctx context.Context, a *app) error {
 	nc, err := a.connect("mesh console")
 	if err != nil {
 		return err

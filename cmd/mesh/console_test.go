@@ -69,3 +69,32 @@ func TestUpServesConsole(t *testing.T) {
 		t.Fatalf("--console off printed a console:\n%s", out2)
 	}
 }
+
+// mesh console --nats URL serves the console of a running mesh until
+// Ctrl-C.
+func TestConsoleCommand(t *testing.T) {
+	srv := bustest.RunServer(t)
+	out := &syncBuffer{}
+	a := &app{log: zerolog.Nop(), out: out, conn: connFlags{NATS: srv.URL(), Timeout: 5 * time.Second}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&consoleCmd{Listen: "127.0.0.1:0", CacheReplicas: 2}).run(ctx, a) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("mesh console returned %v", err)
+		}
+	}()
+	out.waitFor(t, "Ctrl-C stops it")
+	m := regexp.MustCompile(`Mesh console: (http://127\.0\.0\.1:\d+/)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no address printed:\n%s", out)
+	}
+	body, err := httpGet(m[1])
+	if err != nil || !strings.Contains(body, "No mesh service answers") {
+		t.Fatalf("GET %s: %v\n%.500s", m[1], err, body)
+	}
+	if err := (&consoleCmd{Listen: "0.0.0.0:0"}).run(ctx, a); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("mesh console on 0.0.0.0: %v", err)
+	}
+}

@@ -21,6 +21,7 @@ type cacheView struct {
 	Stats       cache.StatsReply
 	StatsErr    error
 	Hits        chart
+	Items       chart
 	Key         string
 	Lookup      *keyLookup
 }
@@ -43,7 +44,7 @@ type keyLookup struct {
 }
 
 func (c *Console) cacheView(ctx context.Context, r *http.Request) (any, error) {
-	v := &cacheView{Key: r.URL.Query().Get("key"), Hits: c.sampler.hitChart()}
+	v := &cacheView{Key: r.URL.Query().Get("key"), Hits: c.sampler.hitChart(), Items: c.sampler.itemChart()}
 	rg := c.ring.Ring()
 	v.RingVersion, v.Partitions = membership.FormatVersion(rg.Version()), rg.Partitions()
 	owned := primaries(rg)

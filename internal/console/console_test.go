@@ -76,9 +76,14 @@ func startMesh(t *testing.T, cfg console.Config) *mesh {
 	})
 	return &mesh{
 		t: t, url: srv.URL(), nc: nc, console: c, web: web,
-		client: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		client: noRedirects(),
 		tasks:  scheduler.NewClient(nc), locks: lock.NewClient(nc),
 	}
+}
+
+// noRedirects is a client that shows redirects instead of following them.
+func noRedirects() *http.Client {
+	return &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
 // get fetches a page and returns its body, failing unless it is 200.
@@ -145,9 +150,19 @@ func ctx(t *testing.T) context.Context {
 }
 
 func TestOverview(t *testing.T) {
-	m := startMesh(t, console.Config{})
+	m := startMesh(t, console.Config{SampleEvery: 50 * time.Millisecond})
 	body := m.get("/")
 	mustContain(t, "overview", body, "<b>cache</b>", "<b>lock</b>", "<b>scheduler</b>", "<b>sys</b>", "MESH_TASKS", "MESH_LOCKS", "MESH_EVENTS", "JetStream", "Requests per second", "mesh.scheduler.submit")
+	// The sampler draws the request rates once it has two samples with
+	// requests between them.
+	c := ctx(t)
+	eventually(t, "a chart of the request rates", func() bool {
+		if _, err := m.locks.Inspect(c, "x"); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Contains(m.get("/"), "<polyline")
+	})
+	mustContain(t, "the lock service's rate", m.get("/"), `lock <b>`)
 }
 
 func TestSchedulerPageAndActions(t *testing.T) {
@@ -219,6 +234,20 @@ func TestSchedulerPageAndActions(t *testing.T) {
 	loc = m.post("/scheduler/submit", url.Values{"queue": {"emails"}, "type": {"x"}, "delay": {"soon"}, "back": {"/scheduler"}})
 	mustContain(t, "submit with a bad delay", loc, "err=400 invalid")
 	mustContain(t, "unknown task", m.get("/scheduler/tasks/nosuchtask"), "404 task_not_found")
+
+	// Periodic schedules: add, list, remove; a bad one is refused.
+	loc = m.post("/scheduler/schedules", url.Values{"name": {"digest"}, "queue": {"emails"}, "type": {"digest"}, "every": {"1h"}, "back": {"/scheduler"}})
+	mustContain(t, "add a schedule", loc, "msg=schedule digest added")
+	mustContain(t, "the schedule listed", m.get("/scheduler"), `data-schedule="digest"`, "every 1h", "/scheduler/schedules/digest/remove")
+	loc = m.post("/scheduler/schedules", url.Values{"name": {"bad"}, "queue": {"emails"}, "type": {"x"}, "cron": {"not a cron"}, "back": {"/scheduler"}})
+	mustContain(t, "a bad schedule", loc, "err=400 invalid_schedule")
+	loc = m.post("/scheduler/schedules/digest/remove", url.Values{"back": {"/scheduler"}})
+	mustContain(t, "remove the schedule", loc, "msg=schedule digest removed")
+	if ss, err := m.tasks.ListSchedules(c); err != nil || len(ss) != 0 {
+		t.Fatalf("schedules after remove: %+v, %v", ss, err)
+	}
+	loc = m.post("/scheduler/schedules/digest/remove", url.Values{"back": {"/scheduler"}})
+	mustContain(t, "remove it again", loc, "err=404 schedule_not_found")
 	if qs, err = m.tasks.Queues(c); err != nil || len(qs) != 1 {
 		t.Fatalf("refused actions made queues: %+v, %v", qs, err)
 	}

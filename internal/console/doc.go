@@ -10,15 +10,21 @@
 // # What it talks to
 //
 // Only the public subjects, through the SDKs and the user's NATS
-// connection (so the user's permissions hold, and an action the user may
-// not take shows the refusal the service sent: its status, code and
-// message):
+// connection, so the user's permissions hold. An action the mesh refuses
+// shows the refusal the service sent (its status, code and message); one
+// the user's NATS permissions forbid, which the server drops so that it
+// would fail as a timeout, shows 403 permission_denied with the server's
+// permissions violation (the connection's last error) when it names the
+// action's subject:
 //
 //	page        reads                                                 actions
 //	overview    $SRV.INFO, $SRV.STATS (meshstat, shared with          –
 //	            `mesh status`), JetStream account and stream info
-//	scheduler   mesh.scheduler.queues, .list, .schedules.list          submit, pause, resume
-//	task        mesh.scheduler.status                                  cancel
+//	scheduler   mesh.scheduler.queues, .list, .schedules.list          submit, pause, resume,
+//	                                                                   schedules add, rm
+//	task        mesh.scheduler.status                                  cancel, requeue, delete (dead)
+//	dead        mesh.scheduler.dead.list                               requeue, delete (one, or
+//	                                                                   all of a queue)
 //	locks       mesh.lock.list, mesh.lock.inspect (first 50 locks)     –
 //	cache       mesh.heartbeat.cache.* (the ring), mesh.cache.stats,   –
 //	            mesh.cache.node.<id>.get (key lookup)
@@ -44,13 +50,13 @@
 // through mesh.scheduler.list, which reads every task state: hence its
 // bound, whatever the number of pages open and the rate of task events.
 //
-// The console owns two goroutines besides the HTTP server's: the one
-// subscription to mesh.events.> (the hub, which keeps the last 1,000
-// events for the events page and the task and lock pages' recent history),
-// and the sampler, which reads the services' micro stats, the queues and
-// the cache figures every SampleEvery (10 s) and keeps the last hour in
-// memory for the charts (requests per second per service, depth per queue,
-// hit ratio per cache node). Start starts them, Stop stops them and ends
+// Besides the HTTP server, the console owns one subscription to
+// mesh.events.> (the hub, which keeps the last 1,000 events for the events
+// page and the task and lock pages' recent history) and one goroutine, the
+// sampler, which reads the services' micro stats, the queues and the cache
+// figures every SampleEvery (10 s) and keeps the last hour in memory for
+// the charts (requests per second per service, depth per queue, hit ratio
+// and items per cache node). Start starts them; Stop stops them and ends
 // the live streams (so that an HTTP server's Shutdown does not wait for
 // them).
 //
@@ -61,11 +67,4 @@
 // a loopback name or address (DNS rebinding) and actions whose Origin or
 // Sec-Fetch-Site says another site sent them (cross-site request forgery).
 // Config.ReadOnly hides the actions and refuses them with 403 read_only.
-//
-// # Not yet
-//
-// Dead letters: the scheduler publishes no subjects to list, requeue or
-// delete them (mesh.scheduler.dead.*), so the console shows each queue's
-// dead count and lists the dead tasks (state dead, with their last error)
-// but cannot requeue or delete them.
 package console

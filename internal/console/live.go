@@ -15,6 +15,7 @@ import (
 var interests = map[string]string{
 	"scheduler": "mesh.events.task.",
 	"task":      "mesh.events.task.",
+	"dead":      "mesh.events.task.",
 	"locks":     "mesh.events.lock.",
 	"cache":     "mesh.events.cache.",
 }
@@ -25,6 +26,7 @@ var interests = map[string]string{
 var minGap = map[string]time.Duration{
 	"scheduler": time.Second,
 	"task":      100 * time.Millisecond,
+	"dead":      time.Second,
 	"locks":     time.Second,
 	"cache":     500 * time.Millisecond,
 }

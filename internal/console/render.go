@@ -47,7 +47,7 @@ type navItem struct {
 
 func parseTemplates() (map[string]*template.Template, error) {
 	out := map[string]*template.Template{}
-	for _, name := range []string{"overview", "scheduler", "task", "locks", "cache", "events"} {
+	for _, name := range []string{"overview", "scheduler", "task", "dead", "locks", "cache", "events"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/charts.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console: template %s: %w", name, err)
@@ -84,7 +84,7 @@ func (c *Console) pageData(name string, r *http.Request) pageData {
 		Msg: r.URL.Query().Get("msg"), Err: r.URL.Query().Get("err"),
 	}
 	section := name
-	if name == "task" {
+	if name == "task" || name == "dead" {
 		section = "scheduler"
 	}
 	for _, p := range pages {
@@ -120,6 +120,9 @@ func (c *Console) pageData(name string, r *http.Request) pageData {
 func pagePath(name, id string) string {
 	if name == "task" {
 		return "/scheduler/tasks/" + url.PathEscape(id)
+	}
+	if name == "dead" {
+		return "/scheduler/dead"
 	}
 	for _, p := range pages {
 		if p.Name == name {

@@ -27,7 +27,7 @@ type series struct {
 // sampler is the one goroutine that reads the mesh's figures for the
 // charts, every SampleEvery, and keeps the last hour of them in memory:
 // requests per second of each service (from the micro stats), the depth of
-// each queue, and the hit ratio of each cache node. It also keeps the last
+// each queue, and the hit ratio and items of each cache node. It also keeps the last
 // mesh status it read, which the overview shows.
 type sampler struct {
 	c   *Console
@@ -37,6 +37,7 @@ type sampler struct {
 	rates    map[string]*series // service -> requests/s
 	depths   map[string]*series // queue -> depth
 	hits     map[string]*series // cache node -> hit ratio
+	items    map[string]*series // cache node -> items
 	last     *meshstat.Status
 	lastAt   time.Time
 	prevReqs map[string]int      // service -> requests at the last sample
@@ -47,7 +48,7 @@ type sampler struct {
 func newSampler(c *Console, n int) *sampler {
 	return &sampler{
 		c: c, max: max(n, 2),
-		rates: map[string]*series{}, depths: map[string]*series{}, hits: map[string]*series{},
+		rates: map[string]*series{}, depths: map[string]*series{}, hits: map[string]*series{}, items: map[string]*series{},
 		prevReqs: map[string]int{}, prevNode: map[string][2]int64{},
 	}
 }
@@ -100,6 +101,7 @@ func (s *sampler) record(now time.Time, st meshstat.Status, stErr error, queues 
 	}
 	if cErr == nil {
 		for _, n := range stats.Nodes {
+			s.add(s.items, n.Node, "items", now, float64(n.Items))
 			prev, seen := s.prevNode[n.Node]
 			s.prevNode[n.Node] = [2]int64{n.Hits, n.Misses}
 			if !seen {
@@ -161,6 +163,7 @@ type chart struct {
 func (s *sampler) rateChart() chart  { return s.chart("Requests per second", s.rates) }
 func (s *sampler) depthChart() chart { return s.chart("Queue depth", s.depths) }
 func (s *sampler) hitChart() chart   { return s.chart("Hit ratio", s.hits) }
+func (s *sampler) itemChart() chart  { return s.chart("Items", s.items) }
 
 // chart returns the chart of the series of m, over the time they cover:
 // from a minute to the whole history.

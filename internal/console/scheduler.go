@@ -10,6 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/scheduler"
 )
 
@@ -124,7 +127,7 @@ func (c *Console) submit(w http.ResponseWriter, r *http.Request) {
 	id, err := c.tasks.Submit(ctx, req)
 	c.taskLists.forget()
 	if err != nil && !errors.Is(err, scheduler.ErrDuplicate) {
-		done(w, r, "", err)
+		done(w, r, "", c.denied(err, scheduler.SubjectSubmit))
 		return
 	}
 	msg := "submitted task " + id
@@ -141,7 +144,7 @@ func (c *Console) cancel(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	was, err := c.tasks.Cancel(ctx, id)
 	c.taskLists.forget()
-	done(w, r, fmt.Sprintf("cancelled task %s (it was %s)", id, was), err)
+	done(w, r, fmt.Sprintf("cancelled task %s (it was %s)", id, was), c.denied(err, scheduler.SubjectCancel))
 }
 
 // pauseResume pauses or resumes a queue.
@@ -150,16 +153,66 @@ func (c *Console) pauseResume(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	queue := r.PathValue("queue")
 	var err error
+	var subject string
 	switch r.PathValue("action") {
 	case "pause":
-		err = c.tasks.Pause(ctx, queue)
+		err, subject = c.tasks.Pause(ctx, queue), scheduler.SubjectPause
 	case "resume":
-		err = c.tasks.Resume(ctx, queue)
+		err, subject = c.tasks.Resume(ctx, queue), scheduler.SubjectResume
 	default:
 		http.NotFound(w, r)
 		return
 	}
-	done(w, r, fmt.Sprintf("queue %s: %sd", queue, r.PathValue("action")), err)
+	done(w, r, fmt.Sprintf("queue %s: %sd", queue, r.PathValue("action")), c.denied(err, subject))
+}
+
+// addSchedule adds (or replaces) a periodic schedule from the scheduler
+// page's form: a cron spec, or an interval such as 1m.
+func (c *Console) addSchedule(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), c.cfg.Timeout)
+	defer cancel()
+	req := scheduler.ScheduleRequest{
+		Name: strings.TrimSpace(r.FormValue("name")), Queue: strings.TrimSpace(r.FormValue("queue")), Type: strings.TrimSpace(r.FormValue("type")),
+		Payload: []byte(r.FormValue("payload")), Cron: strings.TrimSpace(r.FormValue("cron")), TimeZone: strings.TrimSpace(r.FormValue("time_zone")),
+	}
+	if e := strings.TrimSpace(r.FormValue("every")); e != "" {
+		every, err := time.ParseDuration(e)
+		if err != nil || every <= 0 {
+			refuse(w, r, 400, "invalid", fmt.Sprintf("every %q is not an interval such as 30s or 5m", e))
+			return
+		}
+		req.EveryMs = every.Milliseconds()
+	}
+	_, err := c.tasks.AddSchedule(ctx, req)
+	done(w, r, "schedule "+req.Name+" added", c.denied(err, scheduler.SubjectAddSched))
+}
+
+// removeSchedule removes a periodic schedule.
+func (c *Console) removeSchedule(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), c.cfg.Timeout)
+	defer cancel()
+	name := r.PathValue("name")
+	err := c.tasks.RemoveSchedule(ctx, name)
+	done(w, r, "schedule "+name+" removed", c.denied(err, scheduler.SubjectRmSched))
+}
+
+// ErrPermissionDenied is an action the user's NATS permissions do not
+// allow: the server drops the request, so it fails as a timeout; the
+// connection's last error tells why.
+var ErrPermissionDenied = bus.NewError(403, "permission_denied", "permission denied")
+
+// denied turns an action's failure to get an answer into
+// ErrPermissionDenied when the connection's last error is the server
+// refusing to let this user publish to the action's subject.
+func (c *Console) denied(err error, subject string) error {
+	if err == nil || !bus.Unanswered(err) && !errors.Is(err, bus.ErrUnavailable) && !errors.Is(err, bus.ErrTimeout) {
+		return err
+	}
+	last := c.nc.LastError()
+	if last != nil && errors.Is(last, nats.ErrPermissionViolation) && strings.Contains(last.Error(), `"`+subject+`"`) {
+		return ErrPermissionDenied.With("your NATS user may not publish to %s (%s)", subject, last.Error())
+	}
+	return err
 }
 
 // done returns from an action to its page, with its outcome: msg, or the
