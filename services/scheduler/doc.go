@@ -9,6 +9,7 @@
 //	mesh.scheduler.submit            {id, queue, type, payload, run_at | delay_ms,        {id, state, run_at}
 //	                                  max_retries, timeout_ms, backoff,
 //	                                  unique_key, unique_for_ms}
+//	                                 or a batch: {tasks: [submit, ...]}                   {tasks: [{id, state, run_at} | {id, error}]}
 //	mesh.scheduler.status            {id}                                                 {id, queue, type, state, attempts, ...}
 //	mesh.scheduler.cancel            {id}                                                 {id, was, cancelled}
 //	mesh.scheduler.list              {queue, state, limit, cursor}                        {tasks, next_cursor}
@@ -55,6 +56,16 @@
 // duplicate (409). The Go Client makes an id for every submit and sends
 // it again with that id when it got no answer (a timeout, no service, a
 // 503), so a retried submit never makes a second task.
+//
+// # Batches
+//
+// A submit with tasks (up to MaxBatch, within the server's max payload)
+// submits each task on its own, 64 at a time so that their writes are
+// pipelined, and answers each in order: its id and state, or the coded
+// error that refused it (nothing of that task is enqueued). A batch that is
+// not one (empty, too long, tasks beside other fields) is refused whole.
+// Client.SubmitMany splits a slice into batches and sends a batch that got
+// no answer again with the same ids.
 //
 // # Storage
 //
