@@ -164,6 +164,9 @@ func (d docs) checkObject(t *testing.T, what, file string, s map[string]any, typ
 		switch {
 		case ft.Kind() == reflect.Struct && !strings.Contains(ft.PkgPath(), "pkg/bus"):
 			d.checkObject(t, what+"."+name, pfile, p, ft)
+		case ft.Kind() == reflect.Slice && ft.Elem() == typ:
+			// A batch of requests of this type (scheduler.submit's tasks):
+			// checked at the top.
 		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
 			items, _ := p["items"].(map[string]any)
 			if items == nil {

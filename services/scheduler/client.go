@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -56,6 +57,82 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) 
 		return "", err
 	}
 	return r.ID, nil
+}
+
+// SubmitMany submits tasks in batches (mesh.scheduler.submit with tasks:
+// up to MaxBatch tasks and about maxBatchBytes each), each accepted or
+// refused on its own, and returns a result per task, in order: its id and
+// state, or its error (SubmitResult.Err). As Submit, it gives each task
+// without an id one of its own making and sends a batch that got no
+// answer again with the same ids, which makes no second task. The error
+// is for a batch that failed as a whole; results of the batches sent
+// before it are filled in.
+func (c *Client) SubmitMany(ctx context.Context, reqs []SubmitRequest) ([]SubmitResult, error) {
+	tasks := make([]SubmitRequest, len(reqs))
+	for i, r := range reqs {
+		if r.ID == "" {
+			r.ID = nuid.Next()
+		}
+		tasks[i] = r
+	}
+	results := make([]SubmitResult, 0, len(tasks))
+	for start := 0; start < len(tasks); {
+		end, size := start, 0
+		for end < len(tasks) && end-start < MaxBatch {
+			n := len(tasks[end].Payload) + len(tasks[end].Type) + len(tasks[end].Queue) + len(tasks[end].UniqueKey) + len(tasks[end].ID) + 128
+			if end > start && size+n > maxBatchBytes {
+				break
+			}
+			size += n
+			end++
+		}
+		r, err := c.submitBatch(ctx, tasks[start:end])
+		if err != nil {
+			return results, err
+		}
+		if len(r.Tasks) != end-start {
+			return results, fmt.Errorf("scheduler: a batch of %d tasks got %d results", end-start, len(r.Tasks))
+		}
+		results = append(results, r.Tasks...)
+		start = end
+	}
+	return results, nil
+}
+
+// maxBatchBytes bounds the estimated size of one batch SubmitMany sends,
+// within NATS's default max payload of 1 MiB.
+const maxBatchBytes = 900 << 10
+
+func (c *Client) submitBatch(ctx context.Context, tasks []SubmitRequest) (SubmitReply, error) {
+	var r SubmitReply
+	var err error
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, batchTimeout(len(tasks)))
+		r, err = bus.Request[SubmitRequest, SubmitReply](actx, c.nc, SubjectSubmit, SubmitRequest{Tasks: tasks})
+		cancel()
+		if err == nil || attempt == submitAttempts || ctx.Err() != nil || !unsettled(err) {
+			return r, err
+		}
+		select {
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+}
+
+// batchTimeout bounds one attempt of a batch of n tasks: the service
+// makes each task's writes, 64 tasks at a time.
+func batchTimeout(n int) time.Duration {
+	return bus.DefaultTimeout + time.Duration(n)*25*time.Millisecond
+}
+
+// Err returns the error that refused the task, or nil: a coded error that
+// matches the package's sentinels with errors.Is.
+func (r SubmitResult) Err() error {
+	if r.Error == nil {
+		return nil
+	}
+	return r.Error
 }
 
 // submitAttempts bounds the attempts of one Submit.

@@ -9,6 +9,7 @@
 //	mesh.scheduler.submit            {id, queue, type, payload, run_at | delay_ms,        {id, state, run_at}
 //	                                  max_retries, timeout_ms, backoff,
 //	                                  unique_key, unique_for_ms}
+//	                                 or a batch: {tasks: [submit, ...]}                   {tasks: [{id, state, run_at} | {id, error}]}
 //	mesh.scheduler.status            {id}                                                 {id, queue, type, state, attempts, ...}
 //	mesh.scheduler.cancel            {id}                                                 {id, was, cancelled}
 //	mesh.scheduler.list              {queue, state, limit, cursor}                        {tasks, next_cursor}
@@ -55,6 +56,16 @@
 // duplicate (409). The Go Client makes an id for every submit and sends
 // it again with that id when it got no answer (a timeout, no service, a
 // 503), so a retried submit never makes a second task.
+//
+// # Batches
+//
+// A submit with tasks (up to MaxBatch, within the server's max payload)
+// submits each task on its own, 64 at a time so that their writes are
+// pipelined, and answers each in order: its id and state, or the coded
+// error that refused it (nothing of that task is enqueued). A batch that is
+// not one (empty, too long, tasks beside other fields) is refused whole.
+// Client.SubmitMany splits a slice into batches and sends a batch that got
+// no answer again with the same ids.
 //
 // # Storage
 //
@@ -235,6 +246,22 @@
 // people and tools, not for a hot path. The scheduler bench's "floor +
 // state" row makes the same stored writes with no service in between, a
 // ceiling for this design's drain rate (bench/README.md).
+//
+// In sum, per task: 5 stored writes of its own plus 3 stored events, about
+// 16 messages through nats-server (a submit's request and reply, its two
+// writes and their acknowledgements, the delivery, the two reports with
+// their replies and their writes' acknowledgements, the ack), and 3 round
+// trips behind a service (submit, start, outcome). A task of a batch
+// submit costs the same writes, but its request and reply are shared by
+// the batch and its writes are pipelined with its batch's. Measured
+// (bench scheduler, CPU time of nats-server and the bench process per
+// task drained, 2026-12-02): 417 µs on a quiet 2-vCPU VM, against 45 µs
+// for a bare work queue; the drain rate is bounded by that CPU, not by
+// the round trips.
+// A store whose record of a live task is its message and whose one write
+// per task beyond the message and its ack is the outcome, pipelined before
+// the ack, measured 122 µs per task on a loaded machine where the bare
+// queue took 35 µs (bench/README.md, "a candidate store").
 //
 // # Dead letters people can act on
 //

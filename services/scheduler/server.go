@@ -184,7 +184,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		Version:         Version,
 		Description:     "Delayed, periodic and retried tasks on JetStream work queues",
 		MaxConcurrent:   cfg.MaxConcurrent,
-		MaxRequestBytes: cfg.MaxPayload + 64<<10,
+		MaxRequestBytes: max(cfg.MaxPayload, 1<<20) + 64<<10, // a batch: up to 1 MiB
 		Logger:          cfg.Logger,
 		Observer:        cfg.Observer,
 		Endpoints: []bus.Endpoint{
@@ -591,6 +591,51 @@ func taskHeader(rec *record) nats.Header {
 const noStreamWait = 2 * time.Second
 
 func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, error) {
+	if r.Tasks != nil {
+		return s.submitBatch(ctx, r.Tasks), nil
+	}
+	return s.submitOne(ctx, r)
+}
+
+// batchWorkers bounds the tasks of a batch submitted at once: their writes
+// are pipelined, each task's in the order a single submit makes them.
+const batchWorkers = 64
+
+// submitBatch submits each task of a batch on its own, up to batchWorkers
+// at a time, and answers each.
+func (s *Server) submitBatch(ctx context.Context, tasks []SubmitRequest) *SubmitReply {
+	results := make([]SubmitResult, len(tasks))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(batchWorkers, len(tasks)) {
+		wg.Go(func() {
+			for i := range next {
+				t := &tasks[i]
+				err := t.Validate()
+				if err == nil && t.Tasks != nil {
+					err = ErrInvalid.With("a task of a batch holds no tasks")
+				}
+				var r *SubmitReply
+				if err == nil {
+					r, err = s.submitOne(ctx, t)
+				}
+				if err != nil {
+					results[i] = SubmitResult{ID: t.ID, Error: bus.AsError(err)}
+					continue
+				}
+				results[i] = SubmitResult{ID: r.ID, State: r.State, RunAt: r.RunAt}
+			}
+		})
+	}
+	for i := range tasks {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return &SubmitReply{Tasks: results}
+}
+
+func (s *Server) submitOne(ctx context.Context, r *SubmitRequest) (*SubmitReply, error) {
 	if len(r.Payload) > s.cfg.MaxPayload {
 		return nil, ErrPayloadTooLarge.With("payload of %d bytes exceeds the limit of %d", len(r.Payload), s.cfg.MaxPayload)
 	}

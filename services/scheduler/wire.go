@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"reflect"
 	"strings"
 	"time"
 	"unicode"
@@ -362,13 +363,32 @@ type SubmitRequest struct {
 	// less than unique_for_ms ago, submit fails with duplicate (409).
 	UniqueKey   string `json:"unique_key,omitempty"`
 	UniqueForMs int64  `json:"unique_for_ms,omitempty"` // zero: one hour
+	// Tasks, instead of every other field, submits a batch: up to
+	// MaxBatch tasks (and the server's max payload, 1 MiB by default),
+	// each accepted or refused on its own; the reply's Tasks answers each,
+	// in order.
+	Tasks []SubmitRequest `json:"tasks,omitempty"`
 }
 
-// SubmitReply names the new task.
+// MaxBatch bounds the tasks of a batch submit.
+const MaxBatch = 1000
+
+// SubmitReply names the new task, or answers each task of a batch.
 type SubmitReply struct {
-	ID    string   `json:"id"`
-	State string   `json:"state"`                     // queued or scheduled
+	ID    string   `json:"id,omitempty"`
+	State string   `json:"state,omitempty"`           // queued or scheduled
 	RunAt bus.Time `json:"run_at,omitempty,omitzero"` // for a scheduled task
+	// Tasks answers a batch, a result per task in the order submitted.
+	Tasks []SubmitResult `json:"tasks,omitempty"`
+}
+
+// SubmitResult is the outcome of one task of a batch submit: its id and
+// state, or the error that refused it (nothing of it was enqueued).
+type SubmitResult struct {
+	ID    string     `json:"id,omitempty"`
+	State string     `json:"state,omitempty"`
+	RunAt bus.Time   `json:"run_at,omitempty,omitzero"`
+	Error *bus.Error `json:"error,omitempty"`
 }
 
 // StatusRequest asks for a task's state.
@@ -629,6 +649,18 @@ func checkTimeout(ms int64) error {
 // Validate implements bus.Validator. Bounds that are the service's (the
 // payload size) are checked by the service.
 func (r *SubmitRequest) Validate() error {
+	if r.Tasks != nil {
+		// A batch: each task is checked on its own when it is submitted.
+		one := *r
+		one.Tasks = nil
+		if !reflect.DeepEqual(one, SubmitRequest{}) {
+			return ErrInvalid.With("a batch gives tasks and no other field")
+		}
+		if len(r.Tasks) == 0 || len(r.Tasks) > MaxBatch {
+			return ErrInvalid.With("tasks must hold 1 to %d tasks, got %d", MaxBatch, len(r.Tasks))
+		}
+		return nil
+	}
 	if r.ID != "" {
 		if err := checkID(r.ID); err != nil {
 			return err
@@ -809,5 +841,8 @@ func truncate(s string, n int) string {
 }
 
 func (r *SubmitRequest) String() string {
+	if r.Tasks != nil {
+		return fmt.Sprintf("a batch of %d", len(r.Tasks))
+	}
 	return fmt.Sprintf("%s/%s", r.Queue, r.Type)
 }
