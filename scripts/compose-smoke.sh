@@ -98,7 +98,12 @@ done
 step "cache: set, get, delete (mesh CLI)"
 "$mesh" "${client[@]}" cache set smoke:greeting hello --ttl 1m >/dev/null
 [ "$("$mesh" "${client[@]}" cache get smoke:greeting)" = hello ] || fail "cache get did not return the value set"
-"$mesh" "${client[@]}" cache del smoke:greeting >/dev/null
+"$mesh" "${client[@]}" cache del smoke:greeting >"$tmp/out" || fail "cache del: $(cat "$tmp/out")"
+grep -q '^deleted smoke:greeting$' "$tmp/out" || fail "cache del did not delete the key: $(cat "$tmp/out")"
+# Gone: get exits 1 and says not found.
+rc=0
+"$mesh" "${client[@]}" cache get smoke:greeting >"$tmp/out" 2>"$tmp/err" || rc=$?
+[ "$rc" = 1 ] && grep -q 'not_found' "$tmp/err" || fail "cache get after del: exit $rc, $(cat "$tmp/out" "$tmp/err")"
 
 step "cache: JSON requests"
 "${chaos[@]}" req -nats "$urls" -password "$cpass" mesh.cache.set '{"key":"smoke:json","value":"v1","ttl_ms":60000}' >"$tmp/out"
@@ -111,7 +116,15 @@ step "lock: acquire, inspect, release (mesh CLI), a second holder refused"
 token=$(tr -dc '0-9\n' <<<"$(grep '"token"' "$tmp/lock")")
 [ -n "$token" ] || fail "no token in: $(cat "$tmp/lock")"
 "$mesh" "${client[@]}" lock inspect smoke | grep -q holds || fail "inspect does not show the holder"
-if "$mesh" "${client[@]}" lock acquire smoke --ttl 30s >/dev/null 2>&1; then fail "a second acquire of a held lock succeeded"; fi
+# The second acquire is refused because the lock is held (409 lock_held),
+# not for any other reason: the CLI names the code, the reply carries 409.
+rc=0
+"$mesh" "${client[@]}" lock acquire smoke --ttl 30s >"$tmp/out" 2>"$tmp/err" || rc=$?
+[ "$rc" = 1 ] && grep -q 'lock_held' "$tmp/err" || fail "second acquire (CLI): exit $rc, $(cat "$tmp/out" "$tmp/err")"
+rc=0
+"${chaos[@]}" req -nats "$urls" -password "$cpass" mesh.lock.acquire '{"name":"smoke","owner":"smoke2","ttl_ms":30000}' >"$tmp/out" 2>"$tmp/err" || rc=$?
+[ "$rc" != 0 ] && grep -q 'mesh.lock.acquire: 409 ' "$tmp/err" && grep -q '"code":"lock_held"' "$tmp/out" ||
+	fail "second acquire (JSON): exit $rc, want a 409 lock_held: $(cat "$tmp/out" "$tmp/err")"
 "$mesh" "${client[@]}" lock release smoke "$token" >/dev/null
 
 step "lock: JSON requests"
@@ -136,18 +149,57 @@ for _ in $(seq 50); do
 done
 grep -q '"state":"succeeded"' "$tmp/out" || fail "task $id: $(cat "$tmp/out")"
 
+# ms: the milliseconds since the epoch of the RFC 3339 field $1 of the JSON
+# in file $2 (empty if absent).
+ms() {
+	local v
+	v=$(sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" "$2" | head -1)
+	[ -z "$v" ] || date -u -d "$v" +%s%3N
+}
+
 step "scheduler: a delayed task, a dead letter, a cancel, a periodic schedule"
-"$mesh" "${client[@]}" --timeout 30s task submit default echo later --delay 2s --wait >"$tmp/task"
-grep -q 'state *succeeded' "$tmp/task" || fail "delayed task: $(cat "$tmp/task")"
+# Delayed by 2 s: run_at is 2 s after the task's creation, and the task
+# started no earlier than run_at (the service's own instants, one clock).
+"$mesh" "${client[@]}" --timeout 30s task submit default echo later --delay 2s --wait --json >"$tmp/task"
+grep -q '"state": "succeeded"' "$tmp/task" || fail "delayed task: $(cat "$tmp/task")"
+created=$(ms created_at "$tmp/task") run_at=$(ms run_at "$tmp/task") started=$(ms started_at "$tmp/task")
+[ -n "$created" ] && [ -n "$run_at" ] && [ -n "$started" ] || fail "delayed task without created_at, run_at or started_at: $(cat "$tmp/task")"
+[ $((run_at - created)) -ge 2000 ] || fail "delayed task: run_at only $((run_at - created)) ms after its creation, want 2000"
+[ "$started" -ge "$run_at" ] || fail "delayed task started $((run_at - started)) ms before its run_at"
+step "  delayed task: started $((started - run_at)) ms after its run_at"
 "$mesh" "${client[@]}" --timeout 30s task submit default reject nope --wait >"$tmp/task"
 grep -q 'state *dead' "$tmp/task" || fail "rejected task not dead: $(cat "$tmp/task")"
 "$mesh" "${client[@]}" task submit default sleep 30s --json >"$tmp/out"
 id=$(sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' "$tmp/out")
 sleep 1
 "$mesh" "${client[@]}" task cancel "$id" | grep -q cancelled || fail "cancel of $id"
-"$mesh" "${client[@]}" schedule add smoke --queue default --type echo --every 1s >/dev/null
-sleep 2.5
-"$mesh" "${client[@]}" schedule rm smoke >/dev/null
+# schedule_tasks: how many tasks the schedule smoke made so far.
+schedule_tasks() {
+	"$mesh" "${client[@]}" task list default --limit 1000 --json >"$tmp/list" || fail "task list: $(cat "$tmp/list")"
+	grep -c '"schedule": "smoke"' "$tmp/list" || true
+}
+"$mesh" "${client[@]}" schedule add smoke --queue default --type echo --every 1s >"$tmp/out" || fail "schedule add: $(cat "$tmp/out")"
+grep -q 'smoke.*every 1s' "$tmp/out" || fail "schedule add: $(cat "$tmp/out")"
+"$mesh" "${client[@]}" schedule list >"$tmp/out"
+grep -q '^smoke ' "$tmp/out" || fail "schedule list does not show smoke: $(cat "$tmp/out")"
+# It fires: two of its tasks within 15 s.
+deadline=$(($(date +%s) + 15))
+until [ "$(schedule_tasks)" -ge 2 ]; do
+	[ "$(date +%s)" -lt "$deadline" ] || fail "the schedule made $(schedule_tasks) tasks in 15 s, want 2"
+	sleep 0.5
+done
+"$mesh" "${client[@]}" schedule rm smoke >"$tmp/out" || fail "schedule rm: $(cat "$tmp/out")"
+grep -q 'removed.*smoke' "$tmp/out" || fail "schedule rm: $(cat "$tmp/out")"
+"$mesh" "${client[@]}" schedule list >"$tmp/out"
+if grep -q '^smoke ' "$tmp/out"; then fail "schedule list still shows smoke after rm: $(cat "$tmp/out")"; fi
+# Removed, it fires no more: after a tick possibly in flight at the rm,
+# three of its intervals pass without a new task.
+sleep 1.5
+before=$(schedule_tasks)
+sleep 3
+after=$(schedule_tasks)
+[ "$after" = "$before" ] || fail "the removed schedule made $((after - before)) tasks in 3 s"
+step "  schedule: $after tasks, none after its removal"
 "$mesh" "${client[@]}" task queues | grep -q '^default' || fail "no queue default"
 
 step "permissions: the client and cache users' limits"
@@ -160,9 +212,15 @@ for svc in cache lock scheduler; do
 	n=$(tr -d ' \n' <"$tmp/status" | grep -o "\"name\":\"$svc\",\"instances\":[0-9]*" | grep -o '[0-9]*$' || true)
 	[ "$n" = 2 ] || fail "$svc: ${n:-no} instances, want 2"
 done
-if tr -d ' \n' <"$tmp/status" | grep -o '"replicas":[0-9]*' | grep -qv '"replicas":3'; then
-	fail "a stream or bucket without 3 replicas: $(cat "$tmp/status")"
-fi
+# Every stream and bucket listed says 3 replicas: as many "replicas":3 as
+# entries (a missing field fails), and the events and locks among them.
+flat=$(tr -d ' \n' <"$tmp/status")
+entries=$(grep -o '"kind":"[a-z]*"' <<<"$flat" | wc -l)
+r3=$(grep -o '"replicas":3[,}]' <<<"$flat" | wc -l)
+[ "$entries" -ge 2 ] && [ "$r3" = "$entries" ] || fail "$r3 of $entries streams and buckets with 3 replicas: $(cat "$tmp/status")"
+for name in MESH_EVENTS MESH_LOCKS; do
+	grep -q "\"name\":\"$name\"" <<<"$flat" || fail "status does not list $name: $(cat "$tmp/status")"
+done
 "$mesh" "${admin[@]}" status >&2
 
 step "no permission violation in the servers' logs but the checks' own"

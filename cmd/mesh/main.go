@@ -86,14 +86,22 @@ func main() {
 	k := newParser(&c, os.Stdout, os.Stderr, os.Exit)
 	ctx := parse(k, os.Args[1:])
 	a := &app{conn: c.Conn, log: newLogger(c.LogLevel), out: os.Stdout}
-	if err := ctx.Run(a); err != nil {
-		var code exitCode
-		if errors.As(err, &code) {
-			os.Exit(int(code))
-		}
-		fmt.Fprintln(os.Stderr, "mesh:", err)
-		os.Exit(1)
+	os.Exit(exitStatus(ctx.Run(a), os.Stderr))
+}
+
+// exitStatus is mesh's exit status after a command returned err: 0 for
+// nil; the status of the command mesh ran for an exitCode (lock run);
+// otherwise 1, with the error on stderr as "mesh: <code>: <message>".
+func exitStatus(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
 	}
+	var code exitCode
+	if errors.As(err, &code) {
+		return int(code)
+	}
+	fmt.Fprintln(stderr, "mesh:", err)
+	return 1
 }
 
 // newParser returns the command line's parser: help goes to stdout, errors

@@ -543,15 +543,23 @@ func (c *workerCmd) runTask(ctx context.Context, a *app, t *scheduler.Task) erro
 	return errors.New(msg)
 }
 
-// limited keeps the first n bytes written to it.
+// limited keeps the first n bytes written to it. Its buffer is a field,
+// not embedded: an embedded bytes.Buffer's ReadFrom, which io.Copy (and so
+// exec.Cmd's output pipes) prefers to Write, would keep everything.
 type limited struct {
-	bytes.Buffer
-	n int
+	buf bytes.Buffer
+	n   int
 }
 
 func (l *limited) Write(p []byte) (int, error) {
-	if room := l.n - l.Len(); room > 0 {
-		l.Buffer.Write(p[:min(room, len(p))])
+	if room := l.n - l.buf.Len(); room > 0 {
+		l.buf.Write(p[:min(room, len(p))])
 	}
 	return len(p), nil
 }
+
+// Bytes returns the bytes kept.
+func (l *limited) Bytes() []byte { return l.buf.Bytes() }
+
+// String returns the bytes kept as a string.
+func (l *limited) String() string { return l.buf.String() }
