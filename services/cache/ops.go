@@ -182,7 +182,13 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	}
 	for _, id := range from {
 		var rep GetReply
-		if err := s.ask(ctx, id, OpGet, hopHandoff, GetRequest{Key: key}, &rep); err != nil {
+		err := s.ask(ctx, id, OpGet, hopHandoff, GetRequest{Key: key}, &rep)
+		if errors.Is(err, bus.ErrTimeout) && ctx.Err() == nil {
+			// A node slow to answer (a loaded machine) is asked once more
+			// before its copy counts as missing.
+			err = s.ask(ctx, id, OpGet, hopHandoff, GetRequest{Key: key}, &rep)
+		}
+		if err != nil {
 			s.log.Debug().Err(err).Str("from", id).Msg("hand-off failed")
 			continue
 		}
