@@ -131,12 +131,12 @@
 // a miss, for Config.Grace (30 s); a new node also asks the owners the key
 // had before it joined, as other nodes may route by that ring a little
 // longer. A value found this way is stored with the time it had left, at
-// version 0 (the hand-off replaces it). So a join causes no miss storm. A
-// hand-off that lasts longer than the grace period answers misses for the
-// keys it has not moved yet (the copies are not lost: they are still on
-// their previous holders, which send them): set Grace above the hand-off's
-// length (bench/README.md measures it). A delete during the grace period
-// also removes the previous owners' copies.
+// version 0 (the hand-off replaces it). So a join causes no miss storm.
+// The window lasts beyond the grace period while keys keep coming by
+// hand-off (one within the last 4 heartbeats, or 2 s); a hand-off stalled
+// longer than that answers misses for the keys it has not moved yet (they
+// are not lost: their previous holders still have them and send them). A
+// delete within the window also removes the previous owners' copies.
 //
 // Each node's stats count the keys it handed off (acknowledged) and
 // received, the partitions it has keys in that are under-replicated now,

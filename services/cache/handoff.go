@@ -40,6 +40,7 @@ type rebalancer struct {
 	// had when the last complete pass started, so that a pass completed
 	// before a change does not count for a ring that came back.
 	changes, rebalanced atomic.Uint64
+	lastPut             atomic.Int64  // when keys last came by hand-off, unix nanoseconds
 	rebalancedRing      atomic.Uint64 // the version of the ring of that pass
 
 	mu      sync.Mutex
@@ -476,6 +477,9 @@ func (s *Server) put(_ context.Context, req *PutRequest) (PutReply, error) {
 		}
 	}
 	s.reb.received.Add(int64(n))
+	if n > 0 {
+		s.reb.lastPut.Store(time.Now().UnixNano())
+	}
 	return PutReply{Stored: n}, nil
 }
 

@@ -116,15 +116,19 @@ func (s *Server) handoffSources(key string, owners []string) []string {
 			}
 		}
 	}
+	// The window lasts the grace period, and as long as keys keep coming
+	// by hand-off (a put within the last 4 heartbeats, or 2 s): a hand-off
+	// that outlasts the grace period is still under way.
+	streaming := now.UnixNano()-s.reb.lastPut.Load() < int64(max(4*s.heartbeat(), 2*time.Second))
 	for _, o := range prev {
-		if now.After(o.until) {
+		if now.After(o.until) && !streaming {
 			continue
 		}
 		if was := s.owners(o.r, key, nil); !slices.Contains(was, s.cfg.ID) {
 			add(was)
 		}
 	}
-	if now.Sub(s.started) < s.cfg.Grace {
+	if now.Sub(s.started) < s.cfg.Grace || streaming {
 		if r := s.ring(); r.Len() > 1 {
 			if w := s.ringWithout(r); w.Len() > 0 {
 				add(w.Owners(key, min(s.cfg.Replicas, w.Len())))
@@ -178,7 +182,13 @@ func (s *Server) resolve(ctx context.Context, key string, from []string) (GetRep
 	}
 	for _, id := range from {
 		var rep GetReply
-		if err := s.ask(ctx, id, OpGet, hopHandoff, GetRequest{Key: key}, &rep); err != nil {
+		err := s.ask(ctx, id, OpGet, hopHandoff, GetRequest{Key: key}, &rep)
+		if errors.Is(err, bus.ErrTimeout) && ctx.Err() == nil {
+			// A node slow to answer (a loaded machine) is asked once more
+			// before its copy counts as missing.
+			err = s.ask(ctx, id, OpGet, hopHandoff, GetRequest{Key: key}, &rep)
+		}
+		if err != nil {
 			s.log.Debug().Err(err).Str("from", id).Msg("hand-off failed")
 			continue
 		}
