@@ -141,7 +141,11 @@ func (s *Server) cleanStates(ctx context.Context, from float64) error {
 				continue
 			}
 			left = meta.NumPending
-			if freed >= target || m.Headers().Get("KV-Operation") != "" || !finishedState(m.Data()) {
+			if freed >= target || m.Headers().Get("KV-Operation") != "" {
+				continue
+			}
+			st, ok := finishedState(m.Data())
+			if !ok || s.holdsUniqueKey(ctx, &st) {
 				continue
 			}
 			freed += int64(len(m.Data()) + len(m.Subject()) + 64)
@@ -179,11 +183,28 @@ func (s *Server) cleanStates(ctx context.Context, from float64) error {
 	return nil
 }
 
-// finishedState reports whether a state (JSON) is a finished task's,
-// reading only its state field.
-func finishedState(data []byte) bool {
-	var r struct {
-		State string `json:"state"`
+// stateHead is what the cleaner reads of a state.
+type stateHead struct {
+	ID        string `json:"id"`
+	Queue     string `json:"queue"`
+	State     string `json:"state"`
+	UniqueKey string `json:"unique_key"`
+}
+
+// finishedState reads a state (JSON) and reports whether it is a finished
+// task's.
+func finishedState(data []byte) (stateHead, bool) {
+	var h stateHead
+	return h, json.Unmarshal(data, &h) == nil && terminal(h.State)
+}
+
+// holdsUniqueKey reports whether a finished task still holds its unique
+// key: its state stays while the key names it, since a key naming no
+// state is taken over by the next submit (claimUnique).
+func (s *Server) holdsUniqueKey(ctx context.Context, h *stateHead) bool {
+	if h.UniqueKey == "" {
+		return false
 	}
-	return json.Unmarshal(data, &r) == nil && terminal(r.State)
+	e, err := s.kv.Get(ctx, uniqueKey(h.Queue, h.UniqueKey))
+	return err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) || err == nil && string(e.Value()) == h.ID
 }

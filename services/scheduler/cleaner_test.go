@@ -55,6 +55,19 @@ func TestFullStateStore(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	// A task holding a unique key is kept while the key names it: a state
+	// gone would let the next submit take the key over.
+	uch := make(chan struct{})
+	done.Store("uniq", uch)
+	unique := scheduler.SubmitRequest{ID: "uniq", Queue: "full", Type: "r", UniqueKey: "k"}
+	if _, err := c.Submit(ctx(t), unique); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-uch:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the task with a unique key did not succeed in 20s")
+	}
 	// 4 producers, each waiting for its task's outcome before the next
 	// one, as a steady load: 240 results of 2 KiB, almost four times the
 	// bound.
@@ -104,6 +117,13 @@ func TestFullStateStore(t *testing.T) {
 	}
 	if _, err := c.Status(ctx(t), ids[0]); !errors.Is(err, scheduler.ErrNotFound) {
 		t.Fatalf("the first task's state is still kept: %v", err)
+	}
+	if info, err := c.Status(ctx(t), "uniq"); err != nil || info.State != scheduler.StateSucceeded {
+		t.Fatalf("the task holding a unique key = %+v, %v", info, err)
+	}
+	unique.ID = "uniq-2"
+	if id, err := c.Submit(ctx(t), unique); !errors.Is(err, scheduler.ErrDuplicate) || id != "uniq" {
+		t.Fatalf("the unique key again = %q, %v; want ErrDuplicate naming uniq", id, err)
 	}
 	r, err := bus.Request[scheduler.QueuesRequest, scheduler.QueuesReply](ctx(t), bustest.Connect(t, s.URL()), scheduler.SubjectQueues, scheduler.QueuesRequest{})
 	if err != nil || r.States == nil || r.States.MaxBytes != bound || r.States.Cleaned == 0 {

@@ -92,8 +92,9 @@
 // it reads the states oldest first and purges the finished ones
 // (succeeded, dead, cancelled) down to 60%, each at its own revision (a
 // state written since stays), with a purge marker that expires in a
-// second. Live states (scheduled, queued, running, failed) and unique keys
-// are never purged. A write that finds the bucket full cleans at once and
+// second. Live states (scheduled, queued, running, failed), unique keys
+// and the state of a finished task whose unique key still names it (else
+// the next submit would take the key over) are never purged. A write that finds the bucket full cleans at once and
 // is tried again, so an outcome finds room; a submit is refused (429
 // overloaded) only while the bucket stays above 90% once cleaned, that is
 // while live tasks fill it, which keeps the last tenth for outcomes. A
