@@ -40,7 +40,8 @@ type Config struct {
 	// truncated. Zero: 16 KiB.
 	MaxResult int
 	// Retention is how long the state of a finished task (succeeded, dead,
-	// cancelled) is kept. Zero: 24 hours.
+	// cancelled) is kept, at most: the oldest go first when the bucket
+	// needs room (StateMaxBytes). Zero: 24 hours.
 	Retention time.Duration
 	// StateMaxBytes bounds the state bucket. Past 80% of it the oldest
 	// finished states are deleted; submits are refused (429) only while
