@@ -84,7 +84,9 @@ func (s *Server) listQueues(ctx context.Context, _ *QueuesRequest) (*QueuesReply
 	}
 	ci := s.states.stats()
 	ci.Instance = s.svc.ID()
-	reply := &QueuesReply{Queues: []QueueInfo{}, Cache: &ci}
+	reply := &QueuesReply{Queues: []QueueInfo{}, Cache: &ci, States: &StatesInfo{
+		Bytes: s.clean.bytes.Load(), MaxBytes: s.cfg.StateMaxBytes, Cleaned: s.clean.deleted.Load(),
+	}}
 	for _, qi := range byName {
 		reply.Queues = append(reply.Queues, *qi)
 	}

@@ -454,6 +454,15 @@ type QueuesReply struct {
 	Queues []QueueInfo `json:"queues"`
 	// Cache is the state cache of the instance that answered.
 	Cache *CacheInfo `json:"cache,omitempty"`
+	// States is the state bucket, as the instance that answered last saw it.
+	States *StatesInfo `json:"states,omitempty"`
+}
+
+// StatesInfo gives the figures of the state bucket (Config.StateMaxBytes).
+type StatesInfo struct {
+	Bytes    int64  `json:"bytes"` // as last read, plus the writes since (an estimate)
+	MaxBytes int64  `json:"max_bytes"`
+	Cleaned  uint64 `json:"cleaned"` // finished states the answering instance deleted to make room, since its start
 }
 
 // CacheInfo gives the figures of an instance's cache of task states
