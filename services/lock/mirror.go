@@ -227,6 +227,18 @@ func (m *mirror) wrote(name, id string, rev uint64, at time.Time) {
 	}
 }
 
+// rev returns the revision of the last write of contender id of name, and
+// whether the mirror has the contender.
+func (m *mirror) rev(name, id string) (uint64, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.locks[name][id]
+	if c == nil {
+		return 0, false
+	}
+	return c.rev, true
+}
+
 // expiring reports whether an expiry of name is being told.
 func (m *mirror) expiring(name string) bool {
 	m.mu.Lock()
