@@ -424,6 +424,31 @@ type guard struct {
 	seq  uint64
 }
 
+// stands reports whether a refusal of contender id of name would rest on
+// g still: the mirror shows the same keys ahead, at the same revisions.
+func (m *mirror) stands(name, id string, g guard) bool {
+	present, holds, _, now := m.position(name, id)
+	return present && !holds && now.same(g)
+}
+
+// same reports whether two guards check the same: the same keys at the
+// same revisions, in any order, or, checking no key one by one, the same
+// last message of the name.
+func (g guard) same(o guard) bool {
+	if g.keys == nil || o.keys == nil {
+		return g.keys == nil && o.keys == nil && g.seq == o.seq
+	}
+	if len(g.keys) != len(o.keys) {
+		return false
+	}
+	for _, k := range g.keys {
+		if !slices.Contains(o.keys, k) {
+			return false
+		}
+	}
+	return true
+}
+
 // keyAt is a contender's key (its id) and its last revision.
 type keyAt struct {
 	id  string

@@ -202,6 +202,15 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err := s.purge(ctx, name, expired.id, meta.Sequence.Stream)
+		for isInFlight(err) {
+			// On a cluster, a write naming the key was in flight: another
+			// instance's marker, or a refusal checking the expired holder's
+			// key, which changes nothing. Try again once it is applied.
+			if s.catchUp(ctx) != nil {
+				break
+			}
+			err = s.purge(ctx, name, expired.id, meta.Sequence.Stream)
+		}
 		switch {
 		case err == nil:
 			if s.beforeExpired != nil {
@@ -535,6 +544,33 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	gone := func() error {
 		return leave(ErrWaitTimeout.With("lock %s: the caller's deadline passed while it waited", r.Name))
 	}
+	// again follows a refusal whose purge conflicted (cause is what the
+	// refusal answers, g what it rested on): the name changed after the view
+	// that refused this key, or, on a cluster, another request's write
+	// naming one of the keys checked was in flight (another refusal checking
+	// the same holder, the holder's lease started at its grant). The line
+	// is looked at again on a view caught up with the bucket, so that the
+	// write in flight is in view. Only a change of what the refusal rested
+	// on counts towards maxRefusals, past which the key is taken out
+	// regardless; a write in flight that changed nothing counts only once it
+	// kept conflicting for holderPatience.
+	var conflicted time.Time
+	again := func(cause error, g guard) error {
+		if conflicted.IsZero() {
+			conflicted = time.Now()
+		}
+		if err := s.catchUp(ctx); err != nil {
+			return leave(err)
+		}
+		if s.mirror.stands(r.Name, id, g) && time.Since(conflicted) < holderPatience {
+			return nil
+		}
+		if refusals == maxRefusals {
+			return leave(cause)
+		}
+		refusals++
+		return nil
+	}
 	refresh := time.NewTicker(ttl / 3)
 	defer refresh.Stop()
 	var behind <-chan time.Time // bounds the wait for the mirror to see our key
@@ -570,12 +606,11 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 				if err == nil {
 					return nil, cause
 				}
-				if !isConflict(err) || refusals == maxRefusals {
+				if !isConflict(err) {
 					return nil, leave(cause)
 				}
-				refusals++
-				if err := s.catchUp(ctx); err != nil {
-					return nil, leave(err)
+				if err := again(cause, g); err != nil {
+					return nil, err
 				}
 				continue
 			case !present:
@@ -602,16 +637,13 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 				if err == nil {
 					return nil, cause
 				}
-				if !isConflict(err) || refusals == maxRefusals {
+				if !isConflict(err) {
 					return nil, leave(cause)
 				}
-				// The name changed after the view that refused this key: the
-				// keys ahead may be gone, and this one first in line. Decide
-				// again on a view caught up with the bucket.
-				refusals++
+				// The keys ahead may be gone, and this one first in line.
 				caughtUp = true
-				if err := s.catchUp(ctx); err != nil {
-					return nil, leave(err)
+				if err := again(cause, g); err != nil {
+					return nil, err
 				}
 				continue
 			}
@@ -623,7 +655,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 			return nil, gone()
 		case <-refresh.C:
 			at := time.Now() // the server's TTL runs from a moment after
-			if rev, err = s.write(ctx, r.Name, id, rec, rev); err != nil {
+			if rev, err = s.keepPlace(ctx, r.Name, id, rec, rev); err != nil {
 				return nil, leave(fmt.Errorf("lock %s: renewing the place in line: %w", r.Name, err))
 			}
 			written = at
@@ -653,6 +685,27 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 		s.startLease(r.Name, id, rec, rev, written)
 	}
 	return s.grant(r, rec, token, written), nil
+}
+
+// keepPlace renews a waiting request's key, last written at rev, and
+// returns its new revision. A conflict (on a cluster, a write in flight that
+// checks the key, as a semaphore's refusal checks the keys ahead of it) is
+// retried on a view caught up with the bucket while the key stands at rev,
+// up to holderPatience.
+func (s *Server) keepPlace(ctx context.Context, name, id string, rec record, rev uint64) (uint64, error) {
+	until := time.Now().Add(holderPatience)
+	for {
+		seq, err := s.write(ctx, name, id, rec, rev)
+		if err == nil || !isConflict(err) {
+			return seq, err
+		}
+		if err := s.retryConflict(ctx, name, "renewing the place in line", until, err); err != nil {
+			return 0, err
+		}
+		if now, ok := s.mirror.rev(name, id); !ok || now != rev {
+			return 0, err // expired, or taken out
+		}
+	}
 }
 
 // leaseSlack: a lease granted after a wait in line loses at most
