@@ -36,11 +36,12 @@ func TestHolderRacesOnCluster(t *testing.T) {
 		name    = "race"
 		holders = 8
 		triers  = 2
-		rounds  = 12
+		rounds  = 20
 	)
 	// A short TTL, so that the lease of a waiter that waited over 1% of it
-	// (20 ms) is started again at its grant.
-	ttl := bustest.Scale(2 * time.Second)
+	// (30 ms) is started again at its grant: most of them, as each waits
+	// for the others' hand-offs.
+	ttl := bustest.Scale(3 * time.Second)
 	long := bustest.Scale(20 * time.Second) // no request takes this long
 
 	var (

@@ -425,24 +425,23 @@ type guard struct {
 }
 
 // stands reports whether a refusal of contender id of name would rest on
-// g still: the mirror shows the same keys ahead, at the same revisions.
+// the keys of g still: the mirror shows the same keys ahead, whatever
+// their revisions now (a key written again, renewed, still stands ahead),
+// or, for a guard checking no key one by one, the same last message of the
+// name.
 func (m *mirror) stands(name, id string, g guard) bool {
 	present, holds, _, now := m.position(name, id)
-	return present && !holds && now.same(g)
-}
-
-// same reports whether two guards check the same: the same keys at the
-// same revisions, in any order, or, checking no key one by one, the same
-// last message of the name.
-func (g guard) same(o guard) bool {
-	if g.keys == nil || o.keys == nil {
-		return g.keys == nil && o.keys == nil && g.seq == o.seq
+	if !present || holds {
+		return false
 	}
-	if len(g.keys) != len(o.keys) {
+	if g.keys == nil || now.keys == nil {
+		return g.keys == nil && now.keys == nil && g.seq == now.seq
+	}
+	if len(g.keys) != len(now.keys) {
 		return false
 	}
 	for _, k := range g.keys {
-		if !slices.Contains(o.keys, k) {
+		if !slices.ContainsFunc(now.keys, func(n keyAt) bool { return n.id == k.id }) {
 			return false
 		}
 	}
