@@ -376,12 +376,14 @@ func isInFlight(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == errInFlight
 }
 
-// holderPatience bounds how long a release or renewal retries a
-// compare-and-set that conflicts while the holder's key still holds (the
-// key written again, or checked, by another request at the same moment).
-// The requests carry no deadline; a caller waits bus.DefaultTimeout (5 s)
-// by default, so the retries end a second before, answering conflict (409,
-// bus.ErrConflict): nothing changed, and the caller may try again.
+// holderPatience bounds how long a request retries compare-and-sets that
+// conflict while what it rests on stands (the holder's key still holds
+// with the token, a waiter's key is still in line, a refused key's keys
+// ahead are still there): the key written again, or checked, by other
+// requests at the same moment. Release and renew carry no deadline; a
+// caller waits bus.DefaultTimeout (5 s) by default, so their retries end a
+// second before, answering conflict (409, bus.ErrConflict): nothing
+// changed, and the caller may try again.
 const holderPatience = 4 * time.Second
 
 // retryConflict is what a request does when its compare-and-set on a key
@@ -391,7 +393,7 @@ const holderPatience = 4 * time.Second
 // next try.
 func (s *Server) retryConflict(ctx context.Context, name, what string, until time.Time, err error) error {
 	if !time.Now().Before(until) {
-		return bus.ErrConflict.With("lock %s: %s: the holder's key was written or checked by other requests through every try for %v (%v); nothing changed", name, what, holderPatience, err)
+		return bus.ErrConflict.With("lock %s: %s: other requests wrote or checked the key at every try for %v (%v); nothing changed", name, what, holderPatience, err)
 	}
 	return s.catchUp(ctx)
 }
@@ -751,8 +753,8 @@ func (s *Server) startLease(name, id string, rec record, rev uint64, at time.Tim
 				s.restartLease(name, id, rec, rev, at)
 			}()
 		default:
-			// 10071: the key changed since the grant (released or renewed
-			// through another instance, or expired): nothing to start.
+			// A conflict here (10071) is a key changed since the grant:
+			// released or renewed through another instance, or expired.
 			s.log.Warn().Err(err).Str("lock", name).Msg("starting a lease: the key keeps the TTL of its last write")
 			done()
 		}
@@ -786,8 +788,8 @@ func (s *Server) restartLease(name, id string, rec record, rev uint64, at time.T
 	}
 }
 
-// leaseOpts are the options of a write of a contender's key that must
-// replace revision rev.
+// writeOpts are the options of a write of a contender's record: its TTL,
+// and rev, the revision it must replace.
 func writeOpts(rec record, rev uint64) []jetstream.PublishOpt {
 	return []jetstream.PublishOpt{jetstream.WithMsgTTL(time.Duration(rec.TTLms) * time.Millisecond), jetstream.WithExpectLastSequencePerSubject(rev)}
 }
