@@ -909,6 +909,9 @@ func (s *Server) releaseNow(_ context.Context, m *bus.Msg) (any, error) {
 					}
 					return s.release(ctx, r)
 				}), nil)
+			case errors.Is(err, jetstream.ErrAsyncPublishTimeout):
+				// The purge may or may not have been applied.
+				reply(nil, bus.ErrUnavailable.With("lock %s: release: no acknowledgement from the bucket", r.Name))
 			default:
 				reply(nil, fmt.Errorf("lock %s: release: %w", r.Name, err))
 			}
