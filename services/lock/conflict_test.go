@@ -68,7 +68,7 @@ func TestHolderRacesOnCluster(t *testing.T) {
 	var done atomic.Bool
 	var holding sync.WaitGroup
 	for i := range holders {
-		locks := lock.NewClient(bustest.Connect(t, c.URL()))
+		locks := reach(t, c.URL()) // a node the instances are not connected to learns of them a moment later
 		holding.Go(func() {
 			for round := range rounds {
 				ctx, cancel := context.WithTimeout(context.Background(), long)
@@ -100,7 +100,7 @@ func TestHolderRacesOnCluster(t *testing.T) {
 	}
 	var trying sync.WaitGroup
 	for i := range triers {
-		locks := lock.NewClient(bustest.Connect(t, c.URL()))
+		locks := reach(t, c.URL())
 		trying.Go(func() {
 			for !done.Load() {
 				ctx, cancel := context.WithTimeout(context.Background(), long)
