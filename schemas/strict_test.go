@@ -52,6 +52,9 @@ var requestTypes = map[string]any{
 	"scheduler.schedules_rm":   scheduler.ScheduleRmRequest{},
 	"scheduler.started":        scheduler.StartedRequest{},
 	"scheduler.finished":       scheduler.FinishedRequest{},
+	"scheduler.dead_list":      scheduler.DeadListRequest{},
+	"scheduler.dead_requeue":   scheduler.DeadRequest{},
+	"scheduler.dead_delete":    scheduler.DeadRequest{},
 }
 
 // anyBody lists the endpoints that take any body.
@@ -161,6 +164,9 @@ func (d docs) checkObject(t *testing.T, what, file string, s map[string]any, typ
 		switch {
 		case ft.Kind() == reflect.Struct && !strings.Contains(ft.PkgPath(), "pkg/bus"):
 			d.checkObject(t, what+"."+name, pfile, p, ft)
+		case ft.Kind() == reflect.Slice && ft.Elem() == typ:
+			// A batch of requests of this type (scheduler.submit's tasks):
+			// checked at the top.
 		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
 			items, _ := p["items"].(map[string]any)
 			if items == nil {

@@ -176,7 +176,8 @@ bench_scheduler() {
 	if git status --porcelain -- services/scheduler pkg/bus 2>/dev/null | grep -v '_test\.go$' | grep -q .; then
 		rev="$rev with uncommitted changes to services/scheduler or pkg/bus"
 	fi
-	in_bench go run ./scheduler -nats "nats://127.0.0.1:$nats_port" -redis "127.0.0.1:$redis_port" -source "$rev" "$@"
+	in_bench go run ./scheduler -nats "nats://127.0.0.1:$nats_port" -redis "127.0.0.1:$redis_port" \
+		-server-pids "$nats_pid,$redis_pid" -source "$rev" "$@"
 	stop_servers
 }
 

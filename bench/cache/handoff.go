@@ -112,13 +112,19 @@ func handoff(ctx context.Context, cfg config, n int, w io.Writer) error {
 	row("a node crashes (seen after 3 missed heartbeats of 1 s)", took, during, nodes[1:])
 
 	// Every key is still there.
-	lost := 0
-	for i := range n {
-		if _, err := client.Get(ctx, key(i)); err != nil {
-			lost++
-		}
+	var lost atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := g; i < n; i += 16 {
+				if _, err := client.Get(ctx, key(i)); err != nil {
+					lost.Add(1)
+				}
+			}
+		})
 	}
-	fmt.Fprintf(w, "\nkeys lost: %d of %d\n", lost, n)
+	wg.Wait()
+	fmt.Fprintf(w, "\nkeys lost: %d of %d\n", lost.Load(), n)
 	return nil
 }
 

@@ -16,7 +16,22 @@
 //     those writes alone cost;
 //   - floor + state via a service (-systems statesvc, not by default): the
 //     same with the worker's two writes asked of a bare service by
-//     request/reply: what a task's hops through a service cost.
+//     request/reply: what a task's hops through a service cost;
+//   - JetStream raw: a bare work queue the fastest plain way (PublishAsync
+//     from one goroutine, Consume with its default batch, acks not
+//     awaited): what JetStream itself drains, the denominator of the drain
+//     goal;
+//   - record + history (-systems record, not by default): a candidate
+//     store for the scheduler, with no service: the task message as the
+//     record of a live task (a subject per task) and one outcome write to
+//     a bounded history stream, pipelined before the ack (record.go).
+//
+// The mesh scheduler also enqueues -tasks more by JSON requests on
+// mesh.scheduler.submit (the service path of a client in any language)
+// and -tasks more with Client.SubmitMany in batches of -batch; its drain
+// then runs all of them. CPU per task counts this process and the
+// processes of -server-pids (scripts/bench.sh passes nats-server's and
+// redis-server's) from the first enqueue to the end of the drain.
 //
 // Scenarios, in order, each on a queue of its own:
 //
@@ -61,6 +76,9 @@ const (
 	asynqName = "asynq"
 	floorName = "JetStream floor"
 
+	rawName    = "JetStream raw"
+	recordName = "record + history"
+
 	stateFloorName   = "floor + state"
 	stateServiceName = "floor + state via a service"
 )
@@ -74,6 +92,8 @@ type config struct {
 	idle               time.Duration
 	delayed            int
 	cpuprofile         string
+	batch              int
+	serverPids         []int
 	source             string
 }
 
@@ -82,7 +102,7 @@ func main() {
 	var systems string
 	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL` (JetStream enabled)")
 	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port` for asynq; empty: no asynq row")
-	flag.StringVar(&systems, "systems", "mesh,asynq,floor,statefloor", "systems to run, in order: mesh, asynq, floor, statefloor, statesvc")
+	flag.StringVar(&systems, "systems", "mesh,asynq,raw,floor,statefloor", "systems to run, in order: mesh, asynq, floor, raw, record, statefloor, statesvc")
 	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
 	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
 	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")
@@ -91,7 +111,16 @@ func main() {
 	flag.IntVar(&cfg.delayed, "delayed", 200, "tasks of the delayed scenario, due 2 to 3 s ahead")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of this process to `file`")
 	flag.StringVar(&cfg.source, "source", "", "the revision of the mesh source under test, for the header")
+	flag.BoolVar(&recordWritesHistory, "record-history", true, "record row: write each outcome to the history stream (false: the per-task subjects alone)")
+	flag.BoolVar(&recordHistoryPerTask, "record-history-per-task", true, "record row: one history subject per task (false: one per queue)")
+	flag.IntVar(&cfg.batch, "batch", 1000, "tasks per batch of the batch enqueue scenario")
+	var pids string
+	flag.StringVar(&pids, "server-pids", "", "comma-separated `pids` of the server processes (nats-server, redis-server) whose CPU time counts in CPU per task")
 	flag.Parse()
+	var err error
+	if cfg.serverPids, err = parsePids(pids); err != nil {
+		fatal(err)
+	}
 	for _, s := range strings.Split(systems, ",") {
 		if s = strings.TrimSpace(s); s != "" {
 			cfg.systems = append(cfg.systems, s)
@@ -117,6 +146,10 @@ func fatal(err error) {
 type result struct {
 	system           string
 	enqueue, drain   float64 // tasks/s
+	enqueueSvc       float64 // tasks/s by JSON requests (the service path), when the system has one
+	enqueueBatch     float64 // tasks/s by batches, when the system has them
+	drained          int
+	cpuPerTask       time.Duration // this process and -server-pids, from the first enqueue to the end of the drain
 	idleP50, idleP99 time.Duration
 	idleN            int
 	lateP50, lateP99 time.Duration
@@ -148,8 +181,12 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 			sys, err = newStateService(ctx, cfg.natsURL)
 		case "statefloor":
 			sys, err = newStateFloor(ctx, cfg.natsURL)
+		case "raw":
+			sys, err = newRaw(ctx, cfg.natsURL)
+		case "record":
+			sys, err = newRecord(ctx, cfg.natsURL)
 		default:
-			return fmt.Errorf("unknown system %q (mesh, asynq, floor, statefloor, statesvc)", name)
+			return fmt.Errorf("unknown system %q (mesh, asynq, floor, raw, record, statefloor, statesvc)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -223,8 +260,19 @@ func measure(ctx context.Context, cfg config, sys system) (result, error) {
 	q := queueName("drain")
 	fmt.Fprintf(os.Stderr, "bench:   enqueue %d tasks\n", cfg.tasks)
 	var next atomic.Int64
+	clock := cpuClock{pids: cfg.serverPids}
+	cpu0 := clock.now()
 	start := time.Now()
 	var wg sync.WaitGroup
+	if b, ok := sys.(allEnqueuer); ok {
+		// One goroutine publishes every task asynchronously.
+		failed, err := b.enqueueAll(ctx, q, func(int) []byte { return stamp(time.Now()) }, cfg.tasks)
+		if err != nil {
+			return r, err
+		}
+		errs.Add(int64(failed))
+		next.Store(int64(cfg.tasks))
+	}
 	for range cfg.producers {
 		wg.Go(func() {
 			for next.Add(1) <= int64(cfg.tasks) {
@@ -241,10 +289,29 @@ func measure(ctx context.Context, cfg config, sys system) (result, error) {
 	if n := errs.Load(); n > int64(cfg.tasks)/100 {
 		return r, fmt.Errorf("%d of %d enqueues failed", n, cfg.tasks)
 	}
+	total := cfg.tasks
+	if se, ok := sys.(serviceEnqueuer); ok {
+		fmt.Fprintf(os.Stderr, "bench:   enqueue %d tasks by JSON requests\n", cfg.tasks)
+		rate, failed, err := measureService(ctx, cfg.natsURL, se, q, cfg.tasks, cfg.producers)
+		if err != nil {
+			return r, fmt.Errorf("service path: %w", err)
+		}
+		r.enqueueSvc, total = rate, total+cfg.tasks
+		errs.Add(int64(failed))
+	}
+	if be, ok := sys.(batchEnqueuer); ok {
+		fmt.Fprintf(os.Stderr, "bench:   enqueue %d tasks in batches of %d\n", cfg.tasks, cfg.batch)
+		rate, failed, err := measureBatch(ctx, be, q, cfg.tasks, cfg.batch, max(cfg.producers/4, 1))
+		if err != nil {
+			return r, fmt.Errorf("batch: %w", err)
+		}
+		r.enqueueBatch, total = rate, total+cfg.tasks
+		errs.Add(int64(failed))
+	}
 
 	// Drain them.
 	fmt.Fprintf(os.Stderr, "bench:   drain with %d workers\n", cfg.workers)
-	want := int64(cfg.tasks) - errs.Load()
+	want := int64(total) - errs.Load()
 	var done atomic.Int64
 	all := make(chan struct{})
 	start = time.Now()
@@ -259,6 +326,8 @@ func measure(ctx context.Context, cfg config, sys system) (result, error) {
 	select {
 	case <-all:
 		r.drain = float64(want) / time.Since(start).Seconds()
+		r.drained = int(want)
+		r.cpuPerTask = (clock.now() - cpu0) / time.Duration(max(want, 1))
 	case <-time.After(5 * time.Minute):
 		stop()
 		return r, fmt.Errorf("drain: %d of %d tasks ran in 5 minutes", done.Load(), want)
@@ -304,6 +373,10 @@ func measure(ctx context.Context, cfg config, sys system) (result, error) {
 	mu.Unlock()
 
 	// Delayed tasks.
+	if _, ok := sys.(immediateOnly); ok {
+		r.errors = int(errs.Load())
+		return r, nil
+	}
 	fmt.Fprintf(os.Stderr, "bench:   %d delayed tasks\n", cfg.delayed)
 	q = queueName("delayed")
 	var late []time.Duration
@@ -346,6 +419,16 @@ func measure(ctx context.Context, cfg config, sys system) (result, error) {
 	return r, nil
 }
 
+// allEnqueuer is a system whose enqueue scenario is one goroutine
+// publishing every task at once (the raw row).
+type allEnqueuer interface {
+	enqueueAll(ctx context.Context, queue string, payload func(int) []byte, n int) (failed int, err error)
+}
+
+// immediateOnly is a system with no delayed tasks (the rows measuring a
+// store's drain path): the delayed scenario is skipped.
+type immediateOnly interface{ immediateOnly() }
+
 // waitFor polls cond (the handlers count tasks; there is no event to await
 // across three systems) until it holds or limit passes.
 func waitFor(cond func() bool, limit time.Duration) bool {
@@ -375,6 +458,21 @@ func ms(d time.Duration) string {
 	return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond))
 }
 
+// rate is a tasks/s figure, or — for a scenario the system lacks.
+func rate(f float64) string {
+	if f == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f", f)
+}
+
+func us(d time.Duration) string {
+	if d == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+}
+
 func ratio(a, b float64) string {
 	if a == 0 || b == 0 {
 		return "—"
@@ -389,18 +487,25 @@ func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 		fmt.Fprintf(w, ", mesh %s", cfg.source)
 	}
 	fmt.Fprintf(w, "\nbare NATS request/reply at %d/s (idle processes): p50 %s\n", cfg.rate, ms(rtt))
-	fmt.Fprintf(w, "enqueue: %d no-op tasks by %d producers; drain: the same with %d workers; idle: %d tasks/s for %s; delayed: %d tasks due 2-3 s ahead\n\n",
-		cfg.tasks, cfg.producers, cfg.workers, cfg.rate, cfg.idle, cfg.delayed)
+	fmt.Fprintf(w, "enqueue: %d no-op tasks by %d producers (SDK single submits; service/s: JSON requests; batch/s: batches of %d from %d producers); drain: every task enqueued, with %d workers; idle: %d tasks/s for %s; delayed: %d tasks due 2-3 s ahead\n",
+		cfg.tasks, cfg.producers, cfg.batch, max(cfg.producers/4, 1), cfg.workers, cfg.rate, cfg.idle, cfg.delayed)
+	cpuOf := "this process"
+	if len(cfg.serverPids) > 0 {
+		cpuOf += fmt.Sprintf(" and the server processes %v", cfg.serverPids)
+	}
+	fmt.Fprintf(w, "CPU/task: CPU time of %s from the first enqueue to the end of the drain, per task drained\n\n", cpuOf)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\tenqueue/s\tdrain/s\tidle p50\tidle p99\tlate p50\tlate p99\tlate max\tearly\terrors\t")
+	fmt.Fprintln(tw, "system\tenqueue/s\tservice/s\tbatch/s\tdrain/s\tidle p50\tidle p99\tlate p50\tlate p99\tlate max\tearly\tCPU/task\terrors\t")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t\n", r.system, r.enqueue, r.drain,
-			ms(r.idleP50), ms(r.idleP99), ms(r.lateP50), ms(r.lateP99), ms(r.lateMax), r.early, r.delayedN, r.errors)
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%d\t\n", r.system, r.enqueue, rate(r.enqueueSvc), rate(r.enqueueBatch), r.drain,
+			ms(r.idleP50), ms(r.idleP99), ms(r.lateP50), ms(r.lateP99), ms(r.lateMax), r.early, r.delayedN, us(r.cpuPerTask), r.errors)
 	}
 	tw.Flush()
-	var mesh, asq, floor, stateFloor *result
+	var mesh, asq, floor, stateFloor, raw *result
 	for i := range rs {
 		switch rs[i].system {
+		case rawName:
+			raw = &rs[i]
 		case meshName:
 			mesh = &rs[i]
 		case asynqName:
@@ -416,7 +521,12 @@ func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 	}
 	fmt.Fprintln(w)
 	if asq != nil {
-		fmt.Fprintf(w, "mesh / asynq: enqueue %s, drain %s (target ≥ 5×)\n", ratio(mesh.enqueue, asq.enqueue), ratio(mesh.drain, asq.drain))
+		fmt.Fprintf(w, "mesh / asynq: enqueue %s (target ≥ 1×), service path %s (≥ 0.5×), batch %s (≥ 3×), drain %s (≥ 2×), CPU per task %s\n",
+			ratio(mesh.enqueue, asq.enqueue), ratio(mesh.enqueueSvc, asq.enqueue), ratio(mesh.enqueueBatch, asq.enqueue),
+			ratio(mesh.drain, asq.drain), ratio(float64(mesh.cpuPerTask), float64(asq.cpuPerTask)))
+	}
+	if raw != nil {
+		fmt.Fprintf(w, "mesh / JetStream raw: drain %s\n", ratio(mesh.drain, raw.drain))
 	}
 	if floor != nil {
 		fmt.Fprintf(w, "mesh / floor: enqueue %s, drain %s (target ≥ 0.5×)\n", ratio(mesh.enqueue, floor.enqueue), ratio(mesh.drain, floor.drain))
@@ -427,5 +537,5 @@ func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 			fmt.Fprintf(w, "floor + state / floor: enqueue %s, drain %s\n", ratio(stateFloor.enqueue, floor.enqueue), ratio(stateFloor.drain, floor.drain))
 		}
 	}
-	fmt.Fprintf(w, "mesh targets: idle p50 %s (≤ 2 ms), late p99 %s (≤ 100 ms), %d early (0)\n", ms(mesh.idleP50), ms(mesh.lateP99), mesh.early)
+	fmt.Fprintf(w, "mesh targets: idle p50 %s (≤ 1.5 ms), late p99 %s (≤ 50 ms), %d early (0)\n", ms(mesh.idleP50), ms(mesh.lateP99), mesh.early)
 }

@@ -104,9 +104,14 @@ func (c *cacheStatsCmd) Run(a *app) error {
 		return a.printJSON(r)
 	}
 	w := tabwriter.NewWriter(a.out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "NODE\tITEMS\tBYTES\tMAX BYTES\tHITS\tMISSES\tEVICTIONS\tFORWARDS\tHAND-OFFS\tLOADS\t")
+	fmt.Fprintln(w, "NODE\tITEMS\tBYTES\tMAX BYTES\tHITS\tMISSES\tEVICTIONS\tFORWARDS\tHAND-OFFS\tLOADS\tHANDED OFF\tRECEIVED\tUNDER-REPLICATED\tREBALANCED\t")
 	row := func(n cache.NodeStats) {
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", n.Node, n.Items, n.Bytes, n.MaxBytes, n.Hits, n.Misses, n.Evictions, n.Forwards, n.Handoffs, n.Loads)
+		// Rebalanced: the node has handed off everything for its ring.
+		done := "-"
+		if n.Node != "total" {
+			done = fmt.Sprint(n.Rebalanced != "" && n.Rebalanced == n.Ring && n.UnderReplicated == 0)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", n.Node, n.Items, n.Bytes, n.MaxBytes, n.Hits, n.Misses, n.Evictions, n.Forwards, n.Handoffs, n.Loads, n.HandedOff, n.Received, n.UnderReplicated, done)
 	}
 	for _, n := range r.Nodes {
 		row(n)

@@ -38,6 +38,7 @@ type cli struct {
 	Task     taskCmd     `cmd:"" help:"Submit tasks, show their state, cancel them; list, pause and resume queues."`
 	Schedule scheduleCmd `cmd:"" help:"Add, list and remove periodic schedules of tasks."`
 	Worker   workerCmd   `cmd:"" help:"Run a command for each task of a queue (payload on stdin)."`
+	Console  consoleCmd  `cmd:"" help:"Serve the web console of a running mesh (--nats URL)."`
 
 	Version versionCmd `cmd:"" help:"Print the version."` // last in the help
 }
@@ -71,6 +72,9 @@ type app struct {
 	conn connFlags
 	log  zerolog.Logger
 	out  io.Writer // where results go: stdout
+	// serviceConn, when set, connects each service with its own user
+	// (mesh up --auth).
+	serviceConn func(service string) (*nats.Conn, error)
 }
 
 // kongUsageError is the exit code kong gives a command line it cannot

@@ -369,7 +369,8 @@ func httpGet(url string) (string, error) {
 func TestRing(t *testing.T) {
 	s := bustest.RunServer(t)
 	for i, w := range []float64{1, 3} {
-		a, err := membership.NewAnnouncer(s.Connect(), membership.AnnouncerConfig{Service: "cache", ID: fmt.Sprintf("n%d", i), Weight: w, Version: "1.2.3"})
+		a, err := membership.NewAnnouncer(s.Connect(), membership.AnnouncerConfig{Service: "cache", ID: fmt.Sprintf("n%d", i), Weight: w, Version: "1.2.3",
+			IdentitySubject: cache.NodeSubject(fmt.Sprintf("n%d", i), cache.OpIdentity)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/ring"
 	"github.com/meshkit/mesh/pkg/ring/membership"
+	"github.com/meshkit/mesh/services/cache"
 )
 
 type ringCmd struct {
@@ -43,7 +44,12 @@ func (c *ringCmd) Run(a *app) error {
 	}
 	defer nc.Close()
 	// A one-shot command: the watcher's notes on ring changes are noise here.
-	w, err := membership.NewWatcher(nc, membership.WatcherConfig{Service: c.Service, Logger: a.log.Level(zerolog.WarnLevel)})
+	wc := membership.WatcherConfig{Service: c.Service, Logger: a.log.Level(zerolog.WarnLevel)}
+	if c.Service == cache.Service {
+		// The members the cache routes to: those that answer for their id.
+		wc.IdentitySubject = func(id string) string { return cache.NodeSubject(id, cache.OpIdentity) }
+	}
+	w, err := membership.NewWatcher(nc, wc)
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ type taskCmd struct {
 	Queues taskQueuesCmd `cmd:"" help:"Show every queue: depth, in flight, scheduled, dead, paused."`
 	Pause  taskPauseCmd  `cmd:"" help:"Stop delivering a queue's tasks until resumed."`
 	Resume taskResumeCmd `cmd:"" help:"Deliver a paused queue's tasks again."`
+	Dead   taskDeadCmd   `cmd:"" help:"Dead letters: list, requeue or remove dead tasks."`
 }
 
 type scheduleCmd struct {
@@ -79,6 +80,7 @@ type taskSubmitCmd struct {
 	Delay     time.Duration `help:"Run no earlier than this from now."`
 	At        string        `help:"Run no earlier than this instant (RFC 3339)."`
 	Backoff   time.Duration `help:"Constant retry delay (default: exponential from 1s to 10m, with jitter)."`
+	ID        string        `help:"Task id (default: one made by the client); submitting again with the same id makes no second task."`
 	UniqueKey string        `name:"unique-key" help:"Refuse a second task of the queue with this key within --unique-for."`
 	UniqueFor time.Duration `name:"unique-for" help:"The unique window (default 1h)."`
 	Wait      bool          `help:"Wait until the task has finished and print its state."`
@@ -87,7 +89,7 @@ type taskSubmitCmd struct {
 
 func (c *taskSubmitCmd) Run(a *app) error {
 	req := scheduler.SubmitRequest{
-		Queue: c.Queue, Type: c.Type, DelayMs: c.Delay.Milliseconds(), MaxRetries: c.retries(), TimeoutMs: c.Timeout.Milliseconds(),
+		ID: c.ID, Queue: c.Queue, Type: c.Type, DelayMs: c.Delay.Milliseconds(), MaxRetries: c.retries(), TimeoutMs: c.Timeout.Milliseconds(),
 		UniqueKey: c.UniqueKey, UniqueForMs: c.UniqueFor.Milliseconds(),
 	}
 	var err error

@@ -28,10 +28,11 @@ type runFlags struct {
 	Pprof    bool   `env:"MESH_PPROF" help:"Also serve Go's profiles (CPU, heap, goroutines) at /debug/pprof/ on the --metrics address."`
 	Node     string `env:"MESH_NODE" help:"Name of this process in the mesh (default: the host name)."`
 
-	CacheNodes    int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
-	CacheReplicas int               `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key, at most the number of cache nodes."`
-	CacheMaxBytes string            `name:"cache-max-bytes" env:"MESH_CACHE_MAX_BYTES" default:"256MiB" help:"Memory bound of each cache node's store (e.g. 64MiB, 2GiB)."`
-	CacheLoaders  map[string]string `name:"cache-loader" env:"MESH_CACHE_LOADERS" placeholder:"NS=SUBJECT;..." help:"Read-through loaders: on a miss of a key NS:..., its owner requests the value from SUBJECT."`
+	CacheNodes             int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
+	CacheReplicas          int               `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key, at most the number of cache nodes."`
+	CacheMaxBytes          string            `name:"cache-max-bytes" env:"MESH_CACHE_MAX_BYTES" default:"256MiB" help:"Memory bound of each cache node's store (e.g. 64MiB, 2GiB)."`
+	SchedulerCacheMaxBytes string            `name:"scheduler-cache-max-bytes" env:"MESH_SCHEDULER_CACHE_MAX_BYTES" default:"32MiB" help:"Memory bound of each scheduler instance's cache of task states (it holds no results or payloads)."`
+	CacheLoaders           map[string]string `name:"cache-loader" env:"MESH_CACHE_LOADERS" placeholder:"NS=SUBJECT;..." help:"Read-through loaders: on a miss of a key NS:..., its owner requests the value from SUBJECT."`
 }
 
 // cacheEnv checks the cache flags.
@@ -76,6 +77,10 @@ type upCmd struct {
 	Data     string   `env:"MESH_DATA" default:".mesh/data" help:"JetStream store directory of the embedded server, locked while it runs: a second mesh needs its own."`
 	Sync     string   `env:"MESH_SYNC" default:"default" help:"fsync policy of the store: default (NATS's: every 2 minutes), always (every write; much slower), or an interval such as 10s."`
 	Services []string `env:"MESH_SERVICES" placeholder:"NAME,..." help:"Services to run (default: all)."`
+	Auth     bool     `env:"MESH_AUTH" help:"Require credentials on the embedded server: a NATS user per service with the compose stack's permissions, and client and admin users; kept in --auth-dir."`
+	AuthDir  string   `name:"auth-dir" env:"MESH_AUTH_DIR" default:".mesh/auth" help:"Where --auth keeps the credentials (made at the first run)."`
+	Console  string   `env:"MESH_CONSOLE" default:"127.0.0.1:4280" placeholder:"ADDR" help:"Serve the web console on ADDR, a loopback address; off: no console."`
+	consoleFlags
 }
 
 type serveCmd struct {
@@ -92,14 +97,30 @@ func (c *upCmd) Run(a *app) error {
 // run runs the mesh until ctx ends.
 func (c *upCmd) run(ctx context.Context, a *app) error {
 	var srv *embed.Server
+	var auth *meshAuth
 	opts := a.conn.options("mesh up", a.log)
+	if c.Auth && a.conn.NATS != "" {
+		return errors.New("--auth sets up the embedded server's users; with --nats, give the services' credentials instead")
+	}
 	if a.conn.NATS == "" {
-		if host, _, err := net.SplitHostPort(c.Listen); err == nil && !isLoopback(host) {
-			a.log.Warn().Str("listen", c.Listen).Msg("the embedded NATS server has no authentication and listens beyond loopback")
+		if host, _, err := net.SplitHostPort(c.Listen); err == nil && !isLoopback(host) && !c.Auth {
+			a.log.Warn().Str("listen", c.Listen).Msg("the embedded NATS server has no authentication and listens beyond loopback (see --auth)")
+		}
+		cfg := embed.Config{Listen: c.Listen, DataDir: c.Data, Sync: c.Sync, Name: nodeName(c.Node), Logger: a.log}
+		so, err := cfg.Options()
+		if err != nil {
+			return err
+		}
+		if c.Auth {
+			if auth, err = loadAuth(c.AuthDir); err != nil {
+				return err
+			}
+			if err := auth.configure(so); err != nil {
+				return err
+			}
 		}
 		startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		var err error
-		srv, err = embed.Start(startCtx, embed.Config{Listen: c.Listen, DataDir: c.Data, Sync: c.Sync, Name: nodeName(c.Node), Logger: a.log})
+		srv, err = embed.StartOptions(startCtx, so, a.log, false)
 		cancel()
 		if errors.Is(err, embed.ErrDataDirInUse) {
 			return fmt.Errorf("%w: stop that mesh, or give this one a data folder of its own with --data (MESH_DATA)", err)
@@ -107,10 +128,20 @@ func (c *upCmd) run(ctx context.Context, a *app) error {
 		if err != nil {
 			return fmt.Errorf("starting the embedded NATS server on %s: %w", c.Listen, err)
 		}
-		a.log.Info().Str("url", srv.ClientURL()).Str("data", c.Data).Str("sync", c.Sync).Msg("embedded NATS server ready")
+		a.log.Info().Str("url", srv.ClientURL()).Str("data", c.Data).Str("sync", c.Sync).Bool("auth", c.Auth).Msg("embedded NATS server ready")
 		opts.URL = srv.ClientURL()
+		if auth != nil {
+			opts = auth.options("admin", opts)
+			a.serviceConn = auth.serviceConn(opts)
+		}
 	}
-	err := a.run(ctx, opts, c.runFlags, c.Services, func(nc *nats.Conn) { printTour(a.out, nc.ConnectedUrl(), c.Services) })
+	waitConsole := func() {}
+	err := a.run(ctx, opts, c.runFlags, c.Services, func(nc *nats.Conn) {
+		var url string
+		url, waitConsole = a.startConsole(ctx, nc, c.Console, c.consoleFlags, c.CacheReplicas)
+		printTour(a.out, nc.ConnectedUrl(), url, c.Services, auth)
+	})
+	waitConsole()
 	if srv != nil {
 		shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -154,7 +185,12 @@ func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []
 	if err != nil {
 		return err
 	}
-	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv}
+	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv, Connect: a.serviceConn}
+	if f.SchedulerCacheMaxBytes != "" {
+		if env.SchedulerCacheBytes, err = parseBytes(f.SchedulerCacheMaxBytes); err != nil {
+			return fmt.Errorf("--scheduler-cache-max-bytes: %w", err)
+		}
+	}
 	var metrics *metricsServer
 	if f.Metrics != "" {
 		if metrics, err = startMetrics(f.Metrics, f.Pprof, a.log); err != nil {
@@ -219,19 +255,32 @@ func isLoopback(host string) bool {
 	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
-// printTour tells a person at the terminal how to talk to the mesh.
-func printTour(w io.Writer, url string, services []string) {
+// printTour tells a person at the terminal how to talk to the mesh (with
+// auth, as the client user) and where its console is.
+func printTour(w io.Writer, url, console string, services []string, auth *meshAuth) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nMesh is up. NATS: %s\n\n", url)
-	fmt.Fprintf(&b, "  nats micro ls                  # the running services\n")
-	fmt.Fprintf(&b, "  nats sub 'mesh.events.>'       # what the services do\n")
+	lines := []string{
+		"nats micro ls                  # the running services",
+		"nats sub 'mesh.events.>'       # what the services do",
+	}
 	for _, d := range node.Defs() {
 		if len(services) > 0 && !slices.Contains(services, d.Name) {
 			continue
 		}
-		for _, line := range d.Tour {
-			fmt.Fprintf(&b, "  %s\n", line)
-		}
+		lines = append(lines, d.Tour...)
+	}
+	if auth == nil {
+		fmt.Fprintf(&b, "\nMesh is up. NATS: %s (no authentication: anyone who can reach it can do anything; see --auth)\n", url)
+	} else {
+		fmt.Fprintf(&b, "\nMesh is up. NATS: %s, with a user per service; credentials in %s\n", url, auth.dir)
+		lines = auth.tour(url, lines)
+	}
+	if console != "" {
+		fmt.Fprintf(&b, "Console: %s\n", console)
+	}
+	fmt.Fprintf(&b, "\n")
+	for _, line := range lines {
+		fmt.Fprintf(&b, "  %s\n", line)
 	}
 	fmt.Fprintf(&b, "\nCtrl-C stops it.\n\n")
 	fmt.Fprint(w, b.String())

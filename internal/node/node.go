@@ -36,6 +36,13 @@ type Env struct {
 	Node        string   // this process's name; zero: the host name
 	Services    []string // the services this process runs
 	Cache       CacheEnv
+	// Connect, when set, gives each service a connection of its own (with
+	// its own NATS user), which the node closes after stopping it. Zero:
+	// every service uses the node's connection.
+	Connect func(service string) (*nats.Conn, error)
+	// SchedulerCacheBytes bounds each scheduler instance's state cache;
+	// zero: the service's default.
+	SchedulerCacheBytes int64
 }
 
 // CacheEnv configures the cache nodes of a process.
@@ -101,7 +108,7 @@ func Defs() []Def {
 				`mesh worker --queue emails --exec cat`,
 			},
 			New: func(nc *nats.Conn, env Env) (Service, error) {
-				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, Logger: env.Logger, Observer: env.Observer})
+				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, CacheMaxBytes: env.SchedulerCacheBytes, Logger: env.Logger, Observer: env.Observer})
 			},
 		},
 	}
@@ -217,6 +224,7 @@ type Node struct {
 type running struct {
 	name string
 	svc  Service
+	nc   *nats.Conn // the service's own connection (Env.Connect), or nil
 }
 
 // Start ensures the event stream, then creates and starts the named services
@@ -245,14 +253,24 @@ func Start(ctx context.Context, nc *nats.Conn, names []string, env Env) (*Node, 
 		if !slices.Contains(names, d.Name) {
 			continue
 		}
-		svc, err := d.New(nc, env)
+		snc, own, err := nc, (*nats.Conn)(nil), error(nil)
+		if env.Connect != nil {
+			if own, err = env.Connect(d.Name); err != nil {
+				return nil, errors.Join(fmt.Errorf("connecting %s: %w", d.Name, err), n.Stop(ctx))
+			}
+			snc = own
+		}
+		svc, err := d.New(snc, env)
 		if err == nil {
 			err = svc.Start(ctx)
 		}
 		if err != nil {
+			if own != nil {
+				own.Close()
+			}
 			return nil, errors.Join(fmt.Errorf("starting %s: %w", d.Name, err), n.Stop(ctx))
 		}
-		n.running = append(n.running, running{d.Name, svc})
+		n.running = append(n.running, running{d.Name, svc, own})
 		env.Logger.Info().Str("service", d.Name).Msg("service started")
 	}
 	return n, nil
@@ -265,6 +283,10 @@ func (n *Node) Stop(ctx context.Context) error {
 		r := n.running[i]
 		if err := r.svc.Stop(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stopping %s: %w", r.name, err))
+		}
+		if r.nc != nil {
+			_ = r.nc.Flush()
+			r.nc.Close()
 		}
 		n.log.Info().Str("service", r.name).Msg("service stopped")
 	}

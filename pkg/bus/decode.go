@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"reflect"
 	"slices"
 	"strconv"
@@ -31,6 +32,9 @@ import (
 //     encoding/json would silently replace it with U+FFFD (msgpack strings
 //     are checked by the services, which refuse keys and names that are not
 //     UTF-8);
+//   - a msgpack integer that does not fit its field (a negative one for an
+//     unsigned field, one beyond 2^63 for a signed one), which the decoder
+//     would wrap silently: JSON refuses those too;
 //   - a msgpack body nested deeper than MaxDepth (see checkMsgpack), before
 //     anything is allocated. JSON bodies are bounded by encoding/json's own
 //     limit of 10,000 levels, which it checks before decoding.
@@ -63,11 +67,19 @@ func (c Codec) decodeRequest(data []byte, v any) error {
 	if len(data) == 0 {
 		return nil
 	}
-	if err := checkMsgpack(data); err != nil {
+	signs, err := scanMsgpack(data)
+	if err != nil {
 		return ErrInvalid.With("malformed msgpack request: %s", clean(err))
 	}
 	if err := c.unmarshalMsgpack(data, v, true); err != nil {
 		return explain(c, data, v, err)
+	}
+	if signs {
+		// The decoder wraps a negative integer into an unsigned field and
+		// a uint64 above 2^63 into a signed one; JSON refuses both.
+		if e := (walker{c: c}).walk(reflect.TypeOf(v).Elem(), data, "", 0); e != nil {
+			return e
+		}
 	}
 	return nil
 }
@@ -111,6 +123,8 @@ var (
 // down, against t and returns what is wrong with it, or nil.
 func (w walker) walk(t reflect.Type, raw []byte, path string, depth int) *Error {
 	switch {
+	case depth > MaxDepth:
+		return nil // left to the decoder's message; no request type nests so deep
 	case w.isNull(raw) && !isCustom(t):
 		return nil // absent: Validate decides whether it may be
 	case isCustom(t):
@@ -156,10 +170,41 @@ func (w walker) walk(t reflect.Type, raw []byte, path string, depth int) *Error 
 	if e := w.text(raw, path); e != nil {
 		return e
 	}
-	if err := w.decode(raw, reflect.New(t).Interface()); err != nil {
+	if err := w.decode(raw, reflect.New(t).Interface()); err != nil || !w.fits(raw, t) {
 		return ErrInvalid.With("%s: expected %s, got %s", name(path), expected(t, path), w.describe(raw))
 	}
 	return nil
+}
+
+// fits reports whether a msgpack integer fits an integer type without
+// wrapping: the decoder converts it without a check.
+func (w walker) fits(raw []byte, t reflect.Type) bool {
+	k := t.Kind()
+	signed := k >= reflect.Int && k <= reflect.Int64
+	unsigned := k >= reflect.Uint && k <= reflect.Uintptr
+	if w.c != MsgPack || !signed && !unsigned {
+		return true
+	}
+	var n any
+	if msgpack.Unmarshal(raw, &n) != nil {
+		return true // not an integer: the decoder said so
+	}
+	zero := reflect.Zero(t)
+	switch x := n.(type) {
+	case int8, int16, int32, int64:
+		i := reflect.ValueOf(x).Int()
+		if signed {
+			return !zero.OverflowInt(i)
+		}
+		return i >= 0 && !zero.OverflowUint(uint64(i))
+	case uint8, uint16, uint32, uint64:
+		u := reflect.ValueOf(x).Uint()
+		if unsigned {
+			return !zero.OverflowUint(u)
+		}
+		return u <= math.MaxInt64 && !zero.OverflowInt(int64(u))
+	}
+	return true
 }
 
 // text refuses a JSON value that is not UTF-8 text.

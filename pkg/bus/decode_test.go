@@ -115,6 +115,8 @@ func TestStrictDecodeNamesTheField(t *testing.T) {
 		{"test.dec", `{"key":"k","ttl_ms":"60000"}`, "invalid", "ttl_ms: expected an integer (milliseconds), got a string"},
 		{"test.dec", `{"key":"k","ttl_ms":1.5}`, "invalid", "ttl_ms: expected an integer (milliseconds), got 1.5"},
 		{"test.dec", `{"key":"k","items":[{"key":"a","wait_ms":true}]}`, "invalid", "items[0].wait_ms: expected an integer (milliseconds), got a boolean"},
+		{"test.dec", `{"key":"k","token":-1}`, "invalid", "token: expected a non-negative integer, got -1"},
+		{"test.dec", `{"key":"k","items":[{"key":"a","wait_ms":-1}],"token":1}`, "", "k"},
 		{"test.dec", `{"key":"k","flag":"yes"}`, "invalid", "flag: expected true or false, got a string"},
 		{"test.dec", `{"key":"k","at":"yesterday"}`, "invalid", "at: expected an RFC 3339 string (2026-01-02T15:04:05.000Z), got a string"},
 		{"test.dec", `{"key":"k","items":{}}`, "invalid", "items: expected an array, got an object"},
@@ -147,6 +149,26 @@ func TestStrictDecodeNamesTheField(t *testing.T) {
 				t.Errorf("%s %s:\n got %d %s: %q\nwant 400 %s: %q", codec, tc.body, e.Status, e.Code, e.Message, tc.code, tc.msg)
 			}
 		}
+	}
+}
+
+// A msgpack integer that does not fit its field is refused, as in JSON,
+// rather than wrapped by the decoder.
+func TestMsgpackIntegersDoNotWrap(t *testing.T) {
+	nc := decoder(t)
+	for _, tc := range []struct{ body, msg string }{
+		{"\x82\xa3key\xa1k\xa6ttl_ms\xcf\xff\xff\xff\xff\xff\xff\xff\xff", "ttl_ms: expected an integer (milliseconds), got 18446744073709551615"},
+		{"\x82\xa3key\xa1k\xa6ttl_ms\xcf\x80\x00\x00\x00\x00\x00\x00\x00", "ttl_ms: expected an integer (milliseconds), got 9223372036854775808"},
+		{"\x82\xa3key\xa1k\xa5token\xd3\xff\xff\xff\xff\xff\xff\xff\xfe", "token: expected a non-negative integer, got -2"},
+		{"\x82\xa3key\xa1k\xa5token\xff", "token: expected a non-negative integer, got -1"},
+	} {
+		e := send(t, nc, "test.dec", []byte(tc.body))
+		if e == nil || e.Code != "invalid" || e.Message != tc.msg {
+			t.Errorf("%q: %v, want %q", tc.body, e, tc.msg)
+		}
+	}
+	if e := send(t, nc, "test.dec", []byte("\x83\xa3key\xa1k\xa6ttl_ms\xcf\x00\x00\x00\x01\x00\x00\x00\x00\xa4data\xff")); e != nil {
+		t.Errorf("a uint64 that fits and a negative payload: %v", e)
 	}
 }
 

@@ -23,6 +23,14 @@ const MaxDepth = 100
 // decoder allocates is bounded by a small multiple of the body's length.
 // Trailing bytes are left to the decoder.
 func checkMsgpack(b []byte) error {
+	_, err := scanMsgpack(b)
+	return err
+}
+
+// scanMsgpack is checkMsgpack that also reports whether the body holds an
+// integer that the decoder may wrap into a field of another sign: a
+// negative one, or a uint64 (encoders write uint64 only above 2^32).
+func scanMsgpack(b []byte) (signs bool, err error) {
 	var (
 		left  [MaxDepth + 1]int // values still to read in each open container; [0]: the body
 		depth int               // open containers
@@ -34,7 +42,7 @@ func checkMsgpack(b []byte) error {
 			depth--
 		}
 		if len(b) == 0 {
-			return fmt.Errorf("msgpack: truncated body")
+			return false, fmt.Errorf("msgpack: truncated body")
 		}
 		need--
 		left[depth]--
@@ -46,7 +54,9 @@ func checkMsgpack(b []byte) error {
 			container bool // a map or an array
 		)
 		switch {
-		case c <= 0x7f || c >= 0xe0: // fixint
+		case c <= 0x7f: // positive fixint
+		case c >= 0xe0: // negative fixint
+			signs = true
 		case c <= 0x8f: // fixmap
 			items, container = 2*int(c&0x0f), true
 		case c <= 0x9f: // fixarray
@@ -54,19 +64,19 @@ func checkMsgpack(b []byte) error {
 		case c <= 0xbf: // fixstr
 			skip = int(c & 0x1f)
 		default:
-			var err error
 			if b, items, skip, err = msgpackHeader(c, b); err != nil {
-				return err
+				return false, err
 			}
 			container = c >= 0xdc
+			signs = signs || c == 0xcf || (c >= 0xd0 && c <= 0xd3 && len(b) > 0 && b[0]&0x80 != 0)
 		}
 		if skip > len(b) {
-			return fmt.Errorf("msgpack: a value claims %d bytes, %d are left", skip, len(b))
+			return false, fmt.Errorf("msgpack: a value claims %d bytes, %d are left", skip, len(b))
 		}
 		b = b[skip:]
 		if container {
 			if depth == MaxDepth {
-				return fmt.Errorf("msgpack: nested deeper than %d levels", MaxDepth)
+				return false, fmt.Errorf("msgpack: nested deeper than %d levels", MaxDepth)
 			}
 			if items > 0 {
 				depth++
@@ -75,10 +85,10 @@ func checkMsgpack(b []byte) error {
 		}
 		need += items
 		if need > len(b) {
-			return fmt.Errorf("msgpack: %d values claimed, %d bytes left", need, len(b))
+			return false, fmt.Errorf("msgpack: %d values claimed, %d bytes left", need, len(b))
 		}
 	}
-	return nil
+	return signs, nil
 }
 
 // msgpackHeader reads the rest of the header of code c (0xc0 to 0xdf) and

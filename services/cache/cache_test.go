@@ -159,7 +159,7 @@ func TestOwnershipAgreesAndReplicas(t *testing.T) {
 	_, nodes, c := cluster(t, 3, cache.Config{})
 	for _, n := range nodes[1:] {
 		if n.Ring().Version() != nodes[0].Ring().Version() {
-			t.Fatal("the nodes' rings differ")
+			t.Fatalf("the nodes' rings differ: %v %v / %v %v", n.Ring().Members(), n.Ring().Version(), nodes[0].Ring().Members(), nodes[0].Ring().Version())
 		}
 	}
 	if c.Ring().Version() != nodes[0].Ring().Version() {
@@ -413,7 +413,7 @@ func testJoin(t *testing.T, replicas int) {
 	s, nodes, c := cluster(t, 2, cache.Config{Replicas: replicas})
 	const n = 300
 	for i := range n {
-		if err := c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), time.Minute); err != nil {
+		if err := c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), 10*time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}

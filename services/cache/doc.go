@@ -12,7 +12,7 @@
 //	mesh.cache.stats                 {}                             {total, nodes}
 //	mesh.cache.node.<id>.<op>        the same, served by node <id> (stats: that node's figures)
 //	mesh.cache.node.<id>.put         {items: [{key, value, ttl_ms, version}]} {stored}  (between nodes)
-//	mesh.cache.node.<id>.digest      {partitions}                   {digests: [{keys, hash}]}  (between nodes)
+//	mesh.cache.node.<id>.digest      {partitions, digests}          {digests: [{keys, hash}]}  (between nodes)
 //	mesh.cache.node.<id>.identity    {}                             the node's heartbeat: nodes and clients route keys to a
 //	                                                                new node once it answers with its own id and start time
 //	mesh.heartbeat.cache.<id>        the nodes' membership heartbeats (package membership)
@@ -98,10 +98,10 @@
 // After each change of the ring (a join, a leave, a crash seen), at the end
 // of the grace period, after a write that raced a change, and every
 // Config.AntiEntropy (30 s), each node runs a hand-off pass over its keys,
-// by partition. It asks each other copy holder of the partitions it has
-// keys in for their digests (the number of keys and an xor of a hash of
-// each key and its version), all holders at once, and sends the keys of a
-// partition to each holder whose digest differs from its own, on
+// by partition. It asks each other copy holder of the partitions it holds
+// for their digests (the number of keys and an xor of a hash of each key
+// and its version), all holders at once, and sends the keys of a partition
+// to each holder whose digest differs from its own, on
 // mesh.cache.node.<id>.put: many partitions a batch, each value with the
 // time it has left and its version, at most Config.HandoffRate keys a
 // second (250,000). A node that is no longer a copy holder of a partition
@@ -109,7 +109,13 @@
 // it, unless the key was written again meanwhile. So a joining node
 // receives its keys without being asked, the survivors of a crash bring
 // every partition back to R copies, and a copy written by a node whose ring
-// was behind reaches the holders. A pass that cannot reach a holder leaves
+// was behind reaches the holders. The request carries the asker's own
+// digests, and a node's first pass after its start asks for every
+// partition it holds, keys or none: a holder that has keys of a partition
+// the asker has none of runs a pass at once, so a node that restarted
+// empty before the others' rings saw it go gets its keys back. A node
+// whose ring lacks itself (its own heartbeats went unseen, as in a starved
+// process) hands nothing off and drops nothing until it is back. A pass that cannot reach a holder leaves
 // its partitions counted as under-replicated and is tried again after four
 // heartbeats; a change of the ring during a pass starts a new one. Digests
 // that differ only because a key expired at a slightly different time on
@@ -117,7 +123,7 @@
 //
 // Stop (SIGTERM to mesh serve cache) hands the node's keys off to the nodes
 // that hold them once it is gone (bounded by Config.LeaveTimeout, 30 s, and
-// Stop's context) before it publishes its leave, then, once its requests in
+// half the time Stop's context has left) before it publishes its leave, then, once its requests in
 // flight are done, hands off the writes that came in meanwhile.
 //
 // Until its keys arrive, a node that misses a key it now owns asks the
@@ -126,7 +132,11 @@
 // had before it joined, as other nodes may route by that ring a little
 // longer. A value found this way is stored with the time it had left, at
 // version 0 (the hand-off replaces it). So a join causes no miss storm. A
-// delete during the grace period also removes the previous owners' copies.
+// hand-off that lasts longer than the grace period answers misses for the
+// keys it has not moved yet (the copies are not lost: they are still on
+// their previous holders, which send them): set Grace above the hand-off's
+// length (bench/README.md measures it). A delete during the grace period
+// also removes the previous owners' copies.
 //
 // Each node's stats count the keys it handed off (acknowledged) and
 // received, the partitions it has keys in that are under-replicated now,

@@ -36,7 +36,11 @@ type rebalancer struct {
 	done   chan struct{}
 
 	handedOff, received, underRep, lastMs atomic.Int64
-	rebalanced                            atomic.Uint64 // ring version of the last complete pass
+	// changes counts the changes of the ring; rebalanced is the value it
+	// had when the last complete pass started, so that a pass completed
+	// before a change does not count for a ring that came back.
+	changes, rebalanced atomic.Uint64
+	rebalancedRing      atomic.Uint64 // the version of the ring of that pass
 
 	mu      sync.Mutex
 	changed bool // the pass wanted follows a change of the ring
@@ -178,9 +182,29 @@ func (s *Server) rebalance(ctx context.Context, r *ring.Ring, reason string) boo
 	if r.Len() == 0 {
 		return true
 	}
+	if !slices.ContainsFunc(r.Members(), func(m ring.Member) bool { return m.ID == s.cfg.ID }) {
+		// The node's own heartbeats went unseen for a while (a starved
+		// process): it is still a member, and drops nothing until its ring
+		// says so again.
+		return false
+	}
 	start := time.Now()
+	epoch := s.reb.changes.Load()
 	s.pruneTombs(start)
 	parts := s.partitions(0)
+	held := len(parts)
+	// Until a pass completes after the node's start, the partitions it
+	// holds and has no key of are compared too: their digest is empty, and
+	// a holder that has keys of them sends them (see digest), as to a node
+	// that restarted before the others' rings saw it go.
+	if s.reb.rebalanced.Load() == 0 {
+		R := min(s.cfg.Replicas, r.Len())
+		for p := range r.Partitions() {
+			if parts[p] == nil && slices.Contains(r.PartitionOwners(p, R), s.cfg.ID) {
+				parts[p] = &part{}
+			}
+		}
+	}
 	var f passFigures
 	begin := func() {
 		if !f.started {
@@ -195,12 +219,13 @@ func (s *Server) rebalance(ctx context.Context, r *ring.Ring, reason string) boo
 	s.handOff(ctx, r, parts, true, begin, &f)
 	under := f.failed
 	if r.Len() < s.cfg.Replicas {
-		under = int64(len(parts))
+		under = int64(held)
 	}
 	s.reb.underRep.Store(under)
 	complete := !f.aborted && f.failed == 0
 	if complete {
-		s.reb.rebalanced.Store(r.Version())
+		s.reb.rebalancedRing.Store(r.Version())
+		s.reb.rebalanced.Store(epoch)
 	}
 	if f.started || f.failed > 0 {
 		d := time.Since(start)
@@ -242,8 +267,12 @@ func (s *Server) handOff(ctx context.Context, r *ring.Ring, parts map[int]*part,
 	for peer, ps := range asks {
 		slices.Sort(ps)
 		wg.Go(func() {
+			req := DigestRequest{Partitions: ps, Digests: make([]Digest, len(ps))}
+			for i, p := range ps {
+				req.Digests[i] = parts[p].dig
+			}
 			var rep DigestReply
-			err := s.askWithin(ctx, peer, OpDigest, hopHandoff, 0, s.batchTimeout(), DigestRequest{Partitions: ps}, &rep)
+			err := s.askWithin(ctx, peer, OpDigest, hopHandoff, 0, s.batchTimeout(), req, &rep)
 			if err == nil && len(rep.Digests) != len(ps) {
 				err = errors.New("digests do not match the partitions asked")
 			}
@@ -307,7 +336,7 @@ func (s *Server) handOff(ctx context.Context, r *ring.Ring, parts map[int]*part,
 			break
 		}
 		pt := parts[p]
-		if pt.failed {
+		if pt.failed || len(pt.keys) == 0 {
 			continue
 		}
 		if len(pt.need) == 0 {
@@ -328,7 +357,7 @@ func (s *Server) handOff(ctx context.Context, r *ring.Ring, parts map[int]*part,
 		flush()
 	}
 	for _, pt := range parts {
-		if pt.failed {
+		if pt.failed && len(pt.keys) > 0 {
 			f.failed++
 		}
 	}
@@ -471,6 +500,17 @@ func (s *Server) digest(_ context.Context, req *DigestRequest) (DigestReply, err
 	for i, p := range req.Partitions {
 		rep.Digests[i] = rep.Digests[want[p]]
 	}
+	// The asker has no key of a partition this node has keys of: it is
+	// new, or restarted before the ring saw it go; this node's next pass
+	// sends them.
+	if len(req.Digests) == len(req.Partitions) {
+		for i := range req.Partitions {
+			if req.Digests[i].Keys == 0 && rep.Digests[i].Keys > 0 {
+				s.reb.kick(false)
+				break
+			}
+		}
+	}
 	return rep, nil
 }
 
@@ -484,7 +524,13 @@ func (s *Server) leave(ctx context.Context, since uint64) {
 	if r.Len() == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.LeaveTimeout)
+	// At most half the time Stop has left, so that the leave itself and the
+	// rest of the stop still fit in it.
+	budget := s.cfg.LeaveTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		budget = min(budget, time.Until(dl)/2)
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	start := time.Now()
 	parts := s.partitions(since)

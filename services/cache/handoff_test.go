@@ -65,13 +65,33 @@ func items(t *testing.T, nc *nats.Conn, ids ...string) int64 {
 	return n
 }
 
-// setKeys writes n keys with values v<i>, each acknowledged.
+// setKeys writes n keys with values v<i>, each acknowledged: a set that
+// fails (a timeout on a loaded machine) is tried again, up to 5 times.
 func setKeys(t *testing.T, c *cache.Client, n int) {
 	t.Helper()
 	for i := range n {
-		if err := c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), 0); err != nil {
+		var err error
+		for range 5 {
+			if err = c.Set(ctx(t), fmt.Sprintf("key-%d", i), fmt.Appendf(nil, "v%d", i), 0); err == nil {
+				break
+			}
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// waitLong polls cond until it holds, for at most 60 s: the bound of
+// conditions that wait on many requests on a loaded machine.
+func waitLong(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 60s")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -139,7 +159,7 @@ func TestJoinThenCrashLosesNoKey(t *testing.T) {
 	waitMembers(t, 4, rings(c, all...)...)
 	settled(t, nc, ids(all...)...)
 	// Every key is on exactly its 2 holders: the stray copies are gone.
-	waitFor(t, func() bool { return items(t, nc, ids(all...)...) == 2*n })
+	waitLong(t, func() bool { return items(t, nc, ids(all...)...) == 2*n })
 	st, err := nodeStats(nc, "n3")
 	if err != nil || st.Received == 0 {
 		t.Fatalf("the new node received no key: %+v, %v", st, err)
@@ -169,6 +189,9 @@ func TestJoinThenCrashLosesNoKey(t *testing.T) {
 
 	nodes[0].nc.Close() // a crash, after the grace period
 	waitMembers(t, 3, rings(c, all[1:]...)...)
+	// The grace period of the new ring may end before all is read: read
+	// once the survivors have handed off.
+	settled(t, nc, ids(all[1:]...)...)
 	checkKeys(t, c, n)
 }
 
@@ -184,9 +207,10 @@ func TestCrashThenCrashLosesNoKey(t *testing.T) {
 	left := []node{nodes[0], nodes[2], nodes[3]}
 	waitMembers(t, 3, rings(c, left...)...)
 	settled(t, nc, ids(left...)...)
-	waitFor(t, func() bool { return items(t, nc, ids(left...)...) == 2*n })
+	waitLong(t, func() bool { return items(t, nc, ids(left...)...) == 2*n })
 	nodes[2].nc.Close()
 	waitMembers(t, 2, rings(c, nodes[0], nodes[3])...)
+	settled(t, nc, nodes[0].ID(), nodes[3].ID())
 	checkKeys(t, c, n)
 }
 
@@ -213,7 +237,9 @@ func TestLeaveThenCrashLosesNoKey(t *testing.T) {
 // lost or replaced by an older value, on the nodes as they settle, and
 // after one of the old nodes crashes.
 func TestJoinDuringWriteFlood(t *testing.T) {
-	cfg := cache.Config{Grace: 300 * time.Millisecond}
+	// The default grace: reads before the hand-off completes are answered
+	// through the previous owners.
+	cfg := cache.Config{}
 	s, nodes, c := cluster(t, 3, cfg)
 	nc := bustest.Connect(t, s.URL())
 	const writers, keys = 4, 50
@@ -248,12 +274,12 @@ func TestJoinDuringWriteFlood(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) == writers*keys })
+	waitLong(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) == writers*keys })
 	added := startNode(t, s.URL(), "n3", cfg)
 	all := append(nodes, added)
 	waitMembers(t, 4, rings(c, all...)...)
 	// Write on until the new node has received keys by hand-off.
-	waitFor(t, func() bool { st, err := nodeStats(nc, "n3"); return err == nil && st.Received > 0 })
+	waitLong(t, func() bool { st, err := nodeStats(nc, "n3"); return err == nil && st.Received > 0 })
 	close(stop)
 	wg.Wait()
 	check := func(when string) {
@@ -288,7 +314,7 @@ func TestHandoffInterruptedByReceiverCrash(t *testing.T) {
 	setKeys(t, c, n)
 	added := startNode(t, s.URL(), "n3", cfg)
 	waitMembers(t, 4, rings(c, append(nodes, added)...)...)
-	waitFor(t, func() bool { st, err := nodeStats(nc, "n3"); return err == nil && st.Received > 0 })
+	waitLong(t, func() bool { st, err := nodeStats(nc, "n3"); return err == nil && st.Received > 0 })
 	added.nc.Close()
 	for _, nd := range nodes {
 		if st, err := nodeStats(nc, nd.ID()); err == nil && st.Rebalanced == st.Ring && st.Members == 4 {
@@ -354,4 +380,41 @@ func TestPutKeepsNewerVersion(t *testing.T) {
 	if _, err := c.Get(ctx(t), "neg"); !errors.Is(err, cache.ErrNotFound) {
 		t.Fatalf("a refused put stored a key: %v", err)
 	}
+}
+
+// A node restarts (same id, empty memory) before the others' rings see it
+// go: the holders of its partitions send them again, and a crash after
+// that loses no key.
+func TestFastRestartGetsKeysBack(t *testing.T) {
+	s := bustest.RunServer(t)
+	// Heartbeats of 1 s: the restart takes far less than the 3 s after
+	// which the others would drop the node.
+	start := func(id string) node {
+		nc := bustest.Connect(t, s.URL())
+		srv, err := cache.New(nc, cache.Config{ID: id, Heartbeat: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+		return node{srv, nc}
+	}
+	nodes := []node{start("n0"), start("n1"), start("n2")}
+	c := startClient(t, s.URL(), cache.ClientConfig{Heartbeat: time.Second})
+	waitMembers(t, 3, rings(c, nodes...)...)
+	nc := bustest.Connect(t, s.URL())
+	const n = 300
+	setKeys(t, c, n)
+	before := nodes[0].Ring().Version()
+	nodes[1].nc.Close()
+	nodes[1] = start("n1")
+	waitLong(t, func() bool { return items(t, nc, ids(nodes...)...) == 2*n })
+	if nodes[0].Ring().Version() != before {
+		t.Log("the ring saw the restart: the test proves less")
+	}
+	nodes[0].nc.Close()
+	waitMembers(t, 2, rings(c, nodes[1:]...)...)
+	checkKeys(t, c, n)
 }

@@ -809,8 +809,10 @@ func (s *Server) stats() NodeStats {
 		HandedOff: s.reb.handedOff.Load(), Received: s.reb.received.Load(),
 		UnderReplicated: s.reb.underRep.Load(), LastHandoffMs: s.reb.lastMs.Load(),
 	}
-	if v := s.reb.rebalanced.Load(); v != 0 {
-		st.Rebalanced = membership.FormatVersion(v)
+	// The ring a pass completed for is the current one when no change
+	// came since that pass started.
+	if s.reb.rebalanced.Load() == s.reb.changes.Load() && s.reb.rebalancedRing.Load() == r.Version() && r.Len() > 0 {
+		st.Rebalanced = st.Ring
 	}
 	return st
 }

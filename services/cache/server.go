@@ -61,7 +61,7 @@ type Config struct {
 	// 250,000.
 	HandoffRate int
 	// LeaveTimeout bounds the hand-off of a node's keys when it stops
-	// (Stop), besides Stop's context. Zero: 30s.
+	// (Stop), besides half the time Stop's context has left. Zero: 30s.
 	LeaveTimeout time.Duration
 	// MaxConcurrent bounds the requests that wait on another node at once.
 	// Zero: 1024.
@@ -337,6 +337,7 @@ func (s *Server) onChange(prev, next *ring.Ring) {
 			s.emit("node_left", map[string]any{"node": id, "members": next.Len()})
 		}
 	}
+	s.reb.changes.Add(1)
 	s.reb.kick(true)
 }
 

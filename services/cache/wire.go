@@ -399,9 +399,12 @@ func (r *PutRequest) Validate() error {
 	return nil
 }
 
-// DigestRequest asks a node for the digests of partitions.
+// DigestRequest asks a node for the digests of partitions. Digests, when
+// given, are the asker's own, in the same order: a node that has keys of a
+// partition whose digest the asker has empty sends them to it.
 type DigestRequest struct {
-	Partitions []int `json:"partitions"`
+	Partitions []int    `json:"partitions"`
+	Digests    []Digest `json:"digests,omitempty"`
 }
 
 // Digest sums up the keys a node holds in one partition: how many, and the
@@ -424,6 +427,9 @@ func (r *DigestRequest) Validate() error {
 	}
 	if len(r.Partitions) > ring.MaxPartitions {
 		return ErrInvalid.With("at most %d partitions, got %d", ring.MaxPartitions, len(r.Partitions))
+	}
+	if len(r.Digests) != 0 && len(r.Digests) != len(r.Partitions) {
+		return ErrInvalid.With("%d digests for %d partitions", len(r.Digests), len(r.Partitions))
 	}
 	for _, p := range r.Partitions {
 		if p < 0 || p >= ring.MaxPartitions {

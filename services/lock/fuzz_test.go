@@ -18,7 +18,7 @@ func FuzzDecodeRequests(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	for _, s := range []string{`{"name":"a","ttl":30000}`, `{"name":"a","ttl_ms":"30s"}`, "{\"name\":\"\xff\",\"ttl_ms\":1000}"} {
+	for _, s := range []string{`{"name":"a","ttl":30000}`, "\x82\xa4name\xa1a\xa5token\xff", "\x82\xa4name\xa1a\xa6ttl_ms\xcf\xff\xff\xff\xff\xff\xff\xff\xff", `{"name":"a","ttl_ms":"30s"}`, "{\"name\":\"\xff\",\"ttl_ms\":1000}"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -16,20 +16,27 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/lock"
 )
 
 // Histories of concurrent acquires and releases from many clients, checked
 // for linearizability against a sequential model of a lock (and of a counting
-// semaphore) with porcupine, and for fencing (token order).
+// semaphore) with porcupine (linearizability_model_test.go), and for fencing
+// (token order).
 //
 // The lease TTL is far longer than a history, so no lease expires while one
 // is recorded: expiry is time-based and outside the model. An operation that
-// ends with a transport error (no reply in time, no responder, a server-side
-// failure) has an unknown outcome: it is recorded with a return time of
-// +infinity and an output every state accepts, either way.
+// ends with a transport error (no reply in time, a server-side failure) has
+// an unknown outcome: it is recorded with a return time of +infinity and an
+// output every state accepts, either way, unless the events resolve it. A
+// run fails when more than linMaxUnknown of its operations stay unknown, and
+// a run with a fault fails unless operations complete while the node is
+// down.
 
 const (
 	linTTL = 60 * time.Second // no lease expires during a history
@@ -38,197 +45,16 @@ const (
 	// assumes it holds it to the end.
 	linMaxHistory = 30 * time.Second
 	linMaxLimit   = 4
+	// linMaxUnknown is the share of operations whose outcome may stay
+	// unknown: past it, a history checks too little.
+	linMaxUnknown = 0.05
+	// linFaultOps operations called after a node stopped must complete
+	// with a known outcome before it is restarted.
+	linFaultOps = 10
+	// linReplyMargin is the time a wait's request leaves for its answer
+	// after wait_ms (scaled).
+	linReplyMargin = 2 * time.Second
 )
-
-// linName is a lock name of a history with its limit (1: a mutex).
-type linName struct {
-	name  string
-	limit int
-}
-
-type linOp uint8
-
-const (
-	linAcquire linOp = iota
-	linRelease
-)
-
-type linInput struct {
-	op     linOp
-	name   string
-	limit  int
-	wait   time.Duration // acquire: 0 is TryAcquire
-	token  uint64        // release
-	client int
-}
-
-type linResult uint8
-
-const (
-	linUnknown  linResult = iota // transport error: took effect or not
-	linGranted                   // acquire: granted with token
-	linBusy                      // acquire: ErrLocked or ErrWaitTimeout
-	linReleased                  // release: ok
-	linNotHeld                   // release: ErrNotHeld
-)
-
-type linOutput struct {
-	result linResult
-	token  uint64 // granted
-	err    string // for the visualization
-}
-
-// linState is the state of one name: the tokens of its known holders
-// (sorted), the number of holders whose acquire has an unknown outcome (their
-// tokens are unknown), and the greatest token granted so far.
-type linState struct {
-	held   [linMaxLimit]uint64
-	n      int
-	ghosts int
-	last   uint64
-}
-
-func (s linState) holds(token uint64) int {
-	for i := range s.n {
-		if s.held[i] == token {
-			return i
-		}
-	}
-	return -1
-}
-
-func (s linState) with(token uint64) linState {
-	s.held[s.n] = token
-	s.n++
-	slices.Sort(s.held[:s.n])
-	return s
-}
-
-func (s linState) without(i int) linState {
-	copy(s.held[i:s.n], s.held[i+1:s.n])
-	s.n--
-	s.held[s.n] = 0
-	return s
-}
-
-// linModel is the sequential specification of a lock of limit holders (1: a
-// mutex), partitioned by name. A grant needs a free slot and carries a token
-// greater than every token granted before (fencing: grants are served in
-// token order); a refusal (ErrLocked, ErrWaitTimeout) needs every slot taken;
-// a release frees the slot of its token, and ErrNotHeld says the token holds
-// none.
-var linModel = porcupine.NondeterministicModel{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byName := map[string][]porcupine.Operation{}
-		var names []string
-		for _, op := range history {
-			name := op.Input.(linInput).name
-			if _, ok := byName[name]; !ok {
-				names = append(names, name)
-			}
-			byName[name] = append(byName[name], op)
-		}
-		var parts [][]porcupine.Operation
-		for _, name := range names {
-			parts = append(parts, byName[name])
-		}
-		return parts
-	},
-	Init: func() []any { return []any{linState{}} },
-	// A ghost (a grant whose reply never arrived) is a lease that nobody
-	// renews: it ends at some unknown time, by its TTL or when the service
-	// takes the key of a failed request out of the line. So before any
-	// step, any number of ghosts may have gone.
-	Step: func(state, input, output any) []any {
-		var next []any
-		for gone := 0; gone <= state.(linState).ghosts; gone++ {
-			s := state.(linState)
-			s.ghosts -= gone
-			next = append(next, linStep(s, input.(linInput), output.(linOutput))...)
-		}
-		return next
-	},
-	Hash: func(state any) uint64 {
-		s := state.(linState)
-		h := uint64(s.n)<<56 ^ uint64(s.ghosts)<<48 ^ s.last
-		for i := range s.n {
-			h = h*31 + s.held[i]
-		}
-		return h
-	},
-	DescribeOperation: func(input, output any) string {
-		in, out := input.(linInput), output.(linOutput)
-		var call string
-		switch {
-		case in.op == linRelease:
-			call = fmt.Sprintf("release(%s, %d)", in.name, in.token)
-		case in.wait == 0:
-			call = fmt.Sprintf("try(%s)", in.name)
-		default:
-			call = fmt.Sprintf("acquire(%s, %v)", in.name, in.wait)
-		}
-		switch out.result {
-		case linGranted:
-			return fmt.Sprintf("%s -> token %d", call, out.token)
-		case linBusy:
-			return call + " -> busy"
-		case linReleased:
-			return call + " -> ok"
-		case linNotHeld:
-			return call + " -> not held"
-		}
-		return call + " -> unknown: " + out.err
-	},
-	DescribeState: func(state any) string {
-		s := state.(linState)
-		return fmt.Sprintf("held %v +%d unknown, last %d", s.held[:s.n], s.ghosts, s.last)
-	},
-}
-
-// linStep applies one operation to a state with a known number of ghosts.
-func linStep(s linState, in linInput, out linOutput) []any {
-	free := s.n+s.ghosts < in.limit
-	switch in.op {
-	case linAcquire:
-		switch out.result {
-		case linGranted:
-			if free && out.token > s.last && s.holds(out.token) < 0 {
-				next := s.with(out.token)
-				next.last = out.token
-				return []any{next}
-			}
-		case linBusy:
-			if !free {
-				return []any{s}
-			}
-		case linUnknown:
-			if free {
-				next := s
-				next.ghosts++
-				return []any{s, next}
-			}
-			return []any{s}
-		}
-	case linRelease:
-		i := s.holds(in.token)
-		switch out.result {
-		case linReleased:
-			if i >= 0 {
-				return []any{s.without(i)}
-			}
-		case linNotHeld:
-			if i < 0 {
-				return []any{s}
-			}
-		case linUnknown:
-			if i >= 0 {
-				return []any{s, s.without(i)}
-			}
-			return []any{s}
-		}
-	}
-	return nil
-}
 
 // linHistory records the operations of a run.
 type linHistory struct {
@@ -236,6 +62,8 @@ type linHistory struct {
 	mu      sync.Mutex
 	ops     []porcupine.Operation
 	clients atomic.Int32 // porcupine client ids handed out
+	// The fault's window (history time), when the run has one.
+	stopped, restarted int64
 }
 
 func (h *linHistory) now() int64 { return time.Since(h.start).Nanoseconds() }
@@ -269,12 +97,19 @@ type linRun struct {
 // linClient is one client of a run: one connection, at most one lease at a
 // time.
 type linClient struct {
-	h      *linHistory
-	c      *lock.Client
-	rng    *rand.Rand
-	id     int // porcupine client id: a new one after each unknown outcome
-	owner  string
-	lease  *lock.Lease
+	h     *linHistory
+	c     *lock.Client
+	nc    *nats.Conn
+	rng   *rand.Rand
+	id    int // porcupine client id: a new one after each unknown outcome
+	owner string
+	seq   int         // acquires asked for, naming each one's owner
+	lease *lock.Lease // held through TryAcquire
+	// held through a wait (token 0: none)
+	held struct {
+		name  string
+		token uint64
+	}
 	limit  int
 	past   []linInput // releases of tokens already given back, to replay
 	errors []string
@@ -288,6 +123,14 @@ func linClassifyAcquire(err error) linOutput {
 		return linOutput{result: linGranted}
 	case errors.Is(err, lock.ErrLocked), errors.Is(err, lock.ErrWaitTimeout):
 		return linOutput{result: linBusy}
+	case errors.Is(err, lock.ErrExpired), errors.Is(err, nats.ErrNoResponders):
+		// Written nothing (arrived after its deadline), or received by no
+		// instance.
+		return linOutput{result: linRefused, err: err.Error()}
+	case errors.Is(err, lock.ErrLimitMismatch):
+		// Changed nothing, but every contender of a name asks with its
+		// limit: no run may see it.
+		return linOutput{result: linRefused, err: err.Error(), unexpected: true}
 	}
 	return linOutput{result: linUnknown, err: err.Error()}
 }
@@ -298,40 +141,77 @@ func linClassifyRelease(err error) linOutput {
 		return linOutput{result: linReleased}
 	case errors.Is(err, lock.ErrNotHeld):
 		return linOutput{result: linNotHeld}
+	case errors.Is(err, nats.ErrNoResponders):
+		return linOutput{result: linRefused, err: err.Error()}
 	}
 	return linOutput{result: linUnknown, err: err.Error()}
 }
 
 func (w *linClient) acquire(n linName) {
-	in := linInput{op: linAcquire, name: n.name, limit: n.limit, client: w.id}
-	o := lock.Options{TTL: linTTL, Owner: w.owner, Limit: n.limit}
+	w.seq++
+	in := linInput{op: linAcquire, name: n.name, limit: n.limit, client: w.id, owner: fmt.Sprintf("%s.%d", w.owner, w.seq)}
+	if w.rng.IntN(2) == 0 {
+		w.wait(n, in)
+		return
+	}
+	o := lock.Options{TTL: linTTL, Owner: in.owner, Limit: n.limit}
 	if n.limit == 1 {
 		o.Limit = 0 // the default
 	}
-	var (
-		l   *lock.Lease
-		err error
-	)
-	if w.rng.IntN(2) == 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-		call := w.h.now()
-		l, err = w.c.TryAcquire(ctx, n.name, o)
-		ret := w.h.now()
-		cancel()
-		w.record(in, call, l, err, ret)
-	} else {
-		// Acquire waits up to the deadline less 100ms, and answers before it.
-		in.wait = time.Duration(50+w.rng.IntN(350)) * time.Millisecond
-		ctx, cancel := context.WithTimeout(context.Background(), in.wait+100*time.Millisecond)
-		call := w.h.now()
-		l, err = w.c.Acquire(ctx, n.name, o)
-		ret := w.h.now()
-		cancel()
-		w.record(in, call, l, err, ret)
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	call := w.h.now()
+	l, err := w.c.TryAcquire(ctx, n.name, o)
+	ret := w.h.now()
+	cancel()
+	w.record(in, call, l, err, ret)
 	if l != nil {
 		w.lease, w.limit = l, n.limit
-		time.Sleep(time.Duration(w.rng.IntN(3000)) * time.Microsecond) // hold it a moment
+		w.hold()
+	}
+}
+
+// hold holds a lock a moment, now and then for longer than most waits.
+func (w *linClient) hold() {
+	d := time.Duration(w.rng.IntN(3000)) * time.Microsecond
+	if w.rng.IntN(20) == 0 {
+		d = time.Duration(50+w.rng.IntN(300)) * time.Millisecond
+	}
+	time.Sleep(d)
+}
+
+// wait asks the service to wait in line up to wait_ms, counted from the
+// request's arrival: its wait has run out by waitEnd. The request is sent
+// on the wire rather than through the Client, whose Acquire keeps only
+// 100 ms after wait_ms for the answer: under load, a refusal decided on a
+// view caught up with a replicated bucket takes longer, and its outcome
+// would be lost (the Client's Acquire is tested in lock_test.go). Here the
+// request's deadline leaves linReplyMargin for the answer.
+func (w *linClient) wait(n linName, in linInput) {
+	in.wait = time.Duration(50+w.rng.IntN(350)) * time.Millisecond
+	now := time.Now()
+	call := now.Sub(w.h.start).Nanoseconds()
+	in.waitEnd = call + in.wait.Nanoseconds()
+	dl := now.Add(in.wait + bustest.Scale(linReplyMargin))
+	req := lock.AcquireRequest{Name: n.name, Owner: in.owner, TTLms: linTTL.Milliseconds(), WaitMs: in.wait.Milliseconds(), Deadline: &bus.Time{Time: dl}}
+	if n.limit > 1 {
+		req.Limit = n.limit
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), dl)
+	reply, err := bus.Request[lock.AcquireRequest, lock.AcquireReply](ctx, w.nc, lock.SubjectAcquire, req)
+	ret := w.h.now()
+	cancel()
+	out := linClassifyAcquire(err)
+	if err == nil {
+		out.token = reply.Token
+	}
+	w.h.add(in, call, out, ret)
+	if out.result == linUnknown {
+		w.errors = append(w.errors, out.err)
+		w.newID()
+	}
+	if err == nil {
+		w.held.name, w.held.token, w.limit = n.name, reply.Token, n.limit
+		w.hold()
 	}
 }
 
@@ -352,17 +232,29 @@ func (w *linClient) record(in linInput, call int64, l *lock.Lease, err error, re
 func (w *linClient) release(deadline time.Time) {
 	l := w.lease
 	w.lease = nil
-	in := linInput{op: linRelease, name: l.Name(), limit: w.limit, token: l.Token(), client: w.id}
+	name, token := w.held.name, w.held.token
+	w.held.token = 0
+	if l != nil {
+		name, token = l.Name(), l.Token()
+	}
+	in := linInput{op: linRelease, name: name, limit: w.limit, token: token, client: w.id}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
 	call := w.h.now()
-	err := l.Release(ctx) // stops the renewals, whatever the outcome
+	var err error
+	if l != nil {
+		err = l.Release(ctx) // stops the renewals, whatever the outcome
+	} else {
+		err = w.c.Release(ctx, name, token)
+	}
 	ret := w.h.now()
 	out := linClassifyRelease(err)
 	w.h.add(in, call, out, ret)
-	for try := 0; out.result == linUnknown && try < 20 && time.Now().Before(deadline); try++ {
+	for try := 0; (out.result == linUnknown || out.result == linRefused) && try < 20 && time.Now().Before(deadline); try++ {
 		w.errors = append(w.errors, out.err)
-		w.newID()
+		if out.result == linUnknown {
+			w.newID()
+		}
 		time.Sleep(100 * time.Millisecond)
 		in.client = w.id
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -415,7 +307,7 @@ func (w *linClient) run(cfg linRun) {
 			break
 		}
 		switch {
-		case w.lease != nil:
+		case w.lease != nil || w.held.token != 0:
 			w.release(cfg.deadline)
 		case len(w.past) > 0 && w.rng.IntN(10) == 0:
 			w.releaseStale()
@@ -424,7 +316,7 @@ func (w *linClient) run(cfg linRun) {
 		}
 		time.Sleep(time.Duration(w.rng.IntN(5000)) * time.Microsecond)
 	}
-	if w.lease != nil {
+	if w.lease != nil || w.held.token != 0 {
 		w.release(time.Now().Add(5 * time.Second))
 	}
 }
@@ -437,9 +329,11 @@ func linClients(t *testing.T, url string, h *linHistory, cfg linRun) (wait func(
 	var wg sync.WaitGroup
 	var ws []*linClient
 	for i := range cfg.clients {
+		nc := bustest.Connect(t, url)
 		w := &linClient{
 			h:     h,
-			c:     lock.NewClient(bustest.Connect(t, url)),
+			c:     lock.NewClient(nc),
+			nc:    nc,
 			rng:   rand.New(rand.NewPCG(seed, uint64(i))),
 			owner: fmt.Sprintf("client-%d", i),
 		}
@@ -455,36 +349,92 @@ func linClients(t *testing.T, url string, h *linHistory, cfg linRun) (wait func(
 	}
 }
 
-// linCheck checks a history for linearizability and fencing.
-func linCheck(t *testing.T, h *linHistory, ws []*linClient) {
+// linCheck resolves the unknown outcomes of a history from the events and
+// checks it for linearizability and fencing, and that it checks enough:
+// few unknown outcomes, and operations completed during its fault.
+func linCheck(t *testing.T, h *linHistory, ws []*linClient, js jetstream.JetStream, tap *linJoinTap) {
 	t.Helper()
-	ops := h.ops
-	var unknown int
-	counts := map[linResult]int{}
-	for _, op := range ops {
-		counts[op.Output.(linOutput).result]++
+	joins := tap.result()
+	events, missing := linReadEvents(t, js, h, bustest.Scale(5*time.Second))
+	if missing > 0 && h.stopped == 0 {
+		// Without a fault no event is lost: every grant and release emits
+		// one.
+		t.Errorf("%d grants and releases that clients saw have no event in %s", missing, bus.EventStream)
 	}
-	unknown = counts[linUnknown]
+	// Event times and the stream's timestamps are read on the wall clock,
+	// the history on the monotonic one: allow for their drift.
+	now := time.Now()
+	drift := now.Sub(h.start) - now.Round(0).Sub(h.start.Round(0))
+	p := linParams{events: events, joins: joins, slack: (linClockSlack + max(drift, -drift)).Nanoseconds(), gap: bustest.Scale(linGapDefault).Nanoseconds()}
+	ops, rep, err := linPrepare(h.ops, p)
+	if err != nil {
+		t.Fatalf("events: %v", err)
+	}
+
+	counts := map[linResult]int{}
+	var unexpected []string
+	for _, op := range h.ops {
+		out := op.Output.(linOutput)
+		counts[out.result]++
+		if out.unexpected {
+			unexpected = append(unexpected, out.err)
+		}
+	}
 	var errs []string
 	for _, w := range ws {
 		errs = append(errs, w.errors...)
 	}
-	t.Logf("%d operations in %v: %d granted, %d busy, %d released, %d not held, %d unknown",
-		len(ops), time.Since(h.start).Round(time.Millisecond), counts[linGranted], counts[linBusy], counts[linReleased], counts[linNotHeld], unknown)
+	t.Logf("%d operations in %v: %d granted, %d busy, %d released, %d not held, %d refused, %d unknown; %d lock events",
+		len(h.ops), time.Since(h.start).Round(time.Millisecond), counts[linGranted], counts[linBusy], counts[linReleased], counts[linNotHeld], counts[linRefused], counts[linUnknown], len(events))
+	t.Logf("resolved from events: %d grants, %d releases; %d unknown left; %d of %d timed-out waits watched from their join",
+		rep.resolvedGrants, rep.resolvedReleases, rep.unknown, rep.watched, rep.waits)
 	if len(errs) > 0 {
 		slices.Sort(errs)
 		errs = slices.Compact(errs)
-		t.Logf("unknown outcomes: %s", strings.Join(errs[:min(len(errs), 10)], "; "))
+		t.Logf("unknown outcomes and refusals: %s", strings.Join(errs[:min(len(errs), 10)], "; "))
+	}
+	if rep.unknown > 0 {
+		// When the unknown outcomes were asked for, by second of the
+		// history, to tell a fault's toll from a service that stalls.
+		bySecond := map[int64]int{}
+		var last int64
+		for _, op := range ops {
+			if op.Output.(linOutput).result == linUnknown {
+				bySecond[op.Call/int64(time.Second)]++
+				last = max(last, op.Call/int64(time.Second))
+			}
+		}
+		var b strings.Builder
+		for sec := int64(0); sec <= last; sec++ {
+			fmt.Fprintf(&b, " %d", bySecond[sec])
+		}
+		t.Logf("unknown outcomes by second of call:%s (stopped at %v, restarted at %v)", b.String(), time.Duration(h.stopped).Round(time.Millisecond), time.Duration(h.restarted).Round(time.Millisecond))
+	}
+	if rep.waits >= 5 && rep.watched == 0 {
+		t.Errorf("none of %d timed-out waits was watched from its join: the tap on the bucket saw none", rep.waits)
+	}
+	if len(unexpected) > 0 {
+		t.Errorf("%d refusals no run may see: %s", len(unexpected), unexpected[0])
 	}
 	if counts[linGranted] == 0 || counts[linReleased] == 0 {
 		t.Fatalf("a history without grants or releases checks nothing")
+	}
+	if h.stopped != 0 {
+		if n := linDuringFault(h); n == 0 {
+			t.Errorf("no operation completed while the node was down")
+		}
+	}
+	if share := float64(rep.unknown) / float64(len(h.ops)); share > linMaxUnknown {
+		t.Errorf("%d of %d outcomes (%.1f%%) stayed unknown, more than %.0f%%: the history checks too little", rep.unknown, len(h.ops), 100*share, 100*linMaxUnknown)
 	}
 	if err := linCheckFencing(ops); err != nil {
 		t.Fatalf("fencing: %v", err)
 	}
 
 	model := linModel.ToModel()
+	checking := time.Now()
 	res := porcupine.CheckOperationsTimeout(model, ops, 30*time.Second)
+	t.Logf("porcupine: %s in %v", res, time.Since(checking).Round(time.Millisecond))
 	if res == porcupine.Ok {
 		return
 	}
@@ -513,6 +463,27 @@ func linCheck(t *testing.T, h *linHistory, ws []*linClient) {
 		txt = err.Error()
 	}
 	t.Fatalf("history is %s (not linearizable); visualization: %s; history: %s", res, f.Name(), txt)
+}
+
+// linDuringFault counts the operations called after the node stopped
+// that completed, with a known outcome, before it was restarted.
+func linDuringFault(h *linHistory) int {
+	return linCompleted(h, h.stopped, h.restarted)
+}
+
+// linCompleted counts the operations called at from or later that
+// completed, with a known outcome, by to.
+func linCompleted(h *linHistory, from, to int64) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, op := range h.ops {
+		r := op.Output.(linOutput).result
+		if op.Call >= from && op.Return <= to && r != linUnknown && r != linRefused {
+			n++
+		}
+	}
+	return n
 }
 
 // linCheckFencing checks the tokens of the grants: no two grants share one,
@@ -571,8 +542,8 @@ func linCheckFencing(ops []porcupine.Operation) error {
 var linNames = []linName{{"lin.a", 1}, {"lin.b", 1}, {"lin.pool", 2}}
 
 // TestLinearizability: one server, one service instance, 8 clients
-// acquiring (TryAcquire, or Acquire with a wait) and releasing two mutexes
-// and a semaphore of 2, and releasing stale tokens.
+// acquiring (TryAcquire, or a wait in line up to wait_ms) and releasing two
+// mutexes and a semaphore of 2, and releasing stale tokens.
 func TestLinearizability(t *testing.T) {
 	linSingle(t, 1)
 }
@@ -585,12 +556,17 @@ func TestLinearizabilityTwoInstances(t *testing.T) {
 
 func linSingle(t *testing.T, instances int) {
 	s := bustest.RunServer(t)
+	js := bustest.JetStream(t, bustest.Connect(t, s.URL()))
+	if _, err := bus.EnsureEventStream(ctx(t), js, bus.EventStreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
 	for range instances {
 		serveWith(t, s.URL(), lock.Config{})
 	}
 	h := &linHistory{start: time.Now()}
+	tap := linTapJoins(t, js, h)
 	wait := linClients(t, s.URL(), h, linRun{names: linNames, clients: 8, ops: 40, deadline: h.start.Add(linMaxHistory)})
-	linCheck(t, h, wait())
+	linCheck(t, h, wait(), js, tap)
 }
 
 // TestLinearizabilityCluster: a 3-node cluster, the bucket on 3 replicas,
@@ -623,12 +599,25 @@ func TestLinearizabilityClusterStopStreamLeader(t *testing.T) {
 // stop and restart in the middle of it ("": none).
 func linCluster(t *testing.T, victim string) {
 	c := bustest.RunCluster(t, 3)
+	js := bustest.JetStream(t, c.Connect())
+	if _, err := bus.EnsureEventStream(ctx(t), js, bus.EventStreamConfig{Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
 	cfg := lock.Config{Replicas: 3}
 	serveWith(t, c.URL(), cfg)
 	serveWith(t, c.URL(), cfg)
 
+	// The node to stop is picked before the run, so that the tap on the
+	// bucket is connected to another.
+	victimNode, tapURL := -1, c.URL()
+	if victim != "" {
+		victimNode = linVictim(t, c, victim)
+		tapURL = c.Node((victimNode + 1) % c.N()).ClientURL()
+	}
 	healed := make(chan struct{})
 	h := &linHistory{start: time.Now()}
+	tapJS := bustest.JetStream(t, bustest.Connect(t, tapURL))
+	tap := linTapJoins(t, tapJS, h)
 	wait := linClients(t, c.URL(), h, linRun{names: linNames, clients: 8, ops: 40, keepGoing: healed, deadline: h.start.Add(linMaxHistory)})
 	ok := false
 	defer func() {
@@ -638,22 +627,33 @@ func linCluster(t *testing.T, victim string) {
 		}
 	}()
 
-	// Let the clients get going, then pick the node and stop it.
+	// Let the clients get going, then stop the node.
 	for h.len() < 80 && time.Since(h.start) < 5*time.Second {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if victim != "" {
-		i := linVictim(t, c, victim)
+		i := victimNode
 		t.Logf("stopping node %d (%s) after %d operations", i, victim, h.len())
 		c.Stop(i)
-		time.Sleep(1500 * time.Millisecond)
-		t.Logf("restarting node %d after %d operations", i, h.len())
+		h.stopped = h.now()
+		// The node stays down for 1.5 s at least, and until operations
+		// asked for since complete.
+		down := time.Now()
+		for time.Since(down) < 1500*time.Millisecond || linCompleted(h, h.stopped, h.now()) < linFaultOps {
+			if time.Since(down) > bustest.Scale(15*time.Second) {
+				t.Errorf("only %d operations completed in %v while node %d was down", linCompleted(h, h.stopped, h.now()), time.Since(down).Round(time.Millisecond), i)
+				break
+			}
+			time.Sleep(10 * time.Millisecond) // polling the history
+		}
+		h.restarted = h.now()
+		t.Logf("restarting node %d after %d operations, %d completed while it was down", i, h.len(), linCompleted(h, h.stopped, h.restarted))
 		c.Restart(i)
 		t.Logf("node %d is back after %d operations", i, h.len())
 	}
 	ok = true
 	close(healed)
-	linCheck(t, h, wait())
+	linCheck(t, h, wait(), tapJS, tap)
 }
 
 // linVictim picks the node to stop: the JetStream meta leader, the leader
@@ -700,73 +700,4 @@ func linVictim(t *testing.T, c *bustest.Cluster, victim string) int {
 	}
 	t.Fatal("no follower")
 	return -1
-}
-
-// TestLinearizabilityModel: the model and the fencing check reject the
-// histories they must reject, and accept unknown outcomes either way.
-func TestLinearizabilityModel(t *testing.T) {
-	const inf = math.MaxInt64
-	acq := func(name string, limit int, call int64, out linOutput, ret int64) porcupine.Operation {
-		return porcupine.Operation{Input: linInput{op: linAcquire, name: name, limit: limit}, Call: call, Output: out, Return: ret}
-	}
-	rel := func(name string, token uint64, call int64, out linOutput, ret int64) porcupine.Operation {
-		return porcupine.Operation{Input: linInput{op: linRelease, name: name, limit: 1, token: token}, Call: call, Output: out, Return: ret}
-	}
-	granted := func(token uint64) linOutput { return linOutput{result: linGranted, token: token} }
-	var (
-		busy     = linOutput{result: linBusy}
-		released = linOutput{result: linReleased}
-		notHeld  = linOutput{result: linNotHeld}
-		unknown  = linOutput{result: linUnknown}
-	)
-	for _, c := range []struct {
-		name    string
-		ok      bool
-		fencing bool // the fencing check rejects it too
-		ops     []porcupine.Operation
-	}{
-		{"acquire release acquire", true, false, []porcupine.Operation{
-			acq("a", 1, 0, granted(5), 10), rel("a", 5, 20, released, 30), acq("a", 1, 40, granted(7), 50)}},
-		{"two holders", false, false, []porcupine.Operation{
-			acq("a", 1, 0, granted(5), 10), acq("a", 1, 20, granted(7), 30)}},
-		{"two names", true, false, []porcupine.Operation{
-			acq("a", 1, 0, granted(5), 10), acq("b", 1, 20, granted(7), 30)}},
-		{"concurrent grant and release", true, false, []porcupine.Operation{
-			acq("a", 1, 0, granted(5), 10), rel("a", 5, 20, released, 40), acq("a", 1, 15, granted(7), 30)}},
-		{"busy while free", false, false, []porcupine.Operation{
-			acq("a", 1, 0, granted(5), 10), rel("a", 5, 20, released, 30), acq("a", 1, 40, busy, 50)}},
-		{"not held while held", false, false, []porcupine.Operation{
-			acq("a", 1, 0, granted(5), 10), rel("a", 5, 20, notHeld, 30)}},
-		{"stale release", true, false, []porcupine.Operation{
-			acq("a", 1, 0, granted(5), 10), rel("a", 5, 20, released, 30), rel("a", 5, 40, notHeld, 50)}},
-		{"token going back", false, true, []porcupine.Operation{
-			acq("a", 1, 0, granted(7), 10), rel("a", 7, 20, released, 30), acq("a", 1, 40, granted(5), 50)}},
-		{"token reused", false, true, []porcupine.Operation{
-			acq("a", 1, 0, granted(7), 10), rel("a", 7, 20, released, 30), acq("a", 1, 40, granted(7), 50)}},
-		{"semaphore of 2", true, false, []porcupine.Operation{
-			acq("p", 2, 0, granted(5), 10), acq("p", 2, 20, granted(7), 30), acq("p", 2, 40, busy, 50)}},
-		{"semaphore of 2, three holders", false, false, []porcupine.Operation{
-			acq("p", 2, 0, granted(5), 10), acq("p", 2, 20, granted(7), 30), acq("p", 2, 40, granted(9), 50)}},
-		{"unknown acquire, not taken", true, false, []porcupine.Operation{
-			acq("a", 1, 0, unknown, inf), acq("a", 1, 20, granted(7), 30)}},
-		{"unknown acquire, taken", true, false, []porcupine.Operation{
-			acq("a", 1, 0, unknown, inf), acq("a", 1, 20, busy, 30)}},
-		{"unknown acquire, taken, then its lease ends", true, false, []porcupine.Operation{
-			acq("a", 1, 0, unknown, inf), acq("a", 1, 20, busy, 30), acq("a", 1, 40, granted(7), 50)}},
-		{"a ghost does not come back", false, false, []porcupine.Operation{
-			acq("a", 1, 0, unknown, inf), acq("a", 1, 20, busy, 30), acq("a", 1, 40, granted(7), 50),
-			rel("a", 7, 60, released, 70), acq("a", 1, 80, busy, 90)}},
-		{"unknown release, taken", true, false, []porcupine.Operation{
-			acq("a", 1, 0, granted(5), 10), rel("a", 5, 20, unknown, inf), acq("a", 1, 40, granted(7), 50)}},
-		{"unknown release, not taken", true, false, []porcupine.Operation{
-			acq("a", 1, 0, granted(5), 10), rel("a", 5, 20, unknown, inf), acq("a", 1, 40, busy, 50), rel("a", 5, 60, released, 70)}},
-	} {
-		res := porcupine.CheckOperationsTimeout(linModel.ToModel(), c.ops, 10*time.Second)
-		if (res == porcupine.Ok) != c.ok {
-			t.Errorf("%s: %s, want ok %v", c.name, res, c.ok)
-		}
-		if err := linCheckFencing(c.ops); (err != nil) != c.fencing {
-			t.Errorf("%s: fencing check: %v, want a failure: %v", c.name, err, c.fencing)
-		}
-	}
 }

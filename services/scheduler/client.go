@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/meshkit/mesh/pkg/bus"
 )
@@ -24,8 +26,30 @@ func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
 // ErrInvalidSchedule, ErrInvalid or ErrPayloadTooLarge on bad input (nothing
 // is enqueued), and with ErrDuplicate when the queue has a task with the
 // same unique key within its window: the id returned is then that task's.
+//
+// Submit gives the task an id of its own making when req.ID is empty, and
+// when a submit gets no answer (a timeout, no service, or a 503 that
+// cannot tell whether the task stands) it sends it again with the same id
+// while ctx allows, up to submitAttempts times: the service makes no
+// second task of an id it knows, so a retry never duplicates a task.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) {
-	r, err := bus.Request[SubmitRequest, SubmitReply](ctx, c.nc, SubjectSubmit, req)
+	if req.ID == "" {
+		req.ID = nuid.Next()
+	}
+	var r SubmitReply
+	var err error
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, bus.DefaultTimeout)
+		r, err = bus.Request[SubmitRequest, SubmitReply](actx, c.nc, SubjectSubmit, req)
+		cancel()
+		if err == nil || attempt == submitAttempts || ctx.Err() != nil || !unsettled(err) {
+			break
+		}
+		select {
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
 	if err != nil {
 		if id, ok := DuplicateID(err); ok {
 			return id, err
@@ -33,6 +57,91 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) 
 		return "", err
 	}
 	return r.ID, nil
+}
+
+// SubmitMany submits tasks in batches (mesh.scheduler.submit with tasks:
+// up to MaxBatch tasks and about maxBatchBytes each), each accepted or
+// refused on its own, and returns a result per task, in order: its id and
+// state, or its error (SubmitResult.Err). As Submit, it gives each task
+// without an id one of its own making and sends a batch that got no
+// answer again with the same ids, which makes no second task. The error
+// is for a batch that failed as a whole; results of the batches sent
+// before it are filled in.
+func (c *Client) SubmitMany(ctx context.Context, reqs []SubmitRequest) ([]SubmitResult, error) {
+	tasks := make([]SubmitRequest, len(reqs))
+	for i, r := range reqs {
+		if r.ID == "" {
+			r.ID = nuid.Next()
+		}
+		tasks[i] = r
+	}
+	results := make([]SubmitResult, 0, len(tasks))
+	for start := 0; start < len(tasks); {
+		end, size := start, 0
+		for end < len(tasks) && end-start < MaxBatch {
+			n := len(tasks[end].Payload) + len(tasks[end].Type) + len(tasks[end].Queue) + len(tasks[end].UniqueKey) + len(tasks[end].ID) + 128
+			if end > start && size+n > maxBatchBytes {
+				break
+			}
+			size += n
+			end++
+		}
+		r, err := c.submitBatch(ctx, tasks[start:end])
+		if err != nil {
+			return results, err
+		}
+		if len(r.Tasks) != end-start {
+			return results, fmt.Errorf("scheduler: a batch of %d tasks got %d results", end-start, len(r.Tasks))
+		}
+		results = append(results, r.Tasks...)
+		start = end
+	}
+	return results, nil
+}
+
+// maxBatchBytes bounds the estimated size of one batch SubmitMany sends,
+// within NATS's default max payload of 1 MiB.
+const maxBatchBytes = 900 << 10
+
+func (c *Client) submitBatch(ctx context.Context, tasks []SubmitRequest) (SubmitReply, error) {
+	var r SubmitReply
+	var err error
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, batchTimeout(len(tasks)))
+		r, err = bus.Request[SubmitRequest, SubmitReply](actx, c.nc, SubjectSubmit, SubmitRequest{Tasks: tasks})
+		cancel()
+		if err == nil || attempt == submitAttempts || ctx.Err() != nil || !unsettled(err) {
+			return r, err
+		}
+		select {
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+}
+
+// batchTimeout bounds one attempt of a batch of n tasks: the service
+// makes each task's writes, 64 tasks at a time.
+func batchTimeout(n int) time.Duration {
+	return bus.DefaultTimeout + time.Duration(n)*25*time.Millisecond
+}
+
+// Err returns the error that refused the task, or nil: a coded error that
+// matches the package's sentinels with errors.Is.
+func (r SubmitResult) Err() error {
+	if r.Error == nil {
+		return nil
+	}
+	return r.Error
+}
+
+// submitAttempts bounds the attempts of one Submit.
+const submitAttempts = 4
+
+// unsettled reports an error after which a submit may or may not have
+// made its task.
+func unsettled(err error) bool {
+	return bus.Unanswered(err) || errors.Is(err, bus.ErrTimeout) || errors.Is(err, bus.ErrUnavailable)
 }
 
 // DuplicateID returns the id of the existing task an ErrDuplicate names.
@@ -104,6 +213,29 @@ func (c *Client) ListSchedules(ctx context.Context) ([]ScheduleInfo, error) {
 func (c *Client) RemoveSchedule(ctx context.Context, name string) error {
 	_, err := bus.Request[ScheduleRmRequest, ScheduleRmReply](ctx, c.nc, SubjectRmSched, ScheduleRmRequest{Name: name})
 	return err
+}
+
+// DeadList returns one page of the dead letters, oldest first; pass the
+// reply's NextCursor as the next request's Cursor.
+func (c *Client) DeadList(ctx context.Context, req DeadListRequest) (DeadListReply, error) {
+	return bus.Request[DeadListRequest, DeadListReply](ctx, c.nc, SubjectDeadList, req)
+}
+
+// DeadRequeue runs dead tasks again, with their ids and their attempts
+// reset: one task (req.ID), or every dead task of a queue (req.Queue and
+// req.All). It returns the ids requeued, or ErrNotFound for an id that is
+// not in the dead letters.
+func (c *Client) DeadRequeue(ctx context.Context, req DeadRequest) ([]string, error) {
+	r, err := bus.Request[DeadRequest, DeadReply](ctx, c.nc, SubjectDeadRequeue, req)
+	return r.IDs, err
+}
+
+// DeadDelete removes dead tasks from the dead letters (their states stay
+// dead until their retention ends), as DeadRequeue names them, and returns
+// the ids removed.
+func (c *Client) DeadDelete(ctx context.Context, req DeadRequest) ([]string, error) {
+	r, err := bus.Request[DeadRequest, DeadReply](ctx, c.nc, SubjectDeadDelete, req)
+	return r.IDs, err
 }
 
 // taskOfEvent reads the task id and queue of a task event.

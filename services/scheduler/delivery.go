@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,12 +29,22 @@ type consumerFacts struct {
 
 // queueFacts caches a queue's consumerFacts. The delivered sequence only
 // grows, so a cached value that covers a report's sequence needs no
-// request; one that does not is refreshed (one request for all the reports
-// waiting on it).
+// request, and is read without a lock; one that does not is refreshed,
+// one request at a time, shared by the reports waiting on it.
 type queueFacts struct {
-	mu    sync.Mutex
-	facts consumerFacts
-	known bool
+	delivered atomic.Uint64
+	conf      atomic.Pointer[consumerFacts] // maxDeliver and ackWait; nil: not asked yet
+	refresh   sync.Mutex
+}
+
+func (q *queueFacts) load(seq uint64) (consumerFacts, bool) {
+	c := q.conf.Load()
+	if c == nil {
+		return consumerFacts{}, false
+	}
+	f := *c
+	f.delivered = q.delivered.Load()
+	return f, f.delivered >= seq
 }
 
 func (s *Server) queueFacts(queue string) *queueFacts {
@@ -45,14 +56,9 @@ func (s *Server) queueFacts(queue string) *queueFacts {
 }
 
 // knownFacts returns the cached facts of a queue if they cover seq, with no
-// request (for reports served in the subscription's callback).
+// request and no wait (for reports served in the subscription's callback).
 func (s *Server) knownFacts(queue string, seq uint64) (consumerFacts, bool) {
-	q := s.queueFacts(queue)
-	if !q.mu.TryLock() {
-		return consumerFacts{}, false
-	}
-	defer q.mu.Unlock()
-	return q.facts, q.known && q.facts.delivered >= seq
+	return s.queueFacts(queue).load(seq)
 }
 
 // consumerFacts returns the facts of a queue's consumer, asking the consumer
@@ -60,10 +66,13 @@ func (s *Server) knownFacts(queue string, seq uint64) (consumerFacts, bool) {
 // delivered nothing.
 func (s *Server) consumerFacts(ctx context.Context, queue string, seq uint64) (consumerFacts, error) {
 	q := s.queueFacts(queue)
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.known && q.facts.delivered >= seq {
-		return q.facts, nil
+	if f, ok := q.load(seq); ok {
+		return f, nil
+	}
+	q.refresh.Lock()
+	defer q.refresh.Unlock()
+	if f, ok := q.load(seq); ok {
+		return f, nil // refreshed while this one waited
 	}
 	cons, err := s.tasks.Consumer(ctx, queue)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -73,13 +82,15 @@ func (s *Server) consumerFacts(ctx context.Context, queue string, seq uint64) (c
 		return consumerFacts{}, fmt.Errorf("scheduler: queue %s: %w", queue, err)
 	}
 	info := cons.CachedInfo()
-	q.facts = consumerFacts{
-		delivered:  max(q.facts.delivered, info.Delivered.Stream),
-		maxDeliver: info.Config.MaxDeliver,
-		ackWait:    info.Config.AckWait,
+	q.conf.Store(&consumerFacts{maxDeliver: info.Config.MaxDeliver, ackWait: info.Config.AckWait})
+	for {
+		d := q.delivered.Load()
+		if info.Delivered.Stream <= d || q.delivered.CompareAndSwap(d, info.Delivered.Stream) {
+			break
+		}
 	}
-	q.known = true
-	return q.facts, nil
+	f, _ := q.load(seq)
+	return f, nil
 }
 
 // isTaskMsg reports whether the message at a report's stream sequence is

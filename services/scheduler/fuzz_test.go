@@ -2,12 +2,14 @@ package scheduler
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"reflect"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
@@ -168,6 +170,40 @@ func FuzzReports(f *testing.F) {
 					}
 				}
 			}
+		}
+	})
+}
+
+// FuzzPayloadJSON: a msgpack payload that is not bytes becomes the JSON text
+// json.Marshal writes for its decoded value, read as it streams.
+func FuzzPayloadJSON(f *testing.F) {
+	for _, s := range []string{"\x82\xa1a\x01\xa1b\x92\xc3\xc0", "\x93\xcb\x3f\xf8\x00\x00\x00\x00\x00\x00\xd0\x80\xcf\xff\xff\xff\xff\xff\xff\xff\xff",
+		"\x81\x01\x02", "\x82\xa1a\x01\xa1a\x02", "\x91\xc4\x02\x00\xff", "\x81\xa3<&>\xa2\xff\xfe", "\xca\x7f\xc0\x00\x00", "\xd6\xff\x00\x00\x00\x01"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var v any
+		if bus.MsgPack.Unmarshal(data, &v) != nil {
+			return
+		}
+		want, werr := json.Marshal(v)
+		var buf bytes.Buffer
+		dec := msgpack.NewDecoder(bytes.NewReader(data))
+		err := appendJSON(&buf, dec)
+		if err != nil {
+			if werr == nil {
+				if _, ok := v.(map[any]any); !ok {
+					t.Logf("streaming refused what json.Marshal took: %v (%s)", err, want)
+				}
+			}
+			return
+		}
+		if werr != nil {
+			t.Fatalf("streaming wrote %s where json.Marshal failed: %v", buf.Bytes(), werr)
+		}
+		var a, b any
+		if json.Unmarshal(buf.Bytes(), &a) != nil || json.Unmarshal(want, &b) != nil || !reflect.DeepEqual(a, b) {
+			t.Fatalf("streaming wrote %s, json.Marshal %s", buf.Bytes(), want)
 		}
 	})
 }

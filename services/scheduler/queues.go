@@ -82,7 +82,9 @@ func (s *Server) listQueues(ctx context.Context, _ *QueuesRequest) (*QueuesReply
 			qi.Dead = n
 		}
 	}
-	reply := &QueuesReply{Queues: []QueueInfo{}}
+	ci := s.states.stats()
+	ci.Instance = s.svc.ID()
+	reply := &QueuesReply{Queues: []QueueInfo{}, Cache: &ci}
 	for _, qi := range byName {
 		reply.Queues = append(reply.Queues, *qi)
 	}

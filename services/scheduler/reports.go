@@ -22,28 +22,29 @@ import (
 // (ErrNotFound): neither changes anything.
 func (s *Server) started(ctx context.Context, r *StartedRequest) (*StartedReply, error) {
 	now := time.Now()
-	fresh, _, err := s.get(ctx, r.ID)
-	if err != nil {
-		return nil, err
-	}
 	// The message at the sequence claimed is read unless the state knows
 	// it already; the consumer is asked unless it is known to have
-	// delivered that far.
-	seen := false
-	if fresh.Seq != r.StreamSeq && fresh.Queue == r.Queue {
-		if seen, err = s.isTaskMsg(ctx, r.ID, r.Queue, r.StreamSeq); err != nil {
-			return nil, err
-		}
-	}
-	var f consumerFacts
-	if !terminal(fresh.State) && fresh.Queue == r.Queue {
-		if f, err = s.consumerFacts(ctx, r.Queue, r.StreamSeq); err != nil {
-			return nil, err
-		}
-	}
-	var reply StartedReply
-	spent := false
+	// delivered that far. Both at most once, whatever the state read.
+	var (
+		reply        StartedReply
+		f            consumerFacts
+		spent        bool
+		seen, looked bool
+		asked        bool
+	)
 	rec, err := s.update(ctx, r.ID, func(rec *record) (err error) {
+		if rec.Queue == r.Queue && rec.Seq != r.StreamSeq && !looked {
+			if seen, err = s.isTaskMsg(ctx, r.ID, r.Queue, r.StreamSeq); err != nil {
+				return err
+			}
+			looked = true
+		}
+		if rec.Queue == r.Queue && !terminal(rec.State) && !asked {
+			if f, err = s.consumerFacts(ctx, r.Queue, r.StreamSeq); err != nil {
+				return err
+			}
+			asked = true
+		}
 		if err := checkStart(rec, r, f, seen, now); err != nil {
 			return err
 		}
@@ -262,7 +263,7 @@ func (s *Server) kill(ctx context.Context, id string, seq uint64, lastErr string
 		}
 	}
 	m.Header.Set(HeaderLastError, truncate(lastErr, MaxErrorLen))
-	m.Header.Set(jetstream.MsgIDHeader, id)
+	m.Header.Set(jetstream.MsgIDHeader, deadMsgID(&rec))
 	if _, err := s.js.PublishMsg(ctx, m); err != nil {
 		return rec, fmt.Errorf("scheduler: dead-lettering task %s: %w", id, err)
 	}

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -44,6 +45,10 @@ type Config struct {
 	// StateMaxBytes bounds the state bucket; when it is full, submits fail
 	// (503) rather than drop states. Zero: 1 GiB.
 	StateMaxBytes int64
+	// CacheMaxBytes bounds the memory of the instance's cache of task
+	// states (an estimate of their size in bytes; results and payloads are
+	// never cached); the oldest entries go first. Zero: 32 MiB.
+	CacheMaxBytes int64
 	// DeadRetention is how long dead tasks stay in the dead-letter stream.
 	// Zero: 7 days.
 	DeadRetention time.Duration
@@ -99,6 +104,9 @@ func (c *Config) defaults() {
 	if c.StateMaxBytes <= 0 {
 		c.StateMaxBytes = 1 << 30
 	}
+	if c.CacheMaxBytes <= 0 {
+		c.CacheMaxBytes = 32 << 20
+	}
 	if c.DeadRetention <= 0 {
 		c.DeadRetention = 7 * 24 * time.Hour
 	}
@@ -147,8 +155,7 @@ type Server struct {
 	// states caches the states this instance wrote or read, with their
 	// revisions, to save a read before a compare-and-set (a stale entry
 	// only makes the compare-and-set fail, and the state is read again).
-	statesMu sync.Mutex
-	states   map[string]cachedState
+	states *stateCache
 
 	mu      sync.Mutex
 	held    map[*held]struct{} // delayed tasks on their timers
@@ -168,7 +175,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("service", "scheduler").Logger(),
-		held: map[*held]struct{}{}, stop: make(chan struct{}), states: map[string]cachedState{}}
+		held: map[*held]struct{}{}, stop: make(chan struct{}), states: newStateCache(cfg.CacheMaxBytes)}
 	if s.writes, err = bus.NewWrites(nc, bus.DefaultTimeout); err != nil {
 		return nil, err
 	}
@@ -177,7 +184,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		Version:         Version,
 		Description:     "Delayed, periodic and retried tasks on JetStream work queues",
 		MaxConcurrent:   cfg.MaxConcurrent,
-		MaxRequestBytes: cfg.MaxPayload + 64<<10,
+		MaxRequestBytes: max(cfg.MaxPayload, 1<<20) + 64<<10, // a batch: up to 1 MiB
 		Logger:          cfg.Logger,
 		Observer:        cfg.Observer,
 		Endpoints: []bus.Endpoint{
@@ -191,6 +198,9 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 			{Name: "schedules_add", Subject: SubjectAddSched, Handler: bus.Typed(s.addSchedule)},
 			{Name: "schedules_list", Subject: SubjectListSched, Handler: bus.Typed(s.listSchedules)},
 			{Name: "schedules_rm", Subject: SubjectRmSched, Handler: bus.Typed(s.rmSchedule)},
+			{Name: "dead_list", Subject: SubjectDeadList, Handler: bus.Typed(s.deadList)},
+			{Name: "dead_requeue", Subject: SubjectDeadRequeue, Handler: bus.Typed(s.deadRequeue)},
+			{Name: "dead_delete", Subject: SubjectDeadDelete, Handler: bus.Typed(s.deadDelete)},
 			{Name: "started", Subject: SubjectStarted, Handler: s.startedNow, Inline: true},
 			{Name: "finished", Subject: SubjectFinished, Handler: s.finishedNow, Inline: true},
 		},
@@ -344,6 +354,9 @@ type record struct {
 	// Interrupted counts the deliveries a worker gave back unfinished at
 	// its shutdown: they do not count as attempts.
 	Interrupted int `json:"interrupted,omitempty"`
+	// Requeues counts the times the task was requeued from the dead
+	// letters: each death's dead letter has an id of its own.
+	Requeues int `json:"requeues,omitempty"`
 	// Pending is the message that enqueues the task, kept until its
 	// publication is confirmed, so that any instance can repeat it.
 	Pending *pendingMsg `json:"pending,omitempty"`
@@ -374,56 +387,30 @@ func uniqueKey(queue, key string) string {
 // errNoChange stops an update without writing.
 var errNoChange = errors.New("no change")
 
-type cachedState struct {
-	rec record
-	rev uint64
-}
-
-// maxCached bounds the state cache; when full, it starts over.
-const maxCached = 100_000
-
 func (s *Server) cache(rec *record, rev uint64) {
-	s.statesMu.Lock()
-	defer s.statesMu.Unlock()
-	if c, ok := s.states[rec.ID]; ok && c.rev >= rev {
+	if terminal(rec.State) && rec.Result != "" {
+		// No results in memory: a finished task's state is read when
+		// needed (its next write, if any, must keep the result).
+		s.uncache(rec.ID)
 		return
 	}
-	if len(s.states) >= maxCached {
-		clear(s.states)
-	}
-	c := cachedState{*rec, rev}
-	if c.rec.Pending != nil {
+	c := *rec
+	if c.Pending != nil {
 		// Not the payload: whoever needs the message reads the state.
-		c.rec.Pending = &pendingMsg{}
+		c.Pending = &pendingMsg{}
 	}
-	s.states[rec.ID] = c
+	s.states.put(&c, rev)
 }
 
 // noteSeq records in the cached state at revision rev where the task's
 // message is, which no write tells: a cancel that this instance serves
 // removes the message from the queue at once (one served by another
 // instance leaves it for the first worker that gets it to drop).
-func (s *Server) noteSeq(id string, rev, seq uint64) {
-	s.statesMu.Lock()
-	defer s.statesMu.Unlock()
-	if c, ok := s.states[id]; ok && c.rev == rev {
-		c.rec.Seq = seq
-		s.states[id] = c
-	}
-}
+func (s *Server) noteSeq(id string, rev, seq uint64) { s.states.noteSeq(id, rev, seq) }
 
-func (s *Server) cached(id string) (record, uint64, bool) {
-	s.statesMu.Lock()
-	defer s.statesMu.Unlock()
-	c, ok := s.states[id]
-	return c.rec, c.rev, ok
-}
+func (s *Server) cached(id string) (record, uint64, bool) { return s.states.get(id) }
 
-func (s *Server) uncache(id string) {
-	s.statesMu.Lock()
-	delete(s.states, id)
-	s.statesMu.Unlock()
-}
+func (s *Server) uncache(id string) { s.states.remove(id) }
 
 // get reads a task's state.
 func (s *Server) get(ctx context.Context, id string) (record, uint64, error) {
@@ -604,6 +591,51 @@ func taskHeader(rec *record) nats.Header {
 const noStreamWait = 2 * time.Second
 
 func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, error) {
+	if r.Tasks != nil {
+		return s.submitBatch(ctx, r.Tasks), nil
+	}
+	return s.submitOne(ctx, r)
+}
+
+// batchWorkers bounds the tasks of a batch submitted at once: their writes
+// are pipelined, each task's in the order a single submit makes them.
+const batchWorkers = 64
+
+// submitBatch submits each task of a batch on its own, up to batchWorkers
+// at a time, and answers each.
+func (s *Server) submitBatch(ctx context.Context, tasks []SubmitRequest) *SubmitReply {
+	results := make([]SubmitResult, len(tasks))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(batchWorkers, len(tasks)) {
+		wg.Go(func() {
+			for i := range next {
+				t := &tasks[i]
+				err := t.Validate()
+				if err == nil && t.Tasks != nil {
+					err = ErrInvalid.With("a task of a batch holds no tasks")
+				}
+				var r *SubmitReply
+				if err == nil {
+					r, err = s.submitOne(ctx, t)
+				}
+				if err != nil {
+					results[i] = SubmitResult{ID: t.ID, Error: bus.AsError(err)}
+					continue
+				}
+				results[i] = SubmitResult{ID: r.ID, State: r.State, RunAt: r.RunAt}
+			}
+		})
+	}
+	for i := range tasks {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return &SubmitReply{Tasks: results}
+}
+
+func (s *Server) submitOne(ctx context.Context, r *SubmitRequest) (*SubmitReply, error) {
 	if len(r.Payload) > s.cfg.MaxPayload {
 		return nil, ErrPayloadTooLarge.With("payload of %d bytes exceeds the limit of %d", len(r.Payload), s.cfg.MaxPayload)
 	}
@@ -613,8 +645,12 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 		runAt = now.Add(time.Duration(r.DelayMs) * time.Millisecond)
 	}
 	delayed := !runAt.IsZero() && runAt.After(now)
+	id := r.ID
+	if id == "" {
+		id = nuid.Next()
+	}
 	rec := record{TaskInfo: TaskInfo{
-		ID: nuid.Next(), Queue: r.Queue, Type: r.Type, State: StateQueued,
+		ID: id, Queue: r.Queue, Type: r.Type, State: StateQueued,
 		MaxRetries: s.maxRetries(r.MaxRetries), TimeoutMs: s.timeoutMs(r.TimeoutMs),
 		UniqueKey: r.UniqueKey, CreatedAt: bus.Time{Time: now},
 	}, Backoff: r.Backoff}
@@ -669,6 +705,12 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 			return nil, bus.ErrUnavailable.With("task %s: writing its state got no answer, and whether it stands is unknown: look it up before submitting again", rec.ID)
 		}
 	}
+	if errors.Is(err, jetstream.ErrKeyExists) && r.ID != "" {
+		// The client's id names a task already: the same submit sent
+		// again, answered with that task (its unique key, if any, names it
+		// too), or another task's id, refused.
+		return s.submitted(ctx, r)
+	}
 	if err != nil {
 		s.giveBackUnique(ctx, ukey)
 		return nil, fmt.Errorf("scheduler: writing the task's state: %w", err)
@@ -707,6 +749,20 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
 }
 
+// submitted answers a submit whose client-made id names an existing task:
+// with that task when it is the same submit (same queue and type), with
+// ErrDuplicate otherwise.
+func (s *Server) submitted(ctx context.Context, r *SubmitRequest) (*SubmitReply, error) {
+	rec, _, err := s.get(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Queue != r.Queue || rec.Type != r.Type {
+		return nil, ErrDuplicate.With("id %s names a task of queue %s and type %s; %s%s", r.ID, rec.Queue, rec.Type, duplicateMarker, rec.ID)
+	}
+	return &SubmitReply{ID: rec.ID, State: rec.State, RunAt: rec.RunAt}, nil
+}
+
 // errUnsettled: settleCreate could not tell whether the state stands.
 var errUnsettled = errors.New("unsettled")
 
@@ -722,6 +778,10 @@ func (s *Server) settleCreate(ctx context.Context, rec *record, cause error) (ui
 	defer cancel()
 	e, err := s.kv.Get(cctx, stateKey(rec.ID))
 	if err == nil {
+		if data, merr := json.Marshal(rec); merr != nil || !bytes.Equal(data, e.Value()) {
+			// Not this write: a task the client's id named already.
+			return 0, jetstream.ErrKeyExists
+		}
 		s.cache(rec, e.Revision())
 		return e.Revision(), nil
 	}
@@ -776,6 +836,9 @@ func (s *Server) claimUnique(ctx context.Context, ukey string, r *SubmitRequest,
 			return fmt.Errorf("scheduler: unique key: %w", err)
 		}
 		existing := string(e.Value())
+		if existing == id {
+			return nil // this submit's own, sent again with its id
+		}
 		_, _, err = s.get(ctx, existing)
 		age := time.Since(e.Created())
 		switch {

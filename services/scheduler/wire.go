@@ -1,9 +1,13 @@
 package scheduler
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"reflect"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -147,7 +151,8 @@ const duplicateMarker = "existing id: "
 // Bytes is an opaque byte string (a payload or a result). In msgpack it is
 // bin (str is accepted); in JSON a string holding the bytes as text. A
 // request may also give any other value (an object, a number): its JSON
-// text becomes the bytes.
+// text becomes the bytes (from msgpack, an object's keys in the order sent;
+// they must be strings).
 type Bytes []byte
 
 // MarshalJSON writes the bytes as a JSON string (invalid UTF-8 is replaced;
@@ -192,16 +197,112 @@ func (b *Bytes) DecodeMsgpack(dec *msgpack.Decoder) error {
 		return err
 	}
 	// Any other value: its JSON text, as in a JSON request.
-	v, err := dec.DecodeInterface()
+	var buf bytes.Buffer
+	if err := appendJSON(&buf, dec); err != nil {
+		return fmt.Errorf("payload: %w", err)
+	}
+	*b = buf.Bytes()
+	return nil
+}
+
+// appendJSON writes the JSON text of the msgpack value at dec to buf as it
+// reads it, without building the value first: what it allocates is bounded
+// by the text it writes, a few bytes for each byte read, where a decoded
+// tree of maps and slices costs up to 160 bytes for each. Maps keep their
+// order; their keys must be strings. Values without a JSON form (NaN, an
+// extension) are errors, as json.Marshal has them.
+func appendJSON(buf *bytes.Buffer, dec *msgpack.Decoder) error {
+	c, err := dec.PeekCode()
+	if err != nil {
+		return err
+	}
+	var num [32]byte
+	switch {
+	case c == msgpcode.Nil:
+		buf.WriteString("null")
+		return dec.Skip()
+	case c == msgpcode.True || c == msgpcode.False:
+		v, err := dec.DecodeBool()
+		buf.WriteString(strconv.FormatBool(v))
+		return err
+	case c == msgpcode.Uint64:
+		v, err := dec.DecodeUint64()
+		buf.Write(strconv.AppendUint(num[:0], v, 10))
+		return err
+	case msgpcode.IsFixedNum(c) || c >= msgpcode.Uint8 && c <= msgpcode.Uint32 || c >= msgpcode.Int8 && c <= msgpcode.Int64:
+		v, err := dec.DecodeInt64()
+		buf.Write(strconv.AppendInt(num[:0], v, 10))
+		return err
+	case c == msgpcode.Float || c == msgpcode.Double:
+		var v any
+		if c == msgpcode.Float {
+			v, err = dec.DecodeFloat32()
+		} else {
+			v, err = dec.DecodeFloat64()
+		}
+		return writeJSON(buf, v, err)
+	case msgpcode.IsString(c):
+		v, err := dec.DecodeString()
+		return writeJSON(buf, v, err)
+	case msgpcode.IsBin(c):
+		v, err := dec.DecodeBytes()
+		return writeJSON(buf, v, err)
+	case msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32:
+		n, err := dec.DecodeMapLen()
+		if err != nil {
+			return err
+		}
+		buf.WriteByte('{')
+		for i := range n {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			k, err := dec.PeekCode()
+			if err != nil {
+				return err
+			}
+			if !msgpcode.IsString(k) {
+				return errors.New("an object whose keys are not all strings")
+			}
+			if err := appendJSON(buf, dec); err != nil {
+				return err
+			}
+			buf.WriteByte(':')
+			if err := appendJSON(buf, dec); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte('}')
+		return nil
+	case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
+		n, err := dec.DecodeArrayLen()
+		if err != nil {
+			return err
+		}
+		buf.WriteByte('[')
+		for i := range n {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			if err := appendJSON(buf, dec); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte(']')
+		return nil
+	}
+	v, err := dec.DecodeInterface() // an extension, such as a timestamp
+	return writeJSON(buf, v, err)
+}
+
+// writeJSON writes v as json.Marshal does, unless err.
+func writeJSON(buf *bytes.Buffer, v any, err error) error {
 	if err != nil {
 		return err
 	}
 	j, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("payload: %w", err)
-	}
-	*b = j
-	return nil
+	buf.Write(j)
+	return err
 }
 
 // encodeText returns b as text and "" when it is valid UTF-8, else as
@@ -237,6 +338,14 @@ func (b *Backoff) check() error {
 
 // SubmitRequest submits a task.
 type SubmitRequest struct {
+	// ID, optional, names the task (1 to MaxIDLen letters, digits, '-' or
+	// '_'); absent, the service makes one. A submit with the id of a task
+	// that exists (its state is kept: see Config.Retention) in the same
+	// queue with the same type makes no second task: it answers with that
+	// task, so a client that did not get its reply may send the same
+	// submit again. The Go Client makes an id for every submit and sends
+	// it again with the same id when no reply came.
+	ID      string `json:"id,omitempty"`
 	Queue   string `json:"queue"`
 	Type    string `json:"type"`
 	Payload Bytes  `json:"payload,omitempty"`
@@ -254,13 +363,32 @@ type SubmitRequest struct {
 	// less than unique_for_ms ago, submit fails with duplicate (409).
 	UniqueKey   string `json:"unique_key,omitempty"`
 	UniqueForMs int64  `json:"unique_for_ms,omitempty"` // zero: one hour
+	// Tasks, instead of every other field, submits a batch: up to
+	// MaxBatch tasks (and the server's max payload, 1 MiB by default),
+	// each accepted or refused on its own; the reply's Tasks answers each,
+	// in order.
+	Tasks []SubmitRequest `json:"tasks,omitempty"`
 }
 
-// SubmitReply names the new task.
+// MaxBatch bounds the tasks of a batch submit.
+const MaxBatch = 1000
+
+// SubmitReply names the new task, or answers each task of a batch.
 type SubmitReply struct {
-	ID    string   `json:"id"`
-	State string   `json:"state"`                     // queued or scheduled
+	ID    string   `json:"id,omitempty"`
+	State string   `json:"state,omitempty"`           // queued or scheduled
 	RunAt bus.Time `json:"run_at,omitempty,omitzero"` // for a scheduled task
+	// Tasks answers a batch, a result per task in the order submitted.
+	Tasks []SubmitResult `json:"tasks,omitempty"`
+}
+
+// SubmitResult is the outcome of one task of a batch submit: its id and
+// state, or the error that refused it (nothing of it was enqueued).
+type SubmitResult struct {
+	ID    string     `json:"id,omitempty"`
+	State string     `json:"state,omitempty"`
+	RunAt bus.Time   `json:"run_at,omitempty,omitzero"`
+	Error *bus.Error `json:"error,omitempty"`
 }
 
 // StatusRequest asks for a task's state.
@@ -324,6 +452,18 @@ type QueuesRequest struct{}
 // QueuesReply lists the queues by name.
 type QueuesReply struct {
 	Queues []QueueInfo `json:"queues"`
+	// Cache is the state cache of the instance that answered.
+	Cache *CacheInfo `json:"cache,omitempty"`
+}
+
+// CacheInfo gives the figures of an instance's cache of task states
+// (Config.CacheMaxBytes), which holds no results or payloads.
+type CacheInfo struct {
+	Instance string `json:"instance"`
+	Entries  int    `json:"entries"`
+	Bytes    int64  `json:"bytes"` // estimated
+	MaxBytes int64  `json:"max_bytes"`
+	Evicted  uint64 `json:"evicted"` // entries dropped to stay within MaxBytes, since the start
 }
 
 // QueueInfo describes a queue.
@@ -509,6 +649,23 @@ func checkTimeout(ms int64) error {
 // Validate implements bus.Validator. Bounds that are the service's (the
 // payload size) are checked by the service.
 func (r *SubmitRequest) Validate() error {
+	if r.Tasks != nil {
+		// A batch: each task is checked on its own when it is submitted.
+		one := *r
+		one.Tasks = nil
+		if !reflect.DeepEqual(one, SubmitRequest{}) {
+			return ErrInvalid.With("a batch gives tasks and no other field")
+		}
+		if len(r.Tasks) == 0 || len(r.Tasks) > MaxBatch {
+			return ErrInvalid.With("tasks must hold 1 to %d tasks, got %d", MaxBatch, len(r.Tasks))
+		}
+		return nil
+	}
+	if r.ID != "" {
+		if err := checkID(r.ID); err != nil {
+			return err
+		}
+	}
 	if err := CheckQueue(r.Queue); err != nil {
 		return err
 	}
@@ -684,5 +841,8 @@ func truncate(s string, n int) string {
 }
 
 func (r *SubmitRequest) String() string {
+	if r.Tasks != nil {
+		return fmt.Sprintf("a batch of %d", len(r.Tasks))
+	}
 	return fmt.Sprintf("%s/%s", r.Queue, r.Type)
 }

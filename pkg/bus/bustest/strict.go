@@ -16,8 +16,9 @@ import (
 // CheckDecoded checks the outcome err of m.Decode(req) against the strict
 // rules of requests, for fuzz targets of request decoders: a refused body
 // gets a 400 whose message speaks JSON, never Go; an accepted body has no
-// field req's type lacks and, in JSON, is UTF-8 text. It reports whether
-// req was accepted.
+// field req's type lacks, no negative number in an unsigned field and no
+// number beyond 2^63 in a signed one, and, in JSON, is UTF-8 text. It
+// reports whether req was accepted.
 func CheckDecoded(t testing.TB, m *bus.Msg, req any, err error) bool {
 	t.Helper()
 	if err != nil {
@@ -41,10 +42,37 @@ func CheckDecoded(t testing.TB, m *bus.Msg, req any, err error) bool {
 			if !found {
 				t.Fatalf("%T: a %s body with the unknown field %q was accepted: %q", req, m.Codec, k, m.Data)
 			}
+			if !fitsField(reflect.TypeOf(req), k, fields[k]) {
+				t.Fatalf("%T: a %s body with %s: %v was accepted: %q", req, m.Codec, k, fields[k], m.Data)
+			}
 		}
 	}
 	if m.Codec == bus.JSON && !utf8.Valid(m.Data) {
 		t.Fatalf("%T: a JSON body that is not UTF-8 was accepted: %q", req, m.Data)
+	}
+	return true
+}
+
+// fitsField reports whether v, a field's value decoded leniently, has a
+// sign the field named k of struct type t (or a pointer to one) can hold.
+func fitsField(t reflect.Type, k string, v any) bool {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if n, _, _ := strings.Cut(f.Tag.Get("json"), ","); n != k {
+			continue
+		}
+		kind := f.Type.Kind()
+		rv := reflect.ValueOf(v)
+		switch {
+		case !rv.IsValid():
+		case kind >= reflect.Uint && kind <= reflect.Uint64 && rv.CanInt():
+			return rv.Int() >= 0
+		case kind >= reflect.Int && kind <= reflect.Int64 && rv.CanUint():
+			return rv.Uint() <= 1<<63-1
+		}
 	}
 	return true
 }

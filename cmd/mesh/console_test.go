@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/meshkit/mesh/pkg/bus/bustest"
+)
+
+// mesh up prints the console's address and serves it until Ctrl-C;
+// --console off serves none.
+func TestUpServesConsole(t *testing.T) {
+	listen := bustest.FreeAddr(t)
+	out := &syncBuffer{}
+	a := &app{log: zerolog.Nop(), out: out}
+	up := &upCmd{Listen: listen, Data: t.TempDir(), Console: "127.0.0.1:0", runFlags: runFlags{Replicas: 1}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- up.run(ctx, a) }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			cancel()
+			<-done
+		}
+	})
+	out.waitFor(t, "Ctrl-C stops it")
+	m := regexp.MustCompile(`Console: (http://127\.0\.0\.1:\d+/)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no console address printed:\n%s", out)
+	}
+	for _, page := range []string{"", "scheduler", "locks", "cache", "events"} {
+		body, err := httpGet(m[1] + page)
+		if err != nil || !strings.Contains(body, "mesh console") {
+			t.Fatalf("GET %s: %v\n%.500s", m[1]+page, err, body)
+		}
+	}
+	cancel()
+	stopped = true
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("up returned %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("up did not stop")
+	}
+	if _, err := httpGet(m[1]); err == nil {
+		t.Fatal("the console still answers after mesh up stopped")
+	}
+
+	out2 := &syncBuffer{}
+	a2 := &app{log: zerolog.Nop(), out: out2}
+	off := &upCmd{Listen: bustest.FreeAddr(t), Data: t.TempDir(), Console: "off", Services: []string{"sys"}, runFlags: runFlags{Replicas: 1}}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done2 := make(chan error, 1)
+	go func() { done2 <- off.run(ctx2, a2) }()
+	out2.waitFor(t, "Ctrl-C stops it")
+	cancel2()
+	if err := <-done2; err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out2.String(), "Console:") {
+		t.Fatalf("--console off printed a console:\n%s", out2)
+	}
+}
+
+// mesh console --nats URL serves the console of a running mesh until
+// Ctrl-C.
+func TestConsoleCommand(t *testing.T) {
+	srv := bustest.RunServer(t)
+	out := &syncBuffer{}
+	a := &app{log: zerolog.Nop(), out: out, conn: connFlags{NATS: srv.URL(), Timeout: 5 * time.Second}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&consoleCmd{Listen: "127.0.0.1:0", CacheReplicas: 2}).run(ctx, a) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("mesh console returned %v", err)
+		}
+	}()
+	out.waitFor(t, "Ctrl-C stops it")
+	m := regexp.MustCompile(`Mesh console: (http://127\.0\.0\.1:\d+/)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no address printed:\n%s", out)
+	}
+	body, err := httpGet(m[1])
+	if err != nil || !strings.Contains(body, "No mesh service answers") {
+		t.Fatalf("GET %s: %v\n%.500s", m[1], err, body)
+	}
+	if err := (&consoleCmd{Listen: "0.0.0.0:0"}).run(ctx, a); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("mesh console on 0.0.0.0: %v", err)
+	}
+}
