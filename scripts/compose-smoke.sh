@@ -173,10 +173,21 @@ grep -q 'state *dead' "$tmp/task" || fail "rejected task not dead: $(cat "$tmp/t
 id=$(sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' "$tmp/out")
 sleep 1
 "$mesh" "${client[@]}" task cancel "$id" | grep -q cancelled || fail "cancel of $id"
-# schedule_tasks: how many tasks the schedule smoke made so far.
+# schedule_tasks: how many tasks the schedule smoke made so far. A list
+# the scheduler answers unavailable (a JetStream leader moving) is asked
+# again, up to 5 times.
 schedule_tasks() {
-	"$mesh" "${client[@]}" task list default --limit 1000 --json >"$tmp/list" || fail "task list: $(cat "$tmp/list")"
-	grep -c '"schedule": "smoke"' "$tmp/list" || true
+	local i
+	for i in 1 2 3 4 5; do
+		if "$mesh" "${client[@]}" task list default --limit 1000 --json >"$tmp/list" 2>"$tmp/list.err"; then
+			grep -c '"schedule": "smoke"' "$tmp/list" || true
+			return
+		fi
+		grep -q 'unavailable' "$tmp/list.err" || break
+		sleep 1
+	done
+	echo "smoke: FAIL: task list: $(cat "$tmp/list.err")" >&2
+	echo -1
 }
 "$mesh" "${client[@]}" schedule add smoke --queue default --type echo --every 1s >"$tmp/out" || fail "schedule add: $(cat "$tmp/out")"
 grep -q 'smoke.*every 1s' "$tmp/out" || fail "schedule add: $(cat "$tmp/out")"
@@ -198,7 +209,7 @@ sleep 1.5
 before=$(schedule_tasks)
 sleep 3
 after=$(schedule_tasks)
-[ "$after" = "$before" ] || fail "the removed schedule made $((after - before)) tasks in 3 s"
+[ "$before" -ge 2 ] && [ "$after" = "$before" ] || fail "the removed schedule's tasks: $before, then $after 3 s later"
 step "  schedule: $after tasks, none after its removal"
 "$mesh" "${client[@]}" task queues | grep -q '^default' || fail "no queue default"
 
