@@ -21,7 +21,8 @@ type consoleFlags struct {
 
 type consoleCmd struct {
 	consoleFlags
-	Listen        string `default:"127.0.0.1:4280" env:"MESH_CONSOLE" placeholder:"ADDR" help:"Address of the console, a loopback address."`
+	Listen        string `default:"127.0.0.1:4280" env:"MESH_CONSOLE" placeholder:"ADDR" help:"Address of the console, a loopback address (any with --allow-remote)."`
+	AllowRemote   bool   `name:"allow-remote" env:"MESH_CONSOLE_ALLOW_REMOTE" help:"Listen on a non-loopback address (0.0.0.0:4280): only in a container whose port the host publishes on 127.0.0.1. Pages still answer only a loopback Host, actions only from their own origin."`
 	CacheReplicas int    `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key (the cache nodes' setting), for the key lookup."`
 }
 
@@ -38,11 +39,17 @@ func (c *consoleCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	defer nc.Close()
-	srv, err := console.Listen(ctx, nc, c.Listen, console.Config{ReadOnly: c.ReadOnly, CacheReplicas: c.CacheReplicas, Logger: a.log})
+	srv, err := console.Listen(ctx, nc, c.Listen, console.Config{ReadOnly: c.ReadOnly, CacheReplicas: c.CacheReplicas, AllowRemote: c.AllowRemote, Logger: a.log})
 	if err != nil {
+		if errors.Is(err, console.ErrNotLoopback) {
+			return fmt.Errorf("%w (in a container whose port the host publishes on 127.0.0.1: --allow-remote)", err)
+		}
 		return err
 	}
 	fmt.Fprintf(a.out, "Mesh console: %s (NATS %s). Ctrl-C stops it.\n", srv.URL(), nc.ConnectedUrlRedacted())
+	if c.AllowRemote {
+		fmt.Fprintln(a.out, "It answers requests whose Host is a loopback address only: open it through a port published on 127.0.0.1.")
+	}
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -96,5 +97,44 @@ func TestConsoleCommand(t *testing.T) {
 	}
 	if err := (&consoleCmd{Listen: "0.0.0.0:0"}).run(ctx, a); err == nil || !strings.Contains(err.Error(), "loopback") {
 		t.Fatalf("mesh console on 0.0.0.0: %v", err)
+	}
+}
+
+// mesh console --allow-remote listens on a non-loopback address (as in a
+// container whose port is published on the host's loopback), and still
+// answers only requests whose Host is a loopback address.
+func TestConsoleAllowRemote(t *testing.T) {
+	srv := bustest.RunServer(t)
+	out := &syncBuffer{}
+	a := &app{log: zerolog.Nop(), out: out, conn: connFlags{NATS: srv.URL(), Timeout: 5 * time.Second}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- (&consoleCmd{Listen: "0.0.0.0:0", AllowRemote: true, CacheReplicas: 2}).run(ctx, a)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("mesh console returned %v", err)
+		}
+	}()
+	out.waitFor(t, "Ctrl-C stops it")
+	m := regexp.MustCompile(`Mesh console: http://[^ ]*:(\d+)/`).FindStringSubmatch(out.String())
+	if m == nil || !strings.Contains(out.String(), "published on 127.0.0.1") {
+		t.Fatalf("no address or no warning printed:\n%s", out)
+	}
+	base := "http://127.0.0.1:" + m[1] + "/"
+	if body, err := httpGet(base); err != nil || !strings.Contains(body, "No mesh service answers") {
+		t.Fatalf("GET %s: %v\n%.500s", base, err, body)
+	}
+	req, _ := http.NewRequest(http.MethodGet, base, nil)
+	req.Host = "console.example:" + m[1]
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("a foreign Host on a remote-allowed console: %s, want 403", resp.Status)
 	}
 }

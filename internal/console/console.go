@@ -51,6 +51,12 @@ type Config struct {
 	// CacheReplicas is the copies of each cache key (the cache nodes'
 	// setting), for the key lookup's replicas. Zero: 2.
 	CacheReplicas int
+	// AllowRemote lets Listen serve a non-loopback address: for a console
+	// in a container, whose port the host publishes on its own loopback
+	// address only (compose.yaml). The pages still answer only requests
+	// whose Host is a loopback name or address, and actions from their own
+	// origin. Zero: loopback addresses only.
+	AllowRemote bool
 	// Logger, zero: none.
 	Logger zerolog.Logger
 }
