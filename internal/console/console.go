@@ -80,6 +80,8 @@ type Console struct {
 	viewFns   map[string]viewFunc
 	taskLists *memo[scheduler.ListReply]
 	lockViews *memo[*locksView]
+	// storedReads keeps the reads of the stored events (stored.go).
+	storedReads *memo[storedRead]
 
 	mu      sync.Mutex
 	started bool
@@ -119,9 +121,10 @@ func New(nc *nats.Conn, cfg Config) (*Console, error) {
 	c := &Console{
 		nc: nc, cfg: cfg, log: cfg.Logger,
 		tasks: scheduler.NewClient(nc), locks: lock.NewClient(nc), cache: cc, ring: w,
-		events:    newHub(eventBuffer),
-		taskLists: newMemo[scheduler.ListReply](cfg.TaskListEvery),
-		lockViews: newMemo[*locksView](time.Second),
+		events:      newHub(eventBuffer),
+		taskLists:   newMemo[scheduler.ListReply](cfg.TaskListEvery),
+		lockViews:   newMemo[*locksView](time.Second),
+		storedReads: newMemo[storedRead](storedKeep),
 	}
 	c.sampler = newSampler(c, int(cfg.History/cfg.SampleEvery))
 	if c.tmpl, err = parseTemplates(); err != nil {
