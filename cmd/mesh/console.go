@@ -64,8 +64,20 @@ func (a *app) startConsole(ctx context.Context, nc *nats.Conn, addr string, f co
 	if addr == "" || addr == "off" {
 		return "", func() {}
 	}
+	// With --auth, the console connects as the console user, with that
+	// user's permissions, as in the compose stack.
+	closeConn := func() {}
+	if a.serviceConn != nil {
+		cnc, err := a.serviceConn("console")
+		if err != nil {
+			a.log.Warn().Err(err).Msg("no console: connecting as the console user")
+			return "", func() {}
+		}
+		nc, closeConn = cnc, cnc.Close
+	}
 	srv, err := console.Listen(ctx, nc, addr, console.Config{ReadOnly: f.ReadOnly, CacheReplicas: cacheReplicas, Logger: a.log})
 	if err != nil {
+		closeConn()
 		hint := "give --console another address, or off"
 		if errors.Is(err, console.ErrNotLoopback) {
 			hint = "run `mesh console` on the host you browse from, or tunnel to it"
@@ -76,6 +88,7 @@ func (a *app) startConsole(ctx context.Context, nc *nats.Conn, addr string, f co
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
+		defer closeConn()
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
