@@ -82,4 +82,8 @@ func TestStoredHistory(t *testing.T) {
 		b := m.get("/locks?prefix=stored-")
 		return strings.Count(b, "lock.acquired") >= 2 && strings.Contains(b, "lock.released")
 	})
+	// A held lock's name leads to its history.
+	eventually(t, "the held lock's link to its history", func() bool {
+		return strings.Contains(m.get("/locks"), `href="/locks?prefix=stored-lock"`)
+	})
 }
