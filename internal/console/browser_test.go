@@ -116,48 +116,9 @@ func (b *browser) shot(name string) {
 // a screenshot of each page in DIR (docs/console holds the ones of the
 // README).
 func TestBrowser(t *testing.T) {
-	chrome := chromium()
-	if chrome == "" {
-		t.Log("**********************************************************************")
-		t.Log("NO CHROMIUM FOUND: the console's browser test did NOT run.")
-		t.Log("Install it with scripts/install-chromium.sh (Debian's chromium), or")
-		t.Log("point MESH_CHROMIUM at a Chromium or Chrome binary.")
-		t.Log("**********************************************************************")
-		t.Skip("no chromium binary (scripts/install-chromium.sh installs it)")
-	}
 	m := startMesh(t, console.Config{Refresh: 500 * time.Millisecond, SampleEvery: time.Second, TaskListEvery: 500 * time.Millisecond})
 	c := ctx(t)
-	shots := os.Getenv("MESH_CONSOLE_SCREENSHOTS")
-	if shots != "" {
-		if err := os.MkdirAll(shots, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.WindowSize(1280, 860),
-		chromedp.Flag("disable-dev-shm-usage", true))...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	tctx, tcancel := context.WithTimeout(bctx, 4*time.Minute)
-	defer tcancel()
-	b := &browser{t: t, ctx: tctx, base: m.web.URL, shots: shots}
-	b.do(chromedp.Navigate("about:blank"))
-	// The user accepts every confirmation an action asks.
-	dialogs := chromedp.Events(tctx, page.JavascriptDialogOpening)
-	dialogsDone := make(chan struct{})
-	go func() {
-		defer close(dialogsDone)
-		for _, err := range dialogs {
-			if err != nil {
-				return
-			}
-			_, err := chromedp.Call(tctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
-			t.Logf("dialog accepted: %v", err)
-		}
-	}()
-	defer func() { tcancel(); <-dialogsDone }()
+	b := newBrowser(t, m.web.URL)
 
 	// A worker whose "welcome" tasks wait for the test, and whose "import"
 	// tasks fail.
@@ -347,6 +308,52 @@ func TestBrowser(t *testing.T) {
 	b.open("/")
 	b.js("a chart", `!!document.querySelector("figure.chart polyline")`)
 	b.shot("overview")
+}
+
+// newBrowser starts a headless Chromium for the test (skipping it, loudly,
+// where there is none) on a tab that accepts every confirmation an action
+// asks. With MESH_CONSOLE_SCREENSHOTS=DIR its shots go to DIR.
+func newBrowser(t *testing.T, base string) *browser {
+	t.Helper()
+	chrome := chromium()
+	if chrome == "" {
+		t.Log("**********************************************************************")
+		t.Log("NO CHROMIUM FOUND: the console's browser test did NOT run.")
+		t.Log("Install it with scripts/install-chromium.sh (Debian's chromium), or")
+		t.Log("point MESH_CHROMIUM at a Chromium or Chrome binary.")
+		t.Log("**********************************************************************")
+		t.Skip("no chromium binary (scripts/install-chromium.sh installs it)")
+	}
+	shots := os.Getenv("MESH_CONSOLE_SCREENSHOTS")
+	if shots != "" {
+		if err := os.MkdirAll(shots, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.WindowSize(1280, 860),
+		chromedp.Flag("disable-dev-shm-usage", true))...)
+	t.Cleanup(acancel)
+	bctx, bcancel := chromedp.NewContext(actx)
+	t.Cleanup(bcancel)
+	tctx, tcancel := context.WithTimeout(bctx, 4*time.Minute)
+	b := &browser{t: t, ctx: tctx, base: base, shots: shots}
+	b.do(chromedp.Navigate("about:blank"))
+	// The user accepts every confirmation an action asks.
+	dialogs := chromedp.Events(tctx, page.JavascriptDialogOpening)
+	dialogsDone := make(chan struct{})
+	go func() {
+		defer close(dialogsDone)
+		for _, err := range dialogs {
+			if err != nil {
+				return
+			}
+			_, err := chromedp.Call(tctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+			t.Logf("dialog accepted: %v", err)
+		}
+	}()
+	t.Cleanup(func() { tcancel(); <-dialogsDone })
+	return b
 }
 
 func paused(qs []scheduler.QueueInfo, name string) bool {

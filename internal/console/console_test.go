@@ -43,6 +43,13 @@ type mesh struct {
 // httptest server.
 func startMesh(t *testing.T, cfg console.Config) *mesh {
 	t.Helper()
+	return startMeshAfter(t, cfg, nil)
+}
+
+// startMeshAfter is startMesh that runs before (if not nil) once the
+// services run, before the console starts.
+func startMeshAfter(t *testing.T, cfg console.Config, before func(nc *nats.Conn)) *mesh {
+	t.Helper()
 	srv := bustest.RunServer(t)
 	nc := srv.Connect(nats.Name("console test"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -58,6 +65,9 @@ func startMesh(t *testing.T, cfg console.Config) *mesh {
 			t.Error(err)
 		}
 	})
+	if before != nil {
+		before(nc)
+	}
 	c, err := console.New(nc, cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -186,9 +186,10 @@ var funcs = template.FuncMap{
 		}
 		return fmt.Sprintf("%.1f%%", 100*part/whole)
 	},
-	"refusal": refusal,
-	"join":    strings.Join,
-	"chart":   svgChart,
+	"refusal":    refusal,
+	"storedScan": func() int { return storedScan },
+	"join":       strings.Join,
+	"chart":      svgChart,
 	"terminal": func(state string) bool {
 		return state == "succeeded" || state == "dead" || state == "cancelled"
 	},
