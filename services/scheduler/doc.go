@@ -15,9 +15,9 @@
 //	mesh.scheduler.list              {queue, state, limit, cursor}                        {tasks, next_cursor}
 //	mesh.scheduler.queues            {}                                                   {queues: [{name, depth, in_flight, scheduled, dead, paused}]}
 //	mesh.scheduler.pause|resume      {queue}                                              {queue, paused}
-//	mesh.scheduler.schedules.add     {name, queue, type, payload, cron | every_ms,        {name, queue, type, ...}
+//	mesh.scheduler.schedules.add     {name, queue, type, payload, cron | every_ms,        {name, queue, type, ..., next_run_at}
 //	                                  time_zone, max_retries, timeout_ms}
-//	mesh.scheduler.schedules.list    {}                                                   {schedules}
+//	mesh.scheduler.schedules.list    {}                                                   {schedules: [{name, ..., next_run_at}]}
 //	mesh.scheduler.schedules.rm      {name}                                               {removed}
 //	mesh.scheduler.dead.list         {queue, limit, cursor}                               {tasks: [{id, queue, type, last_error, died_at, seq, payload_bytes}], next_cursor}
 //	mesh.scheduler.dead.requeue      {id} | {queue, all: true}                            {ids}
@@ -127,6 +127,13 @@
 // instance, which makes the tick's task with an id derived from the tick
 // message (schedule name, time and stream sequence), so a redelivered tick
 // makes the same task. No instance elects a leader.
+//
+// schedules.list and schedules.add answer each schedule's next_run_at,
+// computed as nats-server computes it (internal/cron is nats-server's own
+// cron parser): a cron expression in its time zone, exactly; an interval
+// from the schedule's record in the stream rounded to the second, in steps
+// of the interval, which is exact until the stream skips ticks (its server
+// was down at one) and counts again from its restart.
 //
 // # The queue and the states do not drift
 //
