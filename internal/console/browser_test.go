@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,11 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
 	"github.com/meshkit/mesh/internal/console"
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/cache"
 	"github.com/meshkit/mesh/services/lock"
 	"github.com/meshkit/mesh/services/scheduler"
@@ -46,7 +49,7 @@ type browser struct {
 // js waits until a JavaScript condition holds in the page.
 func (b *browser) js(what, cond string) {
 	b.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(bustest.Scale(60 * time.Second))
 	var err error
 	for {
 		_, err = chromedp.Run(b.ctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(time.Until(deadline)), chromedp.WithPollingInterval(50*time.Millisecond)))
@@ -78,11 +81,40 @@ func (b *browser) eval(expr string) string {
 	return v
 }
 
+// do runs actions one after the other. The live part of a page is
+// re-rendered from its event stream, which replaces its nodes: a node that
+// an action (a click, a value set) found by its selector can be gone by the
+// time the action uses its id. The browser then refuses the action before
+// doing anything (the click is not sent), so do runs that action again,
+// from its query, until it goes through or its deadline passes.
 func (b *browser) do(actions ...chromedp.Action[chromedp.Void]) {
 	b.t.Helper()
-	if err := chromedp.Do(b.ctx, actions...); err != nil {
-		b.t.Fatal(err)
+	for _, a := range actions {
+		if err := b.retryStale(a); err != nil {
+			b.t.Fatal(err)
+		}
 	}
+}
+
+// retryStale runs a, again while it fails on a stale node, within a
+// deadline.
+func (b *browser) retryStale(a chromedp.Action[chromedp.Void]) error {
+	ctx, cancel := context.WithTimeout(b.ctx, bustest.Scale(60*time.Second))
+	defer cancel()
+	for {
+		err := chromedp.Do(ctx, a)
+		if err == nil || !staleNode(err) || ctx.Err() != nil {
+			return err
+		}
+		b.t.Logf("a node went stale under the action, running it again: %v", err)
+	}
+}
+
+// staleNode reports the browser's refusal of a node id whose node the page
+// has replaced since it was queried.
+func staleNode(err error) bool {
+	var e *cdproto.Error
+	return errors.As(err, &e) && e.Code == -32000 && e.Message == "Could not find node with given id"
 }
 
 // open opens a page and waits until its live stream is connected.
@@ -336,7 +368,7 @@ func newBrowser(t *testing.T, base string) *browser {
 	t.Cleanup(acancel)
 	bctx, bcancel := chromedp.NewContext(actx)
 	t.Cleanup(bcancel)
-	tctx, tcancel := context.WithTimeout(bctx, 4*time.Minute)
+	tctx, tcancel := context.WithTimeout(bctx, bustest.Scale(4*time.Minute))
 	b := &browser{t: t, ctx: tctx, base: base, shots: shots}
 	b.do(chromedp.Navigate("about:blank"))
 	// The user accepts every confirmation an action asks.
