@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -96,6 +97,42 @@ func (b *browser) do(actions ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
+// click clicks the first element that sel matches, once it is there and
+// visible. The live part of a page is re-rendered from its event stream,
+// which replaces its nodes: a click sent as mouse events (pressed, then
+// released) can straddle a render, pressed on one node and released on its
+// successor, and so click nothing. click therefore finds the element and
+// clicks it in one script, which no render can interrupt; a form's
+// confirmation it opens is accepted by the tab. If the element is gone when
+// the script runs, it waits for it again, within a deadline.
+func (b *browser) click(sel string) {
+	b.t.Helper()
+	q, err := json.Marshal(sel)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	visible := fmt.Sprintf(`(() => { const e = document.querySelector(%s); return !!e && e.checkVisibility(); })()`, q)
+	click := fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (!e || !e.checkVisibility()) return false; e.click(); return true; })()`, q)
+	deadline := time.Now().Add(bustest.Scale(60 * time.Second))
+	for {
+		b.js("a visible "+sel, visible)
+		ctx, cancel := context.WithDeadline(b.ctx, deadline)
+		clicked, err := chromedp.Run(ctx, chromedp.Evaluate[bool](click))
+		cancel()
+		switch {
+		case err != nil && navigated(err):
+			// Only the click navigates: it ran.
+			return
+		case err != nil:
+			b.t.Fatalf("click %s: %v", sel, err)
+		case clicked:
+			return
+		case time.Now().After(deadline):
+			b.t.Fatalf("click %s: it never stayed long enough to be clicked", sel)
+		}
+	}
+}
+
 // retryStale runs a, again while it fails on a stale node, within a
 // deadline.
 func (b *browser) retryStale(a chromedp.Action[chromedp.Void]) error {
@@ -176,13 +213,13 @@ func TestBrowser(t *testing.T) {
 
 	// Submit a task from the scheduler page; its page follows it live.
 	b.open("/scheduler")
+	b.click("#submit-details summary")
 	b.do(
-		chromedp.Click(chromedp.CSS("#submit-details summary")),
 		chromedp.SetValue(chromedp.CSS(`#submit-task input[name="queue"]`), "emails"),
 		chromedp.SetValue(chromedp.CSS(`#submit-task input[name="type"]`), "welcome"),
 		chromedp.SetValue(chromedp.CSS(`#submit-task input[name="payload"]`), "ann@example.com"),
-		chromedp.Click(chromedp.CSS("#submit-task button")),
 	)
+	b.click("#submit-task button")
 	b.js("the new task's page", `location.pathname.startsWith("/scheduler/tasks/") && !!document.getElementById("task-state")`)
 	id := strings.TrimPrefix(b.eval(`location.pathname`), "/scheduler/tasks/")
 	b.js("the task queued", `document.getElementById("task-state").textContent === "queued"`)
@@ -225,7 +262,7 @@ func TestBrowser(t *testing.T) {
 	// Pause and resume a queue with its buttons.
 	b.open("/scheduler")
 	b.js("the dead task counted", `document.querySelector('tr[data-queue="emails"] td:nth-child(5)').textContent.trim() === "1"`)
-	b.do(chromedp.Click(chromedp.CSS(`tr[data-queue="reports"] button.pause`)))
+	b.click(`tr[data-queue="reports"] button.pause`)
 	b.js("the queue paused", `document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("queue reports: paused") && document.querySelector('tr[data-queue="reports"] .badge').textContent === "paused"`)
 	if qs, err := m.tasks.Queues(c); err != nil || !paused(qs, "reports") {
 		t.Fatalf("after Pause: %+v, %v", qs, err)
@@ -233,7 +270,7 @@ func TestBrowser(t *testing.T) {
 	b.open("/scheduler")
 	b.js("every task listed", `document.querySelectorAll("#tasks tr[data-task]").length === 6`)
 	b.shot("scheduler")
-	b.do(chromedp.Click(chromedp.CSS(`tr[data-queue="reports"] button.resume`)))
+	b.click(`tr[data-queue="reports"] button.resume`)
 	b.js("the queue resumed", `document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("queue reports: resumed")`)
 	eventually(t, "the queue resumes", func() bool {
 		qs, err := m.tasks.Queues(c)
@@ -250,7 +287,7 @@ func TestBrowser(t *testing.T) {
 	b.open("/scheduler/dead")
 	b.js("the dead task", fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-dead=%q]'); return r && r.innerText.includes("file not found: /data/import.csv"); })()`, dead))
 	b.shot("dead")
-	b.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-dead=%q] button.resume`, dead))))
+	b.click(fmt.Sprintf(`tr[data-dead=%q] button.resume`, dead))
 	b.js("the requeue done", fmt.Sprintf(`document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("requeued task %s")`, dead))
 	msg, err := requeued.NextMsg(30 * time.Second)
 	if err != nil || !strings.Contains(string(msg.Data), dead) {
