@@ -67,7 +67,7 @@ func TestBrowserStuckTask(t *testing.T) {
 		}
 	})
 	defer func() { _ = w.Stop(context.Background()) }()
-	c := ctx(t)
+	c := walkCtx(t)
 	b := newBrowser(t, m.web.URL)
 
 	// The overview says what is wrong.

@@ -186,7 +186,7 @@ func (b *browser) shot(name string) {
 // README).
 func TestBrowser(t *testing.T) {
 	m := startMesh(t, console.Config{Refresh: 500 * time.Millisecond, SampleEvery: time.Second, TaskListEvery: 500 * time.Millisecond})
-	c := ctx(t)
+	c := walkCtx(t)
 	b := newBrowser(t, m.web.URL)
 
 	// A worker whose "welcome" tasks wait for the test, and whose "import"
@@ -289,7 +289,7 @@ func TestBrowser(t *testing.T) {
 	b.shot("dead")
 	b.click(fmt.Sprintf(`tr[data-dead=%q] button.resume`, dead))
 	b.js("the requeue done", fmt.Sprintf(`document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("requeued task %s")`, dead))
-	msg, err := requeued.NextMsg(30 * time.Second)
+	msg, err := requeued.NextMsg(bustest.Scale(30 * time.Second))
 	if err != nil || !strings.Contains(string(msg.Data), dead) {
 		t.Fatalf("no requeued event for %s: %v", dead, err)
 	}
@@ -302,7 +302,7 @@ func TestBrowser(t *testing.T) {
 
 	// Locks: a lease that is not renewed counts down to its expiry, and
 	// the waiter in line gets the lock.
-	ttl := 10 * time.Second // long enough for the page to open on a loaded machine
+	ttl := bustest.Scale(10 * time.Second) // long enough for the page to open on a loaded machine
 	grant, err := bus.Request[lock.AcquireRequest, lock.AcquireReply](c, m.nc, lock.SubjectAcquire, lock.AcquireRequest{Name: "reports", Owner: "nightly-report", TTLms: ttl.Milliseconds()})
 	if err != nil {
 		t.Fatal(err)
@@ -405,9 +405,13 @@ func newBrowser(t *testing.T, base string) *browser {
 	t.Cleanup(acancel)
 	bctx, bcancel := chromedp.NewContext(actx)
 	t.Cleanup(bcancel)
-	tctx, tcancel := context.WithTimeout(bctx, bustest.Scale(4*time.Minute))
+	tctx, tcancel := context.WithTimeout(bctx, walkTime())
 	b := &browser{t: t, ctx: tctx, base: base, shots: shots}
-	b.do(chromedp.Navigate("about:blank"))
+	// The first action starts the browser, which lives as long as the
+	// context of that action: tctx, not a shorter one of b.do.
+	if err := chromedp.Do(tctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatal(err)
+	}
 	// The user accepts every confirmation an action asks.
 	dialogs := chromedp.Events(tctx, page.JavascriptDialogOpening)
 	dialogsDone := make(chan struct{})
@@ -424,6 +428,18 @@ func newBrowser(t *testing.T, base string) *browser {
 	t.Cleanup(func() { tcancel(); <-dialogsDone })
 	return b
 }
+
+// walkCtx bounds the requests of a whole walk through the pages, which
+// takes much longer than one request on a loaded machine: as long as the
+// tab's own bound.
+func walkCtx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), walkTime())
+	t.Cleanup(cancel)
+	return c
+}
+
+// walkTime is the bound of a walk through the pages.
+func walkTime() time.Duration { return bustest.Scale(4 * time.Minute) }
 
 func paused(qs []scheduler.QueueInfo, name string) bool {
 	for _, q := range qs {
