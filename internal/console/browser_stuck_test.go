@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats.go"
 
 	"github.com/meshkit/mesh/internal/console"
@@ -68,7 +67,7 @@ func TestBrowserStuckTask(t *testing.T) {
 		}
 	})
 	defer func() { _ = w.Stop(context.Background()) }()
-	c := ctx(t)
+	c := walkCtx(t)
 	b := newBrowser(t, m.web.URL)
 
 	// The overview says what is wrong.
@@ -78,7 +77,7 @@ func TestBrowserStuckTask(t *testing.T) {
 	b.shot("attention")
 
 	// Resume the queue from the notice: its backlog runs.
-	b.do(chromedp.Click(chromedp.CSS(`#attention li[data-paused="emails"] button.resume`)))
+	b.click(`#attention li[data-paused="emails"] button.resume`)
 	b.js("the queue resumed", `document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("queue emails: resumed")`)
 	for _, id := range emails {
 		if info, err := m.tasks.Wait(c, id); err != nil || info.State != "succeeded" {
@@ -88,15 +87,15 @@ func TestBrowserStuckTask(t *testing.T) {
 	b.js("the paused queue's notice gone", `!document.querySelector('#attention li[data-paused]')`)
 
 	// Follow the dead task's notice to its error and its history.
-	b.do(chromedp.Click(chromedp.CSS(`#attention li[data-dead-queue="imports"] a.button`)))
+	b.click(`#attention li[data-dead-queue="imports"] a.button`)
 	b.js("the dead letters of imports", fmt.Sprintf(`location.pathname === "/scheduler/dead" && (() => { const r = document.querySelector('tr[data-dead=%q]'); return r && r.innerText.includes("connection refused"); })()`, dead))
-	b.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-dead=%q] a`, dead))))
+	b.click(fmt.Sprintf(`tr[data-dead=%q] a`, dead))
 	b.js("the dead task's page", `!!document.getElementById("task-state") && document.getElementById("task-state").textContent === "dead"`)
 	b.js("its last error and its events from before the console started", `(() => { const t = document.querySelector("#live").innerText; return t.includes("connection refused") && t.includes("task.failed") && t.includes("task.dead") && t.includes("task.submitted"); })()`)
 
 	// The cause fixed, requeue it from its page and watch it succeed.
 	broken.Store(false)
-	b.do(chromedp.Click(chromedp.CSS("#requeue-task")))
+	b.click("#requeue-task")
 	b.js("the requeue done", fmt.Sprintf(`document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("requeued task %s")`, dead))
 	b.js("the task succeeded", `document.getElementById("task-state").textContent === "succeeded"`)
 	if info, err := m.tasks.Status(c, dead); err != nil || info.State != "succeeded" {
