@@ -10,7 +10,7 @@
 //   - JetStream floor: js.Publish to a work-queue stream and a durable pull
 //     consumer with the same number of goroutines acking; its delayed tasks
 //     use the server's message schedule alone (@at with the exact instant);
-//   - floor + state: the floor plus the stored writes DESIGN.md asks of a
+//   - floor + state: the floor plus the stored writes the v1 design asks of a
 //     scheduler (a state per task at submit, start and outcome; an event
 //     per change), made by the producer and the worker themselves: what
 //     those writes alone cost;

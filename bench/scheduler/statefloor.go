@@ -13,7 +13,7 @@ import (
 	"github.com/meshkit/mesh/pkg/bus"
 )
 
-// stateFloorSystem is the floor plus the stored writes DESIGN.md asks of
+// stateFloorSystem is the floor plus the stored writes the v1 design asks of
 // any scheduler on it, made the cheapest way, by the producer and the
 // worker themselves with no service between them: a task's state in a KV
 // bucket configured as MESH_TASK_STATE, written before the task is

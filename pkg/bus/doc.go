@@ -12,7 +12,7 @@
 // Content-Type: application/json, or its body is not a msgpack map (or
 // nil), which every msgpack request is: a body starting with '{', an empty
 // one, and text a person typed by mistake, whose error a person can then
-// read (DESIGN.md names the first two; the third refines it). The reply
+// read. The reply
 // uses the request's codec. Struct fields are named by their json tags
 // (snake_case) in both codecs. Instants travel as RFC 3339 strings with
 // milliseconds (Time); durations as integer milliseconds in fields named

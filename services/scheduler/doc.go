@@ -305,7 +305,7 @@
 // Either takes one id, or a queue with all: true; finding an id reads the
 // queue's dead letters one by one, so they are for people and tools.
 //
-// # Departures from DESIGN.md
+// # Departures from the usual JetStream mapping
 //
 //   - AckWait is per queue (a consumer setting), not per task: the task
 //     timeout is enforced by the worker, and the AckWait only detects dead
