@@ -615,24 +615,84 @@ func (k *unansweredCreates) Create(ctx context.Context, key string, value []byte
 
 // While no stream takes the state bucket's writes (its leader being
 // elected, as when a NATS node dies), a submit sends them again for a
-// while instead of failing at once.
+// while instead of failing at once. The bucket comes back once the
+// service has sent a write again after a no-responders failure, that is
+// after nats.go's own retries of it (2 × 250 ms) had given up: a service
+// that failed the submit then never gets there, and the test fails on its
+// error.
 func TestSubmitWhileBucketAway(t *testing.T) {
 	s := bustest.RunServer(t)
-	serve(t, s.URL(), scheduler.Config{})
+	srv, err := scheduler.New(bustest.Connect(t, s.URL()), scheduler.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	creates := &watchedCreates{again: make(chan string, 1)}
+	scheduler.WrapStates(srv, func(kv jetstream.KeyValue) jetstream.KeyValue {
+		creates.KeyValue = kv
+		return creates
+	})
+	if err := srv.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	c := client(t, s.URL())
 	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "w", Type: "x"}); err != nil {
 		t.Fatal(err) // the queue exists: only the bucket goes away
 	}
 	back := bustest.StreamAway(t, s.JetStream(), "KV_"+scheduler.Bucket)
+	creates.watch.Store(true)
 	got := make(chan error, 1)
+	// One request, not the Client, which would send the submit again
+	// itself: the service's own retries are the point.
+	nc := bustest.Connect(t, s.URL())
 	go func() {
-		_, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "w", Type: "x", UniqueKey: "away"})
+		_, err := bus.Request[scheduler.SubmitRequest, scheduler.SubmitReply](ctx(t), nc, scheduler.SubjectSubmit,
+			scheduler.SubmitRequest{Queue: "w", Type: "x", UniqueKey: "away"})
 		got <- err
 	}()
-	// Longer than nats.go's own retries of a write nobody takes (2 × 250 ms).
-	time.Sleep(1500 * time.Millisecond)
+	select {
+	case key := <-creates.again:
+		t.Logf("the write of %s was sent again after no stream took it", key)
+	case err := <-got:
+		t.Fatalf("the submit ended (%v) without sending a write again while the bucket was away", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no write sent again in 30s")
+	}
 	back()
 	if err := <-got; err != nil {
 		t.Fatalf("a submit failed while the bucket was away for less than it waits: %v", err)
 	}
+}
+
+// watchedCreates tells, once watch is set, the first key whose Create is
+// called again after a Create of it failed for want of a stream.
+type watchedCreates struct {
+	jetstream.KeyValue
+	watch  atomic.Bool
+	mu     sync.Mutex
+	failed map[string]bool
+	again  chan string
+}
+
+func (k *watchedCreates) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	if k.watch.Load() {
+		k.mu.Lock()
+		if k.failed[key] {
+			select {
+			case k.again <- key:
+			default:
+			}
+		}
+		k.mu.Unlock()
+	}
+	rev, err := k.KeyValue.Create(ctx, key, value, opts...)
+	if err != nil && bus.NoStream(err) && k.watch.Load() {
+		k.mu.Lock()
+		if k.failed == nil {
+			k.failed = map[string]bool{}
+		}
+		k.failed[key] = true
+		k.mu.Unlock()
+	}
+	return rev, err
 }

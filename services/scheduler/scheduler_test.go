@@ -425,6 +425,7 @@ func TestPeriodicTwoInstances(t *testing.T) {
 			return nil
 		},
 	})
+	added := time.Now()
 	info, err := c.AddSchedule(ctx(t), scheduler.ScheduleRequest{Name: "heartbeat", Queue: "cron", Type: "beat", Payload: []byte("thump"), EveryMs: 1000})
 	if err != nil || info.EveryMs != 1000 {
 		t.Fatalf("add = %+v, %v", info, err)
@@ -450,6 +451,7 @@ func TestPeriodicTwoInstances(t *testing.T) {
 	if err := c.RemoveSchedule(ctx(t), "heartbeat"); err != nil {
 		t.Fatal(err)
 	}
+	elapsed := time.Since(added)
 	if scheds, err := c.ListSchedules(ctx(t)); err != nil || len(scheds) != 0 {
 		t.Fatalf("after rm: %+v, %v", scheds, err)
 	}
@@ -457,21 +459,29 @@ func TestPeriodicTwoInstances(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// One task per tick: ticks are a second apart, so two tasks made less
-	// than half a second apart would be one tick made twice.
-	var made []time.Time
+	// One task per tick. The server fires the schedule at most once a
+	// second between the add and the rm, however late each tick is handled,
+	// so more tasks than that are ticks made twice (each instance making
+	// its own). A tick's task carries the tick's stream time as its
+	// creation: two tasks of one tick would share it.
+	made := map[time.Time]string{}
 	for _, task := range list.Tasks {
 		if task.Schedule != "heartbeat" {
 			t.Fatalf("task %+v", task)
 		}
-		made = append(made, task.CreatedAt.Time)
-	}
-	for i := range made {
-		for j := range i {
-			if d := made[i].Sub(made[j]).Abs(); d < 500*time.Millisecond {
-				t.Fatalf("two tasks made %v apart: %v", d, made)
-			}
+		if other, ok := made[task.CreatedAt.Time]; ok {
+			t.Fatalf("tasks %s and %s were made of one tick (%v)", other, task.ID, task.CreatedAt)
 		}
+		made[task.CreatedAt.Time] = task.ID
+	}
+	if most := int(elapsed/time.Second) + 1; len(made) > most {
+		t.Fatalf("%d tasks made in %v, by a schedule that ticks once a second: at most %d", len(made), elapsed.Round(time.Millisecond), most)
+	}
+	mu.Lock()
+	ran := len(runs)
+	mu.Unlock()
+	if len(made) < ran {
+		t.Fatalf("%d tasks listed, %d ran", len(made), ran)
 	}
 
 	// A cron schedule in a time zone, every second.
