@@ -235,11 +235,16 @@ func (d docs) alternatives(t *testing.T, file string, s map[string]any, key stri
 
 // subset reports where got differs from want, a subset of it: every field
 // of a wanted object is in got with a matching value, a wanted array has
-// got's length and matching elements, a scalar is equal ("" when got
+// got's length and matching elements, {"$contains": [...]} is an array
+// holding elements that match these, in this order, among others (a list
+// that other examples add to), and a scalar is equal ("" when got
 // matches).
 func subset(want, got any, path string) string {
 	switch w := want.(type) {
 	case map[string]any:
+		if c, ok := w["$contains"].([]any); ok && len(w) == 1 {
+			return contains(c, got, path)
+		}
 		g, ok := got.(map[string]any)
 		if !ok {
 			return fmt.Sprintf("%s: want an object, got %v", path, got)
@@ -282,6 +287,27 @@ func subset(want, got any, path string) string {
 	return ""
 }
 
+// contains reports where got, an array, does not hold elements matching
+// want's, in order.
+func contains(want []any, got any, path string) string {
+	g, ok := got.([]any)
+	if !ok {
+		return fmt.Sprintf("%s: want an array, got %v", path, got)
+	}
+	i := 0
+	for _, w := range want {
+		for i < len(g) && subset(w, g[i], path) != "" {
+			i++
+		}
+		if i == len(g) {
+			b, _ := json.Marshal(w)
+			return fmt.Sprintf("%s: no element matching %s (in order)", path, b)
+		}
+		i++
+	}
+	return ""
+}
+
 // decodeJSON decodes JSON keeping numbers as written.
 func decodeJSON(b []byte) (any, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -317,6 +343,8 @@ func TestContentChecksCatch(t *testing.T) {
 		{`{"n":3}`, `{"n":3.5}`},
 		{`{"ids":["a"]}`, `{"ids":["a","b"]}`},
 		{`{"a":{"b":1}}`, `{"a":{"b":2,"c":3}}`},
+		{`{"l":{"$contains":[{"n":1},{"n":2}]}}`, `{"l":[{"n":2},{"n":1}]}`},
+		{`{"l":{"$contains":[{"n":1}]}}`, `{"l":[]}`},
 	} {
 		want, _ := decodeJSON([]byte(c.want))
 		got, _ := decodeJSON([]byte(c.got))
@@ -324,8 +352,8 @@ func TestContentChecksCatch(t *testing.T) {
 			t.Errorf("%s matched %s", c.got, c.want)
 		}
 	}
-	want, _ := decodeJSON([]byte(`{"found":true,"value":"hello","extra":[1]}`))
-	got, _ := decodeJSON([]byte(`{"found":true,"value":"hello","extra":[1],"ttl_ms":5}`))
+	want, _ := decodeJSON([]byte(`{"found":true,"value":"hello","extra":[1],"l":{"$contains":[{"n":1},{"n":3}]}}`))
+	got, _ := decodeJSON([]byte(`{"found":true,"value":"hello","extra":[1],"ttl_ms":5,"l":[{"n":1,"m":0},{"n":2},{"n":3}]}`))
 	if diff := subset(want, got, "reply"); diff != "" {
 		t.Errorf("a superset did not match: %s", diff)
 	}
