@@ -1,10 +1,12 @@
 package scheduler_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,10 +14,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"go.uber.org/goleak"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/schemas"
 	"github.com/meshkit/mesh/services/scheduler"
 )
 
@@ -70,22 +74,96 @@ func work(t *testing.T, url string, queues map[string]int, handlers map[string]s
 
 // events collects the task events.
 type events struct {
-	mu   sync.Mutex
-	seen []bus.Event
-	ch   chan struct{}
+	mu      sync.Mutex
+	seen    []bus.Event
+	invalid []string // events that do not match their schemas
+	ch      chan struct{}
 }
 
+// eventSchemas are the event envelope's schema and each event's data
+// schema (schemas/event.<type>.json), by file name.
+var eventSchemas = sync.OnceValues(func() (map[string]*jsonschema.Schema, error) {
+	c := jsonschema.NewCompiler()
+	names, err := fs.Glob(schemas.FS, "*.json")
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		b, err := fs.ReadFile(schemas.FS, name)
+		if err != nil {
+			return nil, err
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if err := c.AddResource("file:///mesh/schemas/"+name, doc); err != nil {
+			return nil, err
+		}
+	}
+	out := map[string]*jsonschema.Schema{}
+	for _, name := range names {
+		if name == "event.json" || strings.HasPrefix(name, "event.task.") {
+			if out[name], err = c.Compile("file:///mesh/schemas/" + name); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+})
+
+// checkEvent validates a task event against the envelope's schema and its
+// data's (event.<type>.json); it returns what is wrong, or "".
+func checkEvent(data []byte, ev *bus.Event) string {
+	sch, err := eventSchemas()
+	if err != nil {
+		return err.Error()
+	}
+	check := func(name string, b []byte) string {
+		s := sch[name]
+		if s == nil {
+			return "no schema " + name
+		}
+		v, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if err == nil {
+			err = s.Validate(v)
+		}
+		if err != nil {
+			return fmt.Sprintf("%s: %v", name, err)
+		}
+		return ""
+	}
+	if bad := check("event.json", data); bad != "" {
+		return bad
+	}
+	b, _ := json.Marshal(ev.Data)
+	return check("event."+ev.Type+".json", b)
+}
+
+// watch collects the task events, and checks each against its schema
+// (the test fails at its end on one that does not match).
 func watch(t *testing.T, url string) *events {
 	t.Helper()
 	e := &events{ch: make(chan struct{}, 1)}
+	t.Cleanup(func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		for _, bad := range e.invalid {
+			t.Errorf("event does not match its schema: %s", bad)
+		}
+	})
 	nc := bustest.Connect(t, url)
 	if _, err := nc.Subscribe("mesh.events.task.*", func(m *nats.Msg) {
 		var ev bus.Event
 		if json.Unmarshal(m.Data, &ev) != nil {
 			return
 		}
+		bad := checkEvent(m.Data, &ev)
 		e.mu.Lock()
 		e.seen = append(e.seen, ev)
+		if bad != "" {
+			e.invalid = append(e.invalid, bad+": "+string(m.Data))
+		}
 		e.mu.Unlock()
 		select {
 		case e.ch <- struct{}{}:
