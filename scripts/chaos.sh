@@ -31,17 +31,31 @@ tmp=$(mktemp -d)
 . scripts/lib.sh
 find_compose chaos
 # A third cache instance from the start, and a fourth (profile join) that
-# joins under load: the same service as cache1 under other names.
-cat >"$tmp/cache-nodes.yaml" <<EOF
-services:
-  cache3:
-    extends: {file: $PWD/compose.yaml, service: cache1}
-    command: ["serve", "cache", "--node", "cache3"]
-  cache4:
-    extends: {file: $PWD/compose.yaml, service: cache1}
-    command: ["serve", "cache", "--node", "cache4"]
-    profiles: ["join"]
+# joins under load: cache1's definition under other names, written out
+# (docker-compose 1.x cannot extend a service that has depends_on).
+{
+	echo "services:"
+	for n in cache3 cache4; do
+		cat <<EOF
+  $n:
+    image: \${MESH_IMAGE:-mesh:dev}
+    restart: on-failure
+    depends_on:
+      n1: {condition: service_healthy}
+      n2: {condition: service_healthy}
+      n3: {condition: service_healthy}
+    command: ["serve", "cache", "--node", "$n"]
+    environment:
+      MESH_NATS: nats://n1:4222,nats://n2:4222,nats://n3:4222
+      MESH_NKEY: /run/secrets/nkey
+      MESH_LOG_LEVEL: \${MESH_LOG_LEVEL:-info}
+      MESH_REPLICAS: "3"
+      MESH_INBOX_PREFIX: _INBOX_cache
+    volumes: ["$PWD/deploy/secrets/cache.nk:/run/secrets/nkey:ro"]
 EOF
+		if [ "$n" = cache4 ]; then echo '    profiles: ["join"]'; fi
+	done
+} >"$tmp/cache-nodes.yaml"
 compose+=(-f compose.yaml -f "$tmp/cache-nodes.yaml")
 
 up="" load_pid=""

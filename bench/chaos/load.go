@@ -226,7 +226,9 @@ func runLoad(ctx context.Context, cfg loadConfig) error {
 				return
 			case <-tick.C:
 			}
-			req := scheduler.SubmitRequest{Queue: "chaos", Type: "echo", Payload: scheduler.Bytes(strconv.Itoa(n)), UniqueKey: run + "-" + strconv.Itoa(n)}
+			// One id for every attempt of a submission: a retry after an answer
+			// lost at a fault finds the task the first attempt made.
+			req := scheduler.SubmitRequest{ID: nuid.Next(), Queue: "chaos", Type: "echo", Payload: scheduler.Bytes(strconv.Itoa(n)), UniqueKey: run + "-" + strconv.Itoa(n)}
 			var id string
 			for attempt := 0; attempt < 20 && ctx.Err() == nil; attempt++ {
 				sctx, cancel := context.WithTimeout(ctx, 3*time.Second)

@@ -28,7 +28,7 @@ var accountsConf string
 // The users of the mesh, as in deploy/gencreds: an nkey per service user,
 // a password for the client and admin users.
 var (
-	nkeyUsers     = []string{"cache", "lock", "scheduler", "worker"}
+	nkeyUsers     = []string{"cache", "lock", "scheduler", "worker", "console"}
 	passwordUsers = []string{"client", "admin"}
 )
 

@@ -21,7 +21,8 @@ type consoleFlags struct {
 
 type consoleCmd struct {
 	consoleFlags
-	Listen        string `default:"127.0.0.1:4280" env:"MESH_CONSOLE" placeholder:"ADDR" help:"Address of the console, a loopback address."`
+	Listen        string `default:"127.0.0.1:4280" env:"MESH_CONSOLE" placeholder:"ADDR" help:"Address of the console, a loopback address (any with --allow-remote)."`
+	AllowRemote   bool   `name:"allow-remote" env:"MESH_CONSOLE_ALLOW_REMOTE" help:"Listen on a non-loopback address (0.0.0.0:4280): only in a container whose port the host publishes on 127.0.0.1. Pages still answer only a loopback Host, actions only from their own origin."`
 	CacheReplicas int    `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key (the cache nodes' setting), for the key lookup."`
 }
 
@@ -38,11 +39,17 @@ func (c *consoleCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	defer nc.Close()
-	srv, err := console.Listen(ctx, nc, c.Listen, console.Config{ReadOnly: c.ReadOnly, CacheReplicas: c.CacheReplicas, Logger: a.log})
+	srv, err := console.Listen(ctx, nc, c.Listen, console.Config{ReadOnly: c.ReadOnly, CacheReplicas: c.CacheReplicas, AllowRemote: c.AllowRemote, Logger: a.log})
 	if err != nil {
+		if errors.Is(err, console.ErrNotLoopback) {
+			return fmt.Errorf("%w (in a container whose port the host publishes on 127.0.0.1: --allow-remote)", err)
+		}
 		return err
 	}
 	fmt.Fprintf(a.out, "Mesh console: %s (NATS %s). Ctrl-C stops it.\n", srv.URL(), nc.ConnectedUrlRedacted())
+	if c.AllowRemote {
+		fmt.Fprintln(a.out, "It answers requests whose Host is a loopback address only: open it through a port published on 127.0.0.1.")
+	}
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -57,8 +64,20 @@ func (a *app) startConsole(ctx context.Context, nc *nats.Conn, addr string, f co
 	if addr == "" || addr == "off" {
 		return "", func() {}
 	}
+	// With --auth, the console connects as the console user, with that
+	// user's permissions, as in the compose stack.
+	closeConn := func() {}
+	if a.serviceConn != nil {
+		cnc, err := a.serviceConn("console")
+		if err != nil {
+			a.log.Warn().Err(err).Msg("no console: connecting as the console user")
+			return "", func() {}
+		}
+		nc, closeConn = cnc, cnc.Close
+	}
 	srv, err := console.Listen(ctx, nc, addr, console.Config{ReadOnly: f.ReadOnly, CacheReplicas: cacheReplicas, Logger: a.log})
 	if err != nil {
+		closeConn()
 		hint := "give --console another address, or off"
 		if errors.Is(err, console.ErrNotLoopback) {
 			hint = "run `mesh console` on the host you browse from, or tunnel to it"
@@ -69,6 +88,7 @@ func (a *app) startConsole(ctx context.Context, nc *nats.Conn, addr string, f co
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
+		defer closeConn()
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

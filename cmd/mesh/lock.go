@@ -263,6 +263,9 @@ func (c *lockRunCmd) tellWait(ctx context.Context, locks *lock.Client) {
 		return
 	}
 	h := info.Holders[0]
+	if h.Owner == "" {
+		h.Owner = "an owner with no name"
+	}
 	more := ""
 	if n := len(info.Holders) - 1; n > 0 {
 		more = fmt.Sprintf(" and %d more", n)

@@ -21,7 +21,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/meshkit/mesh/cmd/mesh/internal/cron"
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/scheduler"
 )
@@ -372,62 +371,29 @@ func (c *scheduleListCmd) Run(a *app) error {
 	if err != nil {
 		return err
 	}
-	now := time.Now()
 	if c.JSON {
-		rows := make([]scheduleRow, len(scheds))
-		for i, s := range scheds {
-			rows[i].ScheduleInfo = s
-			if next, ok := nextRun(s, now); ok {
-				rows[i].NextRunAt = &bus.Time{Time: next}
-			}
-		}
-		return a.printJSON(rows)
+		return a.printJSON(scheds)
 	}
 	if len(scheds) == 0 {
 		fmt.Fprintln(a.out, "no schedules")
 		return nil
 	}
+	now := time.Now()
 	w := tabwriter.NewWriter(a.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "NAME\tQUEUE\tTYPE\tWHEN\tNEXT RUN\tCREATED")
 	for _, s := range scheds {
-		next := "?"
-		if t, ok := nextRun(s, now); ok {
-			next = fmt.Sprintf("%s (in %s)", bus.Time{Time: t}, t.Sub(now).Round(time.Second))
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Queue, s.Type, when(s), next, s.CreatedAt)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Queue, s.Type, when(s), nextRun(s.NextRunAt, now), s.CreatedAt)
 	}
 	return w.Flush()
 }
 
-// scheduleRow is a schedule as mesh schedule list --json prints it.
-type scheduleRow struct {
-	scheduler.ScheduleInfo
-	NextRunAt *bus.Time `json:"next_run_at,omitempty"`
-}
-
-// nextRun is when the server fires s next after now, as it computes it:
-// a cron expression with nats-server's own parser; an interval counted
-// from the schedule's creation, to the second (to within the second or so
-// between the schedule's record and its message). False if it cannot tell.
-func nextRun(s scheduler.ScheduleInfo, now time.Time) (time.Time, bool) {
-	if s.EveryMs > 0 {
-		every := time.Duration(s.EveryMs) * time.Millisecond
-		base := s.CreatedAt.Round(time.Second)
-		if now.Before(base) {
-			return base.Add(every), true
-		}
-		return base.Add((now.Sub(base)/every + 1) * every), true
+// nextRun is a schedule's next run as the service answered it, with how
+// long until then: "?" when it could not tell.
+func nextRun(at bus.Time, now time.Time) string {
+	if at.IsZero() {
+		return "?"
 	}
-	loc := time.UTC
-	if s.TimeZone != "" {
-		l, err := time.LoadLocation(s.TimeZone)
-		if err != nil {
-			return time.Time{}, false
-		}
-		loc = l
-	}
-	next, err := cron.Next(s.Cron, loc, now)
-	return next, err == nil
+	return fmt.Sprintf("%s (in %s)", at, at.Sub(now).Round(time.Second))
 }
 
 type scheduleRmCmd struct {

@@ -1,10 +1,12 @@
 // Command gencreds makes the credentials of the compose stack in a
 // directory (deploy/secrets by default), once: an nkey seed per service
-// user (cache, lock, scheduler, worker), a password for the client and the
+// user (cache, lock, scheduler, worker, console), a password for the client and the
 // admin users, and auth.conf, which the NATS configuration includes: it
 // defines the public nkeys and the bcrypt hashes of the passwords, so the
 // servers hold no secret a client could log in with. An existing directory
-// is left alone unless -force.
+// is left alone unless -force, but for the nkey users it lacks (a user
+// added since it was made): their seeds are made and their public keys
+// appended to its auth.conf.
 package main
 
 import (
@@ -20,7 +22,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-var nkeyUsers = []string{"cache", "lock", "scheduler", "worker"}
+var nkeyUsers = []string{"cache", "lock", "scheduler", "worker", "console"}
 var passwordUsers = []string{"client", "admin"}
 
 // routeHosts are the NATS servers of compose.yaml.
@@ -47,8 +49,7 @@ func main() {
 
 func run(dir string, force bool) error {
 	if _, err := os.Stat(filepath.Join(dir, "auth.conf")); err == nil && !force {
-		fmt.Fprintf(os.Stderr, "gencreds: %s already holds credentials (-force to replace them)\n", dir)
-		return nil
+		return addMissing(dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -56,23 +57,11 @@ func run(dir string, force bool) error {
 	var conf strings.Builder
 	conf.WriteString("# Made by deploy/gencreds: public nkeys and password hashes of the mesh users.\n")
 	for _, u := range nkeyUsers {
-		kp, err := nkeys.CreateUser()
+		line, err := makeNkey(dir, u)
 		if err != nil {
 			return err
 		}
-		seed, err := kp.Seed()
-		if err != nil {
-			return err
-		}
-		pub, err := kp.PublicKey()
-		if err != nil {
-			return err
-		}
-		// Readable by the container's unprivileged user; the directory is 0700.
-		if err := os.WriteFile(filepath.Join(dir, u+".nk"), append(seed, '\n'), 0o644); err != nil {
-			return err
-		}
-		fmt.Fprintf(&conf, "%s_NKEY: %q\n", strings.ToUpper(u), pub)
+		conf.WriteString(line)
 	}
 	for _, u := range passwordUsers {
 		pw, err := password()
@@ -105,4 +94,65 @@ func run(dir string, force bool) error {
 	}
 	conf.WriteString("]\n")
 	return os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(conf.String()), 0o644)
+}
+
+// makeNkey writes a new seed for user in dir and returns its line of
+// auth.conf.
+func makeNkey(dir, user string) (string, error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return "", err
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		return "", err
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return "", err
+	}
+	// Readable by the container's unprivileged user; the directory is 0700.
+	if err := os.WriteFile(filepath.Join(dir, user+".nk"), append(seed, '\n'), 0o644); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s_NKEY: %q\n", strings.ToUpper(user), pub), nil
+}
+
+// addMissing adds to the credentials in dir the nkey users they lack.
+func addMissing(dir string) error {
+	path := filepath.Join(dir, "auth.conf")
+	conf, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var added []string
+	var lines strings.Builder
+	for _, u := range nkeyUsers {
+		if strings.Contains(string(conf), strings.ToUpper(u)+"_NKEY:") {
+			continue
+		}
+		line, err := makeNkey(dir, u)
+		if err != nil {
+			return err
+		}
+		lines.WriteString(line)
+		added = append(added, u)
+	}
+	if len(added) == 0 {
+		fmt.Fprintf(os.Stderr, "gencreds: %s already holds credentials (-force to replace them)\n", dir)
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(lines.String()); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "gencreds: %s: added the users %s\n", dir, strings.Join(added, ", "))
+	return nil
 }

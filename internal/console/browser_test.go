@@ -2,6 +2,8 @@ package console_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,11 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
 	"github.com/meshkit/mesh/internal/console"
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/cache"
 	"github.com/meshkit/mesh/services/lock"
 	"github.com/meshkit/mesh/services/scheduler"
@@ -46,7 +50,7 @@ type browser struct {
 // js waits until a JavaScript condition holds in the page.
 func (b *browser) js(what, cond string) {
 	b.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(bustest.Scale(60 * time.Second))
 	var err error
 	for {
 		_, err = chromedp.Run(b.ctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(time.Until(deadline)), chromedp.WithPollingInterval(50*time.Millisecond)))
@@ -78,11 +82,76 @@ func (b *browser) eval(expr string) string {
 	return v
 }
 
+// do runs actions one after the other. The live part of a page is
+// re-rendered from its event stream, which replaces its nodes: a node that
+// an action (a click, a value set) found by its selector can be gone by the
+// time the action uses its id. The browser then refuses the action before
+// doing anything (the click is not sent), so do runs that action again,
+// from its query, until it goes through or its deadline passes.
 func (b *browser) do(actions ...chromedp.Action[chromedp.Void]) {
 	b.t.Helper()
-	if err := chromedp.Do(b.ctx, actions...); err != nil {
+	for _, a := range actions {
+		if err := b.retryStale(a); err != nil {
+			b.t.Fatal(err)
+		}
+	}
+}
+
+// click clicks the first element that sel matches, once it is there and
+// visible. The live part of a page is re-rendered from its event stream,
+// which replaces its nodes: a click sent as mouse events (pressed, then
+// released) can straddle a render, pressed on one node and released on its
+// successor, and so click nothing. click therefore finds the element and
+// clicks it in one script, which no render can interrupt; a form's
+// confirmation it opens is accepted by the tab. If the element is gone when
+// the script runs, it waits for it again, within a deadline.
+func (b *browser) click(sel string) {
+	b.t.Helper()
+	q, err := json.Marshal(sel)
+	if err != nil {
 		b.t.Fatal(err)
 	}
+	visible := fmt.Sprintf(`(() => { const e = document.querySelector(%s); return !!e && e.checkVisibility(); })()`, q)
+	click := fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (!e || !e.checkVisibility()) return false; e.click(); return true; })()`, q)
+	deadline := time.Now().Add(bustest.Scale(60 * time.Second))
+	for {
+		b.js("a visible "+sel, visible)
+		ctx, cancel := context.WithDeadline(b.ctx, deadline)
+		clicked, err := chromedp.Run(ctx, chromedp.Evaluate[bool](click))
+		cancel()
+		switch {
+		case err != nil && navigated(err):
+			// Only the click navigates: it ran.
+			return
+		case err != nil:
+			b.t.Fatalf("click %s: %v", sel, err)
+		case clicked:
+			return
+		case time.Now().After(deadline):
+			b.t.Fatalf("click %s: it never stayed long enough to be clicked", sel)
+		}
+	}
+}
+
+// retryStale runs a, again while it fails on a stale node, within a
+// deadline.
+func (b *browser) retryStale(a chromedp.Action[chromedp.Void]) error {
+	ctx, cancel := context.WithTimeout(b.ctx, bustest.Scale(60*time.Second))
+	defer cancel()
+	for {
+		err := chromedp.Do(ctx, a)
+		if err == nil || !staleNode(err) || ctx.Err() != nil {
+			return err
+		}
+		b.t.Logf("a node went stale under the action, running it again: %v", err)
+	}
+}
+
+// staleNode reports the browser's refusal of a node id whose node the page
+// has replaced since it was queried.
+func staleNode(err error) bool {
+	var e *cdproto.Error
+	return errors.As(err, &e) && e.Code == -32000 && e.Message == "Could not find node with given id"
 }
 
 // open opens a page and waits until its live stream is connected.
@@ -116,48 +185,9 @@ func (b *browser) shot(name string) {
 // a screenshot of each page in DIR (docs/console holds the ones of the
 // README).
 func TestBrowser(t *testing.T) {
-	chrome := chromium()
-	if chrome == "" {
-		t.Log("**********************************************************************")
-		t.Log("NO CHROMIUM FOUND: the console's browser test did NOT run.")
-		t.Log("Install it with scripts/install-chromium.sh (Debian's chromium), or")
-		t.Log("point MESH_CHROMIUM at a Chromium or Chrome binary.")
-		t.Log("**********************************************************************")
-		t.Skip("no chromium binary (scripts/install-chromium.sh installs it)")
-	}
 	m := startMesh(t, console.Config{Refresh: 500 * time.Millisecond, SampleEvery: time.Second, TaskListEvery: 500 * time.Millisecond})
-	c := ctx(t)
-	shots := os.Getenv("MESH_CONSOLE_SCREENSHOTS")
-	if shots != "" {
-		if err := os.MkdirAll(shots, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.WindowSize(1280, 860),
-		chromedp.Flag("disable-dev-shm-usage", true))...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	tctx, tcancel := context.WithTimeout(bctx, 4*time.Minute)
-	defer tcancel()
-	b := &browser{t: t, ctx: tctx, base: m.web.URL, shots: shots}
-	b.do(chromedp.Navigate("about:blank"))
-	// The user accepts every confirmation an action asks.
-	dialogs := chromedp.Events(tctx, page.JavascriptDialogOpening)
-	dialogsDone := make(chan struct{})
-	go func() {
-		defer close(dialogsDone)
-		for _, err := range dialogs {
-			if err != nil {
-				return
-			}
-			_, err := chromedp.Call(tctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
-			t.Logf("dialog accepted: %v", err)
-		}
-	}()
-	defer func() { tcancel(); <-dialogsDone }()
+	c := walkCtx(t)
+	b := newBrowser(t, m.web.URL)
 
 	// A worker whose "welcome" tasks wait for the test, and whose "import"
 	// tasks fail.
@@ -183,13 +213,13 @@ func TestBrowser(t *testing.T) {
 
 	// Submit a task from the scheduler page; its page follows it live.
 	b.open("/scheduler")
+	b.click("#submit-details summary")
 	b.do(
-		chromedp.Click(chromedp.CSS("#submit-details summary")),
 		chromedp.SetValue(chromedp.CSS(`#submit-task input[name="queue"]`), "emails"),
 		chromedp.SetValue(chromedp.CSS(`#submit-task input[name="type"]`), "welcome"),
 		chromedp.SetValue(chromedp.CSS(`#submit-task input[name="payload"]`), "ann@example.com"),
-		chromedp.Click(chromedp.CSS("#submit-task button")),
 	)
+	b.click("#submit-task button")
 	b.js("the new task's page", `location.pathname.startsWith("/scheduler/tasks/") && !!document.getElementById("task-state")`)
 	id := strings.TrimPrefix(b.eval(`location.pathname`), "/scheduler/tasks/")
 	b.js("the task queued", `document.getElementById("task-state").textContent === "queued"`)
@@ -232,7 +262,7 @@ func TestBrowser(t *testing.T) {
 	// Pause and resume a queue with its buttons.
 	b.open("/scheduler")
 	b.js("the dead task counted", `document.querySelector('tr[data-queue="emails"] td:nth-child(5)').textContent.trim() === "1"`)
-	b.do(chromedp.Click(chromedp.CSS(`tr[data-queue="reports"] button.pause`)))
+	b.click(`tr[data-queue="reports"] button.pause`)
 	b.js("the queue paused", `document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("queue reports: paused") && document.querySelector('tr[data-queue="reports"] .badge').textContent === "paused"`)
 	if qs, err := m.tasks.Queues(c); err != nil || !paused(qs, "reports") {
 		t.Fatalf("after Pause: %+v, %v", qs, err)
@@ -240,7 +270,7 @@ func TestBrowser(t *testing.T) {
 	b.open("/scheduler")
 	b.js("every task listed", `document.querySelectorAll("#tasks tr[data-task]").length === 6`)
 	b.shot("scheduler")
-	b.do(chromedp.Click(chromedp.CSS(`tr[data-queue="reports"] button.resume`)))
+	b.click(`tr[data-queue="reports"] button.resume`)
 	b.js("the queue resumed", `document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("queue reports: resumed")`)
 	eventually(t, "the queue resumes", func() bool {
 		qs, err := m.tasks.Queues(c)
@@ -257,9 +287,9 @@ func TestBrowser(t *testing.T) {
 	b.open("/scheduler/dead")
 	b.js("the dead task", fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-dead=%q]'); return r && r.innerText.includes("file not found: /data/import.csv"); })()`, dead))
 	b.shot("dead")
-	b.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-dead=%q] button.resume`, dead))))
+	b.click(fmt.Sprintf(`tr[data-dead=%q] button.resume`, dead))
 	b.js("the requeue done", fmt.Sprintf(`document.querySelector(".flash.ok") && document.querySelector(".flash.ok").textContent.includes("requeued task %s")`, dead))
-	msg, err := requeued.NextMsg(30 * time.Second)
+	msg, err := requeued.NextMsg(bustest.Scale(30 * time.Second))
 	if err != nil || !strings.Contains(string(msg.Data), dead) {
 		t.Fatalf("no requeued event for %s: %v", dead, err)
 	}
@@ -272,7 +302,7 @@ func TestBrowser(t *testing.T) {
 
 	// Locks: a lease that is not renewed counts down to its expiry, and
 	// the waiter in line gets the lock.
-	ttl := 10 * time.Second // long enough for the page to open on a loaded machine
+	ttl := bustest.Scale(10 * time.Second) // long enough for the page to open on a loaded machine
 	grant, err := bus.Request[lock.AcquireRequest, lock.AcquireReply](c, m.nc, lock.SubjectAcquire, lock.AcquireRequest{Name: "reports", Owner: "nightly-report", TTLms: ttl.Milliseconds()})
 	if err != nil {
 		t.Fatal(err)
@@ -348,6 +378,68 @@ func TestBrowser(t *testing.T) {
 	b.js("a chart", `!!document.querySelector("figure.chart polyline")`)
 	b.shot("overview")
 }
+
+// newBrowser starts a headless Chromium for the test (skipping it, loudly,
+// where there is none) on a tab that accepts every confirmation an action
+// asks. With MESH_CONSOLE_SCREENSHOTS=DIR its shots go to DIR.
+func newBrowser(t *testing.T, base string) *browser {
+	t.Helper()
+	chrome := chromium()
+	if chrome == "" {
+		t.Log("**********************************************************************")
+		t.Log("NO CHROMIUM FOUND: the console's browser test did NOT run.")
+		t.Log("Install it with scripts/install-chromium.sh (Debian's chromium), or")
+		t.Log("point MESH_CHROMIUM at a Chromium or Chrome binary.")
+		t.Log("**********************************************************************")
+		t.Skip("no chromium binary (scripts/install-chromium.sh installs it)")
+	}
+	shots := os.Getenv("MESH_CONSOLE_SCREENSHOTS")
+	if shots != "" {
+		if err := os.MkdirAll(shots, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.WindowSize(1280, 860),
+		chromedp.Flag("disable-dev-shm-usage", true))...)
+	t.Cleanup(acancel)
+	bctx, bcancel := chromedp.NewContext(actx)
+	t.Cleanup(bcancel)
+	tctx, tcancel := context.WithTimeout(bctx, walkTime())
+	b := &browser{t: t, ctx: tctx, base: base, shots: shots}
+	// The first action starts the browser, which lives as long as the
+	// context of that action: tctx, not a shorter one of b.do.
+	if err := chromedp.Do(tctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatal(err)
+	}
+	// The user accepts every confirmation an action asks.
+	dialogs := chromedp.Events(tctx, page.JavascriptDialogOpening)
+	dialogsDone := make(chan struct{})
+	go func() {
+		defer close(dialogsDone)
+		for _, err := range dialogs {
+			if err != nil {
+				return
+			}
+			_, err := chromedp.Call(tctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+			t.Logf("dialog accepted: %v", err)
+		}
+	}()
+	t.Cleanup(func() { tcancel(); <-dialogsDone })
+	return b
+}
+
+// walkCtx bounds the requests of a whole walk through the pages, which
+// takes much longer than one request on a loaded machine: as long as the
+// tab's own bound.
+func walkCtx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), walkTime())
+	t.Cleanup(cancel)
+	return c
+}
+
+// walkTime is the bound of a walk through the pages.
+func walkTime() time.Duration { return bustest.Scale(4 * time.Minute) }
 
 func paused(qs []scheduler.QueueInfo, name string) bool {
 	for _, q := range qs {

@@ -51,6 +51,12 @@ type Config struct {
 	// CacheReplicas is the copies of each cache key (the cache nodes'
 	// setting), for the key lookup's replicas. Zero: 2.
 	CacheReplicas int
+	// AllowRemote lets Listen serve a non-loopback address: for a console
+	// in a container, whose port the host publishes on its own loopback
+	// address only (compose.yaml). The pages still answer only requests
+	// whose Host is a loopback name or address, and actions from their own
+	// origin. Zero: loopback addresses only.
+	AllowRemote bool
 	// Logger, zero: none.
 	Logger zerolog.Logger
 }
@@ -74,6 +80,8 @@ type Console struct {
 	viewFns   map[string]viewFunc
 	taskLists *memo[scheduler.ListReply]
 	lockViews *memo[*locksView]
+	// storedReads keeps the reads of the stored events (stored.go).
+	storedReads *memo[storedRead]
 
 	mu      sync.Mutex
 	started bool
@@ -113,9 +121,10 @@ func New(nc *nats.Conn, cfg Config) (*Console, error) {
 	c := &Console{
 		nc: nc, cfg: cfg, log: cfg.Logger,
 		tasks: scheduler.NewClient(nc), locks: lock.NewClient(nc), cache: cc, ring: w,
-		events:    newHub(eventBuffer),
-		taskLists: newMemo[scheduler.ListReply](cfg.TaskListEvery),
-		lockViews: newMemo[*locksView](time.Second),
+		events:      newHub(eventBuffer),
+		taskLists:   newMemo[scheduler.ListReply](cfg.TaskListEvery),
+		lockViews:   newMemo[*locksView](time.Second),
+		storedReads: newMemo[storedRead](storedKeep),
 	}
 	c.sampler = newSampler(c, int(cfg.History/cfg.SampleEvery))
 	if c.tmpl, err = parseTemplates(); err != nil {

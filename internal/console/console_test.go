@@ -43,6 +43,13 @@ type mesh struct {
 // httptest server.
 func startMesh(t *testing.T, cfg console.Config) *mesh {
 	t.Helper()
+	return startMeshAfter(t, cfg, nil)
+}
+
+// startMeshAfter is startMesh that runs before (if not nil) once the
+// services run, before the console starts.
+func startMeshAfter(t *testing.T, cfg console.Config, before func(nc *nats.Conn)) *mesh {
+	t.Helper()
 	srv := bustest.RunServer(t)
 	nc := srv.Connect(nats.Name("console test"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -58,6 +65,9 @@ func startMesh(t *testing.T, cfg console.Config) *mesh {
 			t.Error(err)
 		}
 	})
+	if before != nil {
+		before(nc)
+	}
 	c, err := console.New(nc, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -239,6 +249,14 @@ func TestSchedulerPageAndActions(t *testing.T) {
 	loc = m.post("/scheduler/schedules", url.Values{"name": {"digest"}, "queue": {"emails"}, "type": {"digest"}, "every": {"1h"}, "back": {"/scheduler"}})
 	mustContain(t, "add a schedule", loc, "msg=schedule digest added")
 	mustContain(t, "the schedule listed", m.get("/scheduler"), `data-schedule="digest"`, "every 1h", "/scheduler/schedules/digest/remove")
+	// Its next run, as the service answers it: when, and in how long.
+	ss, err := m.tasks.ListSchedules(c)
+	if err != nil || len(ss) != 1 || ss[0].NextRunAt.IsZero() {
+		t.Fatalf("schedules: %+v, %v", ss, err)
+	}
+	next := ss[0].NextRunAt.UTC()
+	mustContain(t, "the schedule's next run", m.get("/scheduler"), "next run",
+		`<span data-next-run="`+next.Format(time.RFC3339Nano)+`">`+next.Format("2006-01-02 15:04:05.000")+`</span> <span class="muted">(in `)
 	loc = m.post("/scheduler/schedules", url.Values{"name": {"bad"}, "queue": {"emails"}, "type": {"x"}, "cron": {"not a cron"}, "back": {"/scheduler"}})
 	mustContain(t, "a bad schedule", loc, "err=400 invalid_schedule")
 	loc = m.post("/scheduler/schedules/digest/remove", url.Values{"back": {"/scheduler"}})

@@ -18,17 +18,39 @@
 // action's subject:
 //
 //	page        reads                                                 actions
-//	overview    $SRV.INFO, $SRV.STATS (meshstat, shared with          –
-//	            `mesh status`), JetStream account and stream info
+//	overview    $SRV.INFO, $SRV.STATS (meshstat, shared with          resume (a paused queue)
+//	            `mesh status`), JetStream account and stream info,
+//	            mesh.scheduler.queues (when a scheduler answers)
 //	scheduler   mesh.scheduler.queues, .list, .schedules.list          submit, pause, resume,
 //	                                                                   schedules add, rm
-//	task        mesh.scheduler.status                                  cancel, requeue, delete (dead)
+//	task        mesh.scheduler.status, MESH_EVENTS (stored events)     cancel, requeue, delete (dead)
 //	dead        mesh.scheduler.dead.list                               requeue, delete (one, or
 //	                                                                   all of a queue)
-//	locks       mesh.lock.list, mesh.lock.inspect (first 50 locks)     –
+//	locks       mesh.lock.list, mesh.lock.inspect (first 50 locks),    –
+//	            MESH_EVENTS (stored events)
 //	cache       mesh.heartbeat.cache.* (the ring), mesh.cache.stats,   –
 //	            mesh.cache.node.<id>.get (key lookup)
 //	events      mesh.events.>                                          –
+//
+// The overview puts first what needs someone, each with the way to fix
+// it: a paused queue (with the tasks that wait, and Resume), a queue's
+// dead tasks (with a link to the dead letters, where they are requeued or
+// deleted).
+//
+// # History from before the console started
+//
+// A task's page and the locks' history read the stream MESH_EVENTS: an
+// ordered consumer of the console's own, filtered by subject
+// (mesh.events.task.> from the task's creation; mesh.events.lock.> over
+// the last hour, the newest), at most 10,000 events per read, one fetch,
+// then deleted. The events are matched by id or lock name, merged with the
+// ones the hub heard (each once), and the read is kept 30 s, so a live page
+// reads the stream at most twice a minute. A user who may not read the
+// stream (or a mesh without it) gets the live events only, with a note
+// saying so. The compose stack's console user may create and fetch from
+// consumers of MESH_EVENTS ($JS.API.CONSUMER.CREATE.MESH_EVENTS.>,
+// .MSG.NEXT, .DELETE) and nothing else of JetStream but the account's and
+// the streams' figures.
 //
 // # How pages stay live
 //
@@ -67,4 +89,8 @@
 // a loopback name or address (DNS rebinding) and actions whose Origin or
 // Sec-Fetch-Site says another site sent them (cross-site request forgery).
 // Config.ReadOnly hides the actions and refuses them with 403 read_only.
+// Listen serves loopback addresses only, unless Config.AllowRemote (mesh
+// console --allow-remote): for a container whose port the host publishes
+// on its own loopback address (the compose stack); the Host and origin
+// checks still hold.
 package console

@@ -82,31 +82,7 @@ func (h *hub) done() <-chan struct{} {
 }
 
 func (h *hub) receive(m *nats.Msg) {
-	var env struct {
-		Type   string          `json:"type"`
-		Time   bus.Time        `json:"time"`
-		Source string          `json:"source"`
-		Data   json.RawMessage `json:"data"`
-	}
-	ev := event{Subject: m.Subject}
-	if json.Unmarshal(m.Data, &env) == nil {
-		ev.Type, ev.Time, ev.Source, ev.Data = env.Type, env.Time.Time, env.Source, env.Data
-		var about struct {
-			ID    string `json:"id"`
-			Queue string `json:"queue"`
-			Name  string `json:"name"`
-		}
-		_ = json.Unmarshal(env.Data, &about)
-		ev.ID, ev.Queue, ev.Name = about.ID, about.Queue, about.Name
-	} else {
-		ev.Data, _ = json.Marshal(string(m.Data))
-	}
-	if ev.Type == "" {
-		ev.Type = strings.TrimPrefix(m.Subject, "mesh.events.")
-	}
-	if ev.Time.IsZero() {
-		ev.Time = time.Now()
-	}
+	ev := parseEvent(m.Subject, m.Data)
 	service, _, _ := strings.Cut(strings.TrimPrefix(m.Subject, "mesh.events."), ".")
 	h.mu.Lock()
 	h.last[service] = time.Now()
@@ -122,6 +98,37 @@ func (h *hub) receive(m *nats.Msg) {
 		}
 	}
 	h.mu.Unlock()
+}
+
+// parseEvent reads an event of the subject from its JSON envelope (a
+// message that is not one is shown as a string).
+func parseEvent(subject string, data []byte) event {
+	var env struct {
+		Type   string          `json:"type"`
+		Time   bus.Time        `json:"time"`
+		Source string          `json:"source"`
+		Data   json.RawMessage `json:"data"`
+	}
+	ev := event{Subject: subject}
+	if json.Unmarshal(data, &env) == nil {
+		ev.Type, ev.Time, ev.Source, ev.Data = env.Type, env.Time.Time, env.Source, env.Data
+		var about struct {
+			ID    string `json:"id"`
+			Queue string `json:"queue"`
+			Name  string `json:"name"`
+		}
+		_ = json.Unmarshal(env.Data, &about)
+		ev.ID, ev.Queue, ev.Name = about.ID, about.Queue, about.Name
+	} else {
+		ev.Data, _ = json.Marshal(string(data))
+	}
+	if ev.Type == "" {
+		ev.Type = strings.TrimPrefix(subject, "mesh.events.")
+	}
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	return ev
 }
 
 // lastOf returns when the last event of a service came (zero: none since

@@ -13,6 +13,7 @@ import (
 // interests are the events after which a page's live part is rendered again
 // at once, rather than at the next refresh.
 var interests = map[string]string{
+	"overview":  "mesh.events.task.",
 	"scheduler": "mesh.events.task.",
 	"task":      "mesh.events.task.",
 	"dead":      "mesh.events.task.",
@@ -24,6 +25,7 @@ var interests = map[string]string{
 // scheduler's task list reads every task state, so a burst of task events
 // must not turn into a burst of lists.
 var minGap = map[string]time.Duration{
+	"overview":  time.Second,
 	"scheduler": time.Second,
 	"task":      100 * time.Millisecond,
 	"dead":      time.Second,

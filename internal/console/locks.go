@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/meshkit/mesh/services/lock"
 )
@@ -20,8 +21,12 @@ type locksView struct {
 	More      []lock.LockSummary // listed beyond locksShown
 	Total     int
 	Truncated bool
-	Grants    []event // the recent lock events
+	Grants    []event // the recent lock events, stored and live
+	Stored    storedRead
 }
+
+// lockGrants is how many lock events the locks page shows.
+const lockGrants = 30
 
 type lockRow struct {
 	lock.LockSummary
@@ -64,8 +69,10 @@ func (c *Console) readLocks(ctx context.Context, prefix string) (*locksView, err
 		}()
 	}
 	wg.Wait()
-	v.Grants = c.events.recent(30, func(ev event) bool {
+	about := func(ev event) bool {
 		return strings.HasPrefix(ev.Subject, "mesh.events.lock.") && (v.Prefix == "" || strings.HasPrefix(ev.Name, v.Prefix))
-	})
+	}
+	v.Stored = c.stored(ctx, "mesh.events.lock.>", time.Now().Add(-lockHistory), true, lockGrants, about, "lock\x00"+prefix)
+	v.Grants = mergeEvents(v.Stored.Events, c.events.recent(lockGrants, about), lockGrants)
 	return v, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/meshkit/mesh/internal/meshstat"
+	"github.com/meshkit/mesh/services/scheduler"
 )
 
 // overviewView is the overview page: services and their instances, the
@@ -21,6 +22,11 @@ type overviewView struct {
 	Account   *jetstream.AccountInfo
 	AccErr    error
 	Rates     chart
+	// Paused and Dead are the queues that need someone: paused (with the
+	// tasks that wait), and holding dead tasks. QueuesErr: the scheduler
+	// did not say.
+	Paused, Dead []scheduler.QueueInfo
+	QueuesErr    error
 }
 
 // instanceRow is one service instance with its endpoints' figures.
@@ -55,8 +61,31 @@ func (c *Console) overview(ctx context.Context, _ *http.Request) (any, error) {
 		}
 		v.Instances = append(v.Instances, row)
 	}
+	// Only a running scheduler is asked: with none, the request would wait
+	// for its timeout at every render.
+	for _, svc := range st.Services {
+		if svc.Name == "scheduler" {
+			v.Paused, v.Dead, v.QueuesErr = c.needsAttention(ctx)
+			break
+		}
+	}
 	if js, err := jetstream.New(c.nc); err == nil {
 		v.Account, v.AccErr = js.AccountInfo(ctx)
 	}
 	return v, nil
+}
+
+// needsAttention returns the queues that are paused and those that hold
+// dead tasks: what the overview puts first, with the way to fix it.
+func (c *Console) needsAttention(ctx context.Context) (paused, dead []scheduler.QueueInfo, err error) {
+	qs, err := c.tasks.Queues(ctx)
+	for _, q := range qs {
+		if q.Paused {
+			paused = append(paused, q)
+		}
+		if q.Dead > 0 {
+			dead = append(dead, q)
+		}
+	}
+	return paused, dead, err
 }

@@ -170,6 +170,16 @@ var funcs = template.FuncMap{
 		}
 		return roundDur(time.Since(t))
 	},
+	// until is how long until t, as "in 3m10s" ("due" once it has passed).
+	"until": func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		if d := time.Until(t); d > 0 {
+			return "in " + roundDur(d)
+		}
+		return "due"
+	},
 	"ms":  func(ms int64) string { return roundDur(time.Duration(ms) * time.Millisecond) },
 	"dur": roundDur,
 	"instant": func(t time.Time) string {
@@ -186,9 +196,10 @@ var funcs = template.FuncMap{
 		}
 		return fmt.Sprintf("%.1f%%", 100*part/whole)
 	},
-	"refusal": refusal,
-	"join":    strings.Join,
-	"chart":   svgChart,
+	"refusal":    refusal,
+	"storedScan": func() int { return storedScan },
+	"join":       strings.Join,
+	"chart":      svgChart,
 	"terminal": func(state string) bool {
 		return state == "succeeded" || state == "dead" || state == "cancelled"
 	},

@@ -84,7 +84,13 @@ type taskView struct {
 	Err      error
 	Timeline []step
 	Events   []event
+	// Stored is the read of the task's stored events (its Err: the page
+	// shows the events heard live only).
+	Stored storedRead
 }
+
+// taskEvents is how many events a task's page shows.
+const taskEvents = 100
 
 type step struct {
 	What string
@@ -107,7 +113,16 @@ func (c *Console) taskView(ctx context.Context, r *http.Request) (any, error) {
 		}
 		slices.SortStableFunc(v.Timeline, func(a, b step) int { return a.At.Compare(b.At) })
 	}
-	v.Events = c.events.recent(100, func(ev event) bool { return ev.ID == id && strings.HasPrefix(ev.Subject, "mesh.events.task.") })
+	about := func(ev event) bool { return ev.ID == id && strings.HasPrefix(ev.Subject, "mesh.events.task.") }
+	// The task's events are stored from its creation on (a second earlier:
+	// the clocks of the service and the server may differ a little); with
+	// no state, the newest of the last day.
+	since, newest := v.Task.CreatedAt.Add(-time.Second), false
+	if v.Err != nil || v.Task.CreatedAt.IsZero() {
+		since, newest = time.Now().Add(-taskHistory), true
+	}
+	v.Stored = c.stored(ctx, "mesh.events.task.>", since, newest, taskEvents, about, "task\x00"+id)
+	v.Events = mergeEvents(v.Stored.Events, c.events.recent(taskEvents, about), taskEvents)
 	return v, nil
 }
 

@@ -24,13 +24,14 @@ type Server struct {
 }
 
 // Listen starts a console over nc and serves it on addr, a loopback
-// address (port 0 picks a free port). Close stops both.
+// address (port 0 picks a free port), or any address if cfg.AllowRemote.
+// Close stops both.
 func Listen(ctx context.Context, nc *nats.Conn, addr string, cfg Config) (*Server, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("console: address %q: %w", addr, err)
 	}
-	if !loopbackHost(host) {
+	if !loopbackHost(host) && !cfg.AllowRemote {
 		return nil, fmt.Errorf("%w, not %s", ErrNotLoopback, addr)
 	}
 	c, err := New(nc, cfg)

@@ -3,13 +3,11 @@ package bus_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
@@ -49,43 +47,6 @@ func decoder(t *testing.T) *nats.Conn {
 		},
 	})
 	return s.Connect()
-}
-
-// jsonToMsgpack encodes a JSON body as a msgpack client would: integral
-// numbers as integers, the rest as floats.
-func jsonToMsgpack(t *testing.T, j string) []byte {
-	t.Helper()
-	dec := json.NewDecoder(strings.NewReader(j))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		t.Fatal(err)
-	}
-	var conv func(any) any
-	conv = func(v any) any {
-		switch x := v.(type) {
-		case json.Number:
-			if i, err := x.Int64(); err == nil {
-				return i
-			}
-			f, _ := x.Float64()
-			return f
-		case map[string]any:
-			for k, e := range x {
-				x[k] = conv(e)
-			}
-		case []any:
-			for i, e := range x {
-				x[i] = conv(e)
-			}
-		}
-		return v
-	}
-	b, err := msgpack.Marshal(conv(v))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // send sends a request and returns its coded error, or nil.
@@ -128,7 +89,7 @@ func TestStrictDecodeNamesTheField(t *testing.T) {
 		for _, codec := range []string{"json", "msgpack"} {
 			body := []byte(tc.body)
 			if codec == "msgpack" {
-				body = jsonToMsgpack(t, tc.body)
+				body = bustest.MsgpackFromJSON(t, tc.body)
 			}
 			reply, err := nc.RequestWithContext(ctx(t), tc.subject, body)
 			if err != nil {

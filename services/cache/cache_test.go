@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,9 +24,17 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// hb is the heartbeat interval of the tests' nodes: a crash is seen within
-// 4 of them.
-const hb = 100 * time.Millisecond
+var (
+	// hb is the heartbeat interval of the tests' nodes, scaled by
+	// MESH_TEST_TIME_SCALE (bustest.Scale): a crash is seen within 4 of
+	// them, and a live node is dropped only if its heartbeats, or a
+	// watcher, stall for 3 of them, which a loaded machine must not do.
+	// Tests that wait for a crash to be seen wait on the rings' changes.
+	hb = bustest.Scale(250 * time.Millisecond)
+	// patience bounds a wait for something that must happen, however
+	// slow the machine: not a bound under test.
+	patience = bustest.Scale(30 * time.Second)
+)
 
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -71,26 +80,61 @@ func startClient(t *testing.T, url string, cfg cache.ClientConfig) *cache.Client
 	return c
 }
 
-// waitMembers waits until every watcher's ring has n members, on its
-// change notifications.
-func waitMembers(t *testing.T, n int, ws ...interface {
+// watched is a ring that signals its changes: a node's or a client's.
+type watched interface {
 	Changed() <-chan struct{}
-	Len() int
-}) {
+	Ring() *ring.Ring
+}
+
+// members returns the ids of r's members, sorted.
+func members(r *ring.Ring) []string {
+	var out []string
+	for _, m := range r.Members() {
+		out = append(out, m.ID)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// waitMembers waits until every watcher's ring has exactly the members
+// want, on its change notifications: a ring that has the right number of
+// members but not the right ones (a live node dropped for a while) does
+// not do.
+func waitMembers(t *testing.T, want []string, ws ...watched) {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
+	want = slices.Sorted(slices.Values(want))
+	deadline := time.After(patience)
 	for _, w := range ws {
 		for {
 			ch := w.Changed()
-			if w.Len() == n {
+			if slices.Equal(members(w.Ring()), want) {
 				break
 			}
 			select {
 			case <-ch:
 			case <-deadline:
-				t.Fatalf("ring has %d members, want %d", w.Len(), n)
+				t.Fatalf("ring has members %v, want %v", members(w.Ring()), want)
 			}
 		}
+	}
+}
+
+// steady returns a function that reports whether any of the rings ws
+// changed since steady was called.
+func steady(ws ...watched) func() bool {
+	var chs []<-chan struct{}
+	for _, w := range ws {
+		chs = append(chs, w.Changed())
+	}
+	return func() bool {
+		for _, ch := range chs {
+			select {
+			case <-ch:
+				return false
+			default:
+			}
+		}
+		return true
 	}
 }
 
@@ -103,14 +147,6 @@ func keyOwnedBy(r *ring.Ring, id string) string {
 	}
 }
 
-type nodeRing struct{ node }
-
-func (n nodeRing) Len() int { return n.Ring().Len() }
-
-type clientRing struct{ *cache.Client }
-
-func (c clientRing) Len() int { return c.Ring().Len() }
-
 func cluster(t *testing.T, n int, cfg cache.Config) (*bustest.Server, []node, *cache.Client) {
 	s := bustest.RunServer(t)
 	var nodes []node
@@ -118,15 +154,7 @@ func cluster(t *testing.T, n int, cfg cache.Config) (*bustest.Server, []node, *c
 		nodes = append(nodes, startNode(t, s.URL(), fmt.Sprintf("n%d", i), cfg))
 	}
 	c := startClient(t, s.URL(), cache.ClientConfig{})
-	var ws []interface {
-		Changed() <-chan struct{}
-		Len() int
-	}
-	for _, nd := range nodes {
-		ws = append(ws, nodeRing{nd})
-	}
-	ws = append(ws, clientRing{c})
-	waitMembers(t, n, ws...)
+	waitMembers(t, ids(nodes...), rings(c, nodes...)...)
 	return s, nodes, c
 }
 
@@ -157,6 +185,8 @@ func TestSetGetDelete(t *testing.T) {
 // exactly its R owners.
 func TestOwnershipAgreesAndReplicas(t *testing.T) {
 	_, nodes, c := cluster(t, 3, cache.Config{})
+	// cluster waited until every ring has the 3 nodes: same members, so
+	// the same ring version everywhere.
 	for _, n := range nodes[1:] {
 		if n.Ring().Version() != nodes[0].Ring().Version() {
 			t.Fatalf("the nodes' rings differ: %v %v / %v %v", n.Ring().Members(), n.Ring().Version(), nodes[0].Ring().Members(), nodes[0].Ring().Version())
@@ -165,17 +195,32 @@ func TestOwnershipAgreesAndReplicas(t *testing.T) {
 	if c.Ring().Version() != nodes[0].Ring().Version() {
 		t.Fatal("the client's ring differs from the nodes'")
 	}
+	unchanged := steady(rings(c, nodes...)...)
 	for i := range 60 {
 		k := fmt.Sprintf("k%d", i)
 		if err := c.Set(ctx(t), k, []byte(k), 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	st, err := c.Stats(ctx(t))
-	if err != nil {
-		t.Fatal(err)
+	// The stores count their entries lazily (an estimate, settled by their
+	// maintenance): poll, for less than the 30 s grace period after which
+	// a stray third copy would be dropped.
+	var st cache.StatsReply
+	deadline := time.Now().Add(bustest.Scale(10 * time.Second))
+	for {
+		var err error
+		if st, err = c.Stats(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		if (st.Total.Items == 120 && len(st.Nodes) == 3) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if st.Total.Items != 120 || len(st.Nodes) != 3 {
+		if !unchanged() {
+			t.Errorf("a ring changed during the writes: a node missed %d heartbeats of %v (raise %s on a machine this slow)", membership.DefaultMisses, hb, bustest.ScaleEnv)
+		}
 		t.Fatalf("stats = %+v: want 120 items (60 keys × 2 copies) on 3 nodes", st.Total)
 	}
 }
@@ -269,7 +314,7 @@ func TestCrashLosesNoKey(t *testing.T) {
 		}
 	}
 	nodes[1].nc.Close() // gone without a leave
-	waitMembers(t, 2, nodeRing{nodes[0]}, nodeRing{nodes[2]}, clientRing{c})
+	waitMembers(t, ids(nodes[0], nodes[2]), rings(c, nodes[0], nodes[2])...)
 	for i := range n {
 		v, err := c.Get(ctx(t), fmt.Sprintf("key-%d", i))
 		if err != nil || string(v) != fmt.Sprintf("v%d", i) {
@@ -282,7 +327,7 @@ func TestCrashLosesNoKey(t *testing.T) {
 // the member that takes its place, and every acknowledged key stays
 // readable once the ring has dropped it.
 func TestWritesDuringCrash(t *testing.T) {
-	_, nodes, c := cluster(t, 3, cache.Config{})
+	s, nodes, c := cluster(t, 3, cache.Config{})
 	nodes[1].nc.Close() // gone without a leave; the rings still have it
 	const n = 100
 	for i := range n {
@@ -290,20 +335,33 @@ func TestWritesDuringCrash(t *testing.T) {
 			t.Fatalf("set key-%d with a node down: %v", i, err)
 		}
 	}
-	waitMembers(t, 2, nodeRing{nodes[0]}, nodeRing{nodes[2]}, clientRing{c})
+	// Each write made both copies itself, on the two live nodes, before
+	// any hand-off for the crash could: asked as a hand-off asks (hop
+	// "handoff"), a node answers from its own store alone.
+	nc := bustest.Connect(t, s.URL())
+	for i := range n {
+		k := fmt.Sprintf("key-%d", i)
+		for _, nd := range []node{nodes[0], nodes[2]} {
+			data, _ := bus.MsgPack.Marshal(cache.GetRequest{Key: k})
+			m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: cache.NodeSubject(nd.ID(), cache.OpGet), Header: nats.Header{cache.HeaderHop: {"handoff"}}, Data: data})
+			var rep cache.GetReply
+			if err == nil {
+				err = bus.MsgPack.Unmarshal(m.Data, &rep)
+			}
+			if err != nil || !rep.Found {
+				t.Fatalf("%s has no copy of %s after the writes: %+v, %v", nd.ID(), k, rep, err)
+			}
+		}
+	}
+	waitMembers(t, ids(nodes[0], nodes[2]), rings(c, nodes[0], nodes[2])...)
 	for i := range n {
 		v, err := c.Get(ctx(t), fmt.Sprintf("key-%d", i))
 		if err != nil || string(v) != fmt.Sprintf("v%d", i) {
 			t.Fatalf("key-%d: %q, %v", i, v, err)
 		}
 	}
-	st, err := c.Stats(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Total.Items != 2*n {
-		t.Fatalf("%d copies stored, want %d", st.Total.Items, 2*n)
-	}
+	// No copy more: the stores count lazily (an estimate), so poll.
+	waitLong(t, func() bool { return items(t, nc, nodes[0].ID(), nodes[2].ID()) == 2*n })
 }
 
 // With two nodes and R = 2, a set while one is dead (and still in the
@@ -347,14 +405,14 @@ func TestReplicaDiesHoldingTheCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ann.Stop(context.Background()) })
-	waitMembers(t, 2, nodeRing{owner})
+	waitMembers(t, []string{"n0", "n1"}, owner)
 	key := keyOwnedBy(owner.Ring(), "n0")
 	nc := bustest.Connect(t, s.URL())
 	rep, err := bus.Request[cache.SetRequest, cache.SetReply](ctx(t), nc, cache.NodeSubject("n0", cache.OpSet), cache.SetRequest{Key: key, Value: []byte("v")})
 	if err != nil || rep.Copies != 1 {
 		t.Fatalf("set while the replica dies: %+v, %v", rep, err)
 	}
-	if _, err := sub.NextMsg(time.Second); err != nil {
+	if _, err := sub.NextMsg(patience); err != nil {
 		t.Fatalf("the copy request never reached the replica: %v", err)
 	}
 }
@@ -363,12 +421,11 @@ func TestReplicaDiesHoldingTheCopy(t *testing.T) {
 // rings already know it, requests go to any node.
 func TestClientFallsBackToAnyNode(t *testing.T) {
 	s, nodes, _ := cluster(t, 2, cache.Config{Replicas: 1})
-	// A client that notices crashes late: 4 of its 10 s heartbeat intervals.
-	c := startClient(t, s.URL(), cache.ClientConfig{Replicas: 1, Heartbeat: 10 * time.Second})
-	waitMembers(t, 2, clientRing{c})
+	c := lateClient(t, s.URL(), cache.ClientConfig{Replicas: 1})
+	waitMembers(t, ids(nodes...), c)
 	dead := nodes[1]
 	dead.nc.Close()
-	waitMembers(t, 1, nodeRing{nodes[0]})
+	waitMembers(t, ids(nodes[0]), nodes[0])
 	key := keyOwnedBy(c.Ring(), dead.ID())
 	if err := c.Set(ctx(t), key, []byte("v"), 0); err != nil {
 		t.Fatalf("set with its only holder gone: %v", err)
@@ -381,10 +438,22 @@ func TestClientFallsBackToAnyNode(t *testing.T) {
 	}
 }
 
+// lateClient starts a client that notices crashes late: its watcher
+// checks for silent members every tenth of its heartbeat interval, here a
+// minute (scaled), so its ring keeps a crashed node for seconds after the
+// nodes' rings dropped it.
+func lateClient(t *testing.T, url string, cfg cache.ClientConfig) *cache.Client {
+	t.Helper()
+	cfg.Heartbeat = bustest.Scale(time.Minute)
+	return startClient(t, url, cfg)
+}
+
 // While the crashed node is still in the client's ring, reads fall back to a
 // replica.
 func TestReadFallsBackToReplica(t *testing.T) {
-	_, nodes, c := cluster(t, 2, cache.Config{})
+	s, nodes, _ := cluster(t, 2, cache.Config{})
+	c := lateClient(t, s.URL(), cache.ClientConfig{})
+	waitMembers(t, ids(nodes...), c)
 	key := "fallback"
 	if err := c.Set(ctx(t), key, []byte("x"), 0); err != nil {
 		t.Fatal(err)
@@ -394,9 +463,12 @@ func TestReadFallsBackToReplica(t *testing.T) {
 			n.nc.Close()
 		}
 	}
-	v, err := c.Get(ctx(t), key) // the client's ring still has the owner
+	v, err := c.Get(ctx(t), key)
 	if err != nil || string(v) != "x" {
 		t.Fatalf("get = %q, %v", v, err)
+	}
+	if c.Ring().Len() != 2 {
+		t.Fatal("the client's ring dropped the owner already: the read did not fall back")
 	}
 }
 
@@ -418,7 +490,7 @@ func testJoin(t *testing.T, replicas int) {
 		}
 	}
 	added := startNode(t, s.URL(), "n9", cache.Config{Replicas: replicas})
-	waitMembers(t, 3, nodeRing{nodes[0]}, nodeRing{nodes[1]}, nodeRing{added}, clientRing{c})
+	waitMembers(t, ids(nodes[0], nodes[1], added), rings(c, nodes[0], nodes[1], added)...)
 	moved := 0
 	for i := range n {
 		k := fmt.Sprintf("key-%d", i)
@@ -443,18 +515,23 @@ func testJoin(t *testing.T, replicas int) {
 
 func TestTTLExpiry(t *testing.T) {
 	_, _, c := cluster(t, 1, cache.Config{})
-	if err := c.Set(ctx(t), "short", []byte("x"), 200*time.Millisecond); err != nil {
+	// Long enough that the read below comes before it, on a slow machine.
+	ttl := bustest.Scale(time.Second)
+	began := time.Now()
+	if err := c.Set(ctx(t), "short", []byte("x"), ttl); err != nil {
 		t.Fatal(err)
 	}
+	// The node set the deadline within [began, set] + ttl.
+	set := time.Now()
 	if err := c.Set(ctx(t), "long", []byte("y"), time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Get(ctx(t), "short"); err != nil {
-		t.Fatalf("before expiry: %v", err)
+		t.Fatalf("before expiry (%v after the set began, TTL %v): %v", time.Since(began), ttl, err)
 	}
 	// Expiry is the point of the test: the key must be gone once its
 	// deadline has passed.
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(time.Until(set.Add(ttl + time.Millisecond)))
 	if _, err := c.Get(ctx(t), "short"); !errors.Is(err, cache.ErrNotFound) {
 		t.Fatalf("after expiry: %v, want ErrNotFound", err)
 	}
@@ -612,7 +689,7 @@ func TestLoaderSingleflight(t *testing.T) {
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	n := startNode(t, s.URL(), "n0", cache.Config{Loaders: map[string]string{"users": "app.users.load"}})
 	c := startClient(t, s.URL(), cache.ClientConfig{})
-	waitMembers(t, 1, clientRing{c}, nodeRing{n})
+	waitMembers(t, ids(n), c, n)
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)
 	for range 20 {
@@ -668,7 +745,7 @@ func TestConcurrentSetGet(t *testing.T) {
 	errs := make(chan error, 8)
 	for w := range 8 {
 		c := startClient(t, s.URL(), cache.ClientConfig{})
-		waitMembers(t, 3, clientRing{c})
+		waitMembers(t, []string{"n0", "n1", "n2"}, c)
 		wg.Go(func() {
 			for i := range 200 {
 				k := fmt.Sprintf("shared-%d", i%10)
@@ -710,10 +787,10 @@ func TestEvents(t *testing.T) {
 	}
 	a := startNode(t, s.URL(), "a", cache.Config{Grace: 200 * time.Millisecond})
 	b := startNode(t, s.URL(), "b", cache.Config{Grace: 200 * time.Millisecond})
-	waitMembers(t, 2, nodeRing{a}, nodeRing{b})
+	waitMembers(t, ids(a, b), a, b)
 	seen := map[string]bool{}
 	for !(seen["cache.node_joined"] && seen["cache.rebalance_started"] && seen["cache.rebalance_finished"]) {
-		m, err := sub.NextMsg(5 * time.Second)
+		m, err := sub.NextMsg(patience)
 		if err != nil {
 			t.Fatalf("events seen: %v: %v", seen, err)
 		}
@@ -727,7 +804,7 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	for {
-		m, err := sub.NextMsg(5 * time.Second)
+		m, err := sub.NextMsg(patience)
 		if err != nil {
 			t.Fatal("no node_left event")
 		}

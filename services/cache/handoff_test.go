@@ -123,18 +123,13 @@ func ids(nodes ...node) []string {
 	return out
 }
 
-func rings(c *cache.Client, nodes ...node) []interface {
-	Changed() <-chan struct{}
-	Len() int
-} {
-	var ws []interface {
-		Changed() <-chan struct{}
-		Len() int
-	}
+// rings returns the rings of the client and the nodes.
+func rings(c *cache.Client, nodes ...node) []watched {
+	ws := []watched{c}
 	for _, n := range nodes {
-		ws = append(ws, nodeRing{n})
+		ws = append(ws, n)
 	}
-	return append(ws, clientRing{c})
+	return ws
 }
 
 // A node joins; nobody reads; the hand-off completes and the grace period
@@ -156,7 +151,7 @@ func TestJoinThenCrashLosesNoKey(t *testing.T) {
 	setKeys(t, c, n)
 	added := startNode(t, s.URL(), "n3", cfg)
 	all := append(nodes, added)
-	waitMembers(t, 4, rings(c, all...)...)
+	waitMembers(t, ids(all...), rings(c, all...)...)
 	settled(t, nc, ids(all...)...)
 	// Every key is on exactly its 2 holders: the stray copies are gone.
 	waitLong(t, func() bool { return items(t, nc, ids(all...)...) == 2*n })
@@ -188,7 +183,7 @@ func TestJoinThenCrashLosesNoKey(t *testing.T) {
 	}
 
 	nodes[0].nc.Close() // a crash, after the grace period
-	waitMembers(t, 3, rings(c, all[1:]...)...)
+	waitMembers(t, ids(all[1:]...), rings(c, all[1:]...)...)
 	// The grace period of the new ring may end before all is read: read
 	// once the survivors have handed off.
 	settled(t, nc, ids(all[1:]...)...)
@@ -205,11 +200,11 @@ func TestCrashThenCrashLosesNoKey(t *testing.T) {
 	setKeys(t, c, n)
 	nodes[1].nc.Close()
 	left := []node{nodes[0], nodes[2], nodes[3]}
-	waitMembers(t, 3, rings(c, left...)...)
+	waitMembers(t, ids(left...), rings(c, left...)...)
 	settled(t, nc, ids(left...)...)
 	waitLong(t, func() bool { return items(t, nc, ids(left...)...) == 2*n })
 	nodes[2].nc.Close()
-	waitMembers(t, 2, rings(c, nodes[0], nodes[3])...)
+	waitMembers(t, ids(nodes[0], nodes[3]), rings(c, nodes[0], nodes[3])...)
 	settled(t, nc, nodes[0].ID(), nodes[3].ID())
 	checkKeys(t, c, n)
 }
@@ -225,7 +220,7 @@ func TestLeaveThenCrashLosesNoKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	nodes[2].nc.Close() // no wait for anything after the leave
-	waitMembers(t, 2, rings(c, nodes[0], nodes[3])...)
+	waitMembers(t, ids(nodes[0], nodes[3]), rings(c, nodes[0], nodes[3])...)
 	checkKeys(t, c, n)
 	settled(t, nc, nodes[0].ID(), nodes[3].ID())
 	if got := items(t, nc, nodes[0].ID(), nodes[3].ID()); got != 2*n {
@@ -251,7 +246,7 @@ func TestJoinDuringWriteFlood(t *testing.T) {
 	var wg sync.WaitGroup
 	for w := range writers {
 		wc := startClient(t, s.URL(), cache.ClientConfig{})
-		waitMembers(t, 3, clientRing{wc})
+		waitMembers(t, ids(nodes...), wc)
 		wg.Go(func() {
 			for round := 1; ; round++ {
 				select {
@@ -277,7 +272,7 @@ func TestJoinDuringWriteFlood(t *testing.T) {
 	waitLong(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) == writers*keys })
 	added := startNode(t, s.URL(), "n3", cfg)
 	all := append(nodes, added)
-	waitMembers(t, 4, rings(c, all...)...)
+	waitMembers(t, ids(all...), rings(c, all...)...)
 	// Write on until the new node has received keys by hand-off.
 	waitLong(t, func() bool { st, err := nodeStats(nc, "n3"); return err == nil && st.Received > 0 })
 	close(stop)
@@ -299,7 +294,7 @@ func TestJoinDuringWriteFlood(t *testing.T) {
 	settled(t, nc, ids(all...)...)
 	check("after the hand-off")
 	nodes[1].nc.Close()
-	waitMembers(t, 3, rings(c, nodes[0], nodes[2], added)...)
+	waitMembers(t, ids(nodes[0], nodes[2], added), rings(c, nodes[0], nodes[2], added)...)
 	check("after a crash")
 }
 
@@ -313,7 +308,7 @@ func TestHandoffInterruptedByReceiverCrash(t *testing.T) {
 	const n = 600
 	setKeys(t, c, n)
 	added := startNode(t, s.URL(), "n3", cfg)
-	waitMembers(t, 4, rings(c, append(nodes, added)...)...)
+	waitMembers(t, ids(append(nodes, added)...), rings(c, append(nodes, added)...)...)
 	waitLong(t, func() bool { st, err := nodeStats(nc, "n3"); return err == nil && st.Received > 0 })
 	added.nc.Close()
 	for _, nd := range nodes {
@@ -321,11 +316,11 @@ func TestHandoffInterruptedByReceiverCrash(t *testing.T) {
 			t.Logf("%s had completed its hand-off before the crash: the test proves less", nd.ID())
 		}
 	}
-	waitMembers(t, 3, rings(c, nodes...)...)
+	waitMembers(t, ids(nodes...), rings(c, nodes...)...)
 	checkKeys(t, c, n)
 	settled(t, nc, ids(nodes...)...)
 	nodes[0].nc.Close()
-	waitMembers(t, 2, rings(c, nodes[1:]...)...)
+	waitMembers(t, ids(nodes[1:]...), rings(c, nodes[1:]...)...)
 	checkKeys(t, c, n)
 }
 
@@ -387,11 +382,12 @@ func TestPutKeepsNewerVersion(t *testing.T) {
 // that loses no key.
 func TestFastRestartGetsKeysBack(t *testing.T) {
 	s := bustest.RunServer(t)
-	// Heartbeats of 1 s: the restart takes far less than the 3 s after
-	// which the others would drop the node.
+	// Heartbeats of 1 s (scaled): the restart takes far less than the 3 s
+	// after which the others would drop the node.
+	slow := bustest.Scale(time.Second)
 	start := func(id string) node {
 		nc := bustest.Connect(t, s.URL())
-		srv, err := cache.New(nc, cache.Config{ID: id, Heartbeat: time.Second})
+		srv, err := cache.New(nc, cache.Config{ID: id, Heartbeat: slow})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -402,8 +398,8 @@ func TestFastRestartGetsKeysBack(t *testing.T) {
 		return node{srv, nc}
 	}
 	nodes := []node{start("n0"), start("n1"), start("n2")}
-	c := startClient(t, s.URL(), cache.ClientConfig{Heartbeat: time.Second})
-	waitMembers(t, 3, rings(c, nodes...)...)
+	c := startClient(t, s.URL(), cache.ClientConfig{Heartbeat: slow})
+	waitMembers(t, ids(nodes...), rings(c, nodes...)...)
 	nc := bustest.Connect(t, s.URL())
 	const n = 300
 	setKeys(t, c, n)
@@ -415,6 +411,6 @@ func TestFastRestartGetsKeysBack(t *testing.T) {
 		t.Log("the ring saw the restart: the test proves less")
 	}
 	nodes[0].nc.Close()
-	waitMembers(t, 2, rings(c, nodes[1:]...)...)
+	waitMembers(t, ids(nodes[1:]...), rings(c, nodes[1:]...)...)
 	checkKeys(t, c, n)
 }

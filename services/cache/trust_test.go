@@ -1,13 +1,17 @@
 package cache_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
@@ -21,7 +25,16 @@ import (
 // with "POISONED". Sets and gets through a node and through the ring-aware
 // client all reach the genuine nodes.
 func TestForgedMemberTakesNoKey(t *testing.T) {
-	s, nodes, c := cluster(t, 2, cache.Config{})
+	s := bustest.RunServer(t)
+	// Each watcher logs the identity probes left unanswered: the forged
+	// member must have failed one everywhere before the requests below.
+	var logs [3]probeFailures
+	nodes := []node{
+		startNode(t, s.URL(), "n0", cache.Config{Logger: zerolog.New(&logs[0])}),
+		startNode(t, s.URL(), "n1", cache.Config{Logger: zerolog.New(&logs[1])}),
+	}
+	c := startClient(t, s.URL(), cache.ClientConfig{Logger: zerolog.New(&logs[2])})
+	waitMembers(t, ids(nodes...), rings(c, nodes...)...)
 	attacker := bustest.Connect(t, s.URL())
 	var poisoned atomic.Int64
 	if _, err := attacker.Subscribe("mesh.cache.node.*.>", func(m *nats.Msg) {
@@ -37,19 +50,27 @@ func TestForgedMemberTakesNoKey(t *testing.T) {
 	}
 	started := time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00")
 	beat := func() {
-		for _, hb := range []string{
+		for _, msg := range []string{
 			fmt.Sprintf(`{"id":"evil","weight":3e38,"version":"0.1.0","started":%q,"interval_ms":20000}`, started),
-			fmt.Sprintf(`{"id":"evil2","weight":100,"version":"0.1.0","started":%q,"interval_ms":100}`, started),
+			fmt.Sprintf(`{"id":"evil2","weight":100,"version":"0.1.0","started":%q,"interval_ms":%d}`, started, hb.Milliseconds()),
 		} {
-			id := hb[7 : strings.IndexByte(hb[7:], '"')+7]
-			if err := attacker.Publish("mesh.heartbeat.cache."+id, []byte(hb)); err != nil {
+			id := msg[7 : strings.IndexByte(msg[7:], '"')+7]
+			if err := attacker.Publish("mesh.heartbeat.cache."+id, []byte(msg)); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	// Beat for longer than an identity probe waits (at most 500 ms here).
-	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(hb) {
-		beat()
+	// Beat until every watcher has found that evil2 does not answer its
+	// identity probe.
+	deadline := time.Now().Add(patience)
+	for i := range logs {
+		for logs[i].count("evil2") == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("watcher %d never logged evil2's identity probe as unanswered", i)
+			}
+			beat()
+			time.Sleep(hb) // the forger's heartbeat interval
+		}
 	}
 	nc := bustest.Connect(t, s.URL())
 	for i := range 50 {
@@ -77,10 +98,35 @@ func TestForgedMemberTakesNoKey(t *testing.T) {
 	if n := poisoned.Load(); n != 0 {
 		t.Fatalf("the forged members received %d requests", n)
 	}
-	for _, r := range []interface{ Len() int }{nodeRing{nodes[0]}, nodeRing{nodes[1]}, clientRing{c}} {
-		if r.Len() != 2 {
-			t.Fatalf("a ring has %d members, want the 2 genuine nodes", r.Len())
+	for _, r := range rings(c, nodes...) {
+		if ms := members(r.Ring()); slices.ContainsFunc(ms, func(id string) bool { return strings.HasPrefix(id, "evil") }) {
+			t.Fatalf("a ring has members %v, a forged one among them", ms)
 		}
 	}
+}
 
+// probeFailures counts, per member, the identity probes a watcher logged as
+// unanswered (its Logger writes here).
+type probeFailures struct {
+	mu     sync.Mutex
+	failed map[string]int
+}
+
+func (p *probeFailures) Write(b []byte) (int, error) {
+	var e struct{ Message, Member string }
+	if json.Unmarshal(b, &e) == nil && e.Message == "member does not answer its identity probe; not in the ring" {
+		p.mu.Lock()
+		if p.failed == nil {
+			p.failed = map[string]int{}
+		}
+		p.failed[e.Member]++
+		p.mu.Unlock()
+	}
+	return len(b), nil
+}
+
+func (p *probeFailures) count(id string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failed[id]
 }

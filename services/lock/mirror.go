@@ -227,6 +227,18 @@ func (m *mirror) wrote(name, id string, rev uint64, at time.Time) {
 	}
 }
 
+// rev returns the revision of the last write of contender id of name, and
+// whether the mirror has the contender.
+func (m *mirror) rev(name, id string) (uint64, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.locks[name][id]
+	if c == nil {
+		return 0, false
+	}
+	return c.rev, true
+}
+
 // expiring reports whether an expiry of name is being told.
 func (m *mirror) expiring(name string) bool {
 	m.mu.Lock()
@@ -410,6 +422,30 @@ func (m *mirror) position(name, id string) (present, holds, mismatch bool, g gua
 type guard struct {
 	keys []keyAt
 	seq  uint64
+}
+
+// stands reports whether a refusal of contender id of name would rest on
+// the keys of g still: the mirror shows the same keys ahead, whatever
+// their revisions now (a key written again, renewed, still stands ahead),
+// or, for a guard checking no key one by one, the same last message of the
+// name.
+func (m *mirror) stands(name, id string, g guard) bool {
+	present, holds, _, now := m.position(name, id)
+	if !present || holds {
+		return false
+	}
+	if g.keys == nil || now.keys == nil {
+		return g.keys == nil && now.keys == nil && g.seq == now.seq
+	}
+	if len(g.keys) != len(now.keys) {
+		return false
+	}
+	for _, k := range g.keys {
+		if !slices.ContainsFunc(now.keys, func(n keyAt) bool { return n.id == k.id }) {
+			return false
+		}
+	}
+	return true
 }
 
 // keyAt is a contender's key (its id) and its last revision.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -57,6 +58,10 @@ type Server struct {
 	heard  heard // the expired events of every instance
 
 	writes *bus.Writes // keys whose acknowledgements are answered in callbacks
+
+	// leasing holds the keys whose lease is being started at their grant
+	// (startLease): key -> closed once written, or given up.
+	leasing sync.Map
 
 	beforeRefusal func(name string) // tests: hold a refusal before its key is taken out
 	beforeExpired func()            // tests: hold an expired event before it is emitted
@@ -197,6 +202,15 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err := s.purge(ctx, name, expired.id, meta.Sequence.Stream)
+		for isInFlight(err) {
+			// On a cluster, a write naming the key was in flight: another
+			// instance's marker, or a refusal checking the expired holder's
+			// key, which changes nothing. Try again once it is applied.
+			if s.catchUp(ctx) != nil {
+				break
+			}
+			err = s.purge(ctx, name, expired.id, meta.Sequence.Stream)
+		}
 		switch {
 		case err == nil:
 			if s.beforeExpired != nil {
@@ -222,8 +236,7 @@ func (s *Server) emit(what, name string, c *contender) {
 // must replace (compare-and-set), or 0 for a new key.
 func (s *Server) write(ctx context.Context, name, id string, rec record, rev uint64) (uint64, error) {
 	data, _ := json.Marshal(rec)
-	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(time.Duration(rec.TTLms) * time.Millisecond), jetstream.WithExpectLastSequencePerSubject(rev)}
-	ack, err := s.js.Publish(ctx, s.prefix+s.key(name, id), data, opts...)
+	ack, err := s.js.Publish(ctx, s.prefix+s.key(name, id), data, writeOpts(rec, rev)...)
 	if err != nil {
 		return 0, err
 	}
@@ -338,10 +351,51 @@ const (
 	headerBatchCommit = "Nats-Batch-Commit"
 )
 
-// isConflict reports a failed compare-and-set.
+// isConflict reports a failed compare-and-set: the key's last revision was
+// not the one expected (10071), or, on a clustered stream, another write
+// naming the key, whether it writes the key or checks it, was still being
+// replicated (errInFlight).
 func isConflict(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == 10164)
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == errInFlight)
+}
+
+// errInFlight is JetStream's error code for a compare-and-set refused
+// because another write naming the same key, as the key it writes or as the
+// key it checks, is still being replicated (nats-server's
+// JSStreamWrongLastSequenceConstantErr): nothing tells whether the expected
+// revision was right. On a cluster, the purge of a refused request, which
+// checks the holder's key, makes the holder's own release or renewal fail
+// so for a moment. nats-server has no name for it in nats.go.
+const errInFlight = 10164
+
+// isInFlight reports a compare-and-set refused for a write in flight
+// (errInFlight).
+func isInFlight(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errInFlight
+}
+
+// holderPatience bounds how long a request retries compare-and-sets that
+// conflict while what it rests on stands (the holder's key still holds
+// with the token, a waiter's key is still in line, a refused key's keys
+// ahead are still there): the key written again, or checked, by other
+// requests at the same moment. Release and renew carry no deadline; a
+// caller waits bus.DefaultTimeout (5 s) by default, so their retries end a
+// second before, answering conflict (409, bus.ErrConflict): nothing
+// changed, and the caller may try again.
+const holderPatience = 4 * time.Second
+
+// retryConflict is what a request does when its compare-and-set on a key
+// conflicted: past until it gives up (bus.ErrConflict); before, it waits until
+// the mirror has seen every write made before (catchUp), so that a write
+// that was in flight is in view, with the key's latest revision, for the
+// next try.
+func (s *Server) retryConflict(ctx context.Context, name, what string, until time.Time, err error) error {
+	if !time.Now().Before(until) {
+		return bus.ErrConflict.With("lock %s: %s: other requests wrote or checked the key at every try for %v (%v); nothing changed", name, what, holderPatience, err)
+	}
+	return s.catchUp(ctx)
 }
 
 // acquire joins the line in the subscription's callback (the endpoint is
@@ -492,6 +546,33 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	gone := func() error {
 		return leave(ErrWaitTimeout.With("lock %s: the caller's deadline passed while it waited", r.Name))
 	}
+	// again follows a refusal whose purge conflicted (cause is what the
+	// refusal answers, g what it rested on): the name changed after the view
+	// that refused this key, or, on a cluster, another request's write
+	// naming one of the keys checked was in flight (another refusal checking
+	// the same holder, the holder's lease started at its grant). The line
+	// is looked at again on a view caught up with the bucket, so that the
+	// write in flight is in view. Only a change of what the refusal rested
+	// on counts towards maxRefusals, past which the key is taken out
+	// regardless; a write in flight that changed nothing counts only once it
+	// kept conflicting for holderPatience.
+	var conflicted time.Time
+	again := func(cause error, g guard) error {
+		if conflicted.IsZero() {
+			conflicted = time.Now()
+		}
+		if err := s.catchUp(ctx); err != nil {
+			return leave(err)
+		}
+		if s.mirror.stands(r.Name, id, g) && time.Since(conflicted) < holderPatience {
+			return nil
+		}
+		if refusals == maxRefusals {
+			return leave(cause)
+		}
+		refusals++
+		return nil
+	}
 	refresh := time.NewTicker(ttl / 3)
 	defer refresh.Stop()
 	var behind <-chan time.Time // bounds the wait for the mirror to see our key
@@ -527,12 +608,11 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 				if err == nil {
 					return nil, cause
 				}
-				if !isConflict(err) || refusals == maxRefusals {
+				if !isConflict(err) {
 					return nil, leave(cause)
 				}
-				refusals++
-				if err := s.catchUp(ctx); err != nil {
-					return nil, leave(err)
+				if err := again(cause, g); err != nil {
+					return nil, err
 				}
 				continue
 			case !present:
@@ -559,16 +639,13 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 				if err == nil {
 					return nil, cause
 				}
-				if !isConflict(err) || refusals == maxRefusals {
+				if !isConflict(err) {
 					return nil, leave(cause)
 				}
-				// The name changed after the view that refused this key: the
-				// keys ahead may be gone, and this one first in line. Decide
-				// again on a view caught up with the bucket.
-				refusals++
+				// The keys ahead may be gone, and this one first in line.
 				caughtUp = true
-				if err := s.catchUp(ctx); err != nil {
-					return nil, leave(err)
+				if err := again(cause, g); err != nil {
+					return nil, err
 				}
 				continue
 			}
@@ -580,7 +657,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 			return nil, gone()
 		case <-refresh.C:
 			at := time.Now() // the server's TTL runs from a moment after
-			if rev, err = s.write(ctx, r.Name, id, rec, rev); err != nil {
+			if rev, err = s.keepPlace(ctx, r.Name, id, rec, rev); err != nil {
 				return nil, leave(fmt.Errorf("lock %s: renewing the place in line: %w", r.Name, err))
 			}
 			written = at
@@ -612,6 +689,27 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 	return s.grant(r, rec, token, written), nil
 }
 
+// keepPlace renews a waiting request's key, last written at rev, and
+// returns its new revision. A conflict (on a cluster, a write in flight that
+// checks the key, as a semaphore's refusal checks the keys ahead of it) is
+// retried on a view caught up with the bucket while the key stands at rev,
+// up to holderPatience.
+func (s *Server) keepPlace(ctx context.Context, name, id string, rec record, rev uint64) (uint64, error) {
+	until := time.Now().Add(holderPatience)
+	for {
+		seq, err := s.write(ctx, name, id, rec, rev)
+		if err == nil || !isConflict(err) {
+			return seq, err
+		}
+		if err := s.retryConflict(ctx, name, "renewing the place in line", until, err); err != nil {
+			return 0, err
+		}
+		if now, ok := s.mirror.rev(name, id); !ok || now != rev {
+			return 0, err // expired, or taken out
+		}
+	}
+}
+
 // leaseSlack: a lease granted after a wait in line loses at most
 // 1/leaseSlack of its TTL to the wait. Below that, the key is not written again
 // at the grant: on a contended lock, whose waiters mostly wait a few
@@ -623,24 +721,96 @@ const leaseSlack = 100
 // startLease writes a granted key again, so that its lease counts from
 // the grant (at), without waiting for the acknowledgement (awaited, it
 // made the hand-off a round trip longer). It is sent before the grant's
-// reply, on the same connection, so the bucket takes it before anything
-// the holder does next; the expiry told is counted from before it was
-// sent, never later than the server's. Its acknowledgement gives the
-// mirror the key's new revision at once, so that the holder's release,
-// which expects it, need not wait for the mirror to see the write. Should
-// the write fail, the lease runs to the key's last write in line plus the
-// TTL, at least two thirds of it, and the Client renews it before then.
+// reply; the expiry told is counted from before it was sent, never later
+// than the server's. Until it is acknowledged, the key is in leasing: a
+// release or renewal of the key through this instance, which would expect
+// the revision before it and conflict, waits for it (awaitLease), and its
+// acknowledgement gives the mirror the key's new revision at once. On a
+// cluster the write may conflict for a write in flight that names the key
+// (a refusal checking the holder): it is then written again, while the key
+// stands unchanged, on a view caught up with the bucket (restartLease).
+// Should it fail for good, the lease runs to the key's last write in line
+// plus the TTL, at least two thirds of it, and the Client renews it before
+// then.
 func (s *Server) startLease(name, id string, rec record, rev uint64, at time.Time) {
-	m := nats.NewMsg(s.prefix + s.key(name, id))
+	key := s.key(name, id)
+	written := make(chan struct{})
+	s.leasing.Store(key, written)
+	done := func() {
+		s.leasing.Delete(key)
+		close(written)
+	}
+	m := nats.NewMsg(s.prefix + key)
 	m.Data, _ = json.Marshal(rec)
-	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(time.Duration(rec.TTLms) * time.Millisecond), jetstream.WithExpectLastSequencePerSubject(rev)}
 	s.writes.Publish(m, func(ack *jetstream.PubAck, err error) {
-		if err != nil {
-			s.log.Warn().Err(err).Str("lock", name).Msg("starting a lease: the key keeps the TTL of its last write in line")
+		switch {
+		case err == nil:
+			s.mirror.wrote(name, id, ack.Sequence, at)
+			done()
+		case isInFlight(err):
+			go func() {
+				defer done()
+				s.restartLease(name, id, rec, rev, at)
+			}()
+		default:
+			// A conflict here (10071) is a key changed since the grant:
+			// released or renewed through another instance, or expired.
+			s.log.Warn().Err(err).Str("lock", name).Msg("starting a lease: the key keeps the TTL of its last write")
+			done()
+		}
+	}, writeOpts(rec, rev)...)
+}
+
+// restartLease writes a granted key again after its first write at the
+// grant conflicted for a write in flight: on a view caught up with the
+// bucket, as long as the key stands at rev, its revision at the grant, for
+// up to holderPatience.
+func (s *Server) restartLease(name, id string, rec record, rev uint64, at time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), holderPatience)
+	defer cancel()
+	for {
+		if err := s.catchUp(ctx); err != nil {
+			s.log.Warn().Err(err).Str("lock", name).Msg("starting a lease: the key keeps the TTL of its last write")
 			return
 		}
-		s.mirror.wrote(name, id, ack.Sequence, at)
-	}, opts...)
+		if now, ok := s.mirror.rev(name, id); !ok || now != rev {
+			return // released, renewed or expired since the grant
+		}
+		seq, err := s.write(ctx, name, id, rec, rev)
+		if err == nil {
+			s.mirror.wrote(name, id, seq, at)
+			return
+		}
+		if !isInFlight(err) {
+			s.log.Warn().Err(err).Str("lock", name).Msg("starting a lease: the key keeps the TTL of its last write")
+			return
+		}
+	}
+}
+
+// writeOpts are the options of a write of a contender's record: its TTL,
+// and rev, the revision it must replace.
+func writeOpts(rec record, rev uint64) []jetstream.PublishOpt {
+	return []jetstream.PublishOpt{jetstream.WithMsgTTL(time.Duration(rec.TTLms) * time.Millisecond), jetstream.WithExpectLastSequencePerSubject(rev)}
+}
+
+// awaitLease waits, up to until, for the lease of key id of name to be
+// started (startLease) if it is being started, and reports whether it
+// waited.
+func (s *Server) awaitLease(ctx context.Context, name, id string, until time.Time) bool {
+	written, ok := s.leasing.Load(s.key(name, id))
+	if !ok {
+		return false
+	}
+	t := time.NewTimer(time.Until(until))
+	defer t.Stop()
+	select {
+	case <-written.(chan struct{}):
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 // joinOpts are the options of a request's key: its TTL, and no earlier
@@ -718,6 +888,11 @@ func (s *Server) releaseNow(_ context.Context, m *bus.Msg) (any, error) {
 	if !found || !holds {
 		return slow, nil
 	}
+	if _, starting := s.leasing.Load(s.key(r.Name, c.id)); starting {
+		// The key is being written again at its grant: a purge expecting
+		// its revision before would conflict.
+		return slow, nil
+	}
 	purge := s.purgeMsg(r.Name, c.id, c.rev)
 	return bus.Deferred(func(reply func(any, error)) {
 		s.writes.Publish(purge, func(_ *jetstream.PubAck, err error) {
@@ -726,7 +901,17 @@ func (s *Server) releaseNow(_ context.Context, m *bus.Msg) (any, error) {
 				s.emit("released", r.Name, &c)
 				reply(&ReleaseReply{Released: true}, nil)
 			case isConflict(err):
-				reply(slow, nil)
+				// Renewed meanwhile, or, on a cluster, a write naming the
+				// key in flight: on a worker, once the mirror has caught up.
+				reply(bus.Continue(func(ctx context.Context) (any, error) {
+					if err := s.catchUp(ctx); err != nil {
+						return nil, err
+					}
+					return s.release(ctx, r)
+				}), nil)
+			case errors.Is(err, jetstream.ErrAsyncPublishTimeout):
+				// The purge may or may not have been applied.
+				reply(nil, bus.ErrUnavailable.With("lock %s: release: no acknowledgement from the bucket", r.Name))
 			default:
 				reply(nil, fmt.Errorf("lock %s: release: %w", r.Name, err))
 			}
@@ -734,46 +919,65 @@ func (s *Server) releaseNow(_ context.Context, m *bus.Msg) (any, error) {
 	}), nil
 }
 
+// release releases on a worker. A compare-and-set that conflicts while the
+// key still holds with the token is explained: the key was written again
+// (its lease started at its grant, a renewal through another instance) or,
+// on a cluster, another request's write that names it (a refusal checking
+// the holder) was in flight. It is retried on a view caught up with the
+// bucket, until holderPatience runs out; a key that no longer holds with
+// the token is not_held.
 func (s *Server) release(ctx context.Context, r *ReleaseRequest) (*ReleaseReply, error) {
-	for attempt := 0; ; attempt++ {
+	until := time.Now().Add(holderPatience)
+	for {
 		c, err := s.find(ctx, r.Name, r.Token)
 		if err != nil {
 			return nil, err
+		}
+		if s.awaitLease(ctx, r.Name, c.id, until) {
+			continue // the key was written again: look again
 		}
 		err = s.purge(ctx, r.Name, c.id, c.rev)
 		if err == nil {
 			s.emit("released", r.Name, &c)
 			return &ReleaseReply{Released: true}, nil
 		}
-		if !isConflict(err) || attempt > 0 {
+		if !isConflict(err) {
 			return nil, fmt.Errorf("lock %s: release: %w", r.Name, err)
 		}
-		// Renewed meanwhile through another instance: catch up and retry.
-		if err := s.catchUp(ctx); err != nil {
+		if err := s.retryConflict(ctx, r.Name, "release", until, err); err != nil {
 			return nil, err
 		}
 	}
 }
 
+// renew renews on a worker, retrying conflicts as release does.
 func (s *Server) renew(ctx context.Context, r *RenewRequest) (*RenewReply, error) {
 	if err := checkTTL(r.TTLms, s.cfg.MaxTTL.Milliseconds()); err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
+	until := time.Now().Add(holderPatience)
+	for {
 		c, err := s.find(ctx, r.Name, r.Token)
 		if err != nil {
 			return nil, err
 		}
+		if s.awaitLease(ctx, r.Name, c.id, until) {
+			continue
+		}
 		rec := c.rec
 		rec.Token, rec.TTLms = c.token, r.TTLms
-		_, err = s.write(ctx, r.Name, c.id, rec, c.rev)
+		at := time.Now() // the server's TTL runs from a moment after
+		rev, err := s.write(ctx, r.Name, c.id, rec, c.rev)
 		if err == nil {
-			return &RenewReply{ExpiresAt: bus.Time{Time: time.Now().Add(time.Duration(r.TTLms) * time.Millisecond)}}, nil
+			// The mirror learns the new revision now, so that a release
+			// right after this renewal expects it.
+			s.mirror.wrote(r.Name, c.id, rev, at)
+			return &RenewReply{ExpiresAt: bus.Time{Time: at.Add(time.Duration(r.TTLms) * time.Millisecond)}}, nil
 		}
-		if !isConflict(err) || attempt > 0 {
+		if !isConflict(err) {
 			return nil, fmt.Errorf("lock %s: renew: %w", r.Name, err)
 		}
-		if err := s.catchUp(ctx); err != nil {
+		if err := s.retryConflict(ctx, r.Name, "renew", until, err); err != nil {
 			return nil, err
 		}
 	}

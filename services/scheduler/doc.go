@@ -15,9 +15,9 @@
 //	mesh.scheduler.list              {queue, state, limit, cursor}                        {tasks, next_cursor}
 //	mesh.scheduler.queues            {}                                                   {queues: [{name, depth, in_flight, scheduled, dead, paused}]}
 //	mesh.scheduler.pause|resume      {queue}                                              {queue, paused}
-//	mesh.scheduler.schedules.add     {name, queue, type, payload, cron | every_ms,        {name, queue, type, ...}
+//	mesh.scheduler.schedules.add     {name, queue, type, payload, cron | every_ms,        {name, queue, type, ..., next_run_at}
 //	                                  time_zone, max_retries, timeout_ms}
-//	mesh.scheduler.schedules.list    {}                                                   {schedules}
+//	mesh.scheduler.schedules.list    {}                                                   {schedules: [{name, ..., next_run_at}]}
 //	mesh.scheduler.schedules.rm      {name}                                               {removed}
 //	mesh.scheduler.dead.list         {queue, limit, cursor}                               {tasks: [{id, queue, type, last_error, died_at, seq, payload_bytes}], next_cursor}
 //	mesh.scheduler.dead.requeue      {id} | {queue, all: true}                            {ids}
@@ -80,8 +80,27 @@
 // (consumer scheduler-advisories), so that none is lost while no instance
 // runs. The KV bucket MESH_TASK_STATE holds one state per task, t.<id>,
 // kept for Retention once the task has finished (a per-key TTL; the bucket
-// is bounded by StateMaxBytes), and the unique keys u.<queue>.<hash> with
-// the TTL of their window.
+// is bounded by StateMaxBytes, the oldest finished states making room),
+// and the unique keys u.<queue>.<hash> with the TTL of their window.
+//
+// # Finished tasks never block new work
+//
+// The bucket is bounded in bytes (StateMaxBytes) and, like every KV
+// bucket, refuses a write past its bound. So that finished history never
+// stops submits or outcomes, the oldest finished states make room: every
+// CleanEvery an instance reads the bucket's size, and past 80% of the bound
+// it reads the states oldest first and purges the finished ones
+// (succeeded, dead, cancelled) down to 60%, each at its own revision (a
+// state written since stays), with a purge marker that expires in a
+// second. Live states (scheduled, queued, running, failed), unique keys
+// and the state of a finished task whose unique key still names it (else
+// the next submit would take the key over) are never purged. A write that finds the bucket full cleans at once and
+// is tried again, so an outcome finds room; a submit is refused (429
+// overloaded) only while the bucket stays above 90% once cleaned, that is
+// while live tasks fill it, which keeps the last tenth for outcomes. A
+// finished task's state is kept for Retention or until the bucket needs
+// its room, whichever comes first; its dead letter, if any, for
+// DeadRetention. The queues reply shows the bucket's figures (states).
 //
 // # Delayed tasks never run early
 //
@@ -108,6 +127,13 @@
 // instance, which makes the tick's task with an id derived from the tick
 // message (schedule name, time and stream sequence), so a redelivered tick
 // makes the same task. No instance elects a leader.
+//
+// schedules.list and schedules.add answer each schedule's next_run_at,
+// computed as nats-server computes it (internal/cron is nats-server's own
+// cron parser): a cron expression in its time zone, exactly; an interval
+// from the schedule's record in the stream rounded to the second, in steps
+// of the interval, which is exact until the stream skips ticks (its server
+// was down at one) and counts again from its restart.
 //
 // # The queue and the states do not drift
 //

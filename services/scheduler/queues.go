@@ -84,7 +84,9 @@ func (s *Server) listQueues(ctx context.Context, _ *QueuesRequest) (*QueuesReply
 	}
 	ci := s.states.stats()
 	ci.Instance = s.svc.ID()
-	reply := &QueuesReply{Queues: []QueueInfo{}, Cache: &ci}
+	reply := &QueuesReply{Queues: []QueueInfo{}, Cache: &ci, States: &StatesInfo{
+		Bytes: s.clean.bytes.Load(), MaxBytes: s.cfg.StateMaxBytes, Cleaned: s.clean.deleted.Load(),
+	}}
 	for _, qi := range byName {
 		reply.Queues = append(reply.Queues, *qi)
 	}
@@ -171,6 +173,7 @@ func (s *Server) addSchedule(ctx context.Context, r *ScheduleRequest) (*Schedule
 		return nil, fmt.Errorf("scheduler: adding schedule %s: %w", r.Name, err)
 	}
 	_ = s.events.Emit("scheduled", map[string]any{"schedule": r.Name, "queue": r.Queue, "type": r.Type, "pattern": pattern})
+	setNextRun(&info, info.CreatedAt.Time, time.Now())
 	return &info, nil
 }
 
@@ -191,6 +194,7 @@ func (s *Server) listSchedules(ctx context.Context, _ *ScheduleListRequest) (*Sc
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
 	reply := &ScheduleListReply{Schedules: []ScheduleInfo{}}
+	now := time.Now()
 	for subj := range info.State.Subjects {
 		raw, err := s.tasks.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -199,7 +203,10 @@ func (s *Server) listSchedules(ctx context.Context, _ *ScheduleListRequest) (*Sc
 		if err != nil {
 			return nil, fmt.Errorf("scheduler: %w", err)
 		}
-		reply.Schedules = append(reply.Schedules, scheduleInfo(strings.TrimPrefix(subj, everyPrefix), raw.Header))
+		sched := scheduleInfo(strings.TrimPrefix(subj, everyPrefix), raw.Header)
+		// The stream counts an interval from its own record of the schedule.
+		setNextRun(&sched, raw.Time, now)
+		reply.Schedules = append(reply.Schedules, sched)
 	}
 	slices.SortFunc(reply.Schedules, func(a, b ScheduleInfo) int { return strings.Compare(a.Name, b.Name) })
 	return reply, nil

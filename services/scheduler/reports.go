@@ -240,6 +240,7 @@ func (s *Server) writeState(rec *record, rev uint64, slow bus.Continue, done fun
 				answer(slow, nil)
 				return
 			}
+			s.wroteBytes(len(w.Data))
 			answer(done(), nil)
 		}, jetstream.WithExpectLastSequencePerSubject(rev))
 	}), nil

@@ -40,11 +40,18 @@ type Config struct {
 	// truncated. Zero: 16 KiB.
 	MaxResult int
 	// Retention is how long the state of a finished task (succeeded, dead,
-	// cancelled) is kept. Zero: 24 hours.
+	// cancelled) is kept, at most: the oldest go first when the bucket
+	// needs room (StateMaxBytes). Zero: 24 hours.
 	Retention time.Duration
-	// StateMaxBytes bounds the state bucket; when it is full, submits fail
-	// (503) rather than drop states. Zero: 1 GiB.
+	// StateMaxBytes bounds the state bucket. Past 80% of it the oldest
+	// finished states are deleted; submits are refused (429) only while
+	// live tasks hold more than 90% of it. Zero: 1 GiB.
 	StateMaxBytes int64
+	// CleanEvery: how often an instance checks whether the state bucket
+	// holds more than 80% of StateMaxBytes, and if so deletes the oldest
+	// finished states (doc.go, "Finished tasks never block new work").
+	// Zero: 5s.
+	CleanEvery time.Duration
 	// CacheMaxBytes bounds the memory of the instance's cache of task
 	// states (an estimate of their size in bytes; results and payloads are
 	// never cached); the oldest entries go first. Zero: 32 MiB.
@@ -104,6 +111,9 @@ func (c *Config) defaults() {
 	if c.StateMaxBytes <= 0 {
 		c.StateMaxBytes = 1 << 30
 	}
+	if c.CleanEvery <= 0 {
+		c.CleanEvery = 5 * time.Second
+	}
 	if c.CacheMaxBytes <= 0 {
 		c.CacheMaxBytes = 32 << 20
 	}
@@ -156,6 +166,7 @@ type Server struct {
 	// revisions, to save a read before a compare-and-set (a stale entry
 	// only makes the compare-and-set fail, and the state is read again).
 	states *stateCache
+	clean  cleaner
 
 	mu      sync.Mutex
 	held    map[*held]struct{} // delayed tasks on their timers
@@ -176,6 +187,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 	}
 	s := &Server{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("service", "scheduler").Logger(),
 		held: map[*held]struct{}{}, stop: make(chan struct{}), states: newStateCache(cfg.CacheMaxBytes)}
+	s.clean.kick = make(chan struct{}, 1)
 	if s.writes, err = bus.NewWrites(nc, bus.DefaultTimeout); err != nil {
 		return nil, err
 	}
@@ -295,8 +307,9 @@ func (s *Server) Start(ctx context.Context) error {
 		s.stopConsumes()
 		return err
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.repairLoop()
+	go s.cleanLoop()
 	return nil
 }
 
@@ -440,6 +453,7 @@ func (s *Server) put(ctx context.Context, rec *record, rev uint64) (uint64, erro
 	if err := s.wrote(rec, ack, err); err != nil {
 		return 0, err
 	}
+	s.wroteBytes(len(m.Data))
 	return ack.Sequence, nil
 }
 
@@ -481,6 +495,7 @@ func (s *Server) create(ctx context.Context, rec *record) (uint64, error) {
 	rev, err := s.kv.Create(ctx, stateKey(rec.ID), data)
 	if err == nil {
 		s.cache(rec, rev)
+		s.wroteBytes(len(data))
 	}
 	return rev, err
 }
@@ -511,6 +526,11 @@ func (s *Server) update(ctx context.Context, id string, fn func(*record) error) 
 		_, err := s.put(ctx, &rec, rev)
 		if err == nil {
 			return rec, nil
+		}
+		if isFull(err) && attempt < 2 {
+			// Finished states make room; the write is tried again.
+			s.full(ctx)
+			continue
 		}
 		if !isConflict(err) || attempt >= 20 {
 			return rec, fmt.Errorf("scheduler: writing task %s: %w", id, err)
@@ -674,6 +694,9 @@ func (s *Server) submitOne(ctx context.Context, r *SubmitRequest) (*SubmitReply,
 		h.Set(jetstream.MsgIDHeader, rec.ID)
 		m = &nats.Msg{Subject: TaskSubjectPrefix + r.Queue, Header: h, Data: r.Payload}
 	}
+	if err := s.submitRoom(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.ensureQueue(ctx, r.Queue); err != nil {
 		return nil, err
 	}
@@ -693,6 +716,10 @@ func (s *Server) submitOne(ctx context.Context, r *SubmitRequest) (*SubmitReply,
 	var rev uint64
 	err := bus.RetryNoStream(ctx, until, func() (err error) {
 		rev, err = s.create(ctx, &rec)
+		if isFull(err) {
+			s.full(ctx)
+			rev, err = s.create(ctx, &rec)
+		}
 		return err
 	})
 	// No stream responding means nothing was stored: only other unanswered

@@ -454,6 +454,15 @@ type QueuesReply struct {
 	Queues []QueueInfo `json:"queues"`
 	// Cache is the state cache of the instance that answered.
 	Cache *CacheInfo `json:"cache,omitempty"`
+	// States is the state bucket, as the instance that answered last saw it.
+	States *StatesInfo `json:"states,omitempty"`
+}
+
+// StatesInfo gives the figures of the state bucket (Config.StateMaxBytes).
+type StatesInfo struct {
+	Bytes    int64  `json:"bytes"` // as last read, plus the writes since (an estimate)
+	MaxBytes int64  `json:"max_bytes"`
+	Cleaned  uint64 `json:"cleaned"` // finished states the answering instance deleted to make room, since its start
 }
 
 // CacheInfo gives the figures of an instance's cache of task states
@@ -514,6 +523,18 @@ type ScheduleInfo struct {
 	MaxRetries int      `json:"max_retries"`
 	TimeoutMs  int64    `json:"timeout_ms"`
 	CreatedAt  bus.Time `json:"created_at"`
+	// NextRunAt is when the schedule fires next, as of the reply, computed
+	// as nats-server computes it. For a cron expression it is exact
+	// (nats-server's own parser, in the schedule's time zone). For every_ms
+	// it counts from the schedule's creation rounded to the second, as the
+	// stream does: schedules.list takes the stream's own record of that
+	// time, so it is exact; schedules.add's reply takes this instance's
+	// clock just before storing, which is within the store's round trip of
+	// it. A stream that skipped ticks (its server was down at one) counts
+	// again from its restart, so after an outage an every_ms schedule may
+	// fire up to one interval away from this. Absent when the schedule
+	// cannot be read.
+	NextRunAt bus.Time `json:"next_run_at,omitempty,omitzero"`
 }
 
 // ScheduleListRequest lists the periodic schedules.

@@ -3,10 +3,14 @@ package membership_test
 import (
 	"context"
 	"encoding/json"
+	"maps"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
@@ -17,17 +21,42 @@ func identitySubject(id string) string { return "svc.node." + id + ".identity" }
 
 // watchChecked starts a watcher that trusts a member once it answers its
 // identity probe.
-func watchChecked(t *testing.T, nc *nats.Conn, interval time.Duration) *membership.Watcher {
+func watchChecked(t *testing.T, nc *nats.Conn, interval time.Duration, log zerolog.Logger) *membership.Watcher {
 	t.Helper()
-	w, err := membership.NewWatcher(nc, membership.WatcherConfig{Service: "svc", Interval: interval, IdentitySubject: identitySubject})
-	if err != nil {
-		t.Fatal(err)
+	return watchWith(t, nc, membership.WatcherConfig{Interval: interval, IdentitySubject: identitySubject, Logger: log})
+}
+
+// probeFailures counts, per member, the identity probes a watcher logged as
+// unanswered: the event a test waits for before it checks that such a
+// member stays out of the ring.
+type probeFailures struct {
+	mu     sync.Mutex
+	failed map[string]int
+}
+
+func (p *probeFailures) Write(b []byte) (int, error) {
+	var e struct{ Message, Member string }
+	if json.Unmarshal(b, &e) == nil && e.Message == "member does not answer its identity probe; not in the ring" {
+		p.mu.Lock()
+		if p.failed == nil {
+			p.failed = map[string]int{}
+		}
+		p.failed[e.Member]++
+		p.mu.Unlock()
 	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
+	return len(b), nil
+}
+
+// all reports whether the probes of every member of ids failed at least
+// once, and those that did.
+func (p *probeFailures) all(ids ...string) (bool, map[string]int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ok := true
+	for _, id := range ids {
+		ok = ok && p.failed[id] > 0
 	}
-	t.Cleanup(func() { _ = w.Stop(context.Background()) })
-	return w
+	return ok, maps.Clone(p.failed)
 }
 
 func announceChecked(t *testing.T, nc *nats.Conn, id string, interval time.Duration) *membership.Announcer {
@@ -74,7 +103,7 @@ func TestHeartbeatBounds(t *testing.T) {
 	}
 	// In bounds: the largest weight and interval allowed.
 	forge(t, nc, membership.Heartbeat{ID: "big", Weight: membership.MaxWeight, Started: now, IntervalMs: membership.MaxInterval.Milliseconds()})
-	await(t, w, 20*h, size(1))
+	await(t, w, patience, size(1))
 	if got := ids(w); got[0] != "big" {
 		t.Fatalf("members = %v", got)
 	}
@@ -94,7 +123,8 @@ func TestHeartbeatBounds(t *testing.T) {
 // with one that answers anything else, never joins.
 func TestIdentityProbe(t *testing.T) {
 	s := bustest.RunServer(t)
-	w := watchChecked(t, s.Connect(), h)
+	var failures probeFailures
+	w := watchChecked(t, s.Connect(), h, zerolog.New(&failures))
 	attacker := s.Connect()
 	started := bus.Time{Time: time.Now()}
 	// "mute": a heartbeat, no responder. "liar": a responder that answers
@@ -108,18 +138,30 @@ func TestIdentityProbe(t *testing.T) {
 	if _, err := attacker.Subscribe("svc.node.garbage.>", func(m *nats.Msg) { _ = m.Respond([]byte("POISONED")) }); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{"mute", "liar", "garbage"} {
-		forge(t, attacker, membership.Heartbeat{ID: id, Weight: 1, Started: started, IntervalMs: h.Milliseconds()})
-	}
-	announceChecked(t, s.Connect(), "real", h)
-	await(t, w, 50*h, size(1))
-	// Their probes have had time to fail (the watcher's probe waits at most
-	// 500 ms), and they kept beating meanwhile.
-	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(h) {
-		for _, id := range []string{"mute", "liar", "garbage"} {
+	forged := []string{"mute", "liar", "garbage"}
+	beat := func() {
+		for _, id := range forged {
 			forge(t, attacker, membership.Heartbeat{ID: id, Weight: 1, Started: started, IntervalMs: h.Milliseconds()})
 		}
 	}
+	beat()
+	announceChecked(t, s.Connect(), "real", h)
+	await(t, w, patience, exactly("real"))
+	// They keep beating until the watcher has found that each one's probe
+	// went unanswered (it logs so), then once more.
+	deadline := time.Now().Add(patience)
+	for {
+		ok, failed := failures.all(forged...)
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("identity probes logged as failed within %v: %v, want each of %v", patience, failed, forged)
+		}
+		time.Sleep(h) // their heartbeat interval
+		beat()
+	}
+	beat()
 	if got := ids(w); len(got) != 1 || got[0] != "real" {
 		t.Fatalf("members = %v, want only real", got)
 	}
@@ -132,29 +174,48 @@ func TestIdentityProbe(t *testing.T) {
 // responder of its own) neither takes the id, nor changes its weight, nor
 // makes it leave.
 func TestLiveIDNotTakenOver(t *testing.T) {
+	// The live member must answer the probe of a takeover within half a
+	// probe's wait (max(interval, 500 ms)/2), or the watcher rightly takes
+	// it for gone: an interval of 1 s, scaled, gives it 500 ms.
+	iv := bustest.Scale(time.Second)
 	s := bustest.RunServer(t)
-	w := watchChecked(t, s.Connect(), h)
-	announceChecked(t, s.Connect(), "m1", h)
-	await(t, w, 50*h, size(1))
+	w := watchChecked(t, s.Connect(), iv, zerolog.Nop())
+	announceChecked(t, s.Connect(), "m1", iv)
+	await(t, w, patience, exactly("m1"))
 	live := w.Members()[0]
 	changed := w.Changed()
 	attacker := s.Connect()
-	forged := membership.Heartbeat{ID: "m1", Weight: 50, Started: bus.Time{Time: time.Now().Add(time.Minute)}, IntervalMs: h.Milliseconds()}
+	forged := membership.Heartbeat{ID: "m1", Weight: 50, Started: bus.Time{Time: time.Now().Add(time.Minute)}, IntervalMs: iv.Milliseconds()}
+	var probes atomic.Int32 // takeover probes: the live m1 was checked before this subscription
 	if _, err := attacker.Subscribe(identitySubject("m1"), func(m *nats.Msg) {
+		probes.Add(1)
 		b, _ := json.Marshal(forged)
 		_ = m.Respond(b)
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(h) {
+	if err := attacker.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Forge until the watcher has twice probed whether the forger may take
+	// the id over (at most once an interval).
+	deadline := time.Now().Add(patience)
+	for probes.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d takeover probes within %v, want 2", probes.Load(), patience)
+		}
 		forge(t, attacker, forged)
 		// The weight of the live incarnation, claimed with its start time.
-		forge(t, attacker, membership.Heartbeat{ID: "m1", Weight: 50, Started: live.Started, IntervalMs: h.Milliseconds()})
+		forge(t, attacker, membership.Heartbeat{ID: "m1", Weight: 50, Started: live.Started, IntervalMs: iv.Milliseconds()})
+		time.Sleep(iv / 4)
 	}
 	leave := forged
 	leave.Leave = true
 	forge(t, attacker, leave)
-	time.Sleep(3 * h) // past the debounce a change would take
+	// A takeover would follow its probe within half a probe's wait, and a
+	// leave its debounce (one interval): an absence cannot be awaited, so
+	// wait past both.
+	time.Sleep(2 * iv)
 	select {
 	case <-changed:
 		t.Fatalf("the ring changed: %v", w.Ring().Members())
@@ -170,22 +231,30 @@ func TestLiveIDNotTakenOver(t *testing.T) {
 // incarnation answers its identity probe and the old one does not, so the
 // new one takes the id before the old one expires, without a ring change.
 func TestCrashRestartTakesOver(t *testing.T) {
-	const hb = time.Second // takeover waits one probe (≤ H) < k·H
+	hb := bustest.Scale(time.Second) // takeover waits one probe (≤ H) < k·H
 	s := bustest.RunServer(t)
-	w := watchChecked(t, s.Connect(), hb)
+	w := watchChecked(t, s.Connect(), hb, zerolog.Nop())
 	old := s.Connect()
 	announceChecked(t, old, "m1", hb)
-	await(t, w, 5*hb, size(1))
+	await(t, w, patience, exactly("m1"))
 	first := w.Members()[0].Started
 	changed := w.Changed()
+	next := s.Connect()
 	old.Close() // a crash: no leave
-	announceChecked(t, s.Connect(), "m1", hb)
+	announceChecked(t, next, "m1", hb)
 	deadline := time.Now().Add(time.Duration(k) * hb)
-	for w.Members()[0].Started.Equal(first.Time) {
+	for {
+		m := w.Members()
+		if len(m) != 1 {
+			t.Fatalf("members = %+v during a crash-restart, want m1", m)
+		}
+		if !m[0].Started.Equal(first.Time) {
+			break
+		}
 		if time.Now().After(deadline) {
 			t.Fatal("the new incarnation did not take over before the old one would expire")
 		}
-		time.Sleep(50 * time.Millisecond) // the member table has no change signal
+		time.Sleep(hb / 20) // the member table has no change signal
 	}
 	select {
 	case <-changed:

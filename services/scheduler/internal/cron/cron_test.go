@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshkit/mesh/cmd/mesh/internal/cron"
+	"github.com/meshkit/mesh/services/scheduler/internal/cron"
 )
 
 func TestNext(t *testing.T) {

@@ -36,9 +36,9 @@
 
 // Package cron computes when a cron schedule next fires, as nats-server's
 // message schedules do: this is nats-server's own parser (server/cron.go,
-// v2.15.2, itself based on robfig/cron), so that mesh schedule list shows
-// the time the server will use. Six fields, with seconds; the predefined
-// @yearly, @monthly, @weekly, @daily, @hourly.
+// v2.15.2, itself based on robfig/cron), so that the scheduler's
+// schedules.list answers the time the stream will use. Six fields, with
+// seconds; the predefined @yearly, @monthly, @weekly, @daily, @hourly.
 package cron
 
 import (
