@@ -34,6 +34,11 @@ type example struct {
 	Before  []step          `json:"before"` // requests sent first, e.g. to hold a lock
 	Request json.RawMessage `json:"request"`
 	Error   string          `json:"error"` // the expected error code; empty: a reply
+	// Expect is a subset of the reply (or of the error body) that must
+	// match: every field it has, with the same value; arrays element by
+	// element. ${run} and ${save.field} expand as in the request. Every
+	// example that expects a reply has one.
+	Expect json.RawMessage `json:"expect"`
 }
 
 // step is a request sent before an example; its JSON reply is saved under
@@ -161,6 +166,7 @@ func validate(t *testing.T, s *jsonschema.Schema, what string, data []byte) {
 // its schema; and every event matches event.json.
 func TestRepliesMatchSchemas(t *testing.T) {
 	sch := compile(t)
+	d := loadDocs(t)
 	srv := bustest.RunServer(t)
 	nc := srv.Connect()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -205,16 +211,21 @@ func TestRepliesMatchSchemas(t *testing.T) {
 			}
 			for _, e := range ex.Examples {
 				what := fmt.Sprintf("%s example %q", base, e.Title)
-				req := expand(t, e.Request, "json", setup(t, ctx, nc, e, "json"))
+				if e.Error == "" && len(e.Expect) == 0 {
+					t.Errorf("%s: no expect: a reply that matches the schema could still say anything", what)
+				}
+				saved := setup(t, ctx, nc, e, "json")
+				req := expand(t, e.Request, "json", saved)
 				if e.Error == "" {
 					validate(t, sch[reqName], what+" request", req)
 				}
-				checkReply(t, sch, ctx, nc, ex.Subject, e, what, repName, req)
-				packed, err := toMsgpack(expand(t, e.Request, "msgpack", setup(t, ctx, nc, e, "msgpack")))
+				checkReply(t, sch, d, ctx, nc, ex.Subject, e, what, repName, req, expectOf(t, e, "json", saved))
+				saved = setup(t, ctx, nc, e, "msgpack")
+				packed, err := toMsgpack(expand(t, e.Request, "msgpack", saved))
 				if err != nil {
 					t.Fatalf("%s: %v", what, err)
 				}
-				checkReply(t, sch, ctx, nc, ex.Subject, e, what+" (msgpack)", repName, packed)
+				checkReply(t, sch, d, ctx, nc, ex.Subject, e, what+" (msgpack)", repName, packed, expectOf(t, e, "msgpack", saved))
 				tested++
 			}
 		}
@@ -224,7 +235,7 @@ func TestRepliesMatchSchemas(t *testing.T) {
 	}
 	names, _ := fs.Glob(schemas.FS, "*.json")
 	for _, name := range names {
-		if !used[name] {
+		if !used[name] && !strings.HasPrefix(name, "event.") {
 			t.Errorf("%s belongs to no running endpoint", name)
 		}
 	}
@@ -241,10 +252,46 @@ func TestRepliesMatchSchemas(t *testing.T) {
 		if m.Subject == "mesh.events.test.checked" {
 			break
 		}
+		checkEventData(t, sch, m.Data)
 	}
 }
 
-func checkReply(t *testing.T, sch map[string]*jsonschema.Schema, ctx context.Context, nc *nats.Conn, subject string, e example, what, repName string, body []byte) {
+// expectOf is an example's expect for a run, expanded; nil when it has none.
+func expectOf(t *testing.T, e example, run string, saved map[string]map[string]json.RawMessage) json.RawMessage {
+	t.Helper()
+	if len(e.Expect) == 0 {
+		return nil
+	}
+	return expand(t, e.Expect, run, saved)
+}
+
+// checkReply sends an example's request and checks the reply: the expected
+// error code or a reply, its schema, its expect, and in msgpack the wire
+// types of its values.
+// checkEventData validates an event's data against the schema of its type,
+// event.<type>.json.
+func checkEventData(t *testing.T, sch map[string]*jsonschema.Schema, event []byte) {
+	t.Helper()
+	var ev struct {
+		Type string          `json:"type"`
+		Data json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(event, &ev); err != nil {
+		t.Errorf("event: %v: %s", err, event)
+		return
+	}
+	name := "event." + ev.Type + ".json"
+	if sch[name] == nil {
+		t.Errorf("event %s: no schema %s for its data: %s", ev.Type, name, event)
+		return
+	}
+	if len(ev.Data) == 0 {
+		ev.Data = json.RawMessage("null")
+	}
+	validate(t, sch[name], "data of event "+ev.Type, ev.Data)
+}
+
+func checkReply(t *testing.T, sch map[string]*jsonschema.Schema, d docs, ctx context.Context, nc *nats.Conn, subject string, e example, what, repName string, body []byte, expect json.RawMessage) {
 	t.Helper()
 	reply, err := nc.RequestWithContext(ctx, subject, body)
 	if err != nil {
@@ -252,13 +299,23 @@ func checkReply(t *testing.T, sch map[string]*jsonschema.Schema, ctx context.Con
 		return
 	}
 	data := reply.Data
-	if bus.DetectCodec(nil, body) == bus.MsgPack {
-		if data, err = fromMsgpack(data); err != nil {
+	var p packed
+	packedReply := bus.DetectCodec(nil, body) == bus.MsgPack
+	if packedReply {
+		if data, p, err = fromMsgpack(data); err != nil {
 			t.Errorf("%s: reply is not msgpack: %v", what, err)
 			return
 		}
 	}
 	rerr := bus.ReplyError(reply)
+	if rerr == nil && packedReply {
+		for _, bad := range d.checkTypes(t, repName, d[repName], p, "reply") {
+			t.Errorf("%s: %s", what, bad)
+		}
+	}
+	if expect != nil && (rerr == nil) == (e.Error == "") {
+		checkExpect(t, what, expect, data)
+	}
 	switch {
 	case rerr != nil && e.Error == "":
 		t.Errorf("%s: unexpected error %v", what, rerr)
@@ -304,12 +361,4 @@ func numbers(v any) any {
 		}
 	}
 	return v
-}
-
-func fromMsgpack(b []byte) ([]byte, error) {
-	var v any
-	if err := msgpack.Unmarshal(b, &v); err != nil {
-		return nil, err
-	}
-	return json.Marshal(v)
 }

@@ -1,10 +1,12 @@
 package scheduler_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,10 +14,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"go.uber.org/goleak"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/schemas"
 	"github.com/meshkit/mesh/services/scheduler"
 )
 
@@ -70,22 +74,96 @@ func work(t *testing.T, url string, queues map[string]int, handlers map[string]s
 
 // events collects the task events.
 type events struct {
-	mu   sync.Mutex
-	seen []bus.Event
-	ch   chan struct{}
+	mu      sync.Mutex
+	seen    []bus.Event
+	invalid []string // events that do not match their schemas
+	ch      chan struct{}
 }
 
+// eventSchemas are the event envelope's schema and each event's data
+// schema (schemas/event.<type>.json), by file name.
+var eventSchemas = sync.OnceValues(func() (map[string]*jsonschema.Schema, error) {
+	c := jsonschema.NewCompiler()
+	names, err := fs.Glob(schemas.FS, "*.json")
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		b, err := fs.ReadFile(schemas.FS, name)
+		if err != nil {
+			return nil, err
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if err := c.AddResource("file:///mesh/schemas/"+name, doc); err != nil {
+			return nil, err
+		}
+	}
+	out := map[string]*jsonschema.Schema{}
+	for _, name := range names {
+		if name == "event.json" || strings.HasPrefix(name, "event.task.") {
+			if out[name], err = c.Compile("file:///mesh/schemas/" + name); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+})
+
+// checkEvent validates a task event against the envelope's schema and its
+// data's (event.<type>.json); it returns what is wrong, or "".
+func checkEvent(data []byte, ev *bus.Event) string {
+	sch, err := eventSchemas()
+	if err != nil {
+		return err.Error()
+	}
+	check := func(name string, b []byte) string {
+		s := sch[name]
+		if s == nil {
+			return "no schema " + name
+		}
+		v, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if err == nil {
+			err = s.Validate(v)
+		}
+		if err != nil {
+			return fmt.Sprintf("%s: %v", name, err)
+		}
+		return ""
+	}
+	if bad := check("event.json", data); bad != "" {
+		return bad
+	}
+	b, _ := json.Marshal(ev.Data)
+	return check("event."+ev.Type+".json", b)
+}
+
+// watch collects the task events, and checks each against its schema
+// (the test fails at its end on one that does not match).
 func watch(t *testing.T, url string) *events {
 	t.Helper()
 	e := &events{ch: make(chan struct{}, 1)}
+	t.Cleanup(func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		for _, bad := range e.invalid {
+			t.Errorf("event does not match its schema: %s", bad)
+		}
+	})
 	nc := bustest.Connect(t, url)
 	if _, err := nc.Subscribe("mesh.events.task.*", func(m *nats.Msg) {
 		var ev bus.Event
 		if json.Unmarshal(m.Data, &ev) != nil {
 			return
 		}
+		bad := checkEvent(m.Data, &ev)
 		e.mu.Lock()
 		e.seen = append(e.seen, ev)
+		if bad != "" {
+			e.invalid = append(e.invalid, bad+": "+string(m.Data))
+		}
 		e.mu.Unlock()
 		select {
 		case e.ch <- struct{}{}:
@@ -326,67 +404,130 @@ func eventually(t *testing.T, cond func() (bool, string)) {
 	}
 }
 
-// Delayed tasks never start before their run_at, whether the server's
-// schedule stages them or they are due too soon for one.
+// submitReply sends req as one submit and returns the service's reply: the
+// id, the state and the run_at it set.
+func submitReply(t *testing.T, nc *nats.Conn, req scheduler.SubmitRequest) scheduler.SubmitReply {
+	t.Helper()
+	r, err := bus.Request[scheduler.SubmitRequest, scheduler.SubmitReply](ctx(t), nc, scheduler.SubjectSubmit, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// startLog records when each task's handler started, every time it did.
+type startLog struct {
+	mu sync.Mutex
+	at map[string][]time.Time
+}
+
+func (l *startLog) record(id string) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.at == nil {
+		l.at = map[string][]time.Time{}
+	}
+	l.at[id] = append(l.at[id], now)
+}
+
+// check fails the test unless every task of runAt (id -> the run_at the
+// service returned, zero for a task due at once) started, and none before
+// its run_at. It returns how many starts were runs again of a task
+// (at-least-once delivery).
+func (l *startLog) check(t *testing.T, runAt map[string]time.Time) (again int) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var worst time.Duration
+	delayed := 0
+	for id, due := range runAt {
+		starts := l.at[id]
+		if len(starts) == 0 {
+			t.Errorf("task %s (run_at %s) never started", id, due.Format(time.RFC3339Nano))
+			continue
+		}
+		again += len(starts) - 1
+		for _, at := range starts {
+			if at.Before(due) {
+				t.Errorf("task %s started %v before its run_at %s", id, due.Sub(at), due.Format(time.RFC3339Nano))
+			}
+		}
+		if !due.IsZero() {
+			delayed++
+			worst = max(worst, starts[0].Sub(due))
+		}
+	}
+	t.Logf("%d delayed tasks: worst lateness of a first start %v", delayed, worst)
+	return again
+}
+
+// Delayed tasks never start before the run_at the service returned,
+// whether the server's schedule stages them or they are due too soon for
+// one; each runs once. A run_at asked for is kept (to the millisecond); a
+// delay counts from the service's clock, so the run_at is checked against
+// the client's clock on either side of the submit.
 func TestDelayedNeverEarly(t *testing.T) {
 	t.Parallel() // waits on timers mostly
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})
 	c := client(t, s.URL())
-	type start struct {
-		id          string
-		runAt, time time.Time
-	}
-	starts := make(chan start, 100)
+	nc := bustest.Connect(t, s.URL())
+	var starts startLog
 	work(t, s.URL(), map[string]int{"later": 8}, map[string]scheduler.Handler{
 		"at": func(ctx context.Context, task *scheduler.Task) error {
-			now := time.Now()
-			runAt, err := time.Parse(time.RFC3339Nano, string(task.Payload))
-			if err != nil {
-				return scheduler.SkipRetry(err)
-			}
-			starts <- start{task.ID, runAt, now}
+			starts.record(task.ID)
 			return nil
 		},
 	})
 	const n = 24
-	base := time.Now()
+	runAt := map[string]time.Time{}
 	for i := range n {
-		// From 300 ms (staged at once) to 2.6 s (a server schedule) ahead.
-		// Instants travel with millisecond precision.
-		runAt := base.Add(300*time.Millisecond + time.Duration(i)*100*time.Millisecond).Truncate(time.Millisecond)
-		req := scheduler.SubmitRequest{Queue: "later", Type: "at", Payload: []byte(runAt.Format(time.RFC3339Nano)), RunAt: bus.Time{Time: runAt}}
+		// From 300 ms (staged at once) to 2.6 s (a server schedule) ahead
+		// of the submit. Instants travel with millisecond precision.
+		ahead := 300*time.Millisecond + time.Duration(i)*100*time.Millisecond
+		due := time.Now().Add(ahead).Truncate(time.Millisecond)
+		req := scheduler.SubmitRequest{Queue: "later", Type: "at", RunAt: bus.Time{Time: due}}
 		if i%2 == 1 { // half by delay
-			req.RunAt, req.DelayMs = bus.Time{}, time.Until(runAt).Milliseconds()+1
-			runAt = time.Now().Add(time.Duration(req.DelayMs) * time.Millisecond)
-			req.Payload = []byte(runAt.Format(time.RFC3339Nano))
+			req.RunAt, req.DelayMs = bus.Time{}, ahead.Milliseconds()
 		}
-		id, err := c.Submit(ctx(t), req)
-		if err != nil {
-			t.Fatal(err)
+		before := time.Now()
+		r := submitReply(t, nc, req)
+		after := time.Now()
+		switch {
+		case req.DelayMs == 0 && r.State == scheduler.StateQueued && r.RunAt.IsZero() && !after.Before(due):
+			// The machine was so slow that the run_at had passed when the
+			// service got the submit: it is queued, and must not start
+			// before the run_at asked for.
+			r.RunAt = bus.Time{Time: due}
+		case r.State != scheduler.StateScheduled || r.RunAt.IsZero():
+			t.Fatalf("submit %d: %+v, want scheduled with a run_at", i, r)
+		case req.DelayMs == 0 && !r.RunAt.Equal(due):
+			t.Fatalf("submit %d: run_at %s, asked for %s", i, r.RunAt, due.Format(time.RFC3339Nano))
+		case req.DelayMs != 0 && (r.RunAt.Before(before.Add(ahead).Truncate(time.Millisecond)) || r.RunAt.After(after.Add(ahead))):
+			t.Fatalf("submit %d: run_at %s is not %v after the submit (%s to %s)", i, r.RunAt, ahead,
+				before.Format(time.RFC3339Nano), after.Format(time.RFC3339Nano))
 		}
+		if _, dup := runAt[r.ID]; dup {
+			t.Fatalf("submit %d: id %s again", i, r.ID)
+		}
+		runAt[r.ID] = r.RunAt.Time
 		if i == n-1 {
-			if info, err := c.Status(ctx(t), id); err != nil || info.State != scheduler.StateScheduled || info.RunAt.IsZero() {
-				t.Fatalf("status of a delayed task = %+v, %v", info, err)
+			if info, err := c.Status(ctx(t), r.ID); err != nil || !info.RunAt.Equal(r.RunAt.Time) {
+				t.Fatalf("status of a delayed task = %+v, %v; want run_at %s", info, err, r.RunAt)
 			}
 		}
 	}
-	var worst time.Duration
-	for range n {
-		select {
-		case st := <-starts:
-			late := st.time.Sub(st.runAt)
-			if late < 0 {
-				t.Errorf("task %s started %v early", st.id, -late)
-			}
-			worst = max(worst, late)
-		case <-time.After(20 * time.Second):
-			t.Fatal("delayed tasks did not all start")
+	for id := range runAt {
+		if info := waitDone(t, c, id); info.State != scheduler.StateSucceeded {
+			t.Fatalf("task %s = %+v", id, info)
 		}
 	}
-	t.Logf("worst lateness of %d delayed tasks: %v", n, worst)
+	if again := starts.check(t, runAt); again != 0 {
+		t.Errorf("%d delayed tasks ran more than once, with no fault", again)
+	}
 	// A run_at in the past runs now.
-	id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "later", Type: "at", Payload: []byte(base.Format(time.RFC3339Nano)), RunAt: bus.Time{Time: base.Add(-time.Hour)}})
+	id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "later", Type: "at", RunAt: bus.Time{Time: time.Now().Add(-time.Hour)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,6 +566,7 @@ func TestPeriodicTwoInstances(t *testing.T) {
 			return nil
 		},
 	})
+	added := time.Now()
 	info, err := c.AddSchedule(ctx(t), scheduler.ScheduleRequest{Name: "heartbeat", Queue: "cron", Type: "beat", Payload: []byte("thump"), EveryMs: 1000})
 	if err != nil || info.EveryMs != 1000 {
 		t.Fatalf("add = %+v, %v", info, err)
@@ -450,6 +592,7 @@ func TestPeriodicTwoInstances(t *testing.T) {
 	if err := c.RemoveSchedule(ctx(t), "heartbeat"); err != nil {
 		t.Fatal(err)
 	}
+	elapsed := time.Since(added)
 	if scheds, err := c.ListSchedules(ctx(t)); err != nil || len(scheds) != 0 {
 		t.Fatalf("after rm: %+v, %v", scheds, err)
 	}
@@ -457,21 +600,29 @@ func TestPeriodicTwoInstances(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// One task per tick: ticks are a second apart, so two tasks made less
-	// than half a second apart would be one tick made twice.
-	var made []time.Time
+	// One task per tick. The server fires the schedule at most once a
+	// second between the add and the rm, however late each tick is handled,
+	// so more tasks than that are ticks made twice (each instance making
+	// its own). A tick's task carries the tick's stream time as its
+	// creation: two tasks of one tick would share it.
+	made := map[time.Time]string{}
 	for _, task := range list.Tasks {
 		if task.Schedule != "heartbeat" {
 			t.Fatalf("task %+v", task)
 		}
-		made = append(made, task.CreatedAt.Time)
-	}
-	for i := range made {
-		for j := range i {
-			if d := made[i].Sub(made[j]).Abs(); d < 500*time.Millisecond {
-				t.Fatalf("two tasks made %v apart: %v", d, made)
-			}
+		if other, ok := made[task.CreatedAt.Time]; ok {
+			t.Fatalf("tasks %s and %s were made of one tick (%v)", other, task.ID, task.CreatedAt)
 		}
+		made[task.CreatedAt.Time] = task.ID
+	}
+	if most := int(elapsed/time.Second) + 1; len(made) > most {
+		t.Fatalf("%d tasks made in %v, by a schedule that ticks once a second: at most %d", len(made), elapsed.Round(time.Millisecond), most)
+	}
+	mu.Lock()
+	ran := len(runs)
+	mu.Unlock()
+	if len(made) < ran {
+		t.Fatalf("%d tasks listed, %d ran", len(made), ran)
 	}
 
 	// A cron schedule in a time zone, every second.

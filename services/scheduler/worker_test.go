@@ -12,21 +12,28 @@ import (
 )
 
 // An attempt longer than the consumer's AckWait keeps its delivery (the
-// worker reports progress); one longer than its timeout_ms has its context
-// cancelled and fails.
+// worker reports progress at a third of the AckWait); one longer than its
+// timeout_ms has its context cancelled and fails. The slow task spans
+// several AckWaits, so a worker that reported no progress would see it
+// delivered again (a second start, attempt 2) after the first AckWait. The
+// AckWait is a bound that load stretches (a progress report late by two
+// thirds of it is a redelivery), so it is scaled (bustest.Scale).
 func TestLongTaskAndTimeout(t *testing.T) {
 	t.Parallel() // waits on timers mostly
+	ackWait := bustest.Scale(time.Second)
 	s := bustest.RunServer(t)
-	serve(t, s.URL(), scheduler.Config{AckWait: 300 * time.Millisecond})
+	serve(t, s.URL(), scheduler.Config{AckWait: ackWait})
 	c := client(t, s.URL())
 	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "long", Type: "warmup"}); err != nil {
 		t.Fatal(err) // creates the queue with the short AckWait
 	}
+	var slowRuns atomic.Int32
 	work(t, s.URL(), map[string]int{"long": 2}, map[string]scheduler.Handler{
 		"warmup": func(ctx context.Context, task *scheduler.Task) error { return nil },
 		"slow": func(ctx context.Context, task *scheduler.Task) error {
+			slowRuns.Add(1)
 			select {
-			case <-time.After(time.Second): // over three AckWaits
+			case <-time.After(5 * ackWait / 2):
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
@@ -45,8 +52,8 @@ func TestLongTaskAndTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info := waitDone(t, c, slow); info.State != scheduler.StateSucceeded || info.Attempts != 1 {
-		t.Fatalf("slow = %+v", info)
+	if info := waitDone(t, c, slow); info.State != scheduler.StateSucceeded || info.Attempts != 1 || slowRuns.Load() != 1 {
+		t.Fatalf("slow = %+v, run %d times; want succeeded at its first attempt, run once", info, slowRuns.Load())
 	}
 	if info := waitDone(t, c, stuck); info.State != scheduler.StateDead || !strings.Contains(info.LastError, "timed out after 100ms") {
 		t.Fatalf("stuck = %+v", info)
