@@ -15,7 +15,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/santhosh-tekuri/jsonschema/v6"
-	"github.com/vmihailenco/msgpack/v5"
 	"go.uber.org/goleak"
 
 	"github.com/meshkit/mesh/internal/node"
@@ -221,10 +220,7 @@ func TestRepliesMatchSchemas(t *testing.T) {
 				}
 				checkReply(t, sch, d, ctx, nc, ex.Subject, e, what, repName, req, expectOf(t, e, "json", saved))
 				saved = setup(t, ctx, nc, e, "msgpack")
-				packed, err := toMsgpack(expand(t, e.Request, "msgpack", saved))
-				if err != nil {
-					t.Fatalf("%s: %v", what, err)
-				}
+				packed := bustest.MsgpackFromJSON(t, string(expand(t, e.Request, "msgpack", saved)))
 				checkReply(t, sch, d, ctx, nc, ex.Subject, e, what+" (msgpack)", repName, packed, expectOf(t, e, "msgpack", saved))
 				tested++
 			}
@@ -329,36 +325,4 @@ func checkReply(t *testing.T, sch map[string]*jsonschema.Schema, d docs, ctx con
 	default:
 		validate(t, sch[repName], what+" reply", data)
 	}
-}
-
-// toMsgpack encodes a JSON request as a msgpack client would: integral
-// numbers as integers, the rest as floats.
-func toMsgpack(j json.RawMessage) ([]byte, error) {
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, err
-	}
-	return msgpack.Marshal(numbers(v))
-}
-
-func numbers(v any) any {
-	switch x := v.(type) {
-	case json.Number:
-		if i, err := x.Int64(); err == nil {
-			return i
-		}
-		f, _ := x.Float64()
-		return f
-	case map[string]any:
-		for k, e := range x {
-			x[k] = numbers(e)
-		}
-	case []any:
-		for i, e := range x {
-			x[i] = numbers(e)
-		}
-	}
-	return v
 }

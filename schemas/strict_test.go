@@ -310,9 +310,7 @@ func TestRequestsRefuseWhatTheyDoNotKnow(t *testing.T) {
 					for _, m := range d.mutations(t, base+".request.json", req) {
 						body, _ := json.Marshal(m.req)
 						if run == "msgpack" {
-							if body, err = toMsgpack(body); err != nil {
-								t.Fatal(err)
-							}
+							body = bustest.MsgpackFromJSON(t, string(body))
 						}
 						reply, err := nc.RequestWithContext(ctx, ex.Subject, body)
 						if err != nil {

@@ -37,17 +37,7 @@ func TestBadWritesAreRefused(t *testing.T) {
 		{cache.SubjectDel, `{"kye":"w1"}`, bus.ErrUnknownField, "kye: unknown field; did you mean key?"},
 		{cache.SubjectStats, `{"node":"n0"}`, bus.ErrUnknownField, "node: unknown field; this request takes no fields"},
 	} {
-		for _, codec := range []string{"json", "msgpack"} {
-			body := []byte(tc.body)
-			if codec == "msgpack" {
-				body = bustest.MsgpackFromJSON(t, tc.body)
-			}
-			_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: tc.subject, Data: body})
-			var e *bus.Error
-			if !errors.Is(err, tc.is) || !errors.As(err, &e) || e.Status != 400 || !strings.HasPrefix(e.Message, tc.msg) {
-				t.Errorf("%s %s: %v; want %v %q", codec, tc.body, err, tc.is, tc.msg)
-			}
-		}
+		bustest.Refused(t, nc, tc.subject, tc.body, tc.is, tc.msg)
 	}
 	// A JSON key that is not UTF-8 is refused, not stored under U+FFFD.
 	for _, body := range []string{"{\"key\":\"w\xff\",\"value\":\"v\"}", `{"key":"w\udcff","value":"v"}`, "{\"items\":[{\"key\":\"w\xff\",\"value\":\"v\"}]}"} {

@@ -1,11 +1,7 @@
 package lock_test
 
 import (
-	"errors"
-	"strings"
 	"testing"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
@@ -38,17 +34,7 @@ func TestStrictRequests(t *testing.T) {
 		{lock.SubjectInspect, `{"nmae":"s1"}`, bus.ErrUnknownField, "nmae: unknown field; did you mean name?"},
 		{lock.SubjectList, `{"prefx":"s"}`, bus.ErrUnknownField, "prefx: unknown field; did you mean prefix?"},
 	} {
-		for _, codec := range []string{"json", "msgpack"} {
-			body := []byte(tc.body)
-			if codec == "msgpack" {
-				body = bustest.MsgpackFromJSON(t, tc.body)
-			}
-			_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: tc.subject, Data: body})
-			var e *bus.Error
-			if !errors.Is(err, tc.is) || !errors.As(err, &e) || e.Status != 400 || !strings.HasPrefix(e.Message, tc.msg) || strings.Contains(e.Message, "Go struct") {
-				t.Errorf("%s %s: %v; want %v %q", codec, tc.body, err, tc.is, tc.msg)
-			}
-		}
+		bustest.Refused(t, nc, tc.subject, tc.body, tc.is, tc.msg)
 	}
 	list, err := lock.NewClient(nc).List(ctx(t), "")
 	if err != nil || len(list.Locks) != 0 {

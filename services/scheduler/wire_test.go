@@ -1,11 +1,7 @@
 package scheduler_test
 
 import (
-	"errors"
-	"strings"
 	"testing"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
@@ -44,17 +40,7 @@ func TestStrictRequests(t *testing.T) {
 		{scheduler.SubjectStatus, `{"task":"x1"}`, bus.ErrUnknownField, "task: unknown field; the fields are id"},
 		{scheduler.SubjectQueues, `{"queue":"strict"}`, bus.ErrUnknownField, "queue: unknown field; this request takes no fields"},
 	} {
-		for _, codec := range []string{"json", "msgpack"} {
-			body := []byte(tc.body)
-			if codec == "msgpack" {
-				body = bustest.MsgpackFromJSON(t, tc.body)
-			}
-			_, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: tc.subject, Data: body})
-			var e *bus.Error
-			if !errors.Is(err, tc.is) || !errors.As(err, &e) || e.Status != 400 || !strings.HasPrefix(e.Message, tc.msg) || strings.Contains(e.Message, "Go struct") {
-				t.Errorf("%s %s: %v; want %v %q", codec, tc.body, err, tc.is, tc.msg)
-			}
-		}
+		bustest.Refused(t, nc, tc.subject, tc.body, tc.is, tc.msg)
 	}
 	c := client(t, s.URL())
 	list, err := c.List(ctx(t), scheduler.ListRequest{})

@@ -1,13 +1,16 @@
 package bustest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -112,4 +115,24 @@ func MsgpackFromJSON(t testing.TB, body string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// Refused sends body (JSON) to subject, and then its msgpack form, and
+// fails t unless each is answered 400 with an error that matches is and
+// whose message starts with msg and names no Go type.
+func Refused(t testing.TB, nc *nats.Conn, subject, body string, is error, msg string) {
+	t.Helper()
+	for _, codec := range []string{"json", "msgpack"} {
+		data := []byte(body)
+		if codec == "msgpack" {
+			data = MsgpackFromJSON(t, body)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := bus.RequestMsg(ctx, nc, &nats.Msg{Subject: subject, Data: data})
+		cancel()
+		var e *bus.Error
+		if !errors.Is(err, is) || !errors.As(err, &e) || e.Status != 400 || !strings.HasPrefix(e.Message, msg) || strings.Contains(e.Message, "Go struct") {
+			t.Errorf("%s %s: %v; want %v %q", codec, body, err, is, msg)
+		}
+	}
 }
