@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/meshkit/mesh/pkg/bus"
+
+	"github.com/meshkit/mesh/services/scheduler"
 )
 
 // pages are the console's pages, in the order of the navigation bar.
@@ -200,9 +202,7 @@ var funcs = template.FuncMap{
 	"storedScan": func() int { return storedScan },
 	"join":       strings.Join,
 	"chart":      svgChart,
-	"terminal": func(state string) bool {
-		return state == "succeeded" || state == "dead" || state == "cancelled"
-	},
+	"terminal":   scheduler.Finished,
 	"query": func(base string, kv ...string) string {
 		q := url.Values{}
 		for i := 0; i+1 < len(kv); i += 2 {
