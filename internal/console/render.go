@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/meshkit/mesh/pkg/bus"
-
 	"github.com/meshkit/mesh/services/scheduler"
 )
 
