@@ -51,9 +51,12 @@ type browser struct {
 func (b *browser) js(what, cond string) {
 	b.t.Helper()
 	deadline := time.Now().Add(bustest.Scale(60 * time.Second))
+	// A condition that throws (an element it reads is being replaced by a
+	// live re-render) does not hold yet.
+	safe := "(() => { try { return !!(" + cond + "); } catch (e) { return false; } })()"
 	var err error
 	for {
-		_, err = chromedp.Run(b.ctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(time.Until(deadline)), chromedp.WithPollingInterval(50*time.Millisecond)))
+		_, err = chromedp.Run(b.ctx, chromedp.Poll[bool](safe, chromedp.WithPollingTimeout(time.Until(deadline)), chromedp.WithPollingInterval(50*time.Millisecond)))
 		// A navigation (an action's redirect) ends the poll: poll the new page.
 		if err == nil || time.Now().After(deadline) || !navigated(err) {
 			break
