@@ -28,14 +28,24 @@ type rawSystem struct {
 
 const rawStream = "BENCH_TASKS_RAW"
 
-func newRaw(ctx context.Context, url string) (*rawSystem, error) {
-	nc, err := nats.Connect(url, nats.Name("bench-scheduler-raw"))
+// connectAsync connects a system of its own, with room for 4,096
+// unacknowledged asynchronous publishes.
+func connectAsync(url, name string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url, nats.Name(name))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
 		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+func newRaw(ctx context.Context, url string) (*rawSystem, error) {
+	nc, js, err := connectAsync(url, "bench-scheduler-raw")
+	if err != nil {
 		return nil, err
 	}
 	_ = js.DeleteStream(ctx, rawStream)
@@ -154,13 +164,8 @@ type recordSystem struct {
 const recordHistory = "BENCH_TASK_HISTORY"
 
 func newRecord(ctx context.Context, url string) (*recordSystem, error) {
-	nc, err := nats.Connect(url, nats.Name("bench-scheduler-record"))
+	nc, js, err := connectAsync(url, "bench-scheduler-record")
 	if err != nil {
-		return nil, err
-	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		nc.Close()
 		return nil, err
 	}
 	_ = js.DeleteStream(ctx, rawStream)
