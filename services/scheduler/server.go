@@ -56,6 +56,9 @@ type Config struct {
 	// states (an estimate of their size in bytes; results and payloads are
 	// never cached); the oldest entries go first. Zero: 32 MiB.
 	CacheMaxBytes int64
+	// HistoryMaxBytes bounds the task records (HistoryStream): past it the
+	// oldest records go first. Zero: 1 GiB.
+	HistoryMaxBytes int64
 	// DeadRetention is how long dead tasks stay in the dead-letter stream.
 	// Zero: 7 days.
 	DeadRetention time.Duration
@@ -117,6 +120,9 @@ func (c *Config) defaults() {
 	if c.CacheMaxBytes <= 0 {
 		c.CacheMaxBytes = 32 << 20
 	}
+	if c.HistoryMaxBytes <= 0 {
+		c.HistoryMaxBytes = 1 << 30
+	}
 	if c.DeadRetention <= 0 {
 		c.DeadRetention = 7 * 24 * time.Hour
 	}
@@ -157,6 +163,7 @@ type Server struct {
 	kv         jetstream.KeyValue
 	wrapStates func(jetstream.KeyValue) jetstream.KeyValue // tests: faults of the bucket
 	tasks      jetstream.Stream
+	history    jetstream.Stream
 	dead       jetstream.Stream
 	queues     sync.Map // queue name -> struct{}: consumers known to exist
 	facts      sync.Map // queue name -> *queueFacts: what reports are checked against
@@ -228,20 +235,25 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 // starts serving.
 func (s *Server) Start(ctx context.Context) error {
 	var err error
-	s.tasks, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        Stream,
-		Description: "Mesh task queues (mesh.tasks.<queue>), delayed-task schedules and periodic schedules",
-		Subjects:    []string{TaskSubjectPrefix + "*", atPrefix + "*.*", duePrefix + "*", everyPrefix + "*"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    s.cfg.Replicas,
-		Duplicates:  s.cfg.DedupWindow,
-		AllowRollup: true,
-		// Message schedules fire delayed and periodic tasks.
-		AllowMsgSchedules: true,
-	})
+	s.tasks, err = s.js.CreateOrUpdateStream(ctx, tasksStream(s.cfg))
 	if err != nil {
 		return fmt.Errorf("scheduler: stream %s: %w", Stream, err)
+	}
+	s.history, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              HistoryStream,
+		Description:       "Mesh task records (mesh.history.<queue>.<id>): each task's last outcome, the oldest going first",
+		Subjects:          []string{HistorySubjectPrefix + ">"},
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxMsgsPerSubject: 1,
+		MaxAge:            s.cfg.Retention,
+		MaxBytes:          s.cfg.HistoryMaxBytes,
+		Storage:           jetstream.FileStorage,
+		Replicas:          s.cfg.Replicas,
+		AllowDirect:       true,
+	})
+	if err != nil {
+		return fmt.Errorf("scheduler: stream %s: %w", HistoryStream, err)
 	}
 	s.dead, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        DeadStream,
@@ -258,10 +270,9 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.kv, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:         Bucket,
-		Description:    "Mesh task states: t.<id> per task, u.<queue>.<hash> per unique key",
+		Description:    "Mesh unique keys: u.<queue>.<hash>, each for its unique window",
 		History:        1,
 		LimitMarkerTTL: time.Minute,
-		MaxBytes:       s.cfg.StateMaxBytes,
 		Replicas:       s.cfg.Replicas,
 		Storage:        jetstream.FileStorage,
 	})
@@ -272,12 +283,12 @@ func (s *Server) Start(ctx context.Context) error {
 		s.kv = s.wrapStates(s.kv)
 	}
 	staging, err := s.tasks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       stagingConsumer,
-		Description:   "Delayed tasks due soon, and ticks of periodic schedules, for the scheduler instances",
-		FilterSubject: duePrefix + "*",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       stagingAckWait,
-		MaxAckPending: 100_000,
+		Durable:        stagingConsumer,
+		Description:    "Delayed tasks due soon, and ticks of periodic schedules, for the scheduler instances",
+		FilterSubjects: []string{duePrefix + ">", tickPrefix + ">"},
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        stagingAckWait,
+		MaxAckPending:  100_000,
 	})
 	if err != nil {
 		return fmt.Errorf("scheduler: staging consumer: %w", err)
@@ -552,12 +563,36 @@ func (s *Server) emit(what string, rec *record, extra map[string]any) {
 	_ = s.events.Emit(what, data)
 }
 
+// tasksStream is the configuration of Stream. A queued task is its
+// message, one subject per task (mesh.tasks.<queue>.<id>): a subject holds
+// one message, and a second one for a live task is refused
+// (DiscardNewPerSubject), while the deduplication window answers a submit
+// sent again as a duplicate.
+func tasksStream(cfg Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:                 Stream,
+		Description:          "Mesh task queues (mesh.tasks.<queue>.<id>), delayed-task schedules and staging, periodic schedules",
+		Subjects:             []string{TaskSubjectPrefix + ">", atPrefix + ">", duePrefix + ">", everyPrefix + ">", tickPrefix + ">"},
+		Retention:            jetstream.WorkQueuePolicy,
+		Storage:              jetstream.FileStorage,
+		Replicas:             cfg.Replicas,
+		Duplicates:           cfg.DedupWindow,
+		MaxMsgsPerSubject:    1,
+		Discard:              jetstream.DiscardNew,
+		DiscardNewPerSubject: true,
+		// A periodic schedule's new definition replaces the old one.
+		AllowRollup: true,
+		// Message schedules fire delayed and periodic tasks.
+		AllowMsgSchedules: true,
+	}
+}
+
 // queueConsumer is the configuration of a queue's durable consumer.
 func queueConsumer(queue string, ackWait time.Duration, maxDeliver int) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       queue,
 		Description:   "Mesh task queue " + queue,
-		FilterSubject: TaskSubjectPrefix + queue,
+		FilterSubject: TaskSubjectPrefix + queue + ".*",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
 		MaxDeliver:    maxDeliver,

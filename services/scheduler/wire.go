@@ -36,14 +36,15 @@ const (
 	SubjectStarted  = "mesh.scheduler.started"
 	SubjectFinished = "mesh.scheduler.finished"
 
-	// TaskSubjectPrefix + queue is the work-queue subject of a queue.
+	// TaskSubjectPrefix + queue + "." + id is a queued task's message.
 	TaskSubjectPrefix = "mesh.tasks."
 	// DeadSubjectPrefix + queue is where a queue's dead tasks are kept.
 	DeadSubjectPrefix = "mesh.dead."
 
 	atPrefix    = "mesh.scheduler.at."    // + queue.id: a delayed task's schedule message
-	duePrefix   = "mesh.scheduler.due."   // + queue: staging, where schedules fire
+	duePrefix   = "mesh.scheduler.due."   // + queue.id: staging, where a delayed task's schedule fires
 	everyPrefix = "mesh.scheduler.every." // + name: a periodic schedule
+	tickPrefix  = "mesh.scheduler.tick."  // + name: staging, where a periodic schedule's ticks fire
 )
 
 // Streams, bucket and consumers.
