@@ -1,21 +1,14 @@
 package scheduler
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -340,13 +333,13 @@ func (s *Server) ID() string { return s.svc.ID() }
 // sent again as a duplicate.
 func tasksStream(cfg Config) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:                 Stream,
-		Description:          "Mesh task queues (mesh.tasks.<queue>.<id>), delayed-task schedules and staging, periodic schedules",
-		Subjects:             []string{TaskSubjectPrefix + ">", atPrefix + ">", duePrefix + ">", everyPrefix + ">", tickPrefix + ">"},
-		Retention:            jetstream.WorkQueuePolicy,
-		Storage:              jetstream.FileStorage,
+		Name:        Stream,
+		Description: "Mesh task queues (mesh.tasks.<queue>.<id>), delayed-task schedules and staging, periodic schedules",
+		Subjects:    []string{TaskSubjectPrefix + ">", atPrefix + ">", duePrefix + ">", everyPrefix + ">", tickPrefix + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
 		// A task's message is read by its id (status, cancel).
-		AllowDirect: true,
+		AllowDirect:          true,
 		Replicas:             cfg.Replicas,
 		Duplicates:           cfg.DedupWindow,
 		MaxMsgsPerSubject:    1,
@@ -408,4 +401,3 @@ func (s *Server) timeoutMs(ms int64) int64 {
 	}
 	return ms
 }
-
