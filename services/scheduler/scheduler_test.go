@@ -236,17 +236,13 @@ func TestSubmitRunSucceed(t *testing.T) {
 	if info.StartedAt.IsZero() || info.FinishedAt.IsZero() || info.CreatedAt.IsZero() {
 		t.Fatalf("timestamps missing: %+v", info)
 	}
+	if info.Worker == "" || info.Queue != "emails" || info.Type != "send" || info.MaxRetries != 3 {
+		t.Fatalf("record = %+v", info)
+	}
 	for _, typ := range []string{"task.submitted", "task.started", "task.succeeded"} {
 		ev.wait(t, typ, id)
 	}
-	qs, err := c.Queues(ctx(t))
-	if err != nil || len(qs) != 1 || qs[0].Name != "emails" || qs[0].Depth != 0 {
-		t.Fatalf("queues = %+v, %v", qs, err)
-	}
-	list, err := c.List(ctx(t), scheduler.ListRequest{Queue: "emails", State: scheduler.StateSucceeded})
-	if err != nil || len(list.Tasks) != 1 || list.Tasks[0].ID != id {
-		t.Fatalf("list = %+v, %v", list, err)
-	}
+	queueEmpty(t, s.URL(), "emails")
 }
 
 func TestBadInput(t *testing.T) {
@@ -281,13 +277,12 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 	c := scheduler.NewClient(nc)
-	qs, err := c.Queues(ctx(t))
-	if err != nil || len(qs) != 0 {
-		t.Fatalf("bad input made queues: %+v, %v", qs, err)
+	tasks, err := s.JetStream().Stream(ctx(t), scheduler.Stream)
+	if err != nil {
+		t.Fatal(err)
 	}
-	list, err := c.List(ctx(t), scheduler.ListRequest{})
-	if err != nil || len(list.Tasks) != 0 {
-		t.Fatalf("bad input made tasks: %+v, %v", list, err)
+	if info, err := tasks.Info(ctx(t)); err != nil || info.State.Msgs != 0 || info.State.Consumers != 1 {
+		t.Fatalf("bad input made queues or tasks: %+v, %v", info.State, err)
 	}
 	if _, err := c.Status(ctx(t), "nope"); !errors.Is(err, scheduler.ErrNotFound) {
 		t.Fatalf("status of an unknown id: %v", err)
@@ -381,10 +376,10 @@ func TestRetryThenDead(t *testing.T) {
 	if got[broken] != "keep me|attempt 3 failed" || got[fatal] != "|bad payload" {
 		t.Fatalf("dead letters = %q", got)
 	}
-	eventually(t, func() (bool, string) {
-		qs, err := c.Queues(ctx(t))
-		return err == nil && len(qs) == 1 && qs[0].Dead == 2 && qs[0].Depth == 0 && qs[0].InFlight == 0, fmt.Sprintf("queues = %+v, %v", qs, err)
-	})
+	queueEmpty(t, s.URL(), "q")
+	if info, err := dead.Info(ctx(t)); err != nil || info.State.Msgs != 2 {
+		t.Fatalf("dead letters: %+v, %v", info.State, err)
+	}
 }
 
 // eventually polls cond until it holds, for server-side effects that send
@@ -402,6 +397,32 @@ func eventually(t *testing.T, cond func() (bool, string)) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// queueHolds returns what a queue's consumer holds: the messages not
+// delivered yet, the ones delivered and not acknowledged, and whether it
+// is paused.
+func queueHolds(t *testing.T, url, queue string) (pending uint64, inFlight int, paused bool) {
+	t.Helper()
+	js := bustest.JetStream(t, bustest.Connect(t, url))
+	c, err := js.Consumer(ctx(t), scheduler.Stream, queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.NumPending, info.NumAckPending, info.Paused
+}
+
+// queueEmpty waits until a queue holds no message, delivered or not.
+func queueEmpty(t *testing.T, url, queue string) {
+	t.Helper()
+	eventually(t, func() (bool, string) {
+		pending, inFlight, _ := queueHolds(t, url, queue)
+		return pending == 0 && inFlight == 0, fmt.Sprintf("queue %s holds %d waiting and %d delivered", queue, pending, inFlight)
+	})
 }
 
 // submitReply sends req as one submit and returns the service's reply: the
@@ -644,43 +665,59 @@ func TestPeriodicTwoInstances(t *testing.T) {
 	}
 }
 
-// A start reported to an instance whose copy of the task's state is stale
-// (another instance cancelled the task meanwhile) is decided on the state as
-// it is: the write on the cached revision is refused, and the task is not
-// run.
-func TestStartOnStaleState(t *testing.T) {
+// An outcome whose record's write is refused because the task's record
+// changed meanwhile (here: cancelled behind the worker's back, with no
+// event) is decided again on that record: a cancelled task's outcome is
+// dropped, its message acknowledged.
+func TestOutcomeOnCancelledRecord(t *testing.T) {
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})
-	nc := bustest.Connect(t, s.URL())
-	id, err := scheduler.NewClient(nc).Submit(ctx(t), scheduler.SubmitRequest{Queue: "stale", Type: "x"})
+	c := client(t, s.URL())
+	ev := watch(t, s.URL())
+	release := make(chan struct{})
+	work(t, s.URL(), map[string]int{"cas": 1}, map[string]scheduler.Handler{
+		"hold": func(ctx context.Context, task *scheduler.Task) error {
+			<-release
+			task.SetResult([]byte("done"))
+			return nil
+		},
+		"quick": func(ctx context.Context, task *scheduler.Task) error { return nil },
+	})
+	id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "cas", Type: "hold"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Cancelled by "another instance": the state written behind this one's back.
-	kv, err := bustest.JetStream(t, nc).KeyValue(ctx(t), scheduler.Bucket)
+	ev.wait(t, "task.started", id)
+	info, err := c.Status(ctx(t), id)
+	if err != nil || info.State != scheduler.StateRunning {
+		t.Fatalf("status = %+v, %v", info, err)
+	}
+	info.State, info.FinishedAt = scheduler.StateCancelled, bus.Time{Time: time.Now()}
+	b, _ := json.Marshal(info)
+	m := nats.NewMsg(scheduler.HistorySubjectPrefix + "cas." + id)
+	m.Data = b
+	m.Header.Set("Nats-Expected-Last-Subject-Sequence", "0")
+	if _, err := s.JetStream().PublishMsg(ctx(t), m); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	queueEmpty(t, s.URL(), "cas")
+	// Events of one worker come in order: a later task's success comes
+	// after the first one's, had it been told.
+	quick, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "cas", Type: "quick"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := kv.Get(ctx(t), scheduler.StateKey(id))
-	if err != nil {
-		t.Fatal(err)
+	ev.wait(t, "task.succeeded", quick)
+	if got, err := c.Status(ctx(t), id); err != nil || got.State != scheduler.StateCancelled || got.Result != "" {
+		t.Fatalf("after the outcome: %+v, %v", got, err)
 	}
-	var state map[string]any
-	if err := json.Unmarshal(e.Value(), &state); err != nil {
-		t.Fatal(err)
-	}
-	state["state"] = string(scheduler.StateCancelled)
-	b, _ := json.Marshal(state)
-	if _, err := kv.Update(ctx(t), scheduler.StateKey(id), b, e.Revision()); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := bus.Request[scheduler.StartedRequest, scheduler.StartedReply](ctx(t), nc, scheduler.SubjectStarted,
-		scheduler.StartedRequest{ID: id, Queue: "stale", Type: "x", Attempt: 1, StreamSeq: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Run || rep.State != scheduler.StateCancelled {
-		t.Fatalf("start of a cancelled task: %+v, want not run, cancelled", rep)
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	for _, e := range ev.seen {
+		if data, _ := e.Data.(map[string]any); e.Type == "task.succeeded" && data["id"] == id {
+			t.Fatal("the dropped outcome was told")
+		}
 	}
 }
 
