@@ -179,7 +179,7 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 	var eps []bus.Endpoint
 	for _, op := range []struct {
 		name string
-		h    bus.Handler
+		h    bus.LegacyHandler
 	}{{OpGet, s.get}, {OpSet, s.set}, {OpDel, s.del}, {OpMGet, s.mget}, {OpMSet, s.mset}} {
 		eps = append(eps,
 			bus.Endpoint{Name: op.name, Subject: "mesh.cache." + op.name, Handler: op.h, Inline: true},

@@ -202,7 +202,7 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err := s.purge(ctx, name, expired.id, meta.Sequence.Stream)
-		for isInFlight(err) {
+		for bus.InFlight(err) {
 			// On a cluster, a write naming the key was in flight: another
 			// instance's marker, or a refusal checking the expired holder's
 			// key, which changes nothing. Try again once it is applied.
@@ -217,7 +217,7 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 				s.beforeExpired()
 			}
 			s.emit("expired", name, expired)
-		case isConflict(err):
+		case bus.Conflict(err):
 			// Another instance replaced the marker and tells the expiry:
 			// wait for its event, up to the 5 s of ctx (it may have died
 			// meanwhile; on a loaded machine a second was seen to be short).
@@ -282,7 +282,7 @@ func (s *Server) refuse(ctx context.Context, name, id string, g guard) error {
 	if len(g.keys) > 1 {
 		err := s.refuseBatch(ctx, name, id, g.keys)
 		var apiErr *jetstream.APIError
-		if err == nil || isConflict(err) || !errors.As(err, &apiErr) {
+		if err == nil || bus.Conflict(err) || !errors.As(err, &apiErr) {
 			return err
 		}
 		// The stream refused the batch as such (an instance starting
@@ -350,31 +350,6 @@ const (
 	headerBatchSeq    = "Nats-Batch-Sequence"
 	headerBatchCommit = "Nats-Batch-Commit"
 )
-
-// isConflict reports a failed compare-and-set: the key's last revision was
-// not the one expected (10071), or, on a clustered stream, another write
-// naming the key, whether it writes the key or checks it, was still being
-// replicated (errInFlight).
-func isConflict(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == errInFlight)
-}
-
-// errInFlight is JetStream's error code for a compare-and-set refused
-// because another write naming the same key, as the key it writes or as the
-// key it checks, is still being replicated (nats-server's
-// JSStreamWrongLastSequenceConstantErr): nothing tells whether the expected
-// revision was right. On a cluster, the purge of a refused request, which
-// checks the holder's key, makes the holder's own release or renewal fail
-// so for a moment. nats-server has no name for it in nats.go.
-const errInFlight = 10164
-
-// isInFlight reports a compare-and-set refused for a write in flight
-// (errInFlight).
-func isInFlight(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == errInFlight
-}
 
 // holderPatience bounds how long a request retries compare-and-sets that
 // conflict while what it rests on stands (the holder's key still holds
@@ -608,7 +583,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 				if err == nil {
 					return nil, cause
 				}
-				if !isConflict(err) {
+				if !bus.Conflict(err) {
 					return nil, leave(cause)
 				}
 				if err := again(cause, g); err != nil {
@@ -639,7 +614,7 @@ func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec rec
 				if err == nil {
 					return nil, cause
 				}
-				if !isConflict(err) {
+				if !bus.Conflict(err) {
 					return nil, leave(cause)
 				}
 				// The keys ahead may be gone, and this one first in line.
@@ -698,7 +673,7 @@ func (s *Server) keepPlace(ctx context.Context, name, id string, rec record, rev
 	until := time.Now().Add(holderPatience)
 	for {
 		seq, err := s.write(ctx, name, id, rec, rev)
-		if err == nil || !isConflict(err) {
+		if err == nil || !bus.Conflict(err) {
 			return seq, err
 		}
 		if err := s.retryConflict(ctx, name, "renewing the place in line", until, err); err != nil {
@@ -747,7 +722,7 @@ func (s *Server) startLease(name, id string, rec record, rev uint64, at time.Tim
 		case err == nil:
 			s.mirror.wrote(name, id, ack.Sequence, at)
 			done()
-		case isInFlight(err):
+		case bus.InFlight(err):
 			go func() {
 				defer done()
 				s.restartLease(name, id, rec, rev, at)
@@ -781,7 +756,7 @@ func (s *Server) restartLease(name, id string, rec record, rev uint64, at time.T
 			s.mirror.wrote(name, id, seq, at)
 			return
 		}
-		if !isInFlight(err) {
+		if !bus.InFlight(err) {
 			s.log.Warn().Err(err).Str("lock", name).Msg("starting a lease: the key keeps the TTL of its last write")
 			return
 		}
@@ -900,7 +875,7 @@ func (s *Server) releaseNow(_ context.Context, m *bus.Msg) (any, error) {
 			case err == nil:
 				s.emit("released", r.Name, &c)
 				reply(&ReleaseReply{Released: true}, nil)
-			case isConflict(err):
+			case bus.Conflict(err):
 				// Renewed meanwhile, or, on a cluster, a write naming the
 				// key in flight: on a worker, once the mirror has caught up.
 				reply(bus.Continue(func(ctx context.Context) (any, error) {
@@ -941,7 +916,7 @@ func (s *Server) release(ctx context.Context, r *ReleaseRequest) (*ReleaseReply,
 			s.emit("released", r.Name, &c)
 			return &ReleaseReply{Released: true}, nil
 		}
-		if !isConflict(err) {
+		if !bus.Conflict(err) {
 			return nil, fmt.Errorf("lock %s: release: %w", r.Name, err)
 		}
 		if err := s.retryConflict(ctx, r.Name, "release", until, err); err != nil {
@@ -974,7 +949,7 @@ func (s *Server) renew(ctx context.Context, r *RenewRequest) (*RenewReply, error
 			s.mirror.wrote(r.Name, c.id, rev, at)
 			return &RenewReply{ExpiresAt: bus.Time{Time: at.Add(time.Duration(r.TTLms) * time.Millisecond)}}, nil
 		}
-		if !isConflict(err) {
+		if !bus.Conflict(err) {
 			return nil, fmt.Errorf("lock %s: renew: %w", r.Name, err)
 		}
 		if err := s.retryConflict(ctx, r.Name, "renew", until, err); err != nil {
