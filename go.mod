@@ -20,6 +20,8 @@ require (
 	go.uber.org/goleak v1.3.0
 )
 
+require golang.org/x/sync v0.25.0 // indirect
+
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
