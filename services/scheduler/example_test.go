@@ -86,8 +86,24 @@ func Example() {
 	}
 	_, err = tasks.Submit(ctx, scheduler.SubmitRequest{Queue: "email", Type: "welcome", UniqueKey: "ann", UniqueForMs: 60_000})
 	fmt.Println(errors.Is(err, scheduler.ErrDuplicate), strings.HasPrefix(err.Error(), "duplicate:"))
+
+	// A client WithDirect stores a task in its queue itself, once it has
+	// submitted to the queue through the service: no request per task.
+	direct := scheduler.NewClient(nc, scheduler.WithDirect())
+	for _, who := range []string{"bob", "cy"} {
+		id, err := direct.Submit(ctx, scheduler.SubmitRequest{Queue: "email", Type: "welcome", Payload: []byte(who)})
+		if err != nil {
+			log.Fatal(err)
+		}
+		if info, err = direct.Wait(wctx, id); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(info.State, info.Result)
+	}
 	// Output:
 	// succeeded welcomed ann
 	// dead 1 mailbox does not exist
 	// true true
+	// succeeded welcomed bob
+	// succeeded welcomed cy
 }
