@@ -334,11 +334,12 @@ func (b *Backoff) check() error {
 type SubmitRequest struct {
 	// ID, optional, names the task (1 to MaxIDLen letters, digits, '-' or
 	// '_'); absent, the service makes one. A submit with the id of a task
-	// that exists (its state is kept: see Config.Retention) in the same
-	// queue with the same type makes no second task: it answers with that
-	// task, so a client that did not get its reply may send the same
-	// submit again. The Go Client makes an id for every submit and sends
-	// it again with the same id when no reply came.
+	// still in its queue, or submitted within the deduplication window
+	// (Config.DedupWindow), in the same queue with the same type makes no
+	// second task: it answers with that task, so a client that did not get
+	// its reply may send the same submit again; with another queue or type
+	// it is refused (duplicate). The Go Client makes an id for every submit
+	// and sends it again with the same id when no reply came.
 	ID      string `json:"id,omitempty"`
 	Queue   string `json:"queue"`
 	Type    string `json:"type"`
