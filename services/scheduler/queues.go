@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -15,62 +16,266 @@ import (
 	"github.com/meshkit/mesh/pkg/bus"
 )
 
+// A list walks three parts in turn, each in its stream's order: the tasks
+// in their queues (queued, running, failed: their messages
+// mesh.tasks.<queue>.<id> in Stream), the delayed tasks not released yet
+// (scheduled: their schedule or staging message in Stream), and the
+// finished tasks (succeeded, dead, cancelled: their records in
+// HistoryStream). A cursor names the part a page stopped in and the stream
+// sequence of the last message it looked at there: "q<seq>", "s<seq>" or
+// "h<seq>".
+type listPart struct {
+	key    byte
+	stream string
+	states []string
+	filter func(queue string) string // queue "*": every queue
+}
+
+var listParts = []listPart{
+	{'q', Stream, []string{StateQueued, StateRunning, StateFailed}, func(q string) string { return TaskSubjectPrefix + q + ".*" }},
+	// mesh.scheduler.at.<queue>.<id> and mesh.scheduler.due.<queue>.<id>
+	{'s', Stream, []string{StateScheduled}, func(q string) string { return "mesh.scheduler.*." + q + ".*" }},
+	{'h', HistoryStream, []string{StateSucceeded, StateDead, StateCancelled}, func(q string) string { return HistorySubjectPrefix + q + ".*" }},
+}
+
+// listScan bounds the messages a list page looks at: a page filtered by
+// state may be short, or empty, and still have a next cursor.
+const listScan = 2 * MaxListLimit
+
+// parseListCursor reads a list cursor ("": the start).
+func parseListCursor(c string) (part int, seq uint64, err error) {
+	if c == "" {
+		return 0, 0, nil
+	}
+	for i, p := range listParts {
+		if c[0] == p.key {
+			seq, err = strconv.ParseUint(c[1:], 10, 64)
+			return i, seq, err
+		}
+	}
+	return 0, 0, errors.New("unknown part")
+}
+
 func (s *Server) list(ctx context.Context, r *ListRequest) (*ListReply, error) {
 	limit := r.Limit
 	if limit == 0 {
 		limit = 100
 	}
-	var tasks []TaskInfo
-	err := s.scan(ctx, jetstream.DeliverLastPerSubjectPolicy, time.Time{}, func(rec *record) bool {
-		if (r.Queue == "" || rec.Queue == r.Queue) && (r.State == "" || rec.State == r.State) && rec.ID > r.Cursor {
-			tasks = append(tasks, rec.TaskInfo)
-		}
-		return true
-	})
+	part, after, err := parseListCursor(r.Cursor)
 	if err != nil {
-		return nil, fmt.Errorf("scheduler: listing tasks: %w", err)
+		return nil, ErrInvalid.With("cursor %q is not one this service gave", r.Cursor)
 	}
-	slices.SortFunc(tasks, func(a, b TaskInfo) int { return strings.Compare(a.ID, b.ID) })
-	reply := &ListReply{Tasks: tasks}
-	if len(tasks) > limit {
-		reply.Tasks = tasks[:limit]
-		reply.NextCursor = tasks[limit-1].ID
+	queue := r.Queue
+	if queue == "" {
+		queue = "*"
 	}
-	if reply.Tasks == nil {
-		reply.Tasks = []TaskInfo{}
+	l := lister{s: s, state: r.State, delivered: map[string]uint64{}}
+	reply := &ListReply{Tasks: []TaskInfo{}}
+	budget := listScan
+	for ; part < len(listParts); part, after = part+1, 0 {
+		p := listParts[part]
+		if r.State != "" && !slices.Contains(p.states, r.State) {
+			continue
+		}
+		for {
+			msgs, pending, err := readBatch(ctx, s.nc, p.stream, p.filter(queue), after+1, min(budget, limit-len(reply.Tasks)))
+			if err != nil {
+				return nil, fmt.Errorf("scheduler: listing tasks: %w", err)
+			}
+			for _, m := range msgs {
+				after, budget = msgSeq(m), budget-1
+				info, ok, err := l.task(ctx, p.key, m)
+				if err != nil {
+					return nil, fmt.Errorf("scheduler: listing tasks: %w", err)
+				}
+				if ok {
+					reply.Tasks = append(reply.Tasks, info)
+				}
+			}
+			if len(msgs) == 0 {
+				break
+			}
+			if len(reply.Tasks) == limit || budget == 0 {
+				if pending > 0 || part < len(listParts)-1 {
+					reply.NextCursor = string(p.key) + strconv.FormatUint(after, 10)
+				}
+				return reply, nil
+			}
+			if pending == 0 {
+				break
+			}
+		}
 	}
 	return reply, nil
+}
+
+// lister decides what a list page shows of each message it reads.
+type lister struct {
+	s         *Server
+	state     string            // only this state; "": any
+	delivered map[string]uint64 // queue -> the last stream sequence its consumer delivered
+}
+
+// task is the task of message m of a list part, if the page shows it.
+func (l *lister) task(ctx context.Context, part byte, m *nats.Msg) (TaskInfo, bool, error) {
+	subject := m.Header.Get(jetstream.SubjectHeader)
+	switch part {
+	case 'h':
+		var info TaskInfo
+		if json.Unmarshal(m.Data, &info) != nil || !terminal(info.State) {
+			// A live task's record (failed, or queued by a requeue): the
+			// task is listed from its queue.
+			return info, false, nil
+		}
+		return info, l.state == "" || l.state == info.State, nil
+	case 's':
+		return taskOfMsg(subject, m.Header, msgTime(m), StateScheduled), true, nil
+	}
+	info := taskOfMsg(subject, m.Header, msgTime(m), StateQueued)
+	delivered, err := l.deliveredSeq(ctx, info.Queue)
+	if err != nil {
+		return info, false, err
+	}
+	if msgSeq(m) > delivered {
+		return info, l.state == "" || l.state == StateQueued, nil
+	}
+	if l.state == StateQueued {
+		return info, false, nil
+	}
+	info, ok, err := l.s.delivered(ctx, info)
+	return info, ok && (l.state == "" || l.state == info.State), err
+}
+
+// deliveredSeq is the last stream sequence the consumer of queue
+// delivered, read once a page.
+func (l *lister) deliveredSeq(ctx context.Context, queue string) (uint64, error) {
+	if seq, ok := l.delivered[queue]; ok {
+		return seq, nil
+	}
+	ci, err := l.s.js.Consumer(ctx, Stream, queue)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	l.delivered[queue] = ci.CachedInfo().Delivered.Stream
+	return l.delivered[queue], nil
+}
+
+// delivered completes the state of a task whose message its queue has
+// delivered, from its record: failed (waiting for its retry, or retried
+// already) when its last attempt failed, running otherwise. A task whose
+// record says it has finished is not shown: its message is about to go.
+func (s *Server) delivered(ctx context.Context, info TaskInfo) (TaskInfo, bool, error) {
+	rec, _, ok, err := readRecord(ctx, s.nc, info.Queue, info.ID)
+	switch {
+	case err != nil:
+		return info, false, err
+	case ok && terminal(rec.State):
+		return info, false, nil
+	case ok && rec.State == StateFailed:
+		return rec, true, nil
+	}
+	info.State, info.Attempts = StateRunning, max(rec.Attempts, 1)
+	return info, true, nil
+}
+
+// taskOfMsg is what a task's message tells of it (subject and header, and
+// its time in the stream), in the given state.
+func taskOfMsg(subject string, h nats.Header, stored time.Time, state string) TaskInfo {
+	info := TaskInfo{
+		ID: h.Get(HeaderID), Queue: h.Get(HeaderQueue), Type: h.Get(HeaderType), State: state,
+		Schedule: h.Get(HeaderSchedule), UniqueKey: h.Get("Mesh-Task-Unique-Key"), CreatedAt: bus.Time{Time: stored},
+	}
+	if info.ID == "" || info.Queue == "" {
+		// Named by its subject: <prefix>.<queue>.<id>.
+		tokens := strings.Split(subject, ".")
+		info.Queue, info.ID = tokens[len(tokens)-2], tokens[len(tokens)-1]
+	}
+	info.MaxRetries, _ = strconv.Atoi(h.Get(HeaderMaxRetries))
+	info.TimeoutMs, _ = strconv.ParseInt(h.Get(HeaderTimeout), 10, 64)
+	if t, err := time.Parse(time.RFC3339Nano, h.Get("Mesh-Task-Created-At")); err == nil {
+		info.CreatedAt = bus.Time{Time: t}
+	}
+	if t, err := time.Parse(time.RFC3339Nano, h.Get(HeaderRunAt)); err == nil {
+		info.RunAt = bus.Time{Time: t}
+	}
+	return info
+}
+
+// msgTime is the time a message read by readLast or readBatch was stored.
+func msgTime(m *nats.Msg) time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+	return t
+}
+
+// readBatch reads up to n messages of stream on filter (wildcards allowed)
+// from stream sequence from on, in order, in one direct get, and tells how
+// many more there are.
+func readBatch(ctx context.Context, nc *nats.Conn, stream, filter string, from uint64, n int) (msgs []*nats.Msg, pending uint64, err error) {
+	req, _ := json.Marshal(struct {
+		Seq     uint64 `json:"seq"`
+		NextFor string `json:"next_by_subj"`
+		Batch   int    `json:"batch"`
+	}{from, filter, max(n, 1)})
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+		return nil, 0, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, bus.DefaultTimeout)
+		defer cancel()
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, 0, fmt.Errorf("reading %s from %s: %w", filter, stream, err)
+		}
+		switch m.Header.Get("Status") {
+		case "":
+			msgs = append(msgs, m)
+		case "204": // the end of the batch
+			pending, _ = strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+			return msgs, pending, nil
+		case "404":
+			return msgs, 0, nil
+		default:
+			return nil, 0, fmt.Errorf("reading %s from %s: %s %s", filter, stream, m.Header.Get("Status"), m.Header.Get("Description"))
+		}
+	}
 }
 
 func (s *Server) listQueues(ctx context.Context, _ *QueuesRequest) (*QueuesReply, error) {
 	byName := map[string]*QueueInfo{}
 	lister := s.tasks.ListConsumers(ctx)
 	for info := range lister.Info() {
-		if info.Name == stagingConsumer || info.Config.FilterSubject != TaskSubjectPrefix+info.Name {
-			continue
+		if info.Config.FilterSubject != queueConsumer(info.Name, 0, 0).FilterSubject {
+			continue // the staging consumer, or one made by hand
 		}
-		byName[info.Name] = &QueueInfo{Name: info.Name, Depth: info.NumPending, InFlight: info.NumAckPending, Paused: info.Paused}
+		byName[info.Name] = &QueueInfo{Name: info.Name, Depth: info.NumPending + uint64(info.NumAckPending), InFlight: info.NumAckPending, Paused: info.Paused}
 	}
 	if err := lister.Err(); err != nil {
 		return nil, fmt.Errorf("scheduler: listing queues: %w", err)
 	}
-	info, err := s.tasks.Info(ctx, jetstream.WithSubjectFilter(atPrefix+">"))
-	if err != nil {
-		return nil, fmt.Errorf("scheduler: %w", err)
-	}
-	for subj := range info.State.Subjects {
-		q, _, _ := strings.Cut(strings.TrimPrefix(subj, atPrefix), ".")
-		if qi := byName[q]; qi != nil {
-			qi.Scheduled++
+	// Delayed tasks: mesh.scheduler.at.<queue>.<id> until their schedule
+	// fires, then mesh.scheduler.due.<queue>.<id> until released.
+	for _, prefix := range []string{atPrefix, duePrefix} {
+		info, err := s.tasks.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+		if err != nil {
+			return nil, fmt.Errorf("scheduler: %w", err)
 		}
-	}
-	info, err = s.tasks.Info(ctx, jetstream.WithSubjectFilter(duePrefix+"*"))
-	if err != nil {
-		return nil, fmt.Errorf("scheduler: %w", err)
-	}
-	for subj, n := range info.State.Subjects {
-		if qi := byName[strings.TrimPrefix(subj, duePrefix)]; qi != nil {
-			qi.Scheduled += int(n)
+		for subj := range info.State.Subjects {
+			q, _, _ := strings.Cut(strings.TrimPrefix(subj, prefix), ".")
+			if qi := byName[q]; qi != nil {
+				qi.Scheduled++
+			}
 		}
 	}
 	dinfo, err := s.dead.Info(ctx, jetstream.WithSubjectFilter(DeadSubjectPrefix+"*"))
@@ -82,11 +287,16 @@ func (s *Server) listQueues(ctx context.Context, _ *QueuesRequest) (*QueuesReply
 			qi.Dead = n
 		}
 	}
-	ci := s.states.stats()
-	ci.Instance = s.svc.ID()
-	reply := &QueuesReply{Queues: []QueueInfo{}, Cache: &ci, States: &StatesInfo{
-		Bytes: s.clean.bytes.Load(), MaxBytes: s.cfg.StateMaxBytes, Cleaned: s.clean.deleted.Load(),
+	hinfo, err := s.history.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
+	}
+	reply := &QueuesReply{Queues: []QueueInfo{}, History: &HistoryInfo{
+		Bytes: hinfo.State.Bytes, Records: hinfo.State.Msgs, MaxBytes: hinfo.Config.MaxBytes,
 	}}
+	if hinfo.State.Msgs > 0 {
+		reply.History.Oldest = bus.Time{Time: hinfo.State.FirstTime}
+	}
 	for _, qi := range byName {
 		reply.Queues = append(reply.Queues, *qi)
 	}
@@ -146,7 +356,10 @@ func (s *Server) addSchedule(ctx context.Context, r *ScheduleRequest) (*Schedule
 	m := nats.NewMsg(everyPrefix + r.Name)
 	m.Data = r.Payload
 	m.Header.Set("Nats-Schedule", pattern)
-	m.Header.Set("Nats-Schedule-Target", duePrefix+r.Queue)
+	// Each tick on the schedule's staging subject replaces a tick still
+	// waiting there (see tick).
+	m.Header.Set("Nats-Schedule-Target", tickPrefix+r.Name)
+	m.Header.Set("Nats-Schedule-Rollup", jetstream.MsgRollupSubject)
 	if r.TimeZone != "" {
 		m.Header.Set("Nats-Schedule-Time-Zone", r.TimeZone)
 	}
@@ -219,8 +432,12 @@ func (s *Server) rmSchedule(ctx context.Context, r *ScheduleRmRequest) (*Schedul
 	} else if err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
-	if err := s.tasks.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
-		return nil, fmt.Errorf("scheduler: removing schedule %s: %w", r.Name, err)
+	// The schedule, then a tick of it still waiting: no task comes of the
+	// schedule after this.
+	for _, subj := range []string{subj, tickPrefix + r.Name} {
+		if err := s.tasks.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return nil, fmt.Errorf("scheduler: removing schedule %s: %w", r.Name, err)
+		}
 	}
 	_ = s.events.Emit("unscheduled", map[string]any{"schedule": r.Name})
 	return &ScheduleRmReply{Removed: true}, nil

@@ -318,8 +318,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.stopConsumes()
 		return err
 	}
-	s.wg.Add(2)
-	go s.repairLoop()
+	s.wg.Add(1)
 	go s.cleanLoop()
 	return nil
 }
