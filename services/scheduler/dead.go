@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -148,15 +149,17 @@ func (s *Server) deadList(ctx context.Context, r *DeadListRequest) (*DeadListRep
 }
 
 // deadOf finds the dead messages a request names: a task's (in its
-// state's queue, or in every queue when its state has expired), or every
-// one of a queue.
+// record's queue, or in every queue when it has no record), or every one
+// of a queue.
 func (s *Server) deadOf(ctx context.Context, r *DeadRequest) ([]*jetstream.RawStreamMsg, error) {
 	queue := r.Queue
 	if r.ID != "" {
-		if rec, _, err := s.get(ctx, r.ID); err == nil {
+		rec, _, ok, err := readRecord(ctx, s.nc, "", r.ID)
+		if err != nil {
+			return nil, fmt.Errorf("scheduler: reading the record of task %s: %w", r.ID, err)
+		}
+		if ok {
 			queue = rec.Queue
-		} else if !errors.Is(err, ErrNotFound) {
-			return nil, err
 		}
 	}
 	var found []*jetstream.RawStreamMsg
@@ -194,55 +197,173 @@ func (s *Server) deadRequeue(ctx context.Context, r *DeadRequest) (*DeadReply, e
 	return reply, nil
 }
 
-// requeue runs a dead task again, with the same id and its attempts
-// reset. As a submit does, it writes the task's state first, carrying the
-// message (so the repair enqueues it if this instance dies before its
-// publication), then publishes the message, then deletes the dead one. A
-// state that is no longer dead was requeued already (by a requeue that
-// died before deleting the dead message): only the delete is left.
+// casTries bounds the compare-and-set writes of a record that another
+// write keeps coming first to.
+const casTries = 5
+
+// requeue runs a dead task again, with the same id and its attempts reset:
+// its record first (queued, attempts 0, compare-and-set on the dead
+// record), then its message, carrying that record's sequence
+// (HeaderRecordSeq: the worker expects it), then the dead letter is
+// deleted. Each step can be repeated: a requeue that died after writing
+// the record is finished by the next one (a record that says queued: the
+// message is published again, the deduplication or the refusal of a
+// second message of a live task absorbs a copy); a record that says
+// anything else but dead means that the task ran again since: only the
+// delete is left.
 func (s *Server) requeue(ctx context.Context, raw *jetstream.RawStreamMsg) error {
 	id := raw.Header.Get(HeaderID)
 	queue := strings.TrimPrefix(raw.Subject, DeadSubjectPrefix)
-	h := cleanHeader(raw.Header)
-	h.Del(HeaderLastError)
-	// The task's id may still be in the queue's deduplication window:
-	// the requeued message has an id of its own.
-	h.Set(jetstream.MsgIDHeader, id+"-requeue-"+strconv.FormatUint(raw.Sequence, 10))
-	m := &nats.Msg{Subject: TaskSubjectPrefix + queue, Header: h, Data: raw.Data}
+	var info TaskInfo
+	var seq uint64
+	for try := 0; ; try++ {
+		rec, last, ok, err := readRecord(ctx, s.nc, queue, id)
+		if err != nil {
+			return fmt.Errorf("reading its record: %w", err)
+		}
+		if ok && rec.State == StateQueued {
+			info, seq = rec, last
+			break
+		}
+		if ok && rec.State != StateDead {
+			return s.deleteDead(ctx, raw.Sequence)
+		}
+		// Made anew from the dead letter: a record past its retention or
+		// evicted has gone, and a requeued task starts again.
+		info = taskOfMsg(taskSubject(queue, id), raw.Header, raw.Time, StateQueued)
+		info.RunAt = bus.Time{}
+		if ok {
+			info.CreatedAt = rec.CreatedAt
+		}
+		m, err := recordMsg(info, last)
+		if err != nil {
+			return err
+		}
+		ack, err := s.js.PublishMsg(ctx, m)
+		if writtenFirst(err) && try < casTries {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("writing its record: %w", err)
+		}
+		seq = ack.Sequence
+		break
+	}
 	if err := s.ensureQueue(ctx, queue); err != nil {
 		return err
 	}
-	rec, rev, err := s.get(ctx, id)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		// Its state expired before its dead letter: made again from the
-		// message.
-		maxRetries, _ := strconv.Atoi(h.Get(HeaderMaxRetries))
-		timeoutMs, _ := strconv.ParseInt(h.Get(HeaderTimeout), 10, 64)
-		rec = record{TaskInfo: TaskInfo{ID: id, Queue: queue, Type: h.Get(HeaderType), MaxRetries: maxRetries,
-			TimeoutMs: s.timeoutMs(timeoutMs), Schedule: h.Get(HeaderSchedule), CreatedAt: bus.Time{Time: time.Now()}}}
-	case err != nil:
-		return err
-	case rec.State != StateDead:
-		return s.deleteDead(ctx, raw.Sequence)
+	h := cleanHeader(raw.Header)
+	h.Del(HeaderLastError)
+	h.Set(HeaderRecordSeq, strconv.FormatUint(seq, 10))
+	// The task's id may still be in the queue's deduplication window:
+	// the requeued message has an id of its own.
+	h.Set(jetstream.MsgIDHeader, "requeue-"+id+"-"+strconv.FormatUint(raw.Sequence, 10))
+	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: taskSubject(queue, id), Header: h, Data: raw.Data}); err != nil && !liveTwin(err) {
+		return fmt.Errorf("enqueueing it: %w (its record says queued: requeue it again)", err)
 	}
-	rec.State, rec.Attempts, rec.LastError, rec.Result, rec.ResultEncoding, rec.ResultTruncated = StateQueued, 0, "", "", "", false
-	rec.StartedAt, rec.FinishedAt, rec.NextRetryAt, rec.RunAt = bus.Time{}, bus.Time{}, bus.Time{}, bus.Time{}
-	rec.Seq, rec.Delivery, rec.Interrupted = 0, 0, 0
-	rec.Requeues++
-	rec.Pending = &pendingMsg{Subject: m.Subject, Header: m.Header, Data: m.Data}
-	if rev, err = s.put(ctx, &rec, rev); err != nil {
-		return fmt.Errorf("writing its state: %w", err)
-	}
-	ack, err := s.js.PublishMsg(ctx, m)
-	switch {
-	case err != nil && !bus.Unanswered(err):
-		return fmt.Errorf("enqueueing it: %w (its state says queued: the repair enqueues it)", err)
-	case err == nil:
-		s.noteSeq(id, rev, ack.Sequence)
-	}
-	s.emit("requeued", &rec, nil)
+	s.emit("requeued", &record{TaskInfo: info}, nil)
 	return s.deleteDead(ctx, raw.Sequence)
+}
+
+// deadLetterID is the deduplication id of a task's dead letter: one per
+// death (the task message's stream sequence and the attempt that died),
+// so that a death reported twice is stored once.
+func deadLetterID(id string, seq uint64, attempt int) string {
+	return "dead-" + id + "-" + strconv.FormatUint(seq, 10) + "-" + strconv.Itoa(attempt)
+}
+
+// onAdvisory handles the server's max-deliveries advisory of a queue: the
+// task it names was delivered MaxDeliver times without an outcome and stays
+// in the work queue, never delivered again, until it is removed: it goes to
+// the dead letters and its record says dead, then it is deleted from the
+// queue.
+func (s *Server) onAdvisory(msg jetstream.Msg) {
+	s.goAsync(func() {
+		var adv struct {
+			Stream     string `json:"stream"`
+			StreamSeq  uint64 `json:"stream_seq"`
+			Deliveries int    `json:"deliveries"`
+		}
+		if err := json.Unmarshal(msg.Data(), &adv); err != nil || adv.Stream != Stream || adv.StreamSeq == 0 {
+			_ = msg.Term()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		raw, err := s.tasks.GetMsg(ctx, adv.StreamSeq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			_ = msg.Ack() // already gone
+			return
+		}
+		if err == nil {
+			err = s.bury(ctx, raw, adv.Deliveries)
+		}
+		if err == nil {
+			err = s.tasks.DeleteMsg(ctx, adv.StreamSeq)
+		}
+		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			s.log.Warn().Err(err).Uint64("seq", adv.StreamSeq).Msg("cannot move a task out of deliveries to the dead letters yet")
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		_ = msg.Ack()
+	})
+}
+
+// bury moves the task of message raw, delivered the given times without an
+// outcome, to the dead letters: a copy of its message to
+// mesh.dead.<queue>, then its record dead (compare-and-set; a record
+// written first is read and decided on again). A task whose record says
+// it has finished is left alone: its worker wrote the outcome but did not
+// acknowledge the message. The caller deletes the message.
+func (s *Server) bury(ctx context.Context, raw *jetstream.RawStreamMsg, deliveries int) error {
+	queue, _, _ := strings.Cut(strings.TrimPrefix(raw.Subject, TaskSubjectPrefix), ".")
+	reason := fmt.Sprintf("delivered %d times without an outcome", deliveries)
+	dead := &nats.Msg{Subject: DeadSubjectPrefix + queue, Header: cleanHeader(raw.Header), Data: raw.Data}
+	dead.Header.Set(HeaderLastError, reason)
+	id := raw.Header.Get(HeaderID)
+	if id == "" {
+		// Not a task of this service: kept in the dead letters all the same.
+		_, err := s.js.PublishMsg(ctx, dead)
+		return err
+	}
+	dead.Header.Set(jetstream.MsgIDHeader, deadLetterID(id, raw.Sequence, deliveries))
+	var letter uint64 // the dead letter's sequence, once stored
+	for try := 0; ; try++ {
+		rec, seq, ok, err := readRecord(ctx, s.nc, queue, id)
+		if err != nil {
+			return err
+		}
+		if ok && terminal(rec.State) {
+			if letter != 0 {
+				// Finished by another party since the letter was written.
+				return s.deleteDead(ctx, letter)
+			}
+			return nil
+		}
+		if letter == 0 {
+			ack, err := s.js.PublishMsg(ctx, dead)
+			if err != nil {
+				return fmt.Errorf("scheduler: dead-lettering task %s: %w", id, err)
+			}
+			letter = ack.Sequence
+		}
+		info := taskOfMsg(raw.Subject, raw.Header, raw.Time, StateDead)
+		info.Attempts, info.LastError, info.FinishedAt = max(rec.Attempts, deliveries), reason, bus.Time{Time: time.Now()}
+		m, err := recordMsg(info, seq)
+		if err != nil {
+			return err
+		}
+		_, err = s.js.PublishMsg(ctx, m)
+		if writtenFirst(err) && try < casTries {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("scheduler: writing the dead record of task %s: %w", id, err)
+		}
+		s.emit("dead", &record{TaskInfo: info}, map[string]any{"error": reason})
+		return nil
+	}
 }
 
 // deadMsgID is the deduplication id of a task's dead letter: the same for

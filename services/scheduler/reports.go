@@ -2,10 +2,7 @@ package scheduler
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -282,57 +279,4 @@ func (s *Server) kill(ctx context.Context, id string, seq uint64, lastErr string
 		s.emit("dead", &rec, map[string]any{"error": lastErr})
 	}
 	return rec, nil
-}
-
-// onAdvisory handles the server's max-deliveries advisory of a queue: the
-// task it names was delivered MaxDeliver times without an outcome and stays
-// in the work queue, never delivered again, until it is removed: it goes to
-// the dead letters, then is deleted from the queue.
-func (s *Server) onAdvisory(msg jetstream.Msg) {
-	s.goAsync(func() {
-		var adv struct {
-			Stream     string `json:"stream"`
-			Consumer   string `json:"consumer"`
-			StreamSeq  uint64 `json:"stream_seq"`
-			Deliveries uint64 `json:"deliveries"`
-		}
-		if err := json.Unmarshal(msg.Data(), &adv); err != nil || adv.Stream != Stream || adv.StreamSeq == 0 {
-			_ = msg.Term()
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		raw, err := s.tasks.GetMsg(ctx, adv.StreamSeq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			_ = msg.Ack() // already gone
-			return
-		}
-		if err != nil {
-			_ = msg.NakWithDelay(time.Second)
-			return
-		}
-		id, reason := raw.Header.Get(HeaderID), fmt.Sprintf("delivered %d times without an outcome", adv.Deliveries)
-		if id != "" {
-			_, err = s.kill(ctx, id, adv.StreamSeq, reason)
-		}
-		if id == "" || errors.Is(err, ErrNotFound) {
-			// No state (not a task of this service, or its state expired):
-			// keep the message in the dead letters all the same.
-			m := &nats.Msg{Subject: DeadSubjectPrefix + strings.TrimPrefix(raw.Subject, TaskSubjectPrefix), Header: cleanHeader(raw.Header), Data: raw.Data}
-			m.Header.Set(HeaderLastError, reason)
-			if id != "" {
-				m.Header.Set(jetstream.MsgIDHeader, id)
-			}
-			_, err = s.js.PublishMsg(ctx, m)
-		}
-		if err != nil {
-			_ = msg.NakWithDelay(time.Second)
-			return
-		}
-		if err := s.tasks.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			_ = msg.NakWithDelay(time.Second)
-			return
-		}
-		_ = msg.Ack()
-	})
 }
