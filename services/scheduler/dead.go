@@ -228,10 +228,10 @@ func (s *Server) requeue(ctx context.Context, raw *jetstream.RawStreamMsg) error
 		if ok && rec.State != StateDead {
 			return s.deleteDead(ctx, raw.Sequence)
 		}
-		// Made anew from the dead letter: a record past its retention or
-		// evicted has gone, and a requeued task starts again.
-		info = taskOfMsg(taskSubject(queue, id), raw.Header, raw.Time, StateQueued)
-		info.RunAt = bus.Time{}
+		// Made anew from the dead letter (a record past its retention has
+		// gone): a requeued task starts again.
+		info, _ = taskOfMsg(raw.Header, raw.Time)
+		info.State, info.Queue, info.RunAt = StateQueued, queue, bus.Time{}
 		if ok {
 			info.CreatedAt = rec.CreatedAt
 		}
@@ -255,21 +255,16 @@ func (s *Server) requeue(ctx context.Context, raw *jetstream.RawStreamMsg) error
 	h := cleanHeader(raw.Header)
 	h.Del(HeaderLastError)
 	h.Set(HeaderRecordSeq, strconv.FormatUint(seq, 10))
+	// Its record's: the message is stored now.
+	h.Set(HeaderCreatedAt, info.CreatedAt.UTC().Format(time.RFC3339Nano))
 	// The task's id may still be in the queue's deduplication window:
 	// the requeued message has an id of its own.
 	h.Set(jetstream.MsgIDHeader, "requeue-"+id+"-"+strconv.FormatUint(raw.Sequence, 10))
 	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: taskSubject(queue, id), Header: h, Data: raw.Data}); err != nil && !liveTwin(err) {
 		return fmt.Errorf("enqueueing it: %w (its record says queued: requeue it again)", err)
 	}
-	s.emit("requeued", &record{TaskInfo: info}, nil)
+	s.emitTask("requeued", &info, nil)
 	return s.deleteDead(ctx, raw.Sequence)
-}
-
-// deadLetterID is the deduplication id of a task's dead letter: one per
-// death (the task message's stream sequence and the attempt that died),
-// so that a death reported twice is stored once.
-func deadLetterID(id string, seq uint64, attempt int) string {
-	return "dead-" + id + "-" + strconv.FormatUint(seq, 10) + "-" + strconv.Itoa(attempt)
 }
 
 // onAdvisory handles the server's max-deliveries advisory of a queue: the
@@ -314,65 +309,55 @@ func (s *Server) onAdvisory(msg jetstream.Msg) {
 // outcome, to the dead letters: a copy of its message to
 // mesh.dead.<queue>, then its record dead (compare-and-set; a record
 // written first is read and decided on again). A task whose record says
-// it has finished is left alone: its worker wrote the outcome but did not
+// it has finished keeps its outcome: its worker wrote it but did not
 // acknowledge the message. The caller deletes the message.
 func (s *Server) bury(ctx context.Context, raw *jetstream.RawStreamMsg, deliveries int) error {
+	msg, _ := taskOfMsg(raw.Header, raw.Time)
 	queue, _, _ := strings.Cut(strings.TrimPrefix(raw.Subject, TaskSubjectPrefix), ".")
 	reason := fmt.Sprintf("delivered %d times without an outcome", deliveries)
-	dead := &nats.Msg{Subject: DeadSubjectPrefix + queue, Header: cleanHeader(raw.Header), Data: raw.Data}
-	dead.Header.Set(HeaderLastError, reason)
-	id := raw.Header.Get(HeaderID)
-	if id == "" {
+	dead := deadLetter(raw.Header, raw.Data, queue, reason)
+	if msg.ID == "" {
 		// Not a task of this service: kept in the dead letters all the same.
 		_, err := s.js.PublishMsg(ctx, dead)
 		return err
 	}
-	dead.Header.Set(jetstream.MsgIDHeader, deadLetterID(id, raw.Sequence, deliveries))
+	dead.Header.Set(jetstream.MsgIDHeader, deadLetterID(msg.ID, raw.Sequence, deliveries))
 	var letter uint64 // the dead letter's sequence, once stored
 	for try := 0; ; try++ {
-		rec, seq, ok, err := readRecord(ctx, s.nc, queue, id)
+		info := msg
+		rec, seq, ok, err := readRecord(ctx, s.nc, queue, msg.ID)
 		if err != nil {
 			return err
 		}
-		if ok && terminal(rec.State) {
-			if letter != 0 {
-				// Finished by another party since the letter was written.
-				return s.deleteDead(ctx, letter)
+		if ok && sameTask(&rec, msg.CreatedAt.Time) {
+			if terminal(rec.State) {
+				if letter != 0 {
+					// Finished by another party since the letter was written.
+					return s.deleteDead(ctx, letter)
+				}
+				return nil
 			}
-			return nil
+			info = rec
 		}
 		if letter == 0 {
 			ack, err := s.js.PublishMsg(ctx, dead)
 			if err != nil {
-				return fmt.Errorf("scheduler: dead-lettering task %s: %w", id, err)
+				return fmt.Errorf("scheduler: dead-lettering task %s: %w", msg.ID, err)
 			}
 			letter = ack.Sequence
 		}
-		info := taskOfMsg(raw.Subject, raw.Header, raw.Time, StateDead)
-		info.Attempts, info.LastError, info.FinishedAt = max(rec.Attempts, deliveries), reason, bus.Time{Time: time.Now()}
-		m, err := recordMsg(info, seq)
-		if err != nil {
-			return err
-		}
-		_, err = s.js.PublishMsg(ctx, m)
+		info.State, info.Attempts, info.LastError = StateDead, max(info.Attempts, deliveries), reason
+		info.FinishedAt, info.NextRetryAt = bus.Time{Time: time.Now()}, bus.Time{}
+		err = s.putRecord(ctx, &info, seq)
 		if writtenFirst(err) && try < casTries {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("scheduler: writing the dead record of task %s: %w", id, err)
+			return fmt.Errorf("scheduler: writing the dead record of task %s: %w", msg.ID, err)
 		}
-		s.emit("dead", &record{TaskInfo: info}, map[string]any{"error": reason})
+		s.emitTask("dead", &info, map[string]any{"error": reason})
 		return nil
 	}
-}
-
-// deadMsgID is the deduplication id of a task's dead letter: the same for
-// one death (reported twice, say), another after each requeue.
-func deadMsgID(rec *record) string {
-	if rec.Requeues == 0 {
-		return rec.ID
-	}
-	return rec.ID + "-dead-" + strconv.Itoa(rec.Requeues)
 }
 
 func (s *Server) deleteDead(ctx context.Context, seq uint64) error {

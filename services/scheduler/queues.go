@@ -117,11 +117,17 @@ type lister struct {
 }
 
 // task is the task of message m of a list part, if the page shows it.
+// A task whose message its queue has delivered is read as status reads
+// it (its record says whether it runs or waits for a retry).
 func (l *lister) task(ctx context.Context, part byte, m *nats.Msg) (TaskInfo, bool, error) {
-	subject := m.Header.Get(jetstream.SubjectHeader)
+	info, _ := taskOfMsg(m.Header, storedAt(m))
+	if info.ID == "" || info.Queue == "" {
+		// Named by its subject: <prefix>.<queue>.<id>.
+		tokens := strings.Split(m.Header.Get(jetstream.SubjectHeader), ".")
+		info.Queue, info.ID = tokens[len(tokens)-2], tokens[len(tokens)-1]
+	}
 	switch part {
 	case 'h':
-		var info TaskInfo
 		if json.Unmarshal(m.Data, &info) != nil || !terminal(info.State) {
 			// A live task's record (failed, or queued by a requeue): the
 			// task is listed from its queue.
@@ -129,21 +135,25 @@ func (l *lister) task(ctx context.Context, part byte, m *nats.Msg) (TaskInfo, bo
 		}
 		return info, l.state == "" || l.state == info.State, nil
 	case 's':
-		return taskOfMsg(subject, m.Header, msgTime(m), StateScheduled), true, nil
+		info.State = StateScheduled
+		return info, true, nil
 	}
-	info := taskOfMsg(subject, m.Header, msgTime(m), StateQueued)
+	info.State = StateQueued
 	delivered, err := l.deliveredSeq(ctx, info.Queue)
 	if err != nil {
 		return info, false, err
 	}
-	if msgSeq(m) > delivered {
+	if msgSeq(m) > delivered && m.Header.Get(HeaderRecordSeq) == "" {
 		return info, l.state == "" || l.state == StateQueued, nil
 	}
-	if l.state == StateQueued {
+	if l.state == StateQueued && msgSeq(m) <= delivered {
 		return info, false, nil
 	}
-	info, ok, err := l.s.delivered(ctx, info)
-	return info, ok && (l.state == "" || l.state == info.State), err
+	info, err = l.s.find(ctx, info.ID)
+	if errors.Is(err, ErrNotFound) || terminal(info.State) {
+		return info, false, nil // finished since: listed with the history
+	}
+	return info, err == nil && (l.state == "" || l.state == info.State), err
 }
 
 // deliveredSeq is the last stream sequence the consumer of queue
@@ -152,7 +162,7 @@ func (l *lister) deliveredSeq(ctx context.Context, queue string) (uint64, error)
 	if seq, ok := l.delivered[queue]; ok {
 		return seq, nil
 	}
-	ci, err := l.s.js.Consumer(ctx, Stream, queue)
+	ci, err := l.s.tasks.Consumer(ctx, queue)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return 0, nil
 	}
@@ -161,53 +171,6 @@ func (l *lister) deliveredSeq(ctx context.Context, queue string) (uint64, error)
 	}
 	l.delivered[queue] = ci.CachedInfo().Delivered.Stream
 	return l.delivered[queue], nil
-}
-
-// delivered completes the state of a task whose message its queue has
-// delivered, from its record: failed (waiting for its retry, or retried
-// already) when its last attempt failed, running otherwise. A task whose
-// record says it has finished is not shown: its message is about to go.
-func (s *Server) delivered(ctx context.Context, info TaskInfo) (TaskInfo, bool, error) {
-	rec, _, ok, err := readRecord(ctx, s.nc, info.Queue, info.ID)
-	switch {
-	case err != nil:
-		return info, false, err
-	case ok && terminal(rec.State):
-		return info, false, nil
-	case ok && rec.State == StateFailed:
-		return rec, true, nil
-	}
-	info.State, info.Attempts = StateRunning, max(rec.Attempts, 1)
-	return info, true, nil
-}
-
-// taskOfMsg is what a task's message tells of it (subject and header, and
-// its time in the stream), in the given state.
-func taskOfMsg(subject string, h nats.Header, stored time.Time, state string) TaskInfo {
-	info := TaskInfo{
-		ID: h.Get(HeaderID), Queue: h.Get(HeaderQueue), Type: h.Get(HeaderType), State: state,
-		Schedule: h.Get(HeaderSchedule), UniqueKey: h.Get("Mesh-Task-Unique-Key"), CreatedAt: bus.Time{Time: stored},
-	}
-	if info.ID == "" || info.Queue == "" {
-		// Named by its subject: <prefix>.<queue>.<id>.
-		tokens := strings.Split(subject, ".")
-		info.Queue, info.ID = tokens[len(tokens)-2], tokens[len(tokens)-1]
-	}
-	info.MaxRetries, _ = strconv.Atoi(h.Get(HeaderMaxRetries))
-	info.TimeoutMs, _ = strconv.ParseInt(h.Get(HeaderTimeout), 10, 64)
-	if t, err := time.Parse(time.RFC3339Nano, h.Get("Mesh-Task-Created-At")); err == nil {
-		info.CreatedAt = bus.Time{Time: t}
-	}
-	if t, err := time.Parse(time.RFC3339Nano, h.Get(HeaderRunAt)); err == nil {
-		info.RunAt = bus.Time{Time: t}
-	}
-	return info
-}
-
-// msgTime is the time a message read by readLast or readBatch was stored.
-func msgTime(m *nats.Msg) time.Time {
-	t, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
-	return t
 }
 
 // readBatch reads up to n messages of stream on filter (wildcards allowed)

@@ -23,44 +23,6 @@ type held struct {
 	timer *time.Timer
 }
 
-// delayedMsg is the message that stages a delayed task for its run_at,
-// given the task message's header h (naming the task) and payload: the
-// server schedule mesh.scheduler.at.<queue>.<id>, which fires Lead before
-// runAt into the task's staging subject mesh.scheduler.due.<queue>.<id>,
-// or, for a task due too soon for a schedule, that staging message itself.
-func (s *Server) delayedMsg(queue, id string, runAt, now time.Time, h nats.Header, payload []byte) *nats.Msg {
-	h.Set(HeaderRunAt, runAt.UTC().Format(time.RFC3339Nano))
-	// A distinct id: the task's own id belongs to its queue message.
-	h.Set(jetstream.MsgIDHeader, "due-"+id)
-	due := duePrefix + queue + "." + id
-	fire := runAt.Add(-s.cfg.Lead)
-	if !fire.After(now.Add(s.cfg.Lead / 2)) {
-		return &nats.Msg{Subject: due, Header: h, Data: payload}
-	}
-	h.Set("Nats-Schedule", "@at "+fire.UTC().Format(time.RFC3339Nano))
-	h.Set("Nats-Schedule-Target", due)
-	// The staged message replaces one still on the staging subject (a
-	// schedule made again for the same id): refused, it would leave the
-	// schedule waiting for its target forever.
-	h.Set("Nats-Schedule-Rollup", jetstream.MsgRollupSubject)
-	return &nats.Msg{Subject: atPrefix + queue + "." + id, Header: h, Data: payload}
-}
-
-// scheduledMsg reads the message of a delayed task not released yet: its
-// schedule (mesh.scheduler.at.<queue>.<id>) or, once the schedule has
-// fired, its staging message (mesh.scheduler.due.<queue>.<id>). A task
-// with neither gives nil.
-func (s *Server) scheduledMsg(ctx context.Context, id string) (*jetstream.RawStreamMsg, error) {
-	for _, prefix := range []string{atPrefix, duePrefix} {
-		raw, err := s.tasks.GetLastMsgForSubject(ctx, prefix+"*."+id)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		return raw, err
-	}
-	return nil, nil
-}
-
 // onDue receives what the server's schedules (or a submit due very soon)
 // put on the staging subjects: delayed tasks a little before their run_at
 // (mesh.scheduler.due.<queue>.<id>), and the ticks of periodic schedules
@@ -132,7 +94,9 @@ func (s *Server) release(msg jetstream.Msg) {
 		return
 	}
 	_ = msg.Ack()
-	_ = s.events.Emit("queued", map[string]any{"id": id, "queue": queue, "type": h.Get(HeaderType), "state": StateQueued, "attempts": 0})
+	info, _ := taskOfMsg(h, time.Now())
+	info.State = StateQueued
+	s.emitTask("queued", &info, nil)
 }
 
 // publishHard publishes the message of task id to its queue, sending it
@@ -227,5 +191,7 @@ func (s *Server) tick(msg jetstream.Msg) {
 	if !isNew {
 		return // a tick handled twice
 	}
-	_ = s.events.Emit("submitted", map[string]any{"id": id, "queue": queue, "type": h.Get(HeaderType), "state": StateQueued, "attempts": 0, "schedule": name})
+	info, _ := taskOfMsg(h, time.Now())
+	info.State = StateQueued
+	s.emitTask("submitted", &info, map[string]any{"schedule": name})
 }
