@@ -14,12 +14,13 @@ import (
 )
 
 // taskMsg is the message of a queued task, on mesh.tasks.<queue>.<id>,
-// deduplicated by its id. Its stream timestamp is the task's created_at
-// unless info says otherwise (a delayed task's).
+// deduplicated by its id and stored only while the task has no message in
+// its queue. Its stream timestamp is the task's created_at.
 func taskMsg(info *TaskInfo, backoff *Backoff, payload []byte) *nats.Msg {
 	m := nats.NewMsg(taskSubject(info.Queue, info.ID))
 	m.Header = headerOf(info, backoff)
 	m.Header.Set(jetstream.MsgIDHeader, info.ID)
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
 	m.Data = payload
 	return m
 }

@@ -325,24 +325,25 @@ func (s *Server) Done() <-chan struct{} { return s.svc.Done() }
 func (s *Server) ID() string { return s.svc.ID() }
 
 // tasksStream is the configuration of Stream. A queued task is its
-// message, one subject per task (mesh.tasks.<queue>.<id>): a subject holds
-// one message, and a second one for a live task is refused
-// (DiscardNewPerSubject), while the deduplication window answers a submit
-// sent again as a duplicate.
+// message, one subject per task (mesh.tasks.<queue>.<id>), which holds
+// one message: a task's message is stored only if its subject holds none
+// (it carries Nats-Expected-Last-Subject-Sequence 0), so a second message
+// of a live task is refused, and a submit sent again within the
+// deduplication window is answered as a duplicate. (Refusing it with
+// DiscardNewPerSubject would do the same without the header, but
+// nats-server refuses discard new on a stream with message schedules.)
 func tasksStream(cfg Config) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        Stream,
-		Description: "Mesh task queues (mesh.tasks.<queue>.<id>), delayed-task schedules and staging, periodic schedules",
-		Subjects:    []string{TaskSubjectPrefix + ">", atPrefix + ">", duePrefix + ">", everyPrefix + ">", tickPrefix + ">"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
+		Name:              Stream,
+		Description:       "Mesh task queues (mesh.tasks.<queue>.<id>), delayed-task schedules and staging, periodic schedules",
+		Subjects:          []string{TaskSubjectPrefix + ">", atPrefix + ">", duePrefix + ">", everyPrefix + ">", tickPrefix + ">"},
+		Retention:         jetstream.WorkQueuePolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          cfg.Replicas,
+		Duplicates:        cfg.DedupWindow,
+		MaxMsgsPerSubject: 1,
 		// A task's message is read by its id (status, cancel).
-		AllowDirect:          true,
-		Replicas:             cfg.Replicas,
-		Duplicates:           cfg.DedupWindow,
-		MaxMsgsPerSubject:    1,
-		Discard:              jetstream.DiscardNew,
-		DiscardNewPerSubject: true,
+		AllowDirect: true,
 		// A periodic schedule's new definition replaces the old one.
 		AllowRollup: true,
 		// Message schedules fire delayed and periodic tasks.

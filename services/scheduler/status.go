@@ -86,6 +86,7 @@ func (s *Server) state(ctx context.Context, f *found) (TaskInfo, error) {
 		}
 		if msgSeq(f.msg) <= c.CachedInfo().Delivered.Stream {
 			info.State = StateRunning
+			info.Attempts++ // the attempt under way
 		}
 	case f.sched != nil:
 		info.State = StateScheduled

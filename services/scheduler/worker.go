@@ -446,7 +446,7 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 
 	d.info.StartedAt = bus.Time{Time: time.Now()}
 	d.info.State, d.info.Attempts, d.info.Worker = StateRunning, d.attempt, w.cfg.Name
-	w.emit("started", &d.info)
+	w.emit("started", &d.info, nil)
 	// Keep the delivery while the handler runs.
 	done := make(chan struct{})
 	var progress sync.WaitGroup
@@ -575,7 +575,14 @@ func (w *Worker) settle(d *delivery, delay time.Duration) {
 	default:
 		_ = d.msg.Term()
 	}
-	w.emit(d.info.State, &d.info)
+	var extra map[string]any
+	switch d.info.State {
+	case StateFailed:
+		extra = map[string]any{"error": d.info.LastError, "retry_in_ms": delay.Milliseconds()}
+	case StateDead:
+		extra = map[string]any{"error": d.info.LastError}
+	}
+	w.emit(d.info.State, &d.info, extra)
 }
 
 // again decides an outcome again once its record's write was refused:
@@ -600,9 +607,18 @@ func (w *Worker) again(d *delivery, state, lastErr string, result []byte) {
 	w.outcome(d, state, lastErr, result)
 }
 
-func (w *Worker) emit(what string, info *TaskInfo) {
-	_ = w.events.Emit(what, map[string]any{"id": info.ID, "queue": info.Queue, "type": info.Type,
-		"state": info.State, "attempts": info.Attempts, "worker": info.Worker})
+// emit publishes a live task event (not stored unless the events stream
+// keeps task events).
+func (w *Worker) emit(what string, info *TaskInfo, extra map[string]any) {
+	data := map[string]any{"id": info.ID, "queue": info.Queue, "type": info.Type,
+		"state": info.State, "attempts": info.Attempts, "worker": info.Worker}
+	if info.Schedule != "" {
+		data["schedule"] = info.Schedule
+	}
+	for k, v := range extra {
+		data[k] = v
+	}
+	_ = w.events.Emit(what, data)
 }
 
 // call runs the handler, turning a panic into a final error.
