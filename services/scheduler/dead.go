@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -259,8 +258,8 @@ func (s *Server) requeue(ctx context.Context, raw *jetstream.RawStreamMsg) error
 	h.Set(HeaderCreatedAt, info.CreatedAt.UTC().Format(time.RFC3339Nano))
 	// The task's id may still be in the queue's deduplication window:
 	// the requeued message has an id of its own.
-	h.Set(jetstream.MsgIDHeader, "requeue-"+id+"-"+strconv.FormatUint(raw.Sequence, 10))
-	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: taskSubject(queue, id), Header: h, Data: raw.Data}); err != nil && !liveTwin(err) {
+	m := queuedMsg(queue, id, h, raw.Data, "requeue-"+id+"-"+strconv.FormatUint(raw.Sequence, 10))
+	if _, err := s.js.PublishMsg(ctx, m); err != nil && !liveTwin(err) {
 		return fmt.Errorf("enqueueing it: %w (its record says queued: requeue it again)", err)
 	}
 	s.emitTask("requeued", &info, nil)

@@ -319,10 +319,9 @@ func (s *Server) addSchedule(ctx context.Context, r *ScheduleRequest) (*Schedule
 	m := nats.NewMsg(everyPrefix + r.Name)
 	m.Data = r.Payload
 	m.Header.Set("Nats-Schedule", pattern)
-	// Each tick on the schedule's staging subject replaces a tick still
-	// waiting there (see tick).
+	// Each tick replaces one still waiting on the schedule's staging
+	// subject (see tick).
 	m.Header.Set("Nats-Schedule-Target", tickPrefix+r.Name)
-	m.Header.Set("Nats-Schedule-Rollup", jetstream.MsgRollupSubject)
 	if r.TimeZone != "" {
 		m.Header.Set("Nats-Schedule-Time-Zone", r.TimeZone)
 	}

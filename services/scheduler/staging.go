@@ -87,9 +87,7 @@ func (s *Server) release(msg jetstream.Msg) {
 			return // cancelled, or staged again by a newer copy that comes on its own
 		}
 	}
-	m := &nats.Msg{Subject: taskSubject(queue, id), Header: cleanHeader(h), Data: msg.Data()}
-	m.Header.Set(jetstream.MsgIDHeader, id)
-	if _, ok := s.publishHard(ctx, m, id); !ok {
+	if _, ok := s.publishHard(ctx, queuedMsg(queue, id, cleanHeader(h), msg.Data(), id), id); !ok {
 		_ = msg.Nak()
 		return
 	}
@@ -130,6 +128,15 @@ func (s *Server) publishHard(ctx context.Context, m *nats.Msg, id string) (isNew
 	}
 }
 
+// queuedMsg is the message that puts task id in its queue, with header h:
+// deduplicated by msgID, and stored only while the task has no message
+// there.
+func queuedMsg(queue, id string, h nats.Header, payload []byte, msgID string) *nats.Msg {
+	h.Set(jetstream.MsgIDHeader, msgID)
+	h.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+	return &nats.Msg{Subject: taskSubject(queue, id), Header: h, Data: payload}
+}
+
 // cleanHeader copies a staged message's header without the server's
 // scheduling, deduplication, expectation and rollup headers.
 func cleanHeader(h nats.Header) nats.Header {
@@ -151,10 +158,11 @@ func cleanHeader(h nats.Header) nats.Header {
 // refusal of a second message of a live task).
 //
 // A schedule's ticks share its staging subject, mesh.scheduler.tick.<name>,
-// and a tick replaces the one before it there (the schedule's ticks roll
-// the subject up): while no instance takes ticks, one waits, the latest,
-// rather than a backlog; a tick already handed to an instance still makes
-// its task.
+// which holds one message: a tick replaces the one before it there if
+// that one is still waiting. So while no instance takes ticks one waits,
+// the latest, rather than a backlog; a tick already handed to an instance
+// when the next comes still makes its task (the instance acknowledges a
+// message that has gone, which changes nothing).
 func (s *Server) tick(msg jetstream.Msg) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -177,12 +185,11 @@ func (s *Server) tick(msg jetstream.Msg) {
 	}
 	h.Set(HeaderID, id)
 	h.Set(HeaderSchedule, name)
-	h.Set(jetstream.MsgIDHeader, id)
 	if err := s.ensureQueue(ctx, queue); err != nil {
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
-	isNew, ok := s.publishHard(ctx, &nats.Msg{Subject: taskSubject(queue, id), Header: h, Data: msg.Data()}, id)
+	isNew, ok := s.publishHard(ctx, queuedMsg(queue, id, h, msg.Data(), id), id)
 	if !ok {
 		_ = msg.NakWithDelay(100 * time.Millisecond)
 		return
