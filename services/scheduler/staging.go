@@ -185,6 +185,8 @@ func (s *Server) tick(msg jetstream.Msg) {
 	}
 	h.Set(HeaderID, id)
 	h.Set(HeaderSchedule, name)
+	// Created at its tick, however late the tick is handled.
+	h.Set(HeaderCreatedAt, meta.Timestamp.UTC().Format(time.RFC3339Nano))
 	if err := s.ensureQueue(ctx, queue); err != nil {
 		_ = msg.NakWithDelay(time.Second)
 		return
