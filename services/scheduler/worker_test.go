@@ -1,0 +1,131 @@
+package scheduler_test
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshkit/mesh/pkg/bus/bustest"
+	"github.com/meshkit/mesh/services/scheduler"
+)
+
+// An attempt longer than the consumer's AckWait keeps its delivery (the
+// worker reports progress at a third of the AckWait); one longer than its
+// timeout_ms has its context cancelled and fails. The slow task spans
+// several AckWaits, so a worker that reported no progress would see it
+// delivered again (a second start, attempt 2) after the first AckWait. The
+// AckWait is a bound that load stretches (a progress report late by two
+// thirds of it is a redelivery), so it is scaled (bustest.Scale).
+func TestLongTaskAndTimeout(t *testing.T) {
+	t.Parallel() // waits on timers mostly
+	ackWait := bustest.Scale(time.Second)
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{AckWait: ackWait})
+	c := client(t, s.URL())
+	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "long", Type: "warmup"}); err != nil {
+		t.Fatal(err) // creates the queue with the short AckWait
+	}
+	var slowRuns atomic.Int32
+	work(t, s.URL(), map[string]int{"long": 2}, map[string]scheduler.Handler{
+		"warmup": func(ctx context.Context, task *scheduler.Task) error { return nil },
+		"slow": func(ctx context.Context, task *scheduler.Task) error {
+			slowRuns.Add(1)
+			select {
+			case <-time.After(5 * ackWait / 2):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
+		"stuck": func(ctx context.Context, task *scheduler.Task) error {
+			<-ctx.Done()
+			return ctx.Err()
+		},
+	})
+	slow, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "long", Type: "slow"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "long", Type: "stuck", TimeoutMs: 100, MaxRetries: intp(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := waitDone(t, c, slow); info.State != scheduler.StateSucceeded || info.Attempts != 1 || slowRuns.Load() != 1 {
+		t.Fatalf("slow = %+v, run %d times; want succeeded at its first attempt, run once", info, slowRuns.Load())
+	}
+	if info := waitDone(t, c, stuck); info.State != scheduler.StateDead || !strings.Contains(info.LastError, "timed out after 100ms") {
+		t.Fatalf("stuck = %+v", info)
+	}
+}
+
+// Stop lets a task in flight finish within the grace; a task still running
+// when the grace is over has its context cancelled and runs again on
+// another worker. The delivery given back counts as an attempt (the
+// worker writes no record for it): with one retry the task runs again.
+func TestWorkerGracefulStop(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "g", Type: "warmup"}); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan string, 10)
+	var finished, interrupted atomic.Int32
+	release := make(chan struct{})
+	handlers := map[string]scheduler.Handler{
+		"warmup": func(ctx context.Context, task *scheduler.Task) error { return nil },
+		"short": func(ctx context.Context, task *scheduler.Task) error {
+			started <- task.ID
+			<-release
+			finished.Add(1)
+			return nil
+		},
+		"endless": func(ctx context.Context, task *scheduler.Task) error {
+			started <- task.ID
+			<-ctx.Done()
+			interrupted.Add(1)
+			return ctx.Err()
+		},
+	}
+	w, err := scheduler.NewWorker(bustest.Connect(t, s.URL()), scheduler.WorkerConfig{Queues: map[string]int{"g": 2}, ShutdownGrace: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for typ, h := range handlers {
+		w.Handle(typ, h)
+	}
+	if err := w.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	short, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "g", Type: "short"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	endless, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "g", Type: "endless", MaxRetries: intp(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	<-started
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Stop(context.Background()) }()
+	close(release) // the short task finishes within the grace
+	if err := <-stopped; err == nil || finished.Load() != 1 || interrupted.Load() != 1 {
+		t.Fatalf("stop = %v; finished %d, interrupted %d", err, finished.Load(), interrupted.Load())
+	}
+	if info := waitDone(t, c, short); info.State != scheduler.StateSucceeded {
+		t.Fatalf("short = %+v", info)
+	}
+	// The interrupted task was given back, not failed: another worker runs
+	// it, as attempt 2.
+	var attempt atomic.Int32
+	work(t, s.URL(), map[string]int{"g": 1}, map[string]scheduler.Handler{
+		"endless": func(ctx context.Context, task *scheduler.Task) error { attempt.Store(int32(task.Attempt)); return nil },
+	})
+	info := waitDone(t, c, endless)
+	if info.State != scheduler.StateSucceeded || attempt.Load() != 2 || info.Attempts != 2 {
+		t.Fatalf("endless = %+v (attempt %d)", info, attempt.Load())
+	}
+}
