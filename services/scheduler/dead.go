@@ -313,6 +313,7 @@ func (s *Server) onAdvisory(msg jetstream.Msg) {
 func (s *Server) bury(ctx context.Context, raw *jetstream.RawStreamMsg, deliveries int) error {
 	msg, _ := taskOfMsg(raw.Header, raw.Time)
 	queue, _, _ := strings.Cut(strings.TrimPrefix(raw.Subject, TaskSubjectPrefix), ".")
+	msg.Queue = queue
 	reason := fmt.Sprintf("delivered %d times without an outcome", deliveries)
 	dead := deadLetter(raw.Header, raw.Data, queue, reason)
 	if msg.ID == "" {

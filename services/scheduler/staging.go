@@ -87,11 +87,15 @@ func (s *Server) release(msg jetstream.Msg) {
 			return // cancelled, or staged again by a newer copy that comes on its own
 		}
 	}
-	if _, ok := s.publishHard(ctx, queuedMsg(queue, id, cleanHeader(h), msg.Data(), id), id); !ok {
+	isNew, ok := s.publishHard(ctx, queuedMsg(queue, id, cleanHeader(h), msg.Data(), id), id)
+	if !ok {
 		_ = msg.Nak()
 		return
 	}
 	_ = msg.Ack()
+	if !isNew {
+		return // released before (a publication that got no answer, or an acknowledgement lost)
+	}
 	info, _ := taskOfMsg(h, time.Now())
 	info.State = StateQueued
 	s.emitTask("queued", &info, nil)
