@@ -76,16 +76,22 @@ func (s *Server) goAsync(fn func()) {
 // release publishes a delayed task to its queue at its run_at, then
 // acknowledges the staging message; nothing else is written (the task's
 // message is its record while it is live). A task cancelled while held
-// has lost its staging message to the cancel's purge: it is dropped.
+// is dropped: a cancel writes the task's record, then purges its staging
+// message.
 func (s *Server) release(msg jetstream.Msg) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	h := msg.Headers()
-	id, queue := h.Get(HeaderID), h.Get(HeaderQueue)
+	info, _ := taskOfMsg(h, time.Now())
+	id, queue := info.ID, info.Queue
 	if meta, err := msg.Metadata(); err == nil {
 		if _, err := s.tasks.GetMsg(ctx, meta.Sequence.Stream); errors.Is(err, jetstream.ErrMsgNotFound) {
 			return // cancelled, or staged again by a newer copy that comes on its own
 		}
+	}
+	if rec, _, ok, err := readRecord(ctx, s.nc, queue, id); err == nil && ok && terminal(rec.State) && sameTask(&rec, info.CreatedAt.Time) {
+		_ = msg.Ack() // cancelled, its staging message not purged yet
+		return
 	}
 	isNew, ok := s.publishHard(ctx, queuedMsg(queue, id, cleanHeader(h), msg.Data(), id), id)
 	if !ok {
@@ -96,7 +102,6 @@ func (s *Server) release(msg jetstream.Msg) {
 	if !isNew {
 		return // released before (a publication that got no answer, or an acknowledgement lost)
 	}
-	info, _ := taskOfMsg(h, time.Now())
 	info.State = StateQueued
 	s.emitTask("queued", &info, nil)
 }
