@@ -118,9 +118,10 @@
 // message. Nothing else is written: the task's created_at travels with it
 // (Mesh-Task-Created-At). Until its release, status and list find the
 // task by its schedule or staging message (scheduled), and queues counts
-// both subjects. A cancel purges them; an instance holding the task reads
-// its staging message again just before the release, so a task cancelled
-// while held is not released. An instance that dies while holding a task
+// both subjects. A cancel writes the task's record cancelled, then purges
+// them; an instance holding the task reads its staging message and its
+// record just before the release, so a task cancelled while held is not
+// released. An instance that dies while holding a task
 // never acknowledged it, so the staging consumer hands it to another
 // instance after its ack wait (5 s: such a task is late, never early); if
 // the first had published it, the deduplication, or the refusal of a
