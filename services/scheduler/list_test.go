@@ -144,7 +144,12 @@ func TestListAndQueues(t *testing.T) {
 	if got, _ := walk(scheduler.ListRequest{Queue: "m"}); !slices.Equal(got, []row{{"c4", scheduler.StateSucceeded}}) {
 		t.Fatalf("list of m = %v", got)
 	}
-	page, err := c.List(ctx(t), scheduler.ListRequest{Queue: "l", State: scheduler.StateFailed})
+	// A page that ends with the last task of its state has no cursor.
+	page, err := c.List(ctx(t), scheduler.ListRequest{Queue: "l", State: scheduler.StateQueued, Limit: 2})
+	if err != nil || len(page.Tasks) != 2 || page.Tasks[1].ID != "a4" || page.NextCursor != "" {
+		t.Fatalf("queued by 2 = %+v, %v", page, err)
+	}
+	page, err = c.List(ctx(t), scheduler.ListRequest{Queue: "l", State: scheduler.StateFailed})
 	if err != nil || len(page.Tasks) != 1 || page.Tasks[0].Attempts != 1 || page.Tasks[0].LastError != "boom" {
 		t.Fatalf("failed = %+v, %v", page, err)
 	}

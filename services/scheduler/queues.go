@@ -38,6 +38,11 @@ var listParts = []listPart{
 	{'h', HistoryStream, []string{StateSucceeded, StateDead, StateCancelled}, func(q string) string { return HistorySubjectPrefix + q + ".*" }},
 }
 
+// holds tells whether the part lists tasks in state ("": any).
+func (p *listPart) holds(state string) bool {
+	return state == "" || slices.Contains(p.states, state)
+}
+
 // listScan bounds the messages a list page looks at: a page filtered by
 // state may be short, or empty, and still have a next cursor.
 const listScan = 2 * MaxListLimit
@@ -74,7 +79,7 @@ func (s *Server) list(ctx context.Context, r *ListRequest) (*ListReply, error) {
 	budget := listScan
 	for ; part < len(listParts); part, after = part+1, 0 {
 		p := listParts[part]
-		if r.State != "" && !slices.Contains(p.states, r.State) {
+		if !p.holds(r.State) {
 			continue
 		}
 		for {
@@ -96,7 +101,11 @@ func (s *Server) list(ctx context.Context, r *ListRequest) (*ListReply, error) {
 				break
 			}
 			if len(reply.Tasks) == limit || budget == 0 {
-				if pending > 0 || part < len(listParts)-1 {
+				more := pending > 0
+				for _, later := range listParts[part+1:] {
+					more = more || later.holds(r.State)
+				}
+				if more {
 					reply.NextCursor = string(p.key) + strconv.FormatUint(after, 10)
 				}
 				return reply, nil
