@@ -374,8 +374,12 @@ func (c *Client) Wait(ctx context.Context, id string) (TaskInfo, error) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
-		info, err := c.Status(ctx, id)
-		if err != nil && !errors.Is(err, bus.ErrTimeout) {
+		// Each look bounded: a request sent while the connection
+		// reconnects may never be answered.
+		sctx, cancel := context.WithTimeout(ctx, bus.DefaultTimeout)
+		info, err := c.Status(sctx, id)
+		cancel()
+		if err != nil && !errors.Is(err, bus.ErrTimeout) && !bus.Unanswered(err) {
 			return info, err
 		}
 		if err == nil && terminal(info.State) {

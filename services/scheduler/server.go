@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -351,16 +352,19 @@ func tasksStream(cfg Config) jetstream.StreamConfig {
 	}
 }
 
-// queueConsumer is the configuration of a queue's durable consumer.
+// queueConsumer is the configuration of a queue's durable consumer: its
+// tasks' subjects, and (until staging.go and dead.go store periodic ticks
+// and requeued tasks on their tasks' subjects: see v1.go) the queue's own
+// subject, where they still publish.
 func queueConsumer(queue string, ackWait time.Duration, maxDeliver int) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:       queue,
-		Description:   "Mesh task queue " + queue,
-		FilterSubject: TaskSubjectPrefix + queue + ".*",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       ackWait,
-		MaxDeliver:    maxDeliver,
-		MaxAckPending: 10_000,
+		Durable:        queue,
+		Description:    "Mesh task queue " + queue,
+		FilterSubjects: []string{TaskSubjectPrefix + queue + ".*", TaskSubjectPrefix + queue},
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        ackWait,
+		MaxDeliver:     maxDeliver,
+		MaxAckPending:  10_000,
 	}
 }
 
@@ -375,7 +379,7 @@ func (s *Server) ensureQueue(ctx context.Context, queue string) error {
 		// A queue of the store's first version filtered mesh.tasks.<queue>:
 		// moved to its tasks' subjects, paused or not as it was.
 		var c jetstream.Consumer
-		if c, err = s.tasks.Consumer(ctx, queue); err == nil && c.CachedInfo().Config.FilterSubject != cfg.FilterSubject {
+		if c, err = s.tasks.Consumer(ctx, queue); err == nil && !slices.Equal(c.CachedInfo().Config.FilterSubjects, cfg.FilterSubjects) {
 			cfg.PauseUntil = c.CachedInfo().Config.PauseUntil
 			_, err = s.tasks.UpdateConsumer(ctx, cfg)
 		}

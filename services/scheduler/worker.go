@@ -29,10 +29,11 @@ type Task struct {
 	Queue   string
 	Type    string
 	Payload []byte
-	// Attempt is 1 for the first attempt: the delivery count, or the
-	// attempts the task's record counts plus one if more (its delivery
-	// count restarts when its message is requeued). Deliveries given back
-	// at a worker's shutdown count.
+	// Attempt is 1 for the first attempt: the message's delivery count, or
+	// the attempts the task's record counts plus one if more (a requeued
+	// task's message counts from 1 again). Deliveries given back at a
+	// worker's shutdown count. A delivery count that started over (the
+	// queue's consumer made again) shows here; the record counts right.
 	Attempt    int
 	MaxRetries int
 	Schedule   string // the periodic schedule that made it, if any
@@ -110,7 +111,7 @@ type Worker struct {
 	cancelled cancelledIDs
 	started   bool
 	stopping  chan struct{}
-	iters     []jetstream.MessagesContext
+	iters     map[string]jetstream.MessagesContext // by queue
 	sub       *nats.Subscription
 	loops     sync.WaitGroup
 	inflight  sync.WaitGroup // tasks running, and outcomes being written
@@ -162,7 +163,8 @@ func NewWorker(nc *nats.Conn, cfg WorkerConfig) (*Worker, error) {
 	}
 	w := &Worker{nc: nc, js: js, writes: writes, events: bus.NewEvents(nc, "task", cfg.Name), cfg: cfg,
 		log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), records: make(chan struct{}, 2*total),
-		handlers: map[string]Handler{}, running: map[string]context.CancelCauseFunc{}, stopping: make(chan struct{})}
+		handlers: map[string]Handler{}, running: map[string]context.CancelCauseFunc{}, stopping: make(chan struct{}),
+		iters: map[string]jetstream.MessagesContext{}}
 	w.hardCtx, w.hardStop = context.WithCancel(context.Background())
 	return w, nil
 }
@@ -208,53 +210,63 @@ func (w *Worker) Start(ctx context.Context) error {
 	return w.nc.Flush()
 }
 
-// serve finds a queue's consumer, then runs its tasks until Stop.
+// serve finds a queue's consumer, then runs its tasks until Stop; it
+// finds the consumer again if it goes (deleted, made again).
 func (w *Worker) serve(queue string, conc, prefetch int) {
 	defer w.loops.Done()
-	// Until the queue exists, look again when a task is submitted to it
-	// (the submit creates it), and every second.
+	for {
+		cons := w.find(queue)
+		if cons == nil {
+			return // stopping
+		}
+		w.mu.Lock()
+		select {
+		case <-w.stopping:
+			w.mu.Unlock()
+			return
+		default:
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(prefetch), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
+		if err != nil {
+			w.mu.Unlock()
+			w.log.Error().Err(err).Str("queue", queue).Msg("cannot pull from the queue")
+			return
+		}
+		w.iters[queue] = it
+		w.mu.Unlock()
+		if !w.loop(queue, conc, cons.CachedInfo().Config.AckWait, it) {
+			return
+		}
+		it.Stop()
+		w.log.Warn().Str("queue", queue).Msg("the queue's consumer went; looking for it again")
+	}
+}
+
+// find finds a queue's consumer: until the queue exists, it looks again
+// when a task is submitted to it (the submit creates it), and every
+// second. It returns nil once the worker stops.
+func (w *Worker) find(queue string) jetstream.Consumer {
 	sub, submitted, err := signalTaskEvents(w.nc, bus.EventSubject("task", "submitted"), func(_, q string) bool { return q == queue })
 	if err == nil {
 		defer sub.Unsubscribe()
 	}
-	var cons jetstream.Consumer
 	for {
 		ctx, cancel := context.WithTimeout(w.hardCtx, bus.DefaultTimeout)
-		var err error
-		cons, err = w.js.Consumer(ctx, Stream, queue)
+		cons, err := w.js.Consumer(ctx, Stream, queue)
 		cancel()
 		if err == nil {
-			break
+			return cons
 		}
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			w.log.Warn().Err(err).Str("queue", queue).Msg("cannot find the queue; retrying")
 		}
 		select {
 		case <-w.stopping:
-			return
+			return nil
 		case <-submitted:
 		case <-time.After(time.Second):
 		}
 	}
-	if sub != nil {
-		_ = sub.Unsubscribe()
-	}
-	w.mu.Lock()
-	select {
-	case <-w.stopping:
-		w.mu.Unlock()
-		return
-	default:
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(prefetch), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
-	if err != nil {
-		w.mu.Unlock()
-		w.log.Error().Err(err).Str("queue", queue).Msg("cannot pull from the queue")
-		return
-	}
-	w.iters = append(w.iters, it)
-	w.mu.Unlock()
-	w.loop(queue, conc, cons.CachedInfo().Config.AckWait, it)
 }
 
 // cancelledIDs keeps the ids of the tasks recently cancelled, up to
@@ -299,8 +311,9 @@ func (w *Worker) onCancelled(m *nats.Msg) {
 	}
 }
 
-// loop pulls a queue's tasks and runs up to conc at once.
-func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstream.MessagesContext) {
+// loop pulls a queue's tasks and runs up to conc at once, until Stop
+// (false) or until the queue's consumer goes (true).
+func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstream.MessagesContext) bool {
 	slots := make(chan struct{}, conc)
 	nakRest := func() {
 		for {
@@ -316,13 +329,21 @@ func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstrea
 		case slots <- struct{}{}:
 		case <-w.stopping:
 			nakRest()
-			return
+			return false
 		}
 		msg, err := it.Next()
 		if err != nil {
 			<-slots
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || w.nc.IsClosed() {
-				return
+				select {
+				case <-w.stopping:
+					return false
+				default:
+					return !w.nc.IsClosed()
+				}
+			}
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return true
 			}
 			// Missed heartbeats and the like: the iterator recovers.
 			select {
@@ -336,7 +357,7 @@ func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstrea
 			_ = msg.Nak()
 			<-slots
 			nakRest()
-			return
+			return false
 		default:
 		}
 		w.inflight.Add(1)
