@@ -228,7 +228,7 @@ func (s *Server) listQueues(ctx context.Context, _ *QueuesRequest) (*QueuesReply
 	byName := map[string]*QueueInfo{}
 	lister := s.tasks.ListConsumers(ctx)
 	for info := range lister.Info() {
-		if info.Config.FilterSubject != queueConsumer(info.Name, 0, 0).FilterSubject {
+		if want := queueConsumer(info.Name, 0, 0); info.Config.FilterSubject != want.FilterSubject || !slices.Equal(info.Config.FilterSubjects, want.FilterSubjects) {
 			continue // the staging consumer, or one made by hand
 		}
 		byName[info.Name] = &QueueInfo{Name: info.Name, Depth: info.NumPending + uint64(info.NumAckPending), InFlight: info.NumAckPending, Paused: info.Paused}
