@@ -76,14 +76,16 @@ func TestTicksWaitOneAtATime(t *testing.T) {
 func TestCancelHeldDelayedTask(t *testing.T) {
 	t.Parallel() // waits on timers mostly
 	s := bustest.RunServer(t)
-	serve(t, s.URL(), scheduler.Config{})
+	// Due too soon for a schedule (1.5 Lead), the tasks are staged at
+	// once, and held by the instance as they are due within half the
+	// staging ack wait (2.5 s): 2 s leave the test time to cancel.
+	serve(t, s.URL(), scheduler.Config{Lead: 5 * time.Second})
 	c := client(t, s.URL())
 	nc := bustest.Connect(t, s.URL())
 	ev := watch(t, s.URL())
-	// Due too soon for a schedule (1.5 Lead): staged at once.
-	dropped := submitReply(t, nc, scheduler.SubmitRequest{Queue: "h", Type: "x", DelayMs: 1000})
-	halfCancelled := submitReply(t, nc, scheduler.SubmitRequest{Queue: "h", Type: "x", DelayMs: 1000})
-	kept := submitReply(t, nc, scheduler.SubmitRequest{Queue: "h", Type: "x", DelayMs: 1200})
+	dropped := submitReply(t, nc, scheduler.SubmitRequest{Queue: "h", Type: "x", DelayMs: 2000})
+	halfCancelled := submitReply(t, nc, scheduler.SubmitRequest{Queue: "h", Type: "x", DelayMs: 2000})
+	kept := submitReply(t, nc, scheduler.SubmitRequest{Queue: "h", Type: "x", DelayMs: 2200})
 	staging, err := s.JetStream().Consumer(ctx(t), scheduler.Stream, "scheduler-staging")
 	if err != nil {
 		t.Fatal(err)
