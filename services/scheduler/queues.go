@@ -191,7 +191,7 @@ func readBatch(ctx context.Context, nc *nats.Conn, stream, filter string, from u
 		NextFor string `json:"next_by_subj"`
 		Batch   int    `json:"batch"`
 	}{from, filter, max(n, 1)})
-	inbox := nats.NewInbox()
+	inbox := nc.NewInbox() // the connection's prefix: permissions may allow no other
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
 		return nil, 0, err
