@@ -121,6 +121,14 @@ func TestUpAuth(t *testing.T) {
 	if err != nil || info.State != scheduler.StateSucceeded {
 		t.Fatalf("task run by the worker user: %+v, %v", info, err)
 	}
+	// The scheduler user reads what list and queues show (with its own
+	// inbox prefix, the only one it may subscribe to).
+	if page, err := scheduler.NewClient(client).List(cctx, scheduler.ListRequest{Queue: "authq"}); err != nil || len(page.Tasks) != 1 || page.Tasks[0].ID != id {
+		t.Fatalf("list as the client user: %+v, %v", page, err)
+	}
+	if qs, err := scheduler.NewClient(client).Queues(cctx); err != nil || len(qs) != 1 || qs[0].Name != "authq" {
+		t.Fatalf("queues as the client user: %+v, %v", qs, err)
+	}
 	// The client user may store a task in its queue itself (the direct
 	// path; its first submit to a queue goes through the service), and the
 	// worker user records it.

@@ -2,13 +2,13 @@ package scheduler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -148,15 +148,17 @@ func (s *Server) deadList(ctx context.Context, r *DeadListRequest) (*DeadListRep
 }
 
 // deadOf finds the dead messages a request names: a task's (in its
-// state's queue, or in every queue when its state has expired), or every
-// one of a queue.
+// record's queue, or in every queue when it has no record), or every one
+// of a queue.
 func (s *Server) deadOf(ctx context.Context, r *DeadRequest) ([]*jetstream.RawStreamMsg, error) {
 	queue := r.Queue
 	if r.ID != "" {
-		if rec, _, err := s.get(ctx, r.ID); err == nil {
+		rec, _, ok, err := readRecord(ctx, s.nc, "", r.ID)
+		if err != nil {
+			return nil, fmt.Errorf("scheduler: reading the record of task %s: %w", r.ID, err)
+		}
+		if ok {
 			queue = rec.Queue
-		} else if !errors.Is(err, ErrNotFound) {
-			return nil, err
 		}
 	}
 	var found []*jetstream.RawStreamMsg
@@ -194,64 +196,168 @@ func (s *Server) deadRequeue(ctx context.Context, r *DeadRequest) (*DeadReply, e
 	return reply, nil
 }
 
-// requeue runs a dead task again, with the same id and its attempts
-// reset. As a submit does, it writes the task's state first, carrying the
-// message (so the repair enqueues it if this instance dies before its
-// publication), then publishes the message, then deletes the dead one. A
-// state that is no longer dead was requeued already (by a requeue that
-// died before deleting the dead message): only the delete is left.
+// casTries bounds the compare-and-set writes of a record that another
+// write keeps coming first to.
+const casTries = 5
+
+// requeue runs a dead task again, with the same id and its attempts reset:
+// its record first (queued, attempts 0, compare-and-set on the dead
+// record), then its message, carrying that record's sequence
+// (HeaderRecordSeq: the worker expects it), then the dead letter is
+// deleted. Each step can be repeated: a requeue that died after writing
+// the record is finished by the next one (a record that says queued: the
+// message is published again, the deduplication or the refusal of a
+// second message of a live task absorbs a copy); a record that says
+// anything else but dead means that the task ran again since: only the
+// delete is left.
 func (s *Server) requeue(ctx context.Context, raw *jetstream.RawStreamMsg) error {
 	id := raw.Header.Get(HeaderID)
 	queue := strings.TrimPrefix(raw.Subject, DeadSubjectPrefix)
-	h := cleanHeader(raw.Header)
-	h.Del(HeaderLastError)
-	// The task's id may still be in the queue's deduplication window:
-	// the requeued message has an id of its own.
-	h.Set(jetstream.MsgIDHeader, id+"-requeue-"+strconv.FormatUint(raw.Sequence, 10))
-	m := &nats.Msg{Subject: TaskSubjectPrefix + queue, Header: h, Data: raw.Data}
+	var info TaskInfo
+	var seq uint64
+	for try := 0; ; try++ {
+		rec, last, ok, err := readRecord(ctx, s.nc, queue, id)
+		if err != nil {
+			return fmt.Errorf("reading its record: %w", err)
+		}
+		if ok && rec.State == StateQueued {
+			info, seq = rec, last
+			break
+		}
+		if ok && rec.State != StateDead {
+			return s.deleteDead(ctx, raw.Sequence)
+		}
+		// Made anew from the dead letter (a record past its retention has
+		// gone): a requeued task starts again.
+		info, _ = taskOfMsg(raw.Header, raw.Time)
+		info.State, info.Queue, info.RunAt = StateQueued, queue, bus.Time{}
+		if ok {
+			info.CreatedAt = rec.CreatedAt
+		}
+		m, err := recordMsg(info, last)
+		if err != nil {
+			return err
+		}
+		ack, err := s.js.PublishMsg(ctx, m)
+		if writtenFirst(err) && try < casTries {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("writing its record: %w", err)
+		}
+		seq = ack.Sequence
+		break
+	}
 	if err := s.ensureQueue(ctx, queue); err != nil {
 		return err
 	}
-	rec, rev, err := s.get(ctx, id)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		// Its state expired before its dead letter: made again from the
-		// message.
-		maxRetries, _ := strconv.Atoi(h.Get(HeaderMaxRetries))
-		timeoutMs, _ := strconv.ParseInt(h.Get(HeaderTimeout), 10, 64)
-		rec = record{TaskInfo: TaskInfo{ID: id, Queue: queue, Type: h.Get(HeaderType), MaxRetries: maxRetries,
-			TimeoutMs: s.timeoutMs(timeoutMs), Schedule: h.Get(HeaderSchedule), CreatedAt: bus.Time{Time: time.Now()}}}
-	case err != nil:
-		return err
-	case rec.State != StateDead:
-		return s.deleteDead(ctx, raw.Sequence)
+	h := cleanHeader(raw.Header)
+	h.Del(HeaderLastError)
+	h.Set(HeaderRecordSeq, strconv.FormatUint(seq, 10))
+	// Its record's: the message is stored now.
+	h.Set(HeaderCreatedAt, info.CreatedAt.UTC().Format(time.RFC3339Nano))
+	// The task's id may still be in the queue's deduplication window:
+	// the requeued message has an id of its own.
+	m := queuedMsg(queue, id, h, raw.Data, "requeue-"+id+"-"+strconv.FormatUint(raw.Sequence, 10))
+	if _, err := s.js.PublishMsg(ctx, m); err != nil && !liveTwin(err) {
+		return fmt.Errorf("enqueueing it: %w (its record says queued: requeue it again)", err)
 	}
-	rec.State, rec.Attempts, rec.LastError, rec.Result, rec.ResultEncoding, rec.ResultTruncated = StateQueued, 0, "", "", "", false
-	rec.StartedAt, rec.FinishedAt, rec.NextRetryAt, rec.RunAt = bus.Time{}, bus.Time{}, bus.Time{}, bus.Time{}
-	rec.Seq, rec.Delivery, rec.Interrupted = 0, 0, 0
-	rec.Requeues++
-	rec.Pending = &pendingMsg{Subject: m.Subject, Header: m.Header, Data: m.Data}
-	if rev, err = s.put(ctx, &rec, rev); err != nil {
-		return fmt.Errorf("writing its state: %w", err)
-	}
-	ack, err := s.js.PublishMsg(ctx, m)
-	switch {
-	case err != nil && !bus.Unanswered(err):
-		return fmt.Errorf("enqueueing it: %w (its state says queued: the repair enqueues it)", err)
-	case err == nil:
-		s.noteSeq(id, rev, ack.Sequence)
-	}
-	s.emit("requeued", &rec, nil)
+	s.emitTask("requeued", &info, nil)
 	return s.deleteDead(ctx, raw.Sequence)
 }
 
-// deadMsgID is the deduplication id of a task's dead letter: the same for
-// one death (reported twice, say), another after each requeue.
-func deadMsgID(rec *record) string {
-	if rec.Requeues == 0 {
-		return rec.ID
+// onAdvisory handles the server's max-deliveries advisory of a queue: the
+// task it names was delivered MaxDeliver times without an outcome and stays
+// in the work queue, never delivered again, until it is removed: it goes to
+// the dead letters and its record says dead, then it is deleted from the
+// queue.
+func (s *Server) onAdvisory(msg jetstream.Msg) {
+	s.goAsync(func() {
+		var adv struct {
+			Stream     string `json:"stream"`
+			StreamSeq  uint64 `json:"stream_seq"`
+			Deliveries int    `json:"deliveries"`
+		}
+		if err := json.Unmarshal(msg.Data(), &adv); err != nil || adv.Stream != Stream || adv.StreamSeq == 0 {
+			_ = msg.Term()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		raw, err := s.tasks.GetMsg(ctx, adv.StreamSeq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			_ = msg.Ack() // already gone
+			return
+		}
+		if err == nil {
+			err = s.bury(ctx, raw, adv.Deliveries)
+		}
+		if err == nil {
+			err = s.tasks.DeleteMsg(ctx, adv.StreamSeq)
+		}
+		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			s.log.Warn().Err(err).Uint64("seq", adv.StreamSeq).Msg("cannot move a task out of deliveries to the dead letters yet")
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		_ = msg.Ack()
+	})
+}
+
+// bury moves the task of message raw, delivered the given times without an
+// outcome, to the dead letters: a copy of its message to
+// mesh.dead.<queue>, then its record dead (compare-and-set; a record
+// written first is read and decided on again). A task whose record says
+// it has finished keeps its outcome: its worker wrote it but did not
+// acknowledge the message. The caller deletes the message.
+func (s *Server) bury(ctx context.Context, raw *jetstream.RawStreamMsg, deliveries int) error {
+	msg, _ := taskOfMsg(raw.Header, raw.Time)
+	queue, _, _ := strings.Cut(strings.TrimPrefix(raw.Subject, TaskSubjectPrefix), ".")
+	msg.Queue = queue
+	reason := fmt.Sprintf("delivered %d times without an outcome", deliveries)
+	dead := deadLetter(raw.Header, raw.Data, queue, reason)
+	if msg.ID == "" {
+		// Not a task of this service: kept in the dead letters all the same.
+		_, err := s.js.PublishMsg(ctx, dead)
+		return err
 	}
-	return rec.ID + "-dead-" + strconv.Itoa(rec.Requeues)
+	dead.Header.Set(jetstream.MsgIDHeader, deadLetterID(msg.ID, raw.Sequence, deliveries))
+	var letter uint64 // the dead letter's sequence, once stored
+	for try := 0; ; try++ {
+		info := msg
+		rec, seq, ok, err := readRecord(ctx, s.nc, queue, msg.ID)
+		if err != nil {
+			return err
+		}
+		if ok && sameTask(&rec, msg.CreatedAt.Time) {
+			if terminal(rec.State) {
+				if letter != 0 {
+					// Finished by another party since the letter was written.
+					return s.deleteDead(ctx, letter)
+				}
+				return nil
+			}
+			info = rec
+		}
+		if letter == 0 {
+			ack, err := s.js.PublishMsg(ctx, dead)
+			if err != nil {
+				return fmt.Errorf("scheduler: dead-lettering task %s: %w", msg.ID, err)
+			}
+			letter = ack.Sequence
+		}
+		info.State, info.Attempts, info.LastError = StateDead, max(info.Attempts, deliveries), reason
+		info.FinishedAt, info.NextRetryAt = bus.Time{Time: time.Now()}, bus.Time{}
+		err = s.putRecord(ctx, &info, seq)
+		if writtenFirst(err) && try < casTries {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("scheduler: writing the dead record of task %s: %w", msg.ID, err)
+		}
+		s.emitTask("dead", &info, map[string]any{"error": reason})
+		return nil
+	}
 }
 
 func (s *Server) deleteDead(ctx context.Context, seq uint64) error {

@@ -2,12 +2,18 @@ package scheduler_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/scheduler"
 )
@@ -143,5 +149,148 @@ func TestDeadLetters(t *testing.T) {
 	}
 	if n := runs.Load(); n != 6 {
 		t.Fatalf("%d runs, want 6 (3, a again, then a and b)", n)
+	}
+}
+
+// A task delivered MaxDeliver times without an outcome (a worker that
+// does not speak the protocol, or keeps dying) goes to the dead letters
+// when the server's max-deliveries advisory comes: its record says dead,
+// and it leaves the queue. One whose record says it succeeded (its worker
+// died between the record and the ack) keeps its outcome and leaves the
+// queue, with no dead letter.
+func TestMaxDeliveriesAdvisory(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{AckWait: 200 * time.Millisecond, MaxDeliver: 2})
+	c := client(t, s.URL())
+	ev := watch(t, s.URL())
+	lost, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "raw", Type: "x", Payload: []byte("lost soul")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "raw", Type: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := s.JetStream()
+	cons, err := js.Consumer(ctx(t), scheduler.Stream, "raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pull := func() int {
+		t.Helper()
+		batch, err := cons.Fetch(2, jetstream.FetchMaxWait(bustest.Scale(time.Second)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for range batch.Messages() {
+			n++ // never acknowledged
+		}
+		return n
+	}
+	if n := pull(); n != 2 {
+		t.Fatalf("first delivery: %d messages", n)
+	}
+	// done's worker wrote its outcome, and died before acknowledging.
+	info, err := c.Status(ctx(t), done)
+	if err != nil || info.State != scheduler.StateRunning {
+		t.Fatalf("done = %+v, %v", info, err)
+	}
+	info.State, info.Attempts, info.FinishedAt = scheduler.StateSucceeded, 1, bus.Time{Time: time.Now()}
+	b, _ := json.Marshal(info)
+	if _, err := js.Publish(ctx(t), scheduler.HistorySubjectPrefix+"raw."+done, b); err != nil {
+		t.Fatal(err)
+	}
+	// The second delivery, then pulls that find both out of deliveries.
+	eventually(t, func() (bool, string) {
+		pull()
+		pending, inFlight, _ := queueHolds(t, s.URL(), "raw")
+		return pending == 0 && inFlight == 0, fmt.Sprintf("queue holds %d waiting, %d delivered", pending, inFlight)
+	})
+	ev.wait(t, "task.dead", lost)
+	info, err = c.Status(ctx(t), lost)
+	if err != nil || info.State != scheduler.StateDead || info.Attempts != 2 || info.LastError != "delivered 2 times without an outcome" || info.FinishedAt.IsZero() {
+		t.Fatalf("lost = %+v, %v", info, err)
+	}
+	if info, err := c.Status(ctx(t), done); err != nil || info.State != scheduler.StateSucceeded {
+		t.Fatalf("done = %+v, %v", info, err)
+	}
+	eventually(t, func() (bool, string) {
+		page, err := c.DeadList(ctx(t), scheduler.DeadListRequest{})
+		return err == nil && len(page.Tasks) == 1 && page.Tasks[0].ID == lost && page.Tasks[0].PayloadBytes == len("lost soul"),
+			fmt.Sprintf("dead letters = %+v, %v", page, err)
+	})
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	for _, e := range ev.seen {
+		if data, _ := e.Data.(map[string]any); e.Type == "task.dead" && data["id"] == done {
+			t.Fatalf("a task that had succeeded died: %+v", e)
+		}
+	}
+}
+
+// A requeue finishes one that died halfway: a dead task whose record has
+// gone (evicted) gets a new one; one whose record already says queued (a
+// requeue that died before publishing) is published with that record.
+func TestRequeueHalfDone(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	var failed sync.Map
+	work(t, s.URL(), map[string]int{"r": 2}, map[string]scheduler.Handler{
+		"once": func(_ context.Context, task *scheduler.Task) error {
+			if _, again := failed.LoadOrStore(task.ID, true); !again {
+				return errors.New("first run fails")
+			}
+			return nil
+		},
+	})
+	js := s.JetStream()
+	history, err := js.Stream(ctx(t), scheduler.HistoryStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for range 2 {
+		id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "r", Type: "once", MaxRetries: intp(0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info := waitDone(t, c, id); info.State != scheduler.StateDead {
+			t.Fatalf("%s = %+v", id, info)
+		}
+		ids = append(ids, id)
+	}
+	evicted, halfway := ids[0], ids[1]
+	if err := history.Purge(ctx(t), jetstream.WithPurgeSubject(scheduler.HistorySubjectPrefix+"r."+evicted)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Status(ctx(t), evicted); !errors.Is(err, scheduler.ErrNotFound) {
+		t.Fatalf("status without a record: %v", err)
+	}
+	rec, err := history.GetLastMsgForSubject(ctx(t), scheduler.HistorySubjectPrefix+"r."+halfway)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info scheduler.TaskInfo
+	if err := json.Unmarshal(rec.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	info.State, info.Attempts, info.LastError, info.FinishedAt = scheduler.StateQueued, 0, "", bus.Time{}
+	b, _ := json.Marshal(info)
+	if _, err := js.Publish(ctx(t), rec.Subject, b, jetstream.WithExpectLastSequencePerSubject(rec.Sequence)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.DeadRequeue(ctx(t), scheduler.DeadRequest{Queue: "r", All: true})
+	if err != nil || !slices.Equal(got, ids) {
+		t.Fatalf("requeue = %v, %v", got, err)
+	}
+	for _, id := range ids {
+		if info := waitDone(t, c, id); info.State != scheduler.StateSucceeded || info.Attempts != 1 {
+			t.Fatalf("%s after requeue = %+v", id, info)
+		}
+	}
+	if page, err := c.DeadList(ctx(t), scheduler.DeadListRequest{}); err != nil || len(page.Tasks) != 0 {
+		t.Fatalf("dead letters after requeue = %+v, %v", page, err)
 	}
 }

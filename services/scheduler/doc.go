@@ -13,7 +13,8 @@
 //	mesh.scheduler.status            {id}                                                 {id, queue, type, state, attempts, ...}
 //	mesh.scheduler.cancel            {id}                                                 {id, was, cancelled}
 //	mesh.scheduler.list              {queue, state, limit, cursor}                        {tasks, next_cursor}
-//	mesh.scheduler.queues            {}                                                   {queues: [{name, depth, in_flight, scheduled, dead, paused}]}
+//	mesh.scheduler.queues            {}                                                   {queues: [{name, depth, in_flight, scheduled, dead, paused}],
+//	                                                                                       history: {bytes, records, max_bytes, oldest}}
 //	mesh.scheduler.pause|resume      {queue}                                              {queue, paused}
 //	mesh.scheduler.schedules.add     {name, queue, type, payload, cron | every_ms,        {name, queue, type, ..., next_run_at}
 //	                                  time_zone, max_retries, timeout_ms}
@@ -144,27 +145,45 @@
 //
 // nats.go's schedule helper truncates to whole seconds, and the server's
 // schedule timer fires at most every 250 ms per stream, so a server
-// schedule alone is either early or up to 250 ms late. A delayed task's
-// schedule therefore fires Lead (1 s) before run_at into the staging
-// subject; the instance that receives it holds it on a Go timer and
-// publishes it to mesh.tasks.<queue> at run_at (Nats-Msg-Id = the task id),
-// then acknowledges the staging message. A task due in less than 1.5 Lead
-// is staged at once. An instance that dies while holding a task never
-// acknowledged it, so the staging consumer hands it to another instance
-// after its ack wait (5 s: such a task is late, never early); if the
-// first had published it, the stream's deduplication drops the second
-// copy. A release that fails (a reconnection) is retried for a few
-// seconds before the task is handed over. The test measures a few
-// milliseconds of lateness and checks that no task starts before run_at.
+// schedule alone is either early or up to 250 ms late. A delayed task is
+// therefore a server schedule, mesh.scheduler.at.<queue>.<id>, that fires
+// Lead (1 s) before run_at into the task's own staging subject
+// mesh.scheduler.due.<queue>.<id>; a task due in less than 1.5 Lead is put
+// there at once. The staging consumer (scheduler-staging) hands it to one
+// instance, which holds it on a Go timer and at run_at publishes the
+// task's message mesh.tasks.<queue>.<id> (Nats-Msg-Id = the task id,
+// expecting no message on that subject), then acknowledges the staging
+// message. Nothing else is written: the task's created_at travels with it
+// (Mesh-Task-Created-At). Until its release, status and list find the
+// task by its schedule or staging message (scheduled), and queues counts
+// both subjects. A cancel writes the task's record cancelled, then purges
+// them; an instance holding the task reads its staging message and its
+// record just before the release, so a task cancelled while held is not
+// released. An instance that dies while holding a task
+// never acknowledged it, so the staging consumer hands it to another
+// instance after its ack wait (5 s: such a task is late, never early); if
+// the first had published it, the deduplication, or the refusal of a
+// second message of a live task, drops the second copy. A release that
+// fails (a reconnection) is retried for a few seconds before the task is
+// handed over. The test measures a few milliseconds of lateness and
+// checks that no task starts before run_at.
 //
 // # Periodic tasks: one per tick, no leader
 //
 // A periodic schedule is a message with a Nats-Schedule header (@every or
-// cron, with a time zone) in MESH_TASKS. The stream fires each tick once,
-// into the staging subject; the staging consumer delivers it to one
-// instance, which makes the tick's task with an id derived from the tick
-// message (schedule name, time and stream sequence), so a redelivered tick
-// makes the same task. No instance elects a leader.
+// cron, with a time zone) on mesh.scheduler.every.<name> in MESH_TASKS.
+// The stream fires each tick once, into the schedule's staging subject
+// mesh.scheduler.tick.<name>; the staging consumer delivers it to one
+// instance, which publishes the tick's task with an id derived from the
+// tick message (schedule name, time and stream sequence) and the tick's
+// time as its created_at, so a redelivered tick makes the same task once.
+// No instance elects a leader, and nothing is written but the task's
+// message. A subject of MESH_TASKS holds one message, so a tick that comes
+// while the one before still waits on the staging subject (while no
+// instance runs, say) replaces it: after an outage, one task comes of the
+// ticks missed, not one per tick. A tick already handed to an instance
+// still makes its task. schedules.rm removes the schedule and a tick of
+// it still waiting.
 //
 // schedules.list and schedules.add answer each schedule's next_run_at,
 // computed as nats-server computes it (internal/cron is nats-server's own
@@ -271,19 +290,66 @@
 //
 // # Dead letters people can act on
 //
+// A task dies when its worker copies its message to mesh.dead.<queue> in
+// MESH_TASKS_DEAD and writes its record dead (retries spent, or
+// SkipRetry), or by the consumers' MaxDeliver, a backstop for deliveries
+// nobody settles (a worker that does not speak the protocol, or keeps
+// dying): past it the server emits the max-deliveries advisory, captured
+// in MESH_TASKS_DEAD (consumer scheduler-advisories) so that none is lost
+// while no instance runs, and leaves the message in the work queue; an
+// instance copies the message (by its stream sequence) to the dead
+// letters, writes the task's record dead with a compare-and-set (a record
+// written first is read and decided on again), then deletes the message.
+// A task whose record says it finished (its worker died between the
+// record and the ack) keeps its outcome and only leaves the queue. Each
+// death's dead letter has a deduplication id of its own
+// (dead-<id>-<stream seq>-<attempt>), so a death handled twice is stored
+// once.
+//
 // dead.list pages through MESH_TASKS_DEAD, oldest first (the cursor is a
 // stream sequence). dead.requeue runs a dead task again with the same id
-// and its attempts reset, as a submit does: its state first (queued,
-// carrying the message, so the repair enqueues it if the instance dies
-// there), then the message (with a deduplication id of its own, as the
-// task's id may still be in the window), then the dead letter is deleted,
-// and a requeued event is emitted. A task whose state has expired (dead
-// letters are kept DeadRetention, states Retention) gets a new state made
-// from its message's headers. A requeued task that dies again has a new
-// dead letter (each death's is deduplicated apart). dead.delete removes
-// dead letters; the task's state stays dead until its retention ends.
+// and its attempts reset: it writes the task's record queued with attempts
+// 0 (compare-and-set on the dead record, or on none when the record has
+// gone: records are kept Retention, dead letters DeadRetention), then
+// publishes the message carrying that record's sequence
+// (Mesh-Task-Record-Seq, the record the worker expects) under a
+// deduplication id of its own (requeue-<id>-<dead letter's seq>, as the
+// task's id may still be in the window), then deletes the dead letter and
+// emits a requeued event. A requeue that died halfway is finished by the
+// next one: a record that says queued has its message published again (the
+// deduplication, or the refusal of a second message of a live task,
+// absorbs a copy); a record that says anything but dead or queued means
+// that the task has run since, and only the delete is left. A requeued
+// task that dies again has a new dead letter. dead.delete removes dead
+// letters; the task's record stays dead until the history drops it.
 // Either takes one id, or a queue with all: true; finding an id reads the
 // queue's dead letters one by one, so they are for people and tools.
+//
+// # Listing tasks and queues
+//
+// list reads no index of its own: it walks the stores in three parts, each
+// in its stream's order: the tasks in their queues (mesh.tasks.<queue>.<id>:
+// queued; running once the queue's consumer has delivered it; failed while
+// a retry waits, as its record says), then the delayed tasks not released
+// yet (scheduled), then the finished tasks' records in MESH_TASK_HISTORY
+// (succeeded, dead, cancelled), oldest first. The record of a live task
+// (failed, or queued by a requeue) is listed from its queue. A page reads
+// the messages in batches (one direct get of up to limit messages on the
+// part's subjects, filtered by queue), each queue's consumer once, and
+// each delivered task as status does (its message, its record, its
+// consumer); it looks at 2000 messages at most, so a page filtered by
+// state may be short, even empty, and still have a next_cursor. The
+// cursor names the part and the stream sequence where the page stopped:
+// q<seq>, s<seq> or h<seq>. A task that moves on while a list pages (it
+// is released, or finishes) may show in two parts, or in none.
+//
+// queues answers, per queue: depth, what its stream holds of it (the
+// consumer's pending messages and its deliveries not acknowledged);
+// in_flight, those deliveries (running, or waiting for a retry);
+// scheduled, its delayed tasks' schedule and staging subjects; dead, its
+// dead letters; paused. And the history's figures: bytes, records,
+// max_bytes (HistoryMaxBytes) and the oldest record's time. Counting the
+// scheduled tasks reads their subjects, so it costs as many as there are.
 //
 // # Departures from the usual JetStream mapping
 //

@@ -18,59 +18,6 @@ import (
 	"github.com/meshkit/mesh/services/scheduler"
 )
 
-// A task delivered MaxDeliver times without any outcome (a worker that
-// does not speak the protocol, or keeps dying) is moved to the dead
-// letters when the server's max-deliveries advisory comes, its record says
-// dead, and it leaves the queue.
-func TestMaxDeliveriesAdvisory(t *testing.T) {
-	s := bustest.RunServer(t)
-	serve(t, s.URL(), scheduler.Config{AckWait: 200 * time.Millisecond, MaxDeliver: 2})
-	c := client(t, s.URL())
-	ev := watch(t, s.URL())
-	id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "raw", Type: "x", Payload: []byte("lost soul")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	js := s.JetStream()
-	cons, err := js.Consumer(ctx(t), scheduler.Stream, "raw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Two deliveries never acknowledged; the third pull finds the task out
-	// of deliveries.
-	for i := range 3 {
-		if i == 2 {
-			go func() { _, _ = cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second)) }()
-			break
-		}
-		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for range batch.Messages() {
-			n++ // never acknowledged
-		}
-		if n != 1 {
-			t.Fatalf("delivery %d: %d messages", i+1, n)
-		}
-	}
-	ev.wait(t, "task.dead", id)
-	info, err := c.Status(ctx(t), id)
-	if err != nil || info.State != scheduler.StateDead || info.Attempts != 2 {
-		t.Fatalf("status = %+v, %v", info, err)
-	}
-	dead, err := js.Stream(ctx(t), scheduler.DeadStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := dead.GetLastMsgForSubject(ctx(t), scheduler.DeadSubjectPrefix+"raw")
-	if err != nil || string(m.Data) != "lost soul" || m.Header.Get(scheduler.HeaderID) != id {
-		t.Fatalf("dead letter = %+v, %v", m, err)
-	}
-	queueEmpty(t, s.URL(), "raw")
-}
-
 // A submit that gets no answer from the store (no stream takes the
 // queue's subjects, as while it elects a leader) is answered 503 once the
 // service's wait is over: whether the task stands is unknown. Sent again

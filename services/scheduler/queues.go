@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -15,62 +16,238 @@ import (
 	"github.com/meshkit/mesh/pkg/bus"
 )
 
+// A list walks three parts in turn, each in its stream's order: the tasks
+// in their queues (queued, running, failed: their messages
+// mesh.tasks.<queue>.<id> in Stream), the delayed tasks not released yet
+// (scheduled: their schedule or staging message in Stream), and the
+// finished tasks (succeeded, dead, cancelled: their records in
+// HistoryStream). A cursor names the part a page stopped in and the stream
+// sequence of the last message it looked at there: "q<seq>", "s<seq>" or
+// "h<seq>".
+type listPart struct {
+	key    byte
+	stream string
+	states []string
+	filter func(queue string) string // queue "*": every queue
+}
+
+var listParts = []listPart{
+	{'q', Stream, []string{StateQueued, StateRunning, StateFailed}, func(q string) string { return TaskSubjectPrefix + q + ".*" }},
+	// mesh.scheduler.at.<queue>.<id> and mesh.scheduler.due.<queue>.<id>
+	{'s', Stream, []string{StateScheduled}, func(q string) string { return "mesh.scheduler.*." + q + ".*" }},
+	{'h', HistoryStream, []string{StateSucceeded, StateDead, StateCancelled}, func(q string) string { return HistorySubjectPrefix + q + ".*" }},
+}
+
+// holds tells whether the part lists tasks in state ("": any).
+func (p *listPart) holds(state string) bool {
+	return state == "" || slices.Contains(p.states, state)
+}
+
+// listScan bounds the messages a list page looks at: a page filtered by
+// state may be short, or empty, and still have a next cursor.
+const listScan = 2 * MaxListLimit
+
+// parseListCursor reads a list cursor ("": the start).
+func parseListCursor(c string) (part int, seq uint64, err error) {
+	if c == "" {
+		return 0, 0, nil
+	}
+	for i, p := range listParts {
+		if c[0] == p.key {
+			seq, err = strconv.ParseUint(c[1:], 10, 64)
+			return i, seq, err
+		}
+	}
+	return 0, 0, errors.New("unknown part")
+}
+
 func (s *Server) list(ctx context.Context, r *ListRequest) (*ListReply, error) {
 	limit := r.Limit
 	if limit == 0 {
 		limit = 100
 	}
-	var tasks []TaskInfo
-	err := s.scan(ctx, jetstream.DeliverLastPerSubjectPolicy, time.Time{}, func(rec *record) bool {
-		if (r.Queue == "" || rec.Queue == r.Queue) && (r.State == "" || rec.State == r.State) && rec.ID > r.Cursor {
-			tasks = append(tasks, rec.TaskInfo)
-		}
-		return true
-	})
+	part, after, err := parseListCursor(r.Cursor)
 	if err != nil {
-		return nil, fmt.Errorf("scheduler: listing tasks: %w", err)
+		return nil, ErrInvalid.With("cursor %q is not one this service gave", r.Cursor)
 	}
-	slices.SortFunc(tasks, func(a, b TaskInfo) int { return strings.Compare(a.ID, b.ID) })
-	reply := &ListReply{Tasks: tasks}
-	if len(tasks) > limit {
-		reply.Tasks = tasks[:limit]
-		reply.NextCursor = tasks[limit-1].ID
+	queue := r.Queue
+	if queue == "" {
+		queue = "*"
 	}
-	if reply.Tasks == nil {
-		reply.Tasks = []TaskInfo{}
+	l := lister{s: s, state: r.State, delivered: map[string]uint64{}}
+	reply := &ListReply{Tasks: []TaskInfo{}}
+	budget := listScan
+	for ; part < len(listParts); part, after = part+1, 0 {
+		p := listParts[part]
+		if !p.holds(r.State) {
+			continue
+		}
+		for {
+			msgs, pending, err := readBatch(ctx, s.nc, p.stream, p.filter(queue), after+1, min(budget, limit-len(reply.Tasks)))
+			if err != nil {
+				return nil, fmt.Errorf("scheduler: listing tasks: %w", err)
+			}
+			for _, m := range msgs {
+				after, budget = msgSeq(m), budget-1
+				info, ok, err := l.task(ctx, p.key, m)
+				if err != nil {
+					return nil, fmt.Errorf("scheduler: listing tasks: %w", err)
+				}
+				if ok {
+					reply.Tasks = append(reply.Tasks, info)
+				}
+			}
+			if len(msgs) == 0 {
+				break
+			}
+			if len(reply.Tasks) == limit || budget == 0 {
+				more := pending > 0
+				for _, later := range listParts[part+1:] {
+					more = more || later.holds(r.State)
+				}
+				if more {
+					reply.NextCursor = string(p.key) + strconv.FormatUint(after, 10)
+				}
+				return reply, nil
+			}
+			if pending == 0 {
+				break
+			}
+		}
 	}
 	return reply, nil
+}
+
+// lister decides what a list page shows of each message it reads.
+type lister struct {
+	s         *Server
+	state     string            // only this state; "": any
+	delivered map[string]uint64 // queue -> the last stream sequence its consumer delivered
+}
+
+// task is the task of message m of a list part, if the page shows it.
+// A task whose message its queue has delivered is read as status reads
+// it (its record says whether it runs or waits for a retry).
+func (l *lister) task(ctx context.Context, part byte, m *nats.Msg) (TaskInfo, bool, error) {
+	info, _ := taskOfMsg(m.Header, storedAt(m))
+	if info.ID == "" || info.Queue == "" {
+		// Named by its subject: <prefix>.<queue>.<id>.
+		tokens := strings.Split(m.Header.Get(jetstream.SubjectHeader), ".")
+		info.Queue, info.ID = tokens[len(tokens)-2], tokens[len(tokens)-1]
+	}
+	switch part {
+	case 'h':
+		if json.Unmarshal(m.Data, &info) != nil || !terminal(info.State) {
+			// A live task's record (failed, or queued by a requeue): the
+			// task is listed from its queue.
+			return info, false, nil
+		}
+		return info, l.state == "" || l.state == info.State, nil
+	case 's':
+		info.State = StateScheduled
+		return info, true, nil
+	}
+	info.State = StateQueued
+	delivered, err := l.deliveredSeq(ctx, info.Queue)
+	if err != nil {
+		return info, false, err
+	}
+	if msgSeq(m) > delivered && m.Header.Get(HeaderRecordSeq) == "" {
+		return info, l.state == "" || l.state == StateQueued, nil
+	}
+	if l.state == StateQueued && msgSeq(m) <= delivered {
+		return info, false, nil
+	}
+	info, err = l.s.find(ctx, info.ID)
+	if errors.Is(err, ErrNotFound) || terminal(info.State) {
+		return info, false, nil // finished since: listed with the history
+	}
+	return info, err == nil && (l.state == "" || l.state == info.State), err
+}
+
+// deliveredSeq is the last stream sequence the consumer of queue
+// delivered, read once a page.
+func (l *lister) deliveredSeq(ctx context.Context, queue string) (uint64, error) {
+	if seq, ok := l.delivered[queue]; ok {
+		return seq, nil
+	}
+	ci, err := l.s.tasks.Consumer(ctx, queue)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	l.delivered[queue] = ci.CachedInfo().Delivered.Stream
+	return l.delivered[queue], nil
+}
+
+// readBatch reads up to n messages of stream on filter (wildcards allowed)
+// from stream sequence from on, in order, in one direct get, and tells how
+// many more there are.
+func readBatch(ctx context.Context, nc *nats.Conn, stream, filter string, from uint64, n int) (msgs []*nats.Msg, pending uint64, err error) {
+	req, _ := json.Marshal(struct {
+		Seq     uint64 `json:"seq"`
+		NextFor string `json:"next_by_subj"`
+		Batch   int    `json:"batch"`
+	}{from, filter, max(n, 1)})
+	inbox := nc.NewInbox() // the connection's prefix: permissions may allow no other
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+		return nil, 0, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, bus.DefaultTimeout)
+		defer cancel()
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, 0, fmt.Errorf("reading %s from %s: %w", filter, stream, err)
+		}
+		switch m.Header.Get("Status") {
+		case "":
+			msgs = append(msgs, m)
+		case "204": // the end of the batch
+			pending, _ = strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+			return msgs, pending, nil
+		case "404":
+			return msgs, 0, nil
+		default:
+			return nil, 0, fmt.Errorf("reading %s from %s: %s %s", filter, stream, m.Header.Get("Status"), m.Header.Get("Description"))
+		}
+	}
 }
 
 func (s *Server) listQueues(ctx context.Context, _ *QueuesRequest) (*QueuesReply, error) {
 	byName := map[string]*QueueInfo{}
 	lister := s.tasks.ListConsumers(ctx)
 	for info := range lister.Info() {
-		if info.Name == stagingConsumer || info.Config.FilterSubject != TaskSubjectPrefix+info.Name {
-			continue
+		if want := queueConsumer(info.Name, 0, 0); info.Config.FilterSubject != want.FilterSubject || !slices.Equal(info.Config.FilterSubjects, want.FilterSubjects) {
+			continue // the staging consumer, or one made by hand
 		}
-		byName[info.Name] = &QueueInfo{Name: info.Name, Depth: info.NumPending, InFlight: info.NumAckPending, Paused: info.Paused}
+		byName[info.Name] = &QueueInfo{Name: info.Name, Depth: info.NumPending + uint64(info.NumAckPending), InFlight: info.NumAckPending, Paused: info.Paused}
 	}
 	if err := lister.Err(); err != nil {
 		return nil, fmt.Errorf("scheduler: listing queues: %w", err)
 	}
-	info, err := s.tasks.Info(ctx, jetstream.WithSubjectFilter(atPrefix+">"))
-	if err != nil {
-		return nil, fmt.Errorf("scheduler: %w", err)
-	}
-	for subj := range info.State.Subjects {
-		q, _, _ := strings.Cut(strings.TrimPrefix(subj, atPrefix), ".")
-		if qi := byName[q]; qi != nil {
-			qi.Scheduled++
+	// Delayed tasks: mesh.scheduler.at.<queue>.<id> until their schedule
+	// fires, then mesh.scheduler.due.<queue>.<id> until released.
+	for _, prefix := range []string{atPrefix, duePrefix} {
+		info, err := s.tasks.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+		if err != nil {
+			return nil, fmt.Errorf("scheduler: %w", err)
 		}
-	}
-	info, err = s.tasks.Info(ctx, jetstream.WithSubjectFilter(duePrefix+"*"))
-	if err != nil {
-		return nil, fmt.Errorf("scheduler: %w", err)
-	}
-	for subj, n := range info.State.Subjects {
-		if qi := byName[strings.TrimPrefix(subj, duePrefix)]; qi != nil {
-			qi.Scheduled += int(n)
+		for subj := range info.State.Subjects {
+			q, _, _ := strings.Cut(strings.TrimPrefix(subj, prefix), ".")
+			if qi := byName[q]; qi != nil {
+				qi.Scheduled++
+			}
 		}
 	}
 	dinfo, err := s.dead.Info(ctx, jetstream.WithSubjectFilter(DeadSubjectPrefix+"*"))
@@ -82,11 +259,16 @@ func (s *Server) listQueues(ctx context.Context, _ *QueuesRequest) (*QueuesReply
 			qi.Dead = n
 		}
 	}
-	ci := s.states.stats()
-	ci.Instance = s.svc.ID()
-	reply := &QueuesReply{Queues: []QueueInfo{}, Cache: &ci, States: &StatesInfo{
-		Bytes: s.clean.bytes.Load(), MaxBytes: s.cfg.StateMaxBytes, Cleaned: s.clean.deleted.Load(),
+	hinfo, err := s.history.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
+	}
+	reply := &QueuesReply{Queues: []QueueInfo{}, History: &HistoryInfo{
+		Bytes: hinfo.State.Bytes, Records: hinfo.State.Msgs, MaxBytes: hinfo.Config.MaxBytes,
 	}}
+	if hinfo.State.Msgs > 0 {
+		reply.History.Oldest = bus.Time{Time: hinfo.State.FirstTime}
+	}
 	for _, qi := range byName {
 		reply.Queues = append(reply.Queues, *qi)
 	}
@@ -146,7 +328,9 @@ func (s *Server) addSchedule(ctx context.Context, r *ScheduleRequest) (*Schedule
 	m := nats.NewMsg(everyPrefix + r.Name)
 	m.Data = r.Payload
 	m.Header.Set("Nats-Schedule", pattern)
-	m.Header.Set("Nats-Schedule-Target", duePrefix+r.Queue)
+	// Each tick replaces one still waiting on the schedule's staging
+	// subject (see tick).
+	m.Header.Set("Nats-Schedule-Target", tickPrefix+r.Name)
 	if r.TimeZone != "" {
 		m.Header.Set("Nats-Schedule-Time-Zone", r.TimeZone)
 	}
@@ -219,8 +403,12 @@ func (s *Server) rmSchedule(ctx context.Context, r *ScheduleRmRequest) (*Schedul
 	} else if err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
-	if err := s.tasks.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
-		return nil, fmt.Errorf("scheduler: removing schedule %s: %w", r.Name, err)
+	// The schedule, then a tick of it still waiting: no task comes of the
+	// schedule after this.
+	for _, subj := range []string{subj, tickPrefix + r.Name} {
+		if err := s.tasks.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return nil, fmt.Errorf("scheduler: removing schedule %s: %w", r.Name, err)
+		}
 	}
 	_ = s.events.Emit("unscheduled", map[string]any{"schedule": r.Name})
 	return &ScheduleRmReply{Removed: true}, nil

@@ -561,7 +561,6 @@ func TestDelayedNeverEarly(t *testing.T) {
 // A periodic schedule makes one task per tick with two scheduler instances
 // running, and none once removed.
 func TestPeriodicTwoInstances(t *testing.T) {
-	t.Skip("periodic ticks reach the queues once staging.go stores them on their tasks' subjects, and list reads the records")
 	t.Parallel() // waits on timers mostly
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})

@@ -143,8 +143,6 @@ type Server struct {
 	queues     sync.Map // queue name -> struct{}: consumers known to exist
 	consumes   []jetstream.ConsumeContext
 
-	v1Server
-
 	mu      sync.Mutex
 	held    map[*held]struct{} // delayed tasks on their timers
 	stopped bool

@@ -429,7 +429,8 @@ type CancelReply struct {
 	Done bool   `json:"cancelled"`
 }
 
-// ListRequest lists tasks, sorted by id.
+// ListRequest lists tasks: live ones in their queues' order, then
+// delayed ones, then finished ones oldest first.
 type ListRequest struct {
 	Queue  string `json:"queue,omitempty"`  // only this queue
 	State  string `json:"state,omitempty"`  // only this state
@@ -449,33 +450,24 @@ type QueuesRequest struct{}
 // QueuesReply lists the queues by name.
 type QueuesReply struct {
 	Queues []QueueInfo `json:"queues"`
-	// Cache is the state cache of the instance that answered.
-	Cache *CacheInfo `json:"cache,omitempty"`
-	// States is the state bucket, as the instance that answered last saw it.
-	States *StatesInfo `json:"states,omitempty"`
+	// History gives the figures of the task records (HistoryStream).
+	History *HistoryInfo `json:"history,omitempty"`
 }
 
-// StatesInfo gives the figures of the state bucket (Config.StateMaxBytes).
-type StatesInfo struct {
-	Bytes    int64  `json:"bytes"` // as last read, plus the writes since (an estimate)
-	MaxBytes int64  `json:"max_bytes"`
-	Cleaned  uint64 `json:"cleaned"` // finished states the answering instance deleted to make room, since its start
-}
-
-// CacheInfo gives the figures of an instance's cache of task states
-// (Config.CacheMaxBytes), which holds no results or payloads.
-type CacheInfo struct {
-	Instance string `json:"instance"`
-	Entries  int    `json:"entries"`
-	Bytes    int64  `json:"bytes"` // estimated
-	MaxBytes int64  `json:"max_bytes"`
-	Evicted  uint64 `json:"evicted"` // entries dropped to stay within MaxBytes, since the start
+// HistoryInfo gives the figures of the task records: one per task that
+// has an outcome, the oldest going first past MaxBytes (Config.HistoryMaxBytes)
+// or Config.Retention.
+type HistoryInfo struct {
+	Bytes    uint64   `json:"bytes"`
+	Records  uint64   `json:"records"`
+	MaxBytes int64    `json:"max_bytes"`
+	Oldest   bus.Time `json:"oldest,omitempty,omitzero"` // the oldest record's time; absent with none
 }
 
 // QueueInfo describes a queue.
 type QueueInfo struct {
 	Name      string `json:"name"`
-	Depth     uint64 `json:"depth"`     // queued, not delivered
+	Depth     uint64 `json:"depth"`     // tasks in the queue: waiting, running, or waiting for a retry
 	InFlight  int    `json:"in_flight"` // delivered, not acknowledged (running, or waiting for a retry)
 	Scheduled int    `json:"scheduled"` // delayed tasks not due yet
 	Dead      uint64 `json:"dead"`      // in the dead-letter stream
@@ -700,10 +692,8 @@ func (r *ListRequest) Validate() error {
 	if r.Limit < 0 || r.Limit > MaxListLimit {
 		return ErrInvalid.With("limit must be in [0, %d], got %d", MaxListLimit, r.Limit)
 	}
-	if r.Cursor != "" {
-		if err := checkID(r.Cursor); err != nil {
-			return ErrInvalid.With("bad cursor %q", r.Cursor)
-		}
+	if _, _, err := parseListCursor(r.Cursor); err != nil {
+		return ErrInvalid.With("cursor %q is not one this service gave", r.Cursor)
 	}
 	return nil
 }
