@@ -27,6 +27,9 @@ type runFlags struct {
 	Metrics  string `env:"MESH_METRICS" placeholder:"ADDR" help:"Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9090) at /metrics."`
 	Pprof    bool   `env:"MESH_PPROF" help:"Also serve Go's profiles (CPU, heap, goroutines) at /debug/pprof/ on the --metrics address."`
 	Node     string `env:"MESH_NODE" help:"Name of this process in the mesh (default: the host name)."`
+	// StoreTaskEvents: every process of a mesh should say the same, as
+	// each one sets the event stream's subjects at start.
+	StoreTaskEvents bool `name:"store-task-events" env:"MESH_STORE_TASK_EVENTS" help:"Store the task events (mesh.events.task.>) in MESH_EVENTS too; by default they are live only (a task's outcome is kept in MESH_TASK_HISTORY). Give every process of the mesh the same setting."`
 
 	CacheNodes             int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
 	CacheReplicas          int               `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key, at most the number of cache nodes."`
@@ -185,7 +188,8 @@ func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []
 	if err != nil {
 		return err
 	}
-	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv, Connect: a.serviceConn}
+	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv, Connect: a.serviceConn,
+		StoreTaskEvents: f.StoreTaskEvents}
 	if f.SchedulerCacheMaxBytes != "" {
 		if env.SchedulerCacheBytes, err = parseBytes(f.SchedulerCacheMaxBytes); err != nil {
 			return fmt.Errorf("--scheduler-cache-max-bytes: %w", err)

@@ -40,6 +40,9 @@ type Env struct {
 	// its own NATS user), which the node closes after stopping it. Zero:
 	// every service uses the node's connection.
 	Connect func(service string) (*nats.Conn, error)
+	// StoreTaskEvents makes the event stream store the task events too
+	// (bus.EventStreamConfig.StoreTaskEvents); zero: they are live only.
+	StoreTaskEvents bool
 	// SchedulerCacheBytes bounds each scheduler instance's state cache;
 	// zero: the service's default.
 	SchedulerCacheBytes int64
@@ -244,7 +247,7 @@ func Start(ctx context.Context, nc *nats.Conn, names []string, env Env) (*Node, 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := bus.EnsureEventStream(ctx, js, bus.EventStreamConfig{Replicas: env.Replicas}); err != nil {
+	if _, err := bus.EnsureEventStream(ctx, js, bus.EventStreamConfig{Replicas: env.Replicas, StoreTaskEvents: env.StoreTaskEvents}); err != nil {
 		return nil, err
 	}
 	env.Services = names
