@@ -31,11 +31,11 @@ type runFlags struct {
 	// each one sets the event stream's subjects at start.
 	StoreTaskEvents bool `name:"store-task-events" env:"MESH_STORE_TASK_EVENTS" help:"Store the task events (mesh.events.task.>) in MESH_EVENTS too; by default they are live only (a task's outcome is kept in MESH_TASK_HISTORY). Give every process of the mesh the same setting."`
 
-	CacheNodes             int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
-	CacheReplicas          int               `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key, at most the number of cache nodes."`
-	CacheMaxBytes          string            `name:"cache-max-bytes" env:"MESH_CACHE_MAX_BYTES" default:"256MiB" help:"Memory bound of each cache node's store (e.g. 64MiB, 2GiB)."`
-	SchedulerCacheMaxBytes string            `name:"scheduler-cache-max-bytes" env:"MESH_SCHEDULER_CACHE_MAX_BYTES" default:"32MiB" help:"Memory bound of each scheduler instance's cache of task states (it holds no results or payloads)."`
-	CacheLoaders           map[string]string `name:"cache-loader" env:"MESH_CACHE_LOADERS" placeholder:"NS=SUBJECT;..." help:"Read-through loaders: on a miss of a key NS:..., its owner requests the value from SUBJECT."`
+	CacheNodes               int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
+	CacheReplicas            int               `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key, at most the number of cache nodes."`
+	CacheMaxBytes            string            `name:"cache-max-bytes" env:"MESH_CACHE_MAX_BYTES" default:"256MiB" help:"Memory bound of each cache node's store (e.g. 64MiB, 2GiB)."`
+	SchedulerHistoryMaxBytes string            `name:"scheduler-history-max-bytes" env:"MESH_SCHEDULER_HISTORY_MAX_BYTES" default:"1GiB" help:"Bound of the task records (MESH_TASK_HISTORY); past it, or 24 h, the oldest records go first: finished history never blocks work."`
+	CacheLoaders             map[string]string `name:"cache-loader" env:"MESH_CACHE_LOADERS" placeholder:"NS=SUBJECT;..." help:"Read-through loaders: on a miss of a key NS:..., its owner requests the value from SUBJECT."`
 }
 
 // cacheEnv checks the cache flags.
@@ -190,9 +190,9 @@ func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []
 	}
 	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv, Connect: a.serviceConn,
 		StoreTaskEvents: f.StoreTaskEvents}
-	if f.SchedulerCacheMaxBytes != "" {
-		if env.SchedulerCacheBytes, err = parseBytes(f.SchedulerCacheMaxBytes); err != nil {
-			return fmt.Errorf("--scheduler-cache-max-bytes: %w", err)
+	if f.SchedulerHistoryMaxBytes != "" {
+		if env.SchedulerHistoryMaxBytes, err = parseBytes(f.SchedulerHistoryMaxBytes); err != nil {
+			return fmt.Errorf("--scheduler-history-max-bytes: %w", err)
 		}
 	}
 	var metrics *metricsServer

@@ -43,9 +43,9 @@ type Env struct {
 	// StoreTaskEvents makes the event stream store the task events too
 	// (bus.EventStreamConfig.StoreTaskEvents); zero: they are live only.
 	StoreTaskEvents bool
-	// SchedulerCacheBytes bounds each scheduler instance's state cache;
-	// zero: the service's default.
-	SchedulerCacheBytes int64
+	// SchedulerHistoryMaxBytes bounds the scheduler's task records; zero:
+	// the service's default.
+	SchedulerHistoryMaxBytes int64
 }
 
 // CacheEnv configures the cache nodes of a process.
@@ -111,7 +111,7 @@ func Defs() []Def {
 				`mesh worker --queue emails --exec cat`,
 			},
 			New: func(nc *nats.Conn, env Env) (Service, error) {
-				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, CacheMaxBytes: env.SchedulerCacheBytes, Logger: env.Logger, Observer: env.Observer})
+				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, Logger: env.Logger, Observer: env.Observer})
 			},
 		},
 	}
