@@ -20,15 +20,7 @@ import (
 // worker in another language reads and writes.
 func TestTaskStoreMatchesSchemas(t *testing.T) {
 	sch := compile(t)
-	srv := bustest.RunServer(t)
-	nc := srv.Connect()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	n, err := node.Start(ctx, srv.Connect(), nil, node.Env{Node: "schema-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Stop(ctx)
+	ctx, nc := startServices(t, 30*time.Second)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -128,4 +120,21 @@ func headerJSON(t *testing.T, h nats.Header) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// startServices runs every service on an in-process server (its node named
+// schema-test: the examples name its node subjects) and returns a context
+// that ends after timeout and a connection of the test's own. The services
+// stop when the test ends.
+func startServices(t *testing.T, timeout time.Duration) (context.Context, *nats.Conn) {
+	t.Helper()
+	srv := bustest.RunServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	n, err := node.Start(ctx, srv.Connect(), nil, node.Env{Node: "schema-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Stop(context.Background()) })
+	return ctx, srv.Connect()
 }
