@@ -77,8 +77,9 @@
 // script swaps the live part in, and counts lock expiries down between
 // renders from the expires_at the lock service sent (the lease lives on the
 // server; the countdown only shows it). The scheduler page lists tasks
-// through mesh.scheduler.list, which reads every task state: hence its
-// bound, whatever the number of pages open and the rate of task events.
+// through mesh.scheduler.list, which scans the tasks' messages and
+// records: hence its bound, whatever the number of pages open and the rate
+// of task events.
 //
 // Besides the HTTP server, the console owns one subscription to
 // mesh.events.> (the hub, which keeps the last 1,000 events for the events
