@@ -31,8 +31,7 @@ func TestStoredHistory(t *testing.T) {
 
 // By default the task events are live only: a task's page shows its state
 // and last error (the scheduler's record of it) and says that its events
-// are not stored, without reading the stream; the locks' history is stored
-// as before.
+// are not stored; the locks' history is stored as before.
 func TestTaskEventsNotStored(t *testing.T) {
 	m, id := startMeshWithHistory(t, false)
 	b := m.get("/scheduler/tasks/" + id)
