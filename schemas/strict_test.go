@@ -2,6 +2,7 @@ package schemas_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -304,7 +305,8 @@ func TestRequestsRefuseWhatTheyDoNotKnow(t *testing.T) {
 						if err != nil {
 							t.Fatalf("%s %q, %s (%s): %v", base, e.Title, m.what, run, err)
 						}
-						rerr := bus.ReplyError(reply)
+						var rerr *bus.Error
+						errors.As(bus.ReplyError(reply), &rerr)
 						tried++
 						switch {
 						case rerr == nil:
