@@ -1,7 +1,6 @@
 package schemas_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshkit/mesh/internal/node"
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/schemas"
@@ -265,15 +263,7 @@ func (d docs) mutations(t *testing.T, file string, req map[string]any) []mutatio
 // examples, so changed, gets a 400 and changes nothing.
 func TestRequestsRefuseWhatTheyDoNotKnow(t *testing.T) {
 	d := loadDocs(t)
-	srv := bustest.RunServer(t)
-	nc := srv.Connect()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	n, err := node.Start(ctx, srv.Connect(), nil, node.Env{Node: "schema-test"}) // the examples name its node subjects
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Stop(ctx)
+	ctx, nc := startServices(t, 60*time.Second)
 	instances, err := bus.Discover(ctx, nc, "", 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)

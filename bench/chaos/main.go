@@ -1,8 +1,9 @@
 // Command chaos drives the compose stack from the host (scripts/chaos.sh and
 // scripts/compose-smoke.sh run it):
 //
-//	chaos perms -nats URLS -password P [-cache-seed FILE]
-//	    checks what the client (and a cache node's) user may and may not do
+//	chaos perms -nats URLS -password P [-cache-seed FILE] [-worker-seed FILE]
+//	    checks what the client (and a cache node's, a worker's) user may and
+//	    may not do
 //	chaos req -nats URLS -password P SUBJECT JSON
 //	    one JSON request as the client user: prints the reply, fails on a
 //	    service error (Nats-Service-Error headers) or no reply
@@ -43,6 +44,7 @@ func main() {
 	urls := fs.String("nats", "nats://127.0.0.1:4222", "NATS URLs, comma-separated")
 	pass := fs.String("password", "", "the client user's password (or @FILE)")
 	seed := fs.String("cache-seed", "", "perms: a cache node's nkey seed file, to check its limits too")
+	workerSeed := fs.String("worker-seed", "", "perms: a worker's nkey seed file, to check its limits too")
 	dur := fs.Duration("duration", 2*time.Minute, "load: how long to load")
 	faults := fs.String("faults", "", "load: the fault log the script writes")
 	settle := fs.Duration("settle", 90*time.Second, "load: how long to wait for the tasks to finish after the load")
@@ -61,7 +63,7 @@ func main() {
 	var err error
 	switch mode {
 	case "perms":
-		err = runPerms(ctx, *urls, *pass, *seed)
+		err = runPerms(ctx, *urls, *pass, *seed, *workerSeed)
 	case "req":
 		if fs.NArg() != 2 {
 			err = fmt.Errorf("req needs a subject and a JSON body")

@@ -51,14 +51,27 @@ func (v *violations) seen(subject string, d time.Duration) bool {
 
 // publish tries a publish and tells whether the server refused it.
 func publish(v *violations, subject string, data []byte) func(*nats.Conn) error {
+	return publishMsg(v, &nats.Msg{Subject: subject, Data: data})
+}
+
+// publishNowhere tries a publish that the server allows but no stream
+// stores (Nats-Expected-Stream names none): an allowed subject of a stream
+// checked without writing to it.
+func publishNowhere(v *violations, subject string) func(*nats.Conn) error {
+	m := nats.NewMsg(subject)
+	m.Header.Set("Nats-Expected-Stream", "NONE")
+	return publishMsg(v, m)
+}
+
+func publishMsg(v *violations, m *nats.Msg) func(*nats.Conn) error {
 	return func(nc *nats.Conn) error {
-		if err := nc.Publish(subject, data); err != nil {
+		if err := nc.PublishMsg(m); err != nil {
 			return err
 		}
 		if err := nc.Flush(); err != nil {
 			return err
 		}
-		if v.seen(subject, 500*time.Millisecond) {
+		if v.seen(m.Subject, 500*time.Millisecond) {
 			return errRefused
 		}
 		return nil
@@ -97,7 +110,7 @@ func subscribe(v *violations, subject string) func(*nats.Conn) error {
 var errRefused = errors.New("refused by the server")
 
 // runPerms connects as each user given and checks what it may do.
-func runPerms(ctx context.Context, urls string, clientPass, cacheSeed string) error {
+func runPerms(ctx context.Context, urls string, clientPass, cacheSeed, workerSeed string) error {
 	failed := 0
 	check := func(user string, opts []nats.Option, cases func(v *violations) []permCase) error {
 		v := &violations{}
@@ -136,8 +149,12 @@ func runPerms(ctx context.Context, urls string, clientPass, cacheSeed string) er
 			{"write the lock bucket $KV.MESH_LOCKS.chaos", false, publish(v, "$KV.MESH_LOCKS.chaos", []byte("x"))},
 			{"JetStream request to write $KV.MESH_LOCKS.chaos", false, request(v, "$KV.MESH_LOCKS.chaos", []byte("x"))},
 			{"pull a task: $JS.API.CONSUMER.MSG.NEXT.MESH_TASKS.default", false, request(v, "$JS.API.CONSUMER.MSG.NEXT.MESH_TASKS.default", []byte(`{"batch":1}`))},
-			{"store a task in mesh.tasks.default.<id> (the client's direct submit)", true, publish(v, "mesh.tasks.default.chaos-perms", nil)},
-			{"write a task record mesh.history.default.x (worker protocol)", false, publish(v, "mesh.history.default.x", []byte("{}"))},
+			{"publish a task's message mesh.tasks.default.<id> (direct submit)", true, publishNowhere(v, "mesh.tasks.default.perms-check")},
+			{"publish to a queue's subject mesh.tasks.default", false, publish(v, "mesh.tasks.default", []byte("x"))},
+			{"write a task's record mesh.history.x.y", false, publish(v, "mesh.history.x.y", []byte("{}"))},
+			{"write a dead letter mesh.dead.default", false, publish(v, "mesh.dead.default", []byte("x"))},
+			{"read a record $JS.API.DIRECT.GET.MESH_TASK_HISTORY", false, request(v, "$JS.API.DIRECT.GET.MESH_TASK_HISTORY", []byte(`{"last_by_subj":"mesh.history.default.x"}`))},
+			{"write a unique key $KV.MESH_TASK_STATE.x", false, publish(v, "$KV.MESH_TASK_STATE.x", []byte("x"))},
 			{"delete a stream: $JS.API.STREAM.DELETE.KV_MESH_LOCKS", false, request(v, "$JS.API.STREAM.DELETE.KV_MESH_LOCKS", nil)},
 			{"subscribe mesh.tasks.> (read tasks)", false, subscribe(v, "mesh.tasks.>")},
 			{"subscribe mesh.cache.get (serve the cache)", false, subscribe(v, "mesh.cache.get")},
@@ -149,23 +166,46 @@ func runPerms(ctx context.Context, urls string, clientPass, cacheSeed string) er
 	if err != nil {
 		return err
 	}
-	if cacheSeed != "" {
-		opt, err := nats.NkeyOptionFromSeed(cacheSeed)
+	// checkNkey checks a user with an nkey, when its seed file is given.
+	checkNkey := func(user, seed string, cases func(v *violations) []permCase) error {
+		if seed == "" {
+			return nil
+		}
+		opt, err := nats.NkeyOptionFromSeed(seed)
 		if err != nil {
 			return err
 		}
-		err = check("cache", []nats.Option{opt, nats.CustomInboxPrefix("_INBOX_cache")}, func(v *violations) []permCase {
-			return []permCase{
-				{"request mesh.cache.stats", true, request(v, "mesh.cache.stats", []byte("{}"))},
-				{"write the lock bucket $KV.MESH_LOCKS.chaos", false, publish(v, "$KV.MESH_LOCKS.chaos", []byte("x"))},
-				{"read the lock bucket $JS.API.DIRECT.GET.KV_MESH_LOCKS", false, request(v, "$JS.API.DIRECT.GET.KV_MESH_LOCKS", []byte(`{"last_by_subj":"$KV.MESH_LOCKS.x"}`))},
-				{"write the task states $KV.MESH_TASK_STATE.x", false, publish(v, "$KV.MESH_TASK_STATE.x", []byte("x"))},
-				{"subscribe _INBOX_client.> (read the clients' replies)", false, subscribe(v, "_INBOX_client.>")},
-			}
-		})
-		if err != nil {
-			return err
+		return check(user, []nats.Option{opt, nats.CustomInboxPrefix("_INBOX_" + user)}, cases)
+	}
+	err = checkNkey("cache", cacheSeed, func(v *violations) []permCase {
+		return []permCase{
+			{"request mesh.cache.stats", true, request(v, "mesh.cache.stats", []byte("{}"))},
+			{"write the lock bucket $KV.MESH_LOCKS.chaos", false, publish(v, "$KV.MESH_LOCKS.chaos", []byte("x"))},
+			{"read the lock bucket $JS.API.DIRECT.GET.KV_MESH_LOCKS", false, request(v, "$JS.API.DIRECT.GET.KV_MESH_LOCKS", []byte(`{"last_by_subj":"$KV.MESH_LOCKS.x"}`))},
+			{"write the task states $KV.MESH_TASK_STATE.x", false, publish(v, "$KV.MESH_TASK_STATE.x", []byte("x"))},
+			{"subscribe _INBOX_client.> (read the clients' replies)", false, subscribe(v, "_INBOX_client.>")},
 		}
+	})
+	if err != nil {
+		return err
+	}
+	err = checkNkey("worker", workerSeed, func(v *violations) []permCase {
+		return []permCase{
+			{"consumer info $JS.API.CONSUMER.INFO.MESH_TASKS.default", true, request(v, "$JS.API.CONSUMER.INFO.MESH_TASKS.default", nil)},
+			{"read a record $JS.API.DIRECT.GET.MESH_TASK_HISTORY", true, request(v, "$JS.API.DIRECT.GET.MESH_TASK_HISTORY", []byte(`{"last_by_subj":"mesh.history.default.x"}`))},
+			{"write a task's record mesh.history.default.<id>", true, publishNowhere(v, "mesh.history.default.perms-check")},
+			{"write a dead letter mesh.dead.default", true, publishNowhere(v, "mesh.dead.default")},
+			{"write the lock bucket $KV.MESH_LOCKS.chaos", false, publish(v, "$KV.MESH_LOCKS.chaos", []byte("x"))},
+			{"write a unique key $KV.MESH_TASK_STATE.x", false, publish(v, "$KV.MESH_TASK_STATE.x", []byte("x"))},
+			{"cancel others' handlers: mesh.events.task.cancelled", false, publish(v, "mesh.events.task.cancelled", []byte("{}"))},
+			{"pull the staging consumer", false, request(v, "$JS.API.CONSUMER.MSG.NEXT.MESH_TASKS.scheduler-staging", []byte(`{"batch":1}`))},
+			{"delete a record $JS.API.STREAM.MSG.DELETE.MESH_TASK_HISTORY", false, request(v, "$JS.API.STREAM.MSG.DELETE.MESH_TASK_HISTORY", []byte(`{"seq":1}`))},
+			{"request mesh.scheduler.cancel (the service API)", false, request(v, "mesh.scheduler.cancel", []byte(`{"id":"x"}`))},
+			{"subscribe _INBOX_client.> (read the clients' replies)", false, subscribe(v, "_INBOX_client.>")},
+		}
+	})
+	if err != nil {
+		return err
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d permission checks failed", failed)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -81,7 +82,12 @@ func TestUpAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	client.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err })
+	client.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case violations <- err:
+		default:
+		}
+	})
 	if _, err := bus.Request[cache.SetRequest, cache.SetReply](cctx, client, cache.SubjectSet, cache.SetRequest{Key: "k", Value: []byte("v")}); err != nil {
 		t.Fatalf("client set: %v", err)
 	}
@@ -98,6 +104,20 @@ func TestUpAuth(t *testing.T) {
 		t.Fatal("publishing a heartbeat as the client user raised no permissions violation")
 	}
 
+	// The client may publish a task's message (the Go SDK's direct
+	// submit), and nothing else of the scheduler's store: no record, no
+	// dead letter, no unique key, no pull.
+	checkPublish(t, "client", client, map[string]bool{
+		"mesh.tasks.authq.direct-1":                   true,
+		"mesh.tasks.authq":                            false,
+		"mesh.history.x.y":                            false,
+		"mesh.dead.authq":                             false,
+		"$KV.MESH_TASK_STATE.u.authq.x":               false,
+		"$JS.API.CONSUMER.MSG.NEXT.MESH_TASKS.authq":  false,
+		"$JS.API.DIRECT.GET.MESH_TASK_HISTORY":        false,
+		"$JS.API.STREAM.MSG.DELETE.MESH_TASK_HISTORY": false,
+	})
+
 	// The worker user runs a task the client submitted.
 	id, err := scheduler.NewClient(client).Submit(cctx, scheduler.SubmitRequest{Queue: "authq", Type: "x"})
 	if err != nil {
@@ -108,6 +128,20 @@ func TestUpAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer wnc.Close()
+	// It writes records and dead letters and pulls its queues, but writes
+	// no bucket, changes no stream and publishes no cancellation.
+	checkPublish(t, "worker", wnc, map[string]bool{
+		"mesh.history.authq.x":       true,
+		"mesh.dead.authq":            true,
+		"mesh.events.task.succeeded": true,
+		"$JS.API.DIRECT.GET.MESH_TASK_HISTORY.mesh.history.x.y":  true,
+		"$KV.MESH_TASK_STATE.u.authq.x":                          false,
+		"$KV.MESH_LOCKS.x":                                       false,
+		"mesh.events.task.cancelled":                             false,
+		"mesh.scheduler.finished":                                false,
+		"$JS.API.STREAM.MSG.DELETE.MESH_TASK_HISTORY":            false,
+		"$JS.API.CONSUMER.MSG.NEXT.MESH_TASKS.scheduler-staging": false,
+	})
 	w, err := scheduler.NewWorker(wnc, scheduler.WorkerConfig{Queues: map[string]int{"authq": 1, "authq2": 1}})
 	if err != nil {
 		t.Fatal(err)
@@ -159,5 +193,31 @@ func TestUpAuth(t *testing.T) {
 	again, err := loadAuth(authDir)
 	if err != nil || again.pws["client"] != strings.TrimSpace(string(pw)) {
 		t.Fatalf("credentials made again: %v", err)
+	}
+}
+
+// checkPublish publishes to each subject as user and checks that the
+// server refuses exactly those not allowed. The messages say they are for
+// no stream (Nats-Expected-Stream), so the stream of an allowed subject
+// refuses to store them: the check changes nothing. The server answers a
+// publish it refuses with a permissions violation before the flush's
+// PONG, and the connection keeps it as its last error.
+func checkPublish(t *testing.T, user string, nc *nats.Conn, allowed map[string]bool) {
+	t.Helper()
+	for subject, ok := range allowed {
+		m := nats.NewMsg(subject)
+		m.Header.Set(jetstream.ExpectedStreamHeader, "NONE")
+		m.Data = []byte("{}")
+		if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		last := nc.LastError()
+		refused := last != nil && errors.Is(last, nats.ErrPermissionViolation) && strings.Contains(last.Error(), `"`+subject+`"`)
+		if refused == ok {
+			t.Errorf("%s publishing %s: refused %v, want %v (last error %v)", user, subject, refused, !ok, last)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -80,13 +81,14 @@ func (s *syncBuffer) String() string {
 }
 
 // mesh up serves every service on its embedded server, mesh status sees
-// them, and cancelling (Ctrl-C) stops everything cleanly.
+// them, and cancelling (Ctrl-C) stops everything cleanly. With
+// --store-task-events the event stream stores the task events too.
 func TestUpStatusAndStop(t *testing.T) {
 	listen, metrics := bustest.FreeAddr(t), bustest.FreeAddr(t)
 	data := filepath.Join(t.TempDir(), "data")
 	out := &syncBuffer{}
 	a := &app{log: zerolog.Nop(), out: out, conn: connFlags{Timeout: 5 * time.Second}}
-	up := &upCmd{Listen: listen, Data: data, Sync: "always", runFlags: runFlags{Replicas: 1, Metrics: metrics, Pprof: true, Node: "test-node"}}
+	up := &upCmd{Listen: listen, Data: data, Sync: "always", runFlags: runFlags{Replicas: 1, Metrics: metrics, Pprof: true, Node: "test-node", StoreTaskEvents: true}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- up.run(ctx, a) }()
@@ -134,6 +136,9 @@ func TestUpStatusAndStop(t *testing.T) {
 	streams := map[string]string{}
 	for _, s := range st.Streams {
 		streams[s.Name] = s.Kind
+		if s.Name == bus.EventStream && !slices.Contains(s.Subjects, bus.TaskEventSubjects) {
+			t.Fatalf("%s with --store-task-events stores %v", s.Name, s.Subjects)
+		}
 	}
 	if streams[bus.EventStream] != "stream" || streams[lock.Bucket] != "kv" {
 		t.Fatalf("status streams = %+v", st.Streams)
@@ -273,6 +278,26 @@ func TestUsageError(t *testing.T) {
 		}
 		if tc.err == "" && stderr.Len() > 0 || !strings.Contains(stderr.String(), tc.err) {
 			t.Errorf("%q: stderr %q, want %q", tc.args, stderr.String(), tc.err)
+		}
+	}
+}
+
+// --store-task-events is off unless given, for up and for serve.
+func TestStoreTaskEventsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"up"}, false},
+		{[]string{"up", "--store-task-events"}, true},
+		{[]string{"serve", "scheduler"}, false},
+		{[]string{"serve", "lock", "--store-task-events"}, true},
+	} {
+		var c cli
+		var stdout, stderr bytes.Buffer
+		parse(newParser(&c, &stdout, &stderr, func(code int) { t.Fatalf("%q: exit %d: %s", tc.args, code, stderr.String()) }), tc.args)
+		if got := c.Up.StoreTaskEvents || c.Serve.StoreTaskEvents; got != tc.want {
+			t.Errorf("%q: store task events %v, want %v", tc.args, got, tc.want)
 		}
 	}
 }

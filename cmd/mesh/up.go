@@ -27,11 +27,14 @@ type runFlags struct {
 	Metrics  string `env:"MESH_METRICS" placeholder:"ADDR" help:"Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9090) at /metrics."`
 	Pprof    bool   `env:"MESH_PPROF" help:"Also serve Go's profiles (CPU, heap, goroutines) at /debug/pprof/ on the --metrics address."`
 	Node     string `env:"MESH_NODE" help:"Name of this process in the mesh (default: the host name)."`
+	// StoreTaskEvents: every process of a mesh should say the same, as
+	// each one sets the event stream's subjects at start.
+	StoreTaskEvents bool `name:"store-task-events" env:"MESH_STORE_TASK_EVENTS" help:"Store the task events (mesh.events.task.>) in MESH_EVENTS too; by default they are live only (a task's outcome is kept in MESH_TASK_HISTORY). Give every process of the mesh the same setting."`
 
 	CacheNodes               int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
 	CacheReplicas            int               `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key, at most the number of cache nodes."`
 	CacheMaxBytes            string            `name:"cache-max-bytes" env:"MESH_CACHE_MAX_BYTES" default:"256MiB" help:"Memory bound of each cache node's store (e.g. 64MiB, 2GiB)."`
-	SchedulerHistoryMaxBytes string            `name:"scheduler-history-max-bytes" env:"MESH_SCHEDULER_HISTORY_MAX_BYTES" default:"1GiB" help:"Bound of the scheduler's task records (the stream MESH_TASK_HISTORY); past it the oldest go first."`
+	SchedulerHistoryMaxBytes string            `name:"scheduler-history-max-bytes" env:"MESH_SCHEDULER_HISTORY_MAX_BYTES" default:"1GiB" help:"Bound of the task records (MESH_TASK_HISTORY); past it, or 24 h, the oldest records go first: finished history never blocks work."`
 	CacheLoaders             map[string]string `name:"cache-loader" env:"MESH_CACHE_LOADERS" placeholder:"NS=SUBJECT;..." help:"Read-through loaders: on a miss of a key NS:..., its owner requests the value from SUBJECT."`
 }
 
@@ -185,9 +188,10 @@ func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []
 	if err != nil {
 		return err
 	}
-	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv, Connect: a.serviceConn}
+	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv, Connect: a.serviceConn,
+		StoreTaskEvents: f.StoreTaskEvents}
 	if f.SchedulerHistoryMaxBytes != "" {
-		if env.SchedulerHistoryBytes, err = parseBytes(f.SchedulerHistoryMaxBytes); err != nil {
+		if env.SchedulerHistoryMaxBytes, err = parseBytes(f.SchedulerHistoryMaxBytes); err != nil {
 			return fmt.Errorf("--scheduler-history-max-bytes: %w", err)
 		}
 	}

@@ -45,7 +45,7 @@ type Config struct {
 	// History is how far back the charts go. Zero: 1h.
 	History time.Duration
 	// TaskListEvery bounds how often the scheduler page lists tasks,
-	// whatever the number of pages open: a list reads every task state.
+	// whatever the number of pages open: a list scans the stored tasks.
 	// Zero: 5s.
 	TaskListEvery time.Duration
 	// CacheReplicas is the copies of each cache key (the cache nodes'

@@ -43,18 +43,20 @@ type mesh struct {
 // httptest server.
 func startMesh(t *testing.T, cfg console.Config) *mesh {
 	t.Helper()
-	return startMeshAfter(t, cfg, nil)
+	return startMeshAfter(t, cfg, node.Env{}, nil)
 }
 
-// startMeshAfter is startMesh that runs before (if not nil) once the
-// services run, before the console starts.
-func startMeshAfter(t *testing.T, cfg console.Config, before func(nc *nats.Conn)) *mesh {
+// startMeshAfter is startMesh with the services' env (its logger and
+// names are the test's), that runs before (if not nil) once the services
+// run, before the console starts.
+func startMeshAfter(t *testing.T, cfg console.Config, env node.Env, before func(nc *nats.Conn)) *mesh {
 	t.Helper()
 	srv := bustest.RunServer(t)
 	nc := srv.Connect(nats.Name("console test"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n, err := node.Start(ctx, nc, nil, node.Env{Logger: zerolog.Nop(), Node: "test", MeshVersion: "test"})
+	env.Logger, env.Node, env.MeshVersion = zerolog.Nop(), "test", "test"
+	n, err := node.Start(ctx, nc, nil, env)
 	if err != nil {
 		t.Fatal(err)
 	}

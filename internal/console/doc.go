@@ -23,7 +23,8 @@
 //	            mesh.scheduler.queues (when a scheduler answers)
 //	scheduler   mesh.scheduler.queues, .list, .schedules.list          submit, pause, resume,
 //	                                                                   schedules add, rm
-//	task        mesh.scheduler.status, MESH_EVENTS (stored events)     cancel, requeue, delete (dead)
+//	task        mesh.scheduler.status, MESH_EVENTS (stored events,     cancel, requeue, delete (dead)
+//	            when task events are stored)
 //	dead        mesh.scheduler.dead.list                               requeue, delete (one, or
 //	                                                                   all of a queue)
 //	locks       mesh.lock.list, mesh.lock.inspect (first 50 locks),    –
@@ -47,7 +48,14 @@
 // ones the hub heard (each once), and the read is kept 30 s, so a live page
 // reads the stream at most twice a minute. A user who may not read the
 // stream (or a mesh without it) gets the live events only, with a note
-// saying so. The compose stack's console user may create and fetch from
+// saying so.
+//
+// Task events are live only unless the mesh runs with --store-task-events
+// (the stream's subjects, from the streams' list, say which): then a
+// task's page reads nothing from the stream and says so; what it shows of
+// the task's past is its status (mesh.scheduler.status, read from the
+// scheduler's own record of the task: state, attempts, last error, result
+// and instants) and the events the hub heard. The compose stack's console user may create and fetch from
 // consumers of MESH_EVENTS ($JS.API.CONSUMER.CREATE.MESH_EVENTS.>,
 // .MSG.NEXT, .DELETE) and nothing else of JetStream but the account's and
 // the streams' figures.
@@ -69,8 +77,9 @@
 // script swaps the live part in, and counts lock expiries down between
 // renders from the expires_at the lock service sent (the lease lives on the
 // server; the countdown only shows it). The scheduler page lists tasks
-// through mesh.scheduler.list, which reads every task state: hence its
-// bound, whatever the number of pages open and the rate of task events.
+// through mesh.scheduler.list, which scans the tasks' messages and
+// records: hence its bound, whatever the number of pages open and the rate
+// of task events.
 //
 // Besides the HTTP server, the console owns one subscription to
 // mesh.events.> (the hub, which keeps the last 1,000 events for the events

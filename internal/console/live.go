@@ -22,7 +22,7 @@ var interests = map[string]string{
 }
 
 // minGap bounds how often an event makes a page render again: the
-// scheduler's task list reads every task state, so a burst of task events
+// scheduler's task list scans the stored tasks, so a burst of task events
 // must not turn into a burst of lists.
 var minGap = map[string]time.Duration{
 	"overview":  time.Second,

@@ -8,7 +8,7 @@ import (
 
 // memo keeps the results of costly reads for a while, shared by every page
 // and tab that asks within that time: the scheduler's task list (a scan of
-// every task state) and the locks' details (a request per lock).
+// the stored tasks) and the locks' details (a request per lock).
 type memo[T any] struct {
 	ttl time.Duration
 	mu  sync.Mutex

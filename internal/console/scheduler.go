@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/meshkit/mesh/internal/meshstat"
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/services/scheduler"
 )
@@ -84,8 +85,8 @@ type taskView struct {
 	Err      error
 	Timeline []step
 	Events   []event
-	// Stored is the read of the task's stored events (its Err: the page
-	// shows the events heard live only).
+	// Stored is the read of the task's stored events (its Err, or
+	// NotStored: the page shows the events heard live only).
 	Stored storedRead
 }
 
@@ -121,9 +122,35 @@ func (c *Console) taskView(ctx context.Context, r *http.Request) (any, error) {
 	if v.Err != nil || v.Task.CreatedAt.IsZero() {
 		since, newest = time.Now().Add(-taskHistory), true
 	}
-	v.Stored = c.stored(ctx, "mesh.events.task.>", since, newest, taskEvents, about, "task\x00"+id)
+	if c.taskEventsStored(ctx) {
+		v.Stored = c.stored(ctx, bus.TaskEventSubjects, since, newest, taskEvents, about, "task\x00"+id)
+	} else {
+		v.Stored = storedRead{NotStored: true}
+	}
 	v.Events = mergeEvents(v.Stored.Events, c.events.recent(taskEvents, about), taskEvents)
 	return v, nil
+}
+
+// taskEventsStored tells whether MESH_EVENTS stores the task events (they
+// are live only unless the mesh runs with --store-task-events), from the
+// streams the sampler listed last, or a list of its own. When it cannot
+// tell (no list, no such stream), it says yes: the read of the events then
+// says what is wrong.
+func (c *Console) taskEventsStored(ctx context.Context) bool {
+	st, fresh := c.sampler.status(2 * c.cfg.SampleEvery)
+	streams := st.Streams
+	if !fresh {
+		var err error
+		if streams, err = meshstat.Streams(ctx, c.nc); err != nil {
+			return true
+		}
+	}
+	for _, s := range streams {
+		if s.Name == bus.EventStream {
+			return slices.Contains(s.Subjects, bus.EventSubjects) || slices.Contains(s.Subjects, bus.TaskEventSubjects)
+		}
+	}
+	return true
 }
 
 // submit submits a task from the scheduler page's form and shows it.

@@ -32,6 +32,9 @@ type storedRead struct {
 	Events []event
 	Cut    bool // more events matched the filter than storedScan
 	Err    error
+	// NotStored: the stream does not store these events (task events
+	// without --store-task-events), so none was read.
+	NotStored bool
 }
 
 // stored returns the stored events on filter since the instant that match,

@@ -40,9 +40,12 @@ type Env struct {
 	// its own NATS user), which the node closes after stopping it. Zero:
 	// every service uses the node's connection.
 	Connect func(service string) (*nats.Conn, error)
-	// SchedulerHistoryBytes bounds the scheduler's task records
-	// (scheduler.Config.HistoryMaxBytes); zero: the service's default.
-	SchedulerHistoryBytes int64
+	// StoreTaskEvents makes the event stream store the task events too
+	// (bus.EventStreamConfig.StoreTaskEvents); zero: they are live only.
+	StoreTaskEvents bool
+	// SchedulerHistoryMaxBytes bounds the scheduler's task records; zero:
+	// the service's default.
+	SchedulerHistoryMaxBytes int64
 }
 
 // CacheEnv configures the cache nodes of a process.
@@ -108,7 +111,7 @@ func Defs() []Def {
 				`mesh worker --queue emails --exec cat`,
 			},
 			New: func(nc *nats.Conn, env Env) (Service, error) {
-				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, HistoryMaxBytes: env.SchedulerHistoryBytes, Logger: env.Logger, Observer: env.Observer})
+				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, HistoryMaxBytes: env.SchedulerHistoryMaxBytes, Logger: env.Logger, Observer: env.Observer})
 			},
 		},
 	}
@@ -244,7 +247,7 @@ func Start(ctx context.Context, nc *nats.Conn, names []string, env Env) (*Node, 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := bus.EnsureEventStream(ctx, js, bus.EventStreamConfig{Replicas: env.Replicas}); err != nil {
+	if _, err := bus.EnsureEventStream(ctx, js, bus.EventStreamConfig{Replicas: env.Replicas, StoreTaskEvents: env.StoreTaskEvents}); err != nil {
 		return nil, err
 	}
 	env.Services = names

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -466,6 +467,52 @@ func TestEvents(t *testing.T) {
 	}
 	if sm, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil || !bytes.Equal(sm.Data(), m.Data) {
 		t.Fatalf("event not in %s: %v", bus.EventStream, err)
+	}
+}
+
+// Task events are live only unless the stream is configured to store them;
+// the other services' events are stored either way, and an existing stream
+// (one that stored every event, say) takes the configured subjects.
+func TestEventStreamStoresTaskEventsByOptIn(t *testing.T) {
+	s := bustest.RunServer(t)
+	js := s.JetStream()
+	// A stream as an earlier version made it: every event.
+	if _, err := js.CreateStream(ctx(t), jetstream.StreamConfig{Name: bus.EventStream, Subjects: []string{bus.EventSubjects}}); err != nil {
+		t.Fatal(err)
+	}
+	// stored publishes an event through JetStream: acknowledged by the
+	// event stream when it stores the subject, refused with no responders
+	// when no stream does.
+	stored := func(subject string) bool {
+		t.Helper()
+		ack, err := js.Publish(ctx(t), subject, []byte(`{"type":"x"}`))
+		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+			return false
+		}
+		if err != nil || ack.Stream != bus.EventStream {
+			t.Fatalf("publishing %s: %+v, %v", subject, ack, err)
+		}
+		return true
+	}
+	for _, store := range []bool{false, true, false} {
+		cfg := bus.EventStreamConfig{StoreTaskEvents: store}
+		st, err := bus.EnsureEventStream(ctx(t), js, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err := st.Info(ctx(t)); err != nil || !slices.Equal(info.Config.Subjects, cfg.Subjects()) {
+			t.Fatalf("store task events %v: subjects %v, want %v (%v)", store, info.Config.Subjects, cfg.Subjects(), err)
+		}
+		for _, subject := range []string{"mesh.events.lock.acquired", "mesh.events.cache.node_joined"} {
+			if !stored(subject) {
+				t.Errorf("store task events %v: %s not stored", store, subject)
+			}
+		}
+		for _, subject := range []string{"mesh.events.task.succeeded", "mesh.events.task.cancelled"} {
+			if stored(subject) != store {
+				t.Errorf("store task events %v: %s stored: %v", store, subject, !store)
+			}
+		}
 	}
 }
 

@@ -64,4 +64,19 @@
 //	$SRV.PING|INFO|STATS                  every service instance (micro protocol)
 //	$SRV.PING|INFO|STATS.<name>[.<id>]    the instances of one service, one instance
 //	mesh.events.<service>.<what>          events (Events), kept by the stream MESH_EVENTS
+//	mesh.events.task.<what>               task events: live only, unless stored by opt-in
+//
+// # Events
+//
+// Every state change is an event (Events.Emit: a core NATS publish, JSON,
+// never awaited). The stream MESH_EVENTS (EnsureEventStream; limits
+// retention, 24 h and 1 GiB by default) stores the events of every service
+// (mesh.events.cache.>, mesh.events.lock.>) but the scheduler's task
+// events, which are live only by default: the scheduler keeps each task's
+// outcome in its own history (MESH_TASK_HISTORY), and storing every
+// task's events too would add several stored writes per task to its hot
+// path. EventStreamConfig.StoreTaskEvents (mesh up|serve
+// --store-task-events) stores them as well, for an audit trail of every
+// task; give every process of a mesh the same setting, since each one that
+// starts sets the stream's subjects.
 package bus

@@ -13,8 +13,19 @@ import (
 // EventStream is the stream that keeps the mesh's events.
 const EventStream = "MESH_EVENTS"
 
-// EventSubjects is the subject filter of EventStream.
+// EventSubjects is the subject filter of every event, live or stored.
 const EventSubjects = "mesh.events.>"
+
+// TaskEventSubjects are the scheduler's task events. EventStream stores
+// them only when EventStreamConfig.StoreTaskEvents says so: the scheduler
+// keeps each task's outcome in its own history, and storing every task's
+// events as well would cost its hot path several stored writes per task.
+const TaskEventSubjects = "mesh.events.task.>"
+
+// storedEvents are the services whose events EventStream always stores. A
+// service that emits events of its own is listed here, or its events are
+// live only.
+var storedEvents = []string{"cache", "lock"}
 
 // Event is the JSON envelope of every event, published on
 // mesh.events.<service>.<what>.
@@ -64,10 +75,30 @@ type EventStreamConfig struct {
 	MaxAge   time.Duration // how long events are kept; zero: 24h
 	MaxBytes int64         // bound on the stream's size; zero: 1 GiB
 	Replicas int           // zero: 1
+	// StoreTaskEvents stores the task events (TaskEventSubjects) too
+	// (mesh up|serve --store-task-events); zero: they are live only, heard
+	// by whoever subscribes when they happen.
+	StoreTaskEvents bool
+}
+
+// Subjects are the subjects EventStream stores under cfg: the events of
+// every service (mesh.events.cache.>, mesh.events.lock.>), and the task
+// events when cfg.StoreTaskEvents.
+func (cfg EventStreamConfig) Subjects() []string {
+	var subjects []string
+	for _, s := range storedEvents {
+		subjects = append(subjects, EventSubject(s, ">"))
+	}
+	if cfg.StoreTaskEvents {
+		subjects = append(subjects, TaskEventSubjects)
+	}
+	return subjects
 }
 
 // EnsureEventStream creates EventStream (limits retention), or updates it to
-// cfg when it exists.
+// cfg when it exists: its subjects become cfg.Subjects() (the events it
+// stored before stay until they age out). Every process that ensures the
+// stream should be given the same cfg, or the last one started decides.
 func EnsureEventStream(ctx context.Context, js jetstream.JetStream, cfg EventStreamConfig) (jetstream.Stream, error) {
 	if cfg.MaxAge <= 0 {
 		cfg.MaxAge = 24 * time.Hour
@@ -81,7 +112,7 @@ func EnsureEventStream(ctx context.Context, js jetstream.JetStream, cfg EventStr
 	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        EventStream,
 		Description: "Lifecycle events of the mesh services",
-		Subjects:    []string{EventSubjects},
+		Subjects:    cfg.Subjects(),
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
 		MaxAge:      cfg.MaxAge,
