@@ -68,6 +68,7 @@ import (
 
 	"github.com/meshkit/mesh/bench/internal/machine"
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/services/scheduler"
 )
 
 // Names of the systems, as the table shows them.
@@ -94,7 +95,9 @@ type config struct {
 	cpuprofile         string
 	batch              int
 	serverPids         []int
+	natsPID            int
 	source             string
+	soak               soakConfig
 }
 
 func main() {
@@ -102,7 +105,7 @@ func main() {
 	var systems string
 	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL` (JetStream enabled)")
 	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port` for asynq; empty: no asynq row")
-	flag.StringVar(&systems, "systems", "mesh,asynq,raw,floor,statefloor", "systems to run, in order: mesh, asynq, floor, raw, record, statefloor, statesvc")
+	flag.StringVar(&systems, "systems", "mesh,asynq,raw,floor,statefloor", "systems to run, in order: mesh, mesh-direct, asynq, floor, raw, record, statefloor, statesvc")
 	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
 	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
 	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")
@@ -116,6 +119,16 @@ func main() {
 	flag.IntVar(&cfg.batch, "batch", 1000, "tasks per batch of the batch enqueue scenario")
 	var pids string
 	flag.StringVar(&pids, "server-pids", "", "comma-separated `pids` of the server processes (nats-server, redis-server) whose CPU time counts in CPU per task")
+	flag.IntVar(&cfg.natsPID, "nats-pid", 0, "nats-server's `pid`, for its RSS in soak mode")
+	flag.DurationVar(&cfg.soak.duration, "soak", 0, "soak mode: run the mesh scheduler for `duration` at a steady rate instead of the table (see bench/README.md)")
+	flag.Float64Var(&cfg.soak.rate, "soak-rate", 0, "soak mode: tasks/s submitted; 0: half the drain rate of -soak-probe such tasks, measured first")
+	flag.IntVar(&cfg.soak.probe, "soak-probe", 5000, "soak mode: tasks of the drain that sets the rate when -soak-rate is 0")
+	flag.IntVar(&cfg.soak.resultBytes, "soak-result-bytes", 16<<10, "soak mode: bytes of the result each task sets")
+	flag.Int64Var(&cfg.soak.historyMaxBytes, "soak-history-max-bytes", 64<<20, "soak mode: the scheduler's bound on the history of finished tasks, in bytes")
+	flag.DurationVar(&cfg.soak.every, "soak-every", 10*time.Second, "soak mode: interval between two rows")
+	flag.IntVar(&cfg.soak.check, "soak-check", 100, "soak mode: the last tasks whose records are read at the end")
+	flag.Float64Var(&cfg.soak.rssTolerance, "soak-rss-tolerance", 10, "soak mode: RSS growth after warm-up, in %, still called flat")
+	flag.BoolVar(&cfg.soak.direct, "soak-direct", false, "soak mode: submit with the Client's direct publish to JetStream")
 	flag.Parse()
 	var err error
 	if cfg.serverPids, err = parsePids(pids); err != nil {
@@ -130,7 +143,11 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	err = run(context.Background(), cfg, os.Stdout)
+	if cfg.soak.duration > 0 {
+		err = soak(context.Background(), cfg, os.Stdout)
+	} else {
+		err = run(context.Background(), cfg, os.Stdout)
+	}
 	stop()
 	if err != nil {
 		fatal(err)
@@ -168,7 +185,9 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		var sys system
 		switch name {
 		case "mesh":
-			sys, err = newMesh(ctx, cfg.natsURL)
+			sys, err = newMesh(ctx, cfg.natsURL, scheduler.Config{}, false)
+		case "mesh-direct":
+			sys, err = newMeshDirect(ctx, cfg.natsURL)
 		case "asynq":
 			if cfg.redisAddr == "" {
 				fmt.Fprintln(os.Stderr, "bench: no -redis: skipping asynq")
@@ -186,7 +205,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		case "record":
 			sys, err = newRecord(ctx, cfg.natsURL)
 		default:
-			return fmt.Errorf("unknown system %q (mesh, asynq, floor, raw, record, statefloor, statesvc)", name)
+			return fmt.Errorf("unknown system %q (mesh, mesh-direct, asynq, floor, raw, record, statefloor, statesvc)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -432,14 +451,7 @@ type immediateOnly interface{ immediateOnly() }
 // waitFor polls cond (the handlers count tasks; there is no event to await
 // across three systems) until it holds or limit passes.
 func waitFor(cond func() bool, limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return true
+	return waitEvery(cond, 5*time.Millisecond, limit)
 }
 
 func quantile(ds []time.Duration, q float64) time.Duration {

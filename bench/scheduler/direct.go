@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/meshkit/mesh/services/scheduler"
+)
+
+// meshDirectName is the row of the mesh scheduler whose Client publishes
+// immediate tasks straight to JetStream (-systems mesh-direct).
+const meshDirectName = "mesh scheduler (direct)"
+
+// errNoDirect: the scheduler under test has no direct submit.
+var errNoDirect = errors.New("this scheduler's Client has no direct submit (it comes with the v2 store)")
+
+// newClient is the Client of the mesh rows: the service path, or the
+// direct submit when direct.
+func newClient(nc *nats.Conn, direct bool) (*scheduler.Client, error) {
+	if direct {
+		return nil, errNoDirect
+	}
+	return scheduler.NewClient(nc), nil
+}
+
+// meshDirectSystem is the mesh scheduler with the direct submit: the
+// enqueue and batch scenarios submit through the direct Client; the service
+// path is the mesh row's and is not measured again.
+type meshDirectSystem struct{ m *meshSystem }
+
+func newMeshDirect(ctx context.Context, url string) (*meshDirectSystem, error) {
+	m, err := newMesh(ctx, url, scheduler.Config{}, true)
+	if err != nil {
+		return nil, err
+	}
+	return &meshDirectSystem{m}, nil
+}
+
+func (d *meshDirectSystem) name() string { return meshDirectName }
+
+func (d *meshDirectSystem) enqueue(ctx context.Context, queue string, payload []byte, runAt time.Time) error {
+	return d.m.enqueue(ctx, queue, payload, runAt)
+}
+
+func (d *meshDirectSystem) enqueueBatch(ctx context.Context, queue string, payloads [][]byte) (int, error) {
+	return d.m.enqueueBatch(ctx, queue, payloads)
+}
+
+func (d *meshDirectSystem) work(ctx context.Context, queue string, n int, handle func([]byte)) (func(), error) {
+	return d.m.work(ctx, queue, n, handle)
+}
+
+func (d *meshDirectSystem) close() { d.m.close() }
