@@ -25,6 +25,10 @@
 //     store for the scheduler, with no service: the task message as the
 //     record of a live task (a subject per task) and one outcome write to
 //     a bounded history stream, pipelined before the ack (record.go).
+//   - mesh scheduler (direct) (-systems mesh-direct, not by default): the
+//     mesh scheduler with the Client's direct submit, which publishes an
+//     immediate task straight to JetStream (the v2 store's Client option);
+//     its service path is the mesh row's and is not measured again.
 //
 // The mesh scheduler also enqueues -tasks more by JSON requests on
 // mesh.scheduler.submit (the service path of a client in any language)
@@ -42,6 +46,9 @@
 //     running: enqueue-to-start latency (p50, p99);
 //   - delayed: -delayed tasks due 2 to 3 s ahead: start minus due time
 //     (p50, p99, max) and how many started early.
+//
+// Soak mode (-soak DURATION, soak.go) runs the mesh scheduler alone at a
+// steady rate instead of the table.
 //
 // nats-server (JetStream on) and redis-server run as processes of their
 // own: scripts/bench.sh scheduler starts them on loopback ports and runs
@@ -513,13 +520,15 @@ func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 			ms(r.idleP50), ms(r.idleP99), ms(r.lateP50), ms(r.lateP99), ms(r.lateMax), r.early, r.delayedN, us(r.cpuPerTask), r.errors)
 	}
 	tw.Flush()
-	var mesh, asq, floor, stateFloor, raw *result
+	var mesh, direct, asq, floor, stateFloor, raw *result
 	for i := range rs {
 		switch rs[i].system {
 		case rawName:
 			raw = &rs[i]
 		case meshName:
 			mesh = &rs[i]
+		case meshDirectName:
+			direct = &rs[i]
 		case asynqName:
 			asq = &rs[i]
 		case floorName:
@@ -527,6 +536,11 @@ func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 		case stateFloorName:
 			stateFloor = &rs[i]
 		}
+	}
+	if direct != nil && asq != nil {
+		fmt.Fprintf(w, "\nmesh (direct) / asynq: enqueue %s, batch %s, drain %s, CPU per task %s\n",
+			ratio(direct.enqueue, asq.enqueue), ratio(direct.enqueueBatch, asq.enqueue), ratio(direct.drain, asq.drain),
+			ratio(float64(direct.cpuPerTask), float64(asq.cpuPerTask)))
 	}
 	if mesh == nil {
 		return

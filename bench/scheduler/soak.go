@@ -200,8 +200,8 @@ func soak(ctx context.Context, cfg config, w io.Writer) error {
 		} else {
 			fmt.Fprintf(os.Stderr, "bench: history: %v\n", err)
 		}
-		s.natsRSS = rss(cfg.natsPID)
-		s.meshRSS, s.heap = rss(os.Getpid()), liveHeap()
+		s.heap = liveHeap()
+		s.natsRSS, s.meshRSS = rss(cfg.natsPID), rss(os.Getpid())
 		return s
 	}
 	printSoakHeader(w)
@@ -270,18 +270,18 @@ loop:
 		}
 		fmt.Fprintf(w, "- "+format+": %s\n", append(args, mark)...)
 	}
-	first := "none"
+	refusals := fmt.Sprintf("%d of %d", final.refused, final.submitted+final.refused)
 	if s, ok := firstRefusal.Load().(string); ok {
-		first = s
+		refusals += " (the first: " + s + ")"
 	}
-	verdict(final.refused == 0, "submits refused: %d of %d (first: %s)", final.refused, final.submitted+final.refused, first)
+	verdict(final.refused == 0, "submits refused: %s", refusals)
 	verdict(settled && final.depth == 0 && final.running == 0, "tasks left running: %d, queued: %d", final.running, final.depth)
 	verdict(len(ids) > 0 && states[scheduler.StateSucceeded] == len(ids), "every outcome recorded: the last %d tasks read by status: %s", len(ids), countStates(states))
 	if len(series) > 0 {
 		h0 := series[0].history
 		moved := final.history.oldest.After(h0.oldest)
-		verdict(moved && final.history.records < final.submitted, "oldest evicted: first record %s at %s → %s; %d records for %d tasks submitted",
-			movedWord(moved), clock(h0.oldest), clock(final.history.oldest), final.history.records, final.submitted)
+		verdict(moved && final.history.records < final.submitted, "oldest evicted: the first record's time %s → %s (%s); %d records for %d tasks submitted",
+			clock(h0.oldest), clock(final.history.oldest), movedWord(moved), final.history.records, final.submitted)
 	}
 	if len(series) >= 3 {
 		growth := func(f func(sample) uint64) float64 {
@@ -306,8 +306,8 @@ loop:
 		perRecord := float64(final.history.bytes) / float64(final.history.records)
 		fmt.Fprintf(w, "- bytes per record: %.0f (%d B in %d records)\n", perRecord, final.history.bytes, final.history.records)
 		for _, bound := range []int64{sc.historyMaxBytes, defaultHistoryMaxBytes} {
-			fmt.Fprintf(w, "- sustainable for %s with a history of %s: %.1f tasks/s (bound / bytes per record / %.0f s)\n",
-				retention, mib(bound), float64(bound)/perRecord/retention.Seconds(), retention.Seconds())
+			fmt.Fprintf(w, "- sustainable for %.0f h with a history bound of %s: %.3g tasks/s (the bound / bytes per record / %.0f s)\n",
+				retention.Hours(), mib(bound), float64(bound)/perRecord/retention.Seconds(), retention.Seconds())
 		}
 	}
 	return nil
