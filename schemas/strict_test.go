@@ -50,8 +50,6 @@ var requestTypes = map[string]any{
 	"scheduler.schedules_add":  scheduler.ScheduleRequest{},
 	"scheduler.schedules_list": scheduler.ScheduleListRequest{},
 	"scheduler.schedules_rm":   scheduler.ScheduleRmRequest{},
-	"scheduler.started":        scheduler.StartedRequest{},
-	"scheduler.finished":       scheduler.FinishedRequest{},
 	"scheduler.dead_list":      scheduler.DeadListRequest{},
 	"scheduler.dead_requeue":   scheduler.DeadRequest{},
 	"scheduler.dead_delete":    scheduler.DeadRequest{},

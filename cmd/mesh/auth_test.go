@@ -121,6 +121,42 @@ func TestUpAuth(t *testing.T) {
 	if err != nil || info.State != scheduler.StateSucceeded {
 		t.Fatalf("task run by the worker user: %+v, %v", info, err)
 	}
+	// The client user may store a task in its queue itself (the direct
+	// path; its first submit to a queue goes through the service), and the
+	// worker user records it.
+	direct := scheduler.NewClient(client, scheduler.WithDirect())
+	for i := range 2 {
+		id, err := direct.Submit(cctx, scheduler.SubmitRequest{Queue: "authq2", Type: "x"})
+		if err != nil {
+			t.Fatalf("direct submit %d: %v", i, err)
+		}
+		if i == 0 {
+			w2, err := scheduler.NewWorker(wnc, scheduler.WorkerConfig{Queues: map[string]int{"authq2": 1}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w2.Handle("x", func(context.Context, *scheduler.Task) error { return nil })
+			if err := w2.Start(cctx); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = w2.Stop(context.Background()) }()
+		}
+		if info, err := direct.Wait(cctx, id); err != nil || info.State != scheduler.StateSucceeded {
+			t.Fatalf("direct submit %d: %+v, %v", i, info, err)
+		}
+	}
+	// It may not write a task's record: only workers do.
+	if err := client.Publish("mesh.history.authq.evil", []byte(`{"id":"evil","state":"succeeded"}`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-violations:
+		if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), "mesh.history.authq.evil") {
+			t.Fatalf("writing a record: %v, want a permissions violation", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("writing a record as the client user raised no permissions violation")
+	}
 
 	// The credentials stay for the next run.
 	again, err := loadAuth(authDir)

@@ -28,11 +28,11 @@ type runFlags struct {
 	Pprof    bool   `env:"MESH_PPROF" help:"Also serve Go's profiles (CPU, heap, goroutines) at /debug/pprof/ on the --metrics address."`
 	Node     string `env:"MESH_NODE" help:"Name of this process in the mesh (default: the host name)."`
 
-	CacheNodes             int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
-	CacheReplicas          int               `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key, at most the number of cache nodes."`
-	CacheMaxBytes          string            `name:"cache-max-bytes" env:"MESH_CACHE_MAX_BYTES" default:"256MiB" help:"Memory bound of each cache node's store (e.g. 64MiB, 2GiB)."`
-	SchedulerCacheMaxBytes string            `name:"scheduler-cache-max-bytes" env:"MESH_SCHEDULER_CACHE_MAX_BYTES" default:"32MiB" help:"Memory bound of each scheduler instance's cache of task states (it holds no results or payloads)."`
-	CacheLoaders           map[string]string `name:"cache-loader" env:"MESH_CACHE_LOADERS" placeholder:"NS=SUBJECT;..." help:"Read-through loaders: on a miss of a key NS:..., its owner requests the value from SUBJECT."`
+	CacheNodes               int               `name:"cache-nodes" env:"MESH_CACHE_NODES" default:"1" help:"Cache nodes in this process (several are for trying things out; in production run one per process)."`
+	CacheReplicas            int               `name:"cache-replicas" env:"MESH_CACHE_REPLICAS" default:"2" help:"Copies of each cache key, at most the number of cache nodes."`
+	CacheMaxBytes            string            `name:"cache-max-bytes" env:"MESH_CACHE_MAX_BYTES" default:"256MiB" help:"Memory bound of each cache node's store (e.g. 64MiB, 2GiB)."`
+	SchedulerHistoryMaxBytes string            `name:"scheduler-history-max-bytes" env:"MESH_SCHEDULER_HISTORY_MAX_BYTES" default:"1GiB" help:"Bound of the scheduler's task records (the stream MESH_TASK_HISTORY); past it the oldest go first."`
+	CacheLoaders             map[string]string `name:"cache-loader" env:"MESH_CACHE_LOADERS" placeholder:"NS=SUBJECT;..." help:"Read-through loaders: on a miss of a key NS:..., its owner requests the value from SUBJECT."`
 }
 
 // cacheEnv checks the cache flags.
@@ -186,9 +186,9 @@ func (a *app) run(ctx context.Context, opts bus.Options, f runFlags, services []
 		return err
 	}
 	env := node.Env{Logger: a.log, Replicas: f.Replicas, MeshVersion: version, Node: nodeName(f.Node), Cache: cacheEnv, Connect: a.serviceConn}
-	if f.SchedulerCacheMaxBytes != "" {
-		if env.SchedulerCacheBytes, err = parseBytes(f.SchedulerCacheMaxBytes); err != nil {
-			return fmt.Errorf("--scheduler-cache-max-bytes: %w", err)
+	if f.SchedulerHistoryMaxBytes != "" {
+		if env.SchedulerHistoryBytes, err = parseBytes(f.SchedulerHistoryMaxBytes); err != nil {
+			return fmt.Errorf("--scheduler-history-max-bytes: %w", err)
 		}
 	}
 	var metrics *metricsServer

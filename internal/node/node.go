@@ -40,9 +40,9 @@ type Env struct {
 	// its own NATS user), which the node closes after stopping it. Zero:
 	// every service uses the node's connection.
 	Connect func(service string) (*nats.Conn, error)
-	// SchedulerCacheBytes bounds each scheduler instance's state cache;
-	// zero: the service's default.
-	SchedulerCacheBytes int64
+	// SchedulerHistoryBytes bounds the scheduler's task records
+	// (scheduler.Config.HistoryMaxBytes); zero: the service's default.
+	SchedulerHistoryBytes int64
 }
 
 // CacheEnv configures the cache nodes of a process.
@@ -108,7 +108,7 @@ func Defs() []Def {
 				`mesh worker --queue emails --exec cat`,
 			},
 			New: func(nc *nats.Conn, env Env) (Service, error) {
-				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, CacheMaxBytes: env.SchedulerCacheBytes, Logger: env.Logger, Observer: env.Observer})
+				return scheduler.New(nc, scheduler.Config{Replicas: env.Replicas, HistoryMaxBytes: env.SchedulerHistoryBytes, Logger: env.Logger, Observer: env.Observer})
 			},
 		},
 	}

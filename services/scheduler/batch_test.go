@@ -108,10 +108,7 @@ func TestSubmitMany(t *testing.T) {
 			t.Fatalf("%d of %d tasks ran", n, len(want))
 		}
 	}
-	eventually(t, func() (bool, string) {
-		qs, err := c.Queues(ctx(t))
-		return err == nil && len(qs) == 1 && qs[0].Depth == 0 && qs[0].InFlight == 0, fmt.Sprintf("queues = %+v, %v", qs, err)
-	})
+	queueEmpty(t, s.URL(), "bulk")
 	mu.Lock()
 	defer mu.Unlock()
 	for id, n := range ran {

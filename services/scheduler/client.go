@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
 	"github.com/meshkit/mesh/pkg/bus"
@@ -16,26 +18,70 @@ import (
 
 // Client is the Go SDK of the scheduler service.
 type Client struct {
-	nc *nats.Conn
+	nc     *nats.Conn
+	direct bool
+	js     jetstream.JetStream
+	queues sync.Map // queue name -> struct{}: submitted to through the service
 }
 
+// ClientOption configures a Client.
+type ClientOption func(*Client)
+
+// WithDirect makes the client store a task's message in its queue itself,
+// as the service would, instead of asking the service: one round trip to
+// the store and none to the service. It applies to the tasks submitted to
+// run at once without a unique key, on a queue this client has submitted
+// to through the service before (its first submit to a queue goes through
+// the service, which creates the queue); delayed and unique tasks always
+// go through the service. The client checks a task as the service does,
+// with the service's defaults (DefaultMaxRetries, DefaultTimeout,
+// DefaultMaxPayload): a service configured otherwise applies its own only
+// to the tasks it stores. It needs permission to publish on mesh.tasks.>
+// (the compose stack's client user has it). No task.submitted event is
+// sent for a task stored directly.
+func WithDirect() ClientOption { return func(c *Client) { c.direct = true } }
+
 // NewClient returns a client that talks to the scheduler service over nc.
-func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
+func NewClient(nc *nats.Conn, opts ...ClientOption) *Client {
+	c := &Client{nc: nc}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.direct {
+		if js, err := jetstream.New(nc); err == nil {
+			c.js = js
+		} else {
+			c.direct = false
+		}
+	}
+	return c
+}
 
 // Submit submits a task and returns its id. It fails with ErrInvalidQueue,
 // ErrInvalidSchedule, ErrInvalid or ErrPayloadTooLarge on bad input (nothing
 // is enqueued), and with ErrDuplicate when the queue has a task with the
-// same unique key within its window: the id returned is then that task's.
+// same unique key within its window (or the id names another task): the
+// id returned is then that task's.
 //
 // Submit gives the task an id of its own making when req.ID is empty, and
 // when a submit gets no answer (a timeout, no service, or a 503 that
 // cannot tell whether the task stands) it sends it again with the same id
-// while ctx allows, up to submitAttempts times: the service makes no
-// second task of an id it knows, so a retry never duplicates a task.
+// while ctx allows, up to submitAttempts times: the store keeps one message
+// per id (see SubmitRequest.ID), so a retry never duplicates a task.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) {
 	if req.ID == "" {
 		req.ID = nuid.Next()
 	}
+	if c.direct && req.UniqueKey == "" && req.DelayMs == 0 && (req.RunAt.IsZero() || !req.RunAt.After(time.Now())) {
+		if _, ok := c.queues.Load(req.Queue); ok {
+			return c.submitDirect(ctx, req)
+		}
+	}
+	return c.submit(ctx, req)
+}
+
+// submit submits a task through the service.
+func (c *Client) submit(ctx context.Context, req SubmitRequest) (string, error) {
 	var r SubmitReply
 	var err error
 	for attempt := 1; ; attempt++ {
@@ -45,9 +91,8 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) 
 		if err == nil || attempt == submitAttempts || ctx.Err() != nil || !unsettled(err) {
 			break
 		}
-		select {
-		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
-		case <-ctx.Done():
+		if !pause(ctx, attempt) {
+			break
 		}
 	}
 	if err != nil {
@@ -56,7 +101,52 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) 
 		}
 		return "", err
 	}
+	c.queues.Store(req.Queue, struct{}{})
 	return r.ID, nil
+}
+
+// pause waits before the next attempt of a submit; false if ctx ended.
+func pause(ctx context.Context, attempt int) bool {
+	select {
+	case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// submitDirect stores a task's message in its queue (WithDirect). A
+// message the store already has (the same submit sent again, or another
+// task's id) is left to the service to answer.
+func (c *Client) submitDirect(ctx context.Context, req SubmitRequest) (string, error) {
+	if err := req.Validate(); err != nil {
+		return "", err
+	}
+	if len(req.Payload) > DefaultMaxPayload {
+		return "", ErrPayloadTooLarge.With("payload of %d bytes exceeds the limit of %d", len(req.Payload), DefaultMaxPayload)
+	}
+	info := TaskInfo{ID: req.ID, Queue: req.Queue, Type: req.Type, MaxRetries: DefaultMaxRetries, TimeoutMs: req.TimeoutMs}
+	if req.MaxRetries != nil {
+		info.MaxRetries = *req.MaxRetries
+	}
+	if info.TimeoutMs == 0 {
+		info.TimeoutMs = DefaultTimeout.Milliseconds()
+	}
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, bus.DefaultTimeout)
+		ack, err := c.js.PublishMsg(actx, taskMsg(&info, req.Backoff, req.Payload))
+		cancel()
+		switch {
+		case err == nil && !ack.Duplicate:
+			return req.ID, nil
+		case err == nil || liveTwin(err):
+			return c.submit(ctx, req)
+		case bus.Unanswered(err) && attempt < submitAttempts && ctx.Err() == nil && pause(ctx, attempt):
+			continue
+		default:
+			return "", fmt.Errorf("scheduler: storing task %s: %w", req.ID, err)
+		}
+	}
 }
 
 // SubmitMany submits tasks in batches (mesh.scheduler.submit with tasks:
@@ -93,6 +183,11 @@ func (c *Client) SubmitMany(ctx context.Context, reqs []SubmitRequest) ([]Submit
 		if len(r.Tasks) != end-start {
 			return results, fmt.Errorf("scheduler: a batch of %d tasks got %d results", end-start, len(r.Tasks))
 		}
+		for i, res := range r.Tasks {
+			if res.Error == nil {
+				c.queues.Store(tasks[start+i].Queue, struct{}{})
+			}
+		}
 		results = append(results, r.Tasks...)
 		start = end
 	}
@@ -110,18 +205,14 @@ func (c *Client) submitBatch(ctx context.Context, tasks []SubmitRequest) (Submit
 		actx, cancel := context.WithTimeout(ctx, batchTimeout(len(tasks)))
 		r, err = bus.Request[SubmitRequest, SubmitReply](actx, c.nc, SubjectSubmit, SubmitRequest{Tasks: tasks})
 		cancel()
-		if err == nil || attempt == submitAttempts || ctx.Err() != nil || !unsettled(err) {
+		if err == nil || attempt == submitAttempts || ctx.Err() != nil || !unsettled(err) || !pause(ctx, attempt) {
 			return r, err
-		}
-		select {
-		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
-		case <-ctx.Done():
 		}
 	}
 }
 
 // batchTimeout bounds one attempt of a batch of n tasks: the service
-// makes each task's writes, 64 tasks at a time.
+// stores their messages pipelined, each unique key first.
 func batchTimeout(n int) time.Duration {
 	return bus.DefaultTimeout + time.Duration(n)*25*time.Millisecond
 }
@@ -230,7 +321,7 @@ func (c *Client) DeadRequeue(ctx context.Context, req DeadRequest) ([]string, er
 	return r.IDs, err
 }
 
-// DeadDelete removes dead tasks from the dead letters (their states stay
+// DeadDelete removes dead tasks from the dead letters (their records stay
 // dead until their retention ends), as DeadRequeue names them, and returns
 // the ids removed.
 func (c *Client) DeadDelete(ctx context.Context, req DeadRequest) ([]string, error) {
@@ -283,8 +374,12 @@ func (c *Client) Wait(ctx context.Context, id string) (TaskInfo, error) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
-		info, err := c.Status(ctx, id)
-		if err != nil && !errors.Is(err, bus.ErrTimeout) {
+		// Each look bounded: a request sent while the connection
+		// reconnects may never be answered.
+		sctx, cancel := context.WithTimeout(ctx, bus.DefaultTimeout)
+		info, err := c.Status(sctx, id)
+		cancel()
+		if err != nil && !errors.Is(err, bus.ErrTimeout) && !bus.Unanswered(err) {
 			return info, err
 		}
 		if err == nil && terminal(info.State) {

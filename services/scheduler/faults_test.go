@@ -2,11 +2,8 @@ package scheduler_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,9 +18,10 @@ import (
 	"github.com/meshkit/mesh/services/scheduler"
 )
 
-// A task delivered MaxDeliver times without any report (a worker that does
-// not speak the protocol, or keeps dying) is moved to the dead letters
-// when the server's max-deliveries advisory comes, and leaves the queue.
+// A task delivered MaxDeliver times without any outcome (a worker that
+// does not speak the protocol, or keeps dying) is moved to the dead
+// letters when the server's max-deliveries advisory comes, its record says
+// dead, and it leaves the queue.
 func TestMaxDeliveriesAdvisory(t *testing.T) {
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{AckWait: 200 * time.Millisecond, MaxDeliver: 2})
@@ -59,7 +57,7 @@ func TestMaxDeliveriesAdvisory(t *testing.T) {
 	}
 	ev.wait(t, "task.dead", id)
 	info, err := c.Status(ctx(t), id)
-	if err != nil || info.State != scheduler.StateDead {
+	if err != nil || info.State != scheduler.StateDead || info.Attempts != 2 {
 		t.Fatalf("status = %+v, %v", info, err)
 	}
 	dead, err := js.Stream(ctx(t), scheduler.DeadStream)
@@ -70,107 +68,52 @@ func TestMaxDeliveriesAdvisory(t *testing.T) {
 	if err != nil || string(m.Data) != "lost soul" || m.Header.Get(scheduler.HeaderID) != id {
 		t.Fatalf("dead letter = %+v, %v", m, err)
 	}
-	eventually(t, func() (bool, string) {
-		qs, err := c.Queues(ctx(t))
-		return err == nil && qs[0].Depth == 0 && qs[0].InFlight == 0 && qs[0].Dead == 1, fmt.Sprintf("queues = %+v, %v", qs, err)
-	})
+	queueEmpty(t, s.URL(), "raw")
 }
 
-// A state written without its message (the instance died between the two
-// writes) is enqueued by the repair scan.
-func TestRepairLostEnqueue(t *testing.T) {
+// A submit that gets no answer from the store (no stream takes the
+// queue's subjects, as while it elects a leader) is answered 503 once the
+// service's wait is over: whether the task stands is unknown. Sent again
+// with the same id once the stream is back, it makes the one task, its
+// unique key its own; another submit with that key is a duplicate of it.
+func TestSubmitGetsNoAnswer(t *testing.T) {
 	s := bustest.RunServer(t)
-	serve(t, s.URL(), scheduler.Config{RepairAfter: 200 * time.Millisecond})
+	serve(t, s.URL(), scheduler.Config{})
 	c := client(t, s.URL())
-	work(t, s.URL(), map[string]int{"r": 1}, map[string]scheduler.Handler{
-		"x": func(ctx context.Context, task *scheduler.Task) error { return nil },
-	})
-	// What submit writes first, as an instance that died right after would
-	// leave it.
-	js := s.JetStream()
-	kv, err := js.KeyValue(ctx(t), scheduler.Bucket)
-	if err != nil {
+	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "f", Type: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	state := map[string]any{
-		"id": "orphan1", "queue": "r", "type": "x", "state": "queued", "attempts": 0, "max_retries": 3, "timeout_ms": 1000,
-		"created_at": time.Now().UTC().Format("2006-01-02T15:04:05.000Z"),
-		"pending": map[string]any{
-			"subject": "mesh.tasks.r",
-			"header":  map[string][]string{"Mesh-Task-Id": {"orphan1"}, "Mesh-Task-Type": {"x"}, "Mesh-Task-Queue": {"r"}, "Mesh-Task-Max-Retries": {"3"}, "Nats-Msg-Id": {"orphan1"}},
-		},
+	back := bustest.StreamAway(t, s.JetStream(), scheduler.Stream)
+	nc := bustest.Connect(t, s.URL())
+	req := scheduler.SubmitRequest{ID: "away-1", Queue: "f", Type: "x", UniqueKey: "once"}
+	_, err := bus.Request[scheduler.SubmitRequest, scheduler.SubmitReply](ctx(t), nc, scheduler.SubjectSubmit, req)
+	if !errors.Is(err, bus.ErrUnavailable) {
+		t.Fatalf("submit while the stream is away = %v, want 503", err)
 	}
-	data, _ := json.Marshal(state)
-	if _, err := kv.Create(ctx(t), "t.orphan1", data); err != nil {
-		t.Fatal(err)
+	back()
+	if id, err := c.Submit(ctx(t), req); err != nil || id != "away-1" {
+		t.Fatalf("sent again = %q, %v", id, err)
 	}
-	if info := waitDone(t, c, "orphan1"); info.State != scheduler.StateSucceeded {
-		t.Fatalf("orphan = %+v", info)
+	other := req
+	other.ID = ""
+	if id, err := c.Submit(ctx(t), other); !errors.Is(err, scheduler.ErrDuplicate) || id != "away-1" {
+		t.Fatalf("the same unique key = %q, %v; want away-1, ErrDuplicate", id, err)
 	}
-}
-
-// A submit whose publication gets no answer after its state is written
-// still answers with the task's id: the state carries the message and the
-// repair enqueues it, however long the stream stays away. The unique key
-// keeps naming that task.
-func TestEnqueueGetsNoAnswer(t *testing.T) {
-	s := bustest.RunServer(t)
-	const repairAfter = 200 * time.Millisecond
-	serve(t, s.URL(), scheduler.Config{RepairAfter: repairAfter})
-	c := client(t, s.URL())
-	first, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "f", Type: "x"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// No stream takes the queue's subject any more: a publication there
-	// gets no answer, as while the stream elects a leader.
-	js := s.JetStream()
-	cfg := tasksConfig(t, js)
-	away := cfg
-	// Nor a delayed task's schedule (subjects mesh.scheduler.at.<queue>.<id>).
-	away.Subjects = slices.DeleteFunc(slices.Clone(cfg.Subjects), func(s string) bool {
-		return s == scheduler.TaskSubjectPrefix+"*" || strings.HasPrefix(s, "mesh.scheduler.at.")
-	})
-	if _, err := js.UpdateStream(ctx(t), away); err != nil {
-		t.Fatal(err)
-	}
-	req := scheduler.SubmitRequest{Queue: "f", Type: "x", UniqueKey: "once"}
-	id, err := c.Submit(ctx(t), req)
-	if err != nil {
-		t.Fatalf("submit while the stream is away: %v", err)
-	}
-	if info, err := c.Status(ctx(t), id); err != nil || info.State != scheduler.StateQueued {
-		t.Fatalf("status = %+v, %v; want queued", info, err)
-	}
-	later, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "f", Type: "x", DelayMs: 3000})
-	if err != nil {
-		t.Fatalf("delayed submit while the stream is away: %v", err)
-	}
-	if again, err := c.Submit(ctx(t), req); !errors.Is(err, scheduler.ErrDuplicate) || again != id {
-		t.Fatalf("again = %q, %v; want %q, ErrDuplicate", again, err, id)
-	}
-	// The stream stays away longer than the window a repair scan looks
-	// back over (3 RepairAfter): the repairs that failed meanwhile must not
-	// leave the task behind. Time passing is the point here.
-	time.Sleep(5 * repairAfter)
-	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
-		t.Fatal(err)
-	}
+	var runs atomic.Int32
 	work(t, s.URL(), map[string]int{"f": 1}, map[string]scheduler.Handler{
-		"x": func(ctx context.Context, task *scheduler.Task) error { return nil },
+		"x": func(ctx context.Context, task *scheduler.Task) error { runs.Add(1); return nil },
 	})
-	for _, id := range []string{first, id, later} {
-		if info := waitDone(t, c, id); info.State != scheduler.StateSucceeded {
-			t.Fatalf("task %s = %+v", id, info)
-		}
+	if info := waitDone(t, c, "away-1"); info.State != scheduler.StateSucceeded {
+		t.Fatalf("task = %+v", info)
 	}
-	if info := waitDone(t, c, later); info.StartedAt.Before(info.RunAt.Time) {
-		t.Fatalf("the delayed task started at %v, before its run_at %v", info.StartedAt, info.RunAt)
+	queueEmpty(t, s.URL(), "f")
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("%d runs, want 2 (the first task and away-1)", n)
 	}
 }
 
-// A stream that refuses a task's message undoes the submit: an error, no
-// state left, the unique key free again.
+// A stream that refuses a task's message fails the submit: an error, no
+// task, the unique key free again.
 func TestEnqueueRefused(t *testing.T) {
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})
@@ -179,49 +122,43 @@ func TestEnqueueRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	js := s.JetStream()
-	cfg := tasksConfig(t, js)
+	stream, err := js.Stream(ctx(t), scheduler.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
 	cfg.MaxMsgSize = 512
 	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
 		t.Fatal(err)
 	}
-	req := scheduler.SubmitRequest{Queue: "r", Type: "x", UniqueKey: "once", Payload: make([]byte, 1024)}
+	req := scheduler.SubmitRequest{ID: "refused", Queue: "r", Type: "x", UniqueKey: "once", Payload: make([]byte, 1024)}
 	if id, err := c.Submit(ctx(t), req); err == nil {
 		t.Fatalf("a refused message was submitted as %s", id)
 	}
-	list, err := c.List(ctx(t), scheduler.ListRequest{Queue: "r"})
-	if err != nil || len(list.Tasks) != 1 {
-		t.Fatalf("list = %+v, %v; want only the first task", list, err)
+	if _, err := c.Status(ctx(t), "refused"); !errors.Is(err, scheduler.ErrNotFound) {
+		t.Fatalf("status of the refused task: %v", err)
 	}
-	req.Payload = nil
+	req.Payload, req.ID = nil, ""
 	if _, err := c.Submit(ctx(t), req); err != nil {
 		t.Fatalf("the unique key was not given back: %v", err)
 	}
 }
 
-// tasksConfig is the configuration of the task stream, for a test to change.
-func tasksConfig(t *testing.T, js jetstream.JetStream) jetstream.StreamConfig {
-	t.Helper()
-	stream, err := js.Stream(ctx(t), scheduler.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stream.CachedInfo().Config
-}
-
-// A unique key naming no task (a submit that failed before its state and
-// could not give the key back) is taken over once older than RepairAfter;
-// before that, a submit is asked to try again.
+// A unique key naming no task (a submit that failed before storing its
+// task and could not give the key back) is taken over once older than a
+// submit takes; before that, it is a duplicate.
 func TestUniqueKeyLeftBehind(t *testing.T) {
+	const grace = time.Second
+	defer scheduler.SetUniqueGrace(scheduler.SetUniqueGrace(grace))
 	s := bustest.RunServer(t)
-	const repairAfter = time.Second
-	serve(t, s.URL(), scheduler.Config{RepairAfter: repairAfter})
+	serve(t, s.URL(), scheduler.Config{})
 	c := client(t, s.URL())
 	kv, err := s.JetStream().KeyValue(ctx(t), scheduler.Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	left := time.Now()
-	if _, err := kv.Create(ctx(t), scheduler.UniqueKey("q", "k"), []byte("never-written")); err != nil {
+	if _, err := kv.Create(ctx(t), scheduler.UniqueKey("q", "k"), []byte("never-stored")); err != nil {
 		t.Fatal(err)
 	}
 	req := scheduler.SubmitRequest{Queue: "q", Type: "x", UniqueKey: "k"}
@@ -232,13 +169,13 @@ func TestUniqueKeyLeftBehind(t *testing.T) {
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, bus.ErrUnavailable) || time.Now().After(deadline) {
-			t.Fatalf("submit over a key left behind: %v", err)
+		if !errors.Is(err, scheduler.ErrDuplicate) || id != "never-stored" || time.Now().After(deadline) {
+			t.Fatalf("submit over a key left behind: %q, %v", id, err)
 		}
 		time.Sleep(100 * time.Millisecond) // the key's age decides, no event
 	}
-	if since := time.Since(left); since < repairAfter {
-		t.Fatalf("key taken over after %s, before RepairAfter", since)
+	if since := time.Since(left); since < grace {
+		t.Fatalf("key taken over after %s, before its grace", since)
 	}
 	if _, err := c.Status(ctx(t), id); err != nil {
 		t.Fatalf("status of %s: %v", id, err)
@@ -486,7 +423,7 @@ func noLoss(t *testing.T, url string, n int, disrupt func(started *counter)) {
 // mid-task.
 func TestNoLossServerRestart(t *testing.T) {
 	f := startFixed(t)
-	cfg := scheduler.Config{AckWait: time.Second, RepairAfter: time.Second}
+	cfg := scheduler.Config{AckWait: time.Second}
 	// The scheduler must outlive the restart: its connection reconnects.
 	serve(t, f.URL(), cfg)
 	noLoss(t, f.URL(), 2000, func(started *counter) {
@@ -501,7 +438,7 @@ func TestNoLossServerRestart(t *testing.T) {
 // No loss on a 3-node cluster (R3) losing a node mid-run.
 func TestNoLossClusterNodeDown(t *testing.T) {
 	cl := bustest.RunCluster(t, 3)
-	cfg := scheduler.Config{Replicas: 3, AckWait: time.Second, RepairAfter: time.Second}
+	cfg := scheduler.Config{Replicas: 3, AckWait: time.Second}
 	serve(t, cl.URL(), cfg)
 	serve(t, cl.URL(), cfg)
 	noLoss(t, cl.URL(), 600, func(started *counter) {
@@ -554,82 +491,6 @@ func TestDelayedInstanceDies(t *testing.T) {
 	if again := starts.check(t, runAt); again != 0 {
 		t.Errorf("%d tasks ran more than once", again)
 	}
-}
-
-// A submit whose first state write gets no answer: when the write landed,
-// the submit goes on and answers with the id (a retry is told it is a
-// duplicate of it, not made a second task); when it did not, the submit
-// fails and gives its unique key back, and a retry makes the task.
-func TestStateWriteGetsNoAnswer(t *testing.T) {
-	for _, landed := range []bool{true, false} {
-		t.Run(fmt.Sprintf("landed=%v", landed), func(t *testing.T) {
-			s := bustest.RunServer(t)
-			srv, err := scheduler.New(bustest.Connect(t, s.URL()), scheduler.Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			faulty := &unansweredCreates{landed: landed}
-			faulty.n.Store(1)
-			scheduler.WrapStates(srv, func(kv jetstream.KeyValue) jetstream.KeyValue {
-				faulty.KeyValue = kv
-				return faulty
-			})
-			if err := srv.Start(ctx(t)); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = srv.Stop(context.Background()) })
-			c := client(t, s.URL())
-			req := scheduler.SubmitRequest{Queue: "s", Type: "x", UniqueKey: "once"}
-			id, err := c.Submit(ctx(t), req)
-			if landed {
-				if err != nil {
-					t.Fatalf("a state write that landed without an answer failed the submit: %v", err)
-				}
-				if again, err := c.Submit(ctx(t), req); !errors.Is(err, scheduler.ErrDuplicate) || again != id {
-					t.Fatalf("again = %q, %v; want %q, ErrDuplicate", again, err, id)
-				}
-			} else {
-				// The first attempt failed (503: the write did not land,
-				// and its key was purged so that it never does); the
-				// Client sent it again with the same id, which made the
-				// one task, its unique key given back or its own.
-				if err != nil {
-					t.Fatalf("the Client's submit sent again failed: %v", err)
-				}
-				if n := faulty.n.Load(); n >= 0 {
-					t.Fatalf("the state was written once (%d): the fault did not happen", n)
-				}
-				if again, err := c.Submit(ctx(t), req); !errors.Is(err, scheduler.ErrDuplicate) || again != id {
-					t.Fatalf("again = %q, %v; want %q, ErrDuplicate", again, err, id)
-				}
-			}
-			list, err := c.List(ctx(t), scheduler.ListRequest{Queue: "s"})
-			if err != nil || len(list.Tasks) != 1 || list.Tasks[0].ID != id {
-				t.Fatalf("list = %+v, %v; want the one task %s", list, err, id)
-			}
-		})
-	}
-}
-
-// unansweredCreates answers the next n writes of a new task state with no
-// answer; landed says whether the write is made first, as when only the
-// answer is lost.
-type unansweredCreates struct {
-	jetstream.KeyValue
-	landed bool
-	n      atomic.Int32
-}
-
-func (k *unansweredCreates) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
-	if !strings.HasPrefix(key, "t.") || k.n.Add(-1) < 0 {
-		return k.KeyValue.Create(ctx, key, value, opts...)
-	}
-	if k.landed {
-		if _, err := k.KeyValue.Create(ctx, key, value, opts...); err != nil {
-			return 0, err
-		}
-	}
-	return 0, context.DeadlineExceeded
 }
 
 // While no stream takes the state bucket's writes (its leader being

@@ -3,9 +3,10 @@ package scheduler_test
 import (
 	"context"
 	"errors"
-	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/bus/bustest"
@@ -47,16 +48,9 @@ func TestSubmitSentAgainMakesOneTask(t *testing.T) {
 	// The worker acknowledges the message after its outcome is recorded:
 	// the queue empties once that acknowledgement lands, and no second
 	// message stays behind.
-	eventually(t, func() (bool, string) {
-		qs, err := c.Queues(ctx(t))
-		return err == nil && len(qs) == 1 && qs[0].Depth == 0 && qs[0].InFlight == 0, fmt.Sprintf("an empty queue: %+v, %v", qs, err)
-	})
+	queueEmpty(t, s.URL(), "orders")
 	if n := runs.Load(); n != 1 {
 		t.Fatalf("ran %d times, want 1", n)
-	}
-	list, err := c.List(ctx(t), scheduler.ListRequest{Queue: "orders"})
-	if err != nil || len(list.Tasks) != 1 {
-		t.Fatalf("list = %+v, %v", list, err)
 	}
 
 	// The same id for another queue or type is another task's: refused.
@@ -74,5 +68,87 @@ func TestSubmitSentAgainMakesOneTask(t *testing.T) {
 	}
 	if _, err := c.Status(ctx(t), "order-43"); !errors.Is(err, scheduler.ErrNotFound) {
 		t.Fatalf("no other task: %v", err)
+	}
+}
+
+// submits counts the submits a service served.
+type submits struct{ n atomic.Int64 }
+
+func (o *submits) ObserveRequest(_, endpoint string, _ time.Duration, _ *bus.Error) {
+	if endpoint == "submit" {
+		o.n.Add(1)
+	}
+}
+
+// A client WithDirect stores the tasks it may itself, after its first
+// submit to the queue through the service: no request to the service. A
+// submit sent again (its reply lost) with the same id makes one task; the
+// same id for another type is refused, as the service refuses it.
+func TestDirectSubmit(t *testing.T) {
+	s := bustest.RunServer(t)
+	var served submits
+	serve(t, s.URL(), scheduler.Config{Observer: &served})
+	c := scheduler.NewClient(bustest.Connect(t, s.URL()), scheduler.WithDirect())
+	var mu sync.Mutex
+	runs := map[string]int{}
+	work(t, s.URL(), map[string]int{"direct": 4}, map[string]scheduler.Handler{
+		"d": func(_ context.Context, task *scheduler.Task) error {
+			mu.Lock()
+			runs[task.ID]++
+			mu.Unlock()
+			if string(task.Payload) != "p" || task.MaxRetries != 1 {
+				return scheduler.SkipRetry(errors.New("not the task submitted"))
+			}
+			return nil
+		},
+	})
+	req := scheduler.SubmitRequest{Queue: "direct", Type: "d", Payload: []byte("p"), MaxRetries: intp(1)}
+	first, err := c.Submit(ctx(t), req)
+	if err != nil || served.n.Load() != 1 {
+		t.Fatalf("first submit = %v, %d submits served (want 1: it creates the queue)", err, served.n.Load())
+	}
+	var ids []string
+	for range 20 {
+		id, err := c.Submit(ctx(t), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if n := served.n.Load(); n != 1 {
+		t.Fatalf("%d submits went through the service, want only the first", n)
+	}
+	for _, id := range append(ids, first) {
+		if info := waitDone(t, c, id); info.State != scheduler.StateSucceeded || info.MaxRetries != 1 {
+			t.Fatalf("task %s = %+v", id, info)
+		}
+	}
+	// Sent again with its id: the same task, not run again.
+	again := req
+	again.ID = ids[0]
+	if id, err := c.Submit(ctx(t), again); err != nil || id != ids[0] {
+		t.Fatalf("sent again = %q, %v", id, err)
+	}
+	other := again
+	other.Type = "e"
+	if _, err := c.Submit(ctx(t), other); !errors.Is(err, scheduler.ErrDuplicate) {
+		t.Fatalf("same id, other type = %v, want ErrDuplicate", err)
+	}
+	// Bad input is refused by the client, as the service refuses it.
+	bad := req
+	bad.Type = "a b"
+	if _, err := c.Submit(ctx(t), bad); !errors.Is(err, scheduler.ErrInvalid) {
+		t.Fatalf("bad type: %v", err)
+	}
+	queueEmpty(t, s.URL(), "direct")
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range runs {
+		if n != 1 {
+			t.Fatalf("task %s ran %d times", id, n)
+		}
+	}
+	if len(runs) != 21 {
+		t.Fatalf("%d tasks ran, want 21", len(runs))
 	}
 }

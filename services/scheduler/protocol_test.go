@@ -2,18 +2,20 @@ package scheduler_test
 
 import (
 	"encoding/json"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/scheduler"
 )
 
-// A worker written from schemas/README.md ("Worker protocol") alone, with
-// nats.go and JSON, serves a queue: one task succeeds with a result, one
-// fails once then succeeds, one fails for good.
+// A worker written from doc.go ("Worker protocol") alone, with nats.go and
+// JSON, serves a queue: one task succeeds with a result, one fails once
+// then succeeds, one fails for good. It sends no request to the service.
 func TestRawWorkerProtocol(t *testing.T) {
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})
@@ -41,20 +43,22 @@ func TestRawWorkerProtocol(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	request := func(subject string, body map[string]any) map[string]any {
-		data, _ := json.Marshal(body)
-		reply, err := nc.Request(subject, data, 5*time.Second)
+	// readRecord: a direct get of the last message on the record's subject.
+	readRecord := func(queue, id string) (map[string]any, uint64) {
+		req, _ := json.Marshal(map[string]string{"last_by_subj": "mesh.history." + queue + "." + id})
+		m, err := nc.Request("$JS.API.DIRECT.GET.MESH_TASK_HISTORY", req, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if reply.Header.Get("Nats-Service-Error-Code") != "" {
-			t.Fatalf("%s: %s", subject, reply.Data)
+		if m.Header.Get("Status") == "404" {
+			return nil, 0
 		}
-		var out map[string]any
-		if err := json.Unmarshal(reply.Data, &out); err != nil {
+		var rec map[string]any
+		if err := json.Unmarshal(m.Data, &rec); err != nil {
 			t.Fatal(err)
 		}
-		return out
+		seq, _ := strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64)
+		return rec, seq
 	}
 	handled := 0
 	for handled < 4 { // echo, flaky twice, fatal
@@ -68,41 +72,58 @@ func TestRawWorkerProtocol(t *testing.T) {
 				t.Fatal(err)
 			}
 			h := msg.Headers()
-			id, typ := h.Get("Mesh-Task-Id"), h.Get("Mesh-Task-Type")
-			if h.Get("Nats-Msg-Id") != id || h.Get("Mesh-Task-Queue") != "raw" {
-				t.Fatalf("headers %v", h)
+			id, typ, queue := h.Get("Mesh-Task-Id"), h.Get("Mesh-Task-Type"), h.Get("Mesh-Task-Queue")
+			if h.Get("Nats-Msg-Id") != id || queue != "raw" || msg.Subject() != "mesh.tasks.raw."+id {
+				t.Fatalf("message %s, headers %v", msg.Subject(), h)
 			}
-			st := request("mesh.scheduler.started", map[string]any{
-				"id": id, "queue": "raw", "type": typ, "attempt": meta.NumDelivered, "stream_seq": meta.Sequence.Stream, "worker": "raw-test",
-			})
-			if st["run"] != true {
-				t.Fatalf("started: %v", st)
+			attempt, expect := int(meta.NumDelivered), uint64(0)
+			if meta.NumDelivered > 1 {
+				rec, seq := readRecord(queue, id)
+				if rec != nil {
+					expect = seq
+					if a, _ := rec["attempts"].(float64); rec["state"] == "failed" && int(a)+1 > attempt {
+						attempt = int(a) + 1
+					}
+				}
 			}
 			if err := msg.InProgress(); err != nil { // as a long handler would
 				t.Fatal(err)
 			}
-			fin := map[string]any{"id": id, "queue": "raw", "attempt": meta.NumDelivered, "stream_seq": meta.Sequence.Stream}
+			rec := map[string]any{"id": id, "queue": queue, "type": typ, "attempts": attempt, "worker": "raw-test",
+				"created_at": meta.Timestamp.UTC().Format(time.RFC3339Nano), "finished_at": time.Now().UTC().Format(time.RFC3339Nano)}
+			settle := msg.Ack
 			switch {
 			case typ == "echo":
-				fin["result"] = "echo: " + string(msg.Data())
-			case typ == "flaky" && meta.NumDelivered == 1:
-				fin["error"] = "first attempt fails"
+				rec["state"], rec["result"] = "succeeded", "echo: "+string(msg.Data())
+			case typ == "flaky" && attempt == 1:
+				rec["state"], rec["last_error"] = "failed", "first attempt fails"
+				delete(rec, "finished_at")
+				settle = func() error { return msg.NakWithDelay(10 * time.Millisecond) }
+			case typ == "flaky":
+				rec["state"] = "succeeded"
 			case typ == "fatal":
-				fin["error"], fin["skip_retry"] = "cannot ever work", true
+				// Dead: a copy in the dead letters, then the record, then term.
+				dead := nats.NewMsg("mesh.dead." + queue)
+				for k, v := range h {
+					dead.Header[k] = v
+				}
+				dead.Header.Set("Nats-Msg-Id", "dead-"+id+"-"+strconv.FormatUint(meta.Sequence.Stream, 10)+"-"+strconv.Itoa(attempt))
+				dead.Header.Set("Mesh-Task-Last-Error", "cannot ever work")
+				dead.Data = msg.Data()
+				if _, err := js.PublishMsg(ctx(t), dead); err != nil {
+					t.Fatal(err)
+				}
+				rec["state"], rec["last_error"] = "dead", "cannot ever work"
+				settle = msg.Term
 			}
-			out := request("mesh.scheduler.finished", fin)
-			switch out["action"] {
-			case "ack":
-				err = msg.Ack()
-			case "nak":
-				delay, _ := out["delay_ms"].(float64)
-				err = msg.NakWithDelay(time.Duration(delay) * time.Millisecond)
-			case "term":
-				err = msg.Term()
-			default:
-				t.Fatalf("finished: %v", out)
+			body, _ := json.Marshal(rec)
+			w := nats.NewMsg("mesh.history." + queue + "." + id)
+			w.Data = body
+			w.Header.Set("Nats-Expected-Last-Subject-Sequence", strconv.FormatUint(expect, 10))
+			if _, err := js.PublishMsg(ctx(t), w); err != nil {
+				t.Fatal(err) // 10071 would mean another wrote first: read and decide again
 			}
-			if err != nil {
+			if err := settle(); err != nil {
 				t.Fatal(err)
 			}
 			handled++
@@ -120,4 +141,5 @@ func TestRawWorkerProtocol(t *testing.T) {
 			t.Fatalf("attempts %d", info.Attempts)
 		}
 	}
+	queueEmpty(t, s.URL(), "raw")
 }

@@ -93,9 +93,9 @@ func writtenFirst(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
-// liveTwin tells that a task message was refused because a message of the
-// same task (subject) is still in its queue.
+// liveTwin tells that a task's message was refused because a message of
+// the same task is still in its queue: it expected none on its subject.
 func liveTwin(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10077 && apiErr.Description == "maximum messages per subject exceeded"
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }

@@ -3,8 +3,8 @@ package scheduler
 import (
 	"context"
 	"testing"
+	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/meshkit/mesh/pkg/bus/bustest"
@@ -26,8 +26,7 @@ func TestRecordStore(t *testing.T) {
 		MaxMsgsPerSubject: 1, Discard: jetstream.DiscardOld, AllowDirect: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "Q", Subjects: []string{TaskSubjectPrefix + ">"}, Retention: jetstream.WorkQueuePolicy,
-		MaxMsgsPerSubject: 1, Discard: jetstream.DiscardNew, DiscardNewPerSubject: true}); err != nil {
+	if _, err := js.CreateStream(ctx, tasksStream(Config{Replicas: 1, DedupWindow: time.Minute})); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, ok, err := readRecord(ctx, nc, "", "t1"); ok || err != nil {
@@ -54,11 +53,16 @@ func TestRecordStore(t *testing.T) {
 	if got, _, _, _ := readRecord(ctx, nc, "orders", "t1"); got.State != StateSucceeded {
 		t.Fatalf("after the second write: %+v", got)
 	}
-	task := nats.NewMsg(taskSubject("orders", "t1"))
+	task := taskMsg(&TaskInfo{ID: "t1", Queue: "orders", Type: "x"}, nil, nil)
 	if _, err := js.PublishMsg(ctx, task); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.PublishMsg(ctx, task); !liveTwin(err) {
-		t.Fatalf("a second message of a live task = %v, want maximum messages per subject", err)
+	again := taskMsg(&TaskInfo{ID: "t1", Queue: "orders", Type: "x"}, nil, nil)
+	again.Header.Set(jetstream.MsgIDHeader, "another")
+	if _, err := js.PublishMsg(ctx, again); !liveTwin(err) {
+		t.Fatalf("a second message of a live task = %v, want wrong last sequence", err)
+	}
+	if m, err := readLast(ctx, nc, Stream, TaskSubjectPrefix+"*.t1"); err != nil || m == nil || m.Header.Get(HeaderID) != "t1" {
+		t.Fatalf("the task's message read by id across queues: %v, %v", m, err)
 	}
 }

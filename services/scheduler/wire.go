@@ -31,19 +31,15 @@ const (
 	SubjectAddSched  = "mesh.scheduler.schedules.add"
 	SubjectListSched = "mesh.scheduler.schedules.list"
 	SubjectRmSched   = "mesh.scheduler.schedules.rm"
-	// SubjectStarted and SubjectFinished are the worker protocol's reports
-	// (see schemas/README.md, "Worker protocol").
-	SubjectStarted  = "mesh.scheduler.started"
-	SubjectFinished = "mesh.scheduler.finished"
-
-	// TaskSubjectPrefix + queue is the work-queue subject of a queue.
+	// TaskSubjectPrefix + queue + "." + id is a queued task's message.
 	TaskSubjectPrefix = "mesh.tasks."
 	// DeadSubjectPrefix + queue is where a queue's dead tasks are kept.
 	DeadSubjectPrefix = "mesh.dead."
 
 	atPrefix    = "mesh.scheduler.at."    // + queue.id: a delayed task's schedule message
-	duePrefix   = "mesh.scheduler.due."   // + queue: staging, where schedules fire
+	duePrefix   = "mesh.scheduler.due."   // + queue.id: staging, where a delayed task's schedule fires
 	everyPrefix = "mesh.scheduler.every." // + name: a periodic schedule
+	tickPrefix  = "mesh.scheduler.tick."  // + name: staging, where a periodic schedule's ticks fire
 )
 
 // Streams, bucket and consumers.
@@ -54,7 +50,7 @@ const (
 	// DeadStream keeps dead tasks (and the max-deliveries advisories of
 	// Stream, consumed by the scheduler).
 	DeadStream = "MESH_TASKS_DEAD"
-	// Bucket is the KV bucket of task states.
+	// Bucket is the KV bucket of the queues' unique keys.
 	Bucket = "MESH_TASK_STATE"
 
 	stagingConsumer  = "scheduler-staging"
@@ -62,7 +58,9 @@ const (
 	advisoryPrefix   = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + Stream + "."
 )
 
-// Headers of a task message on mesh.tasks.<queue>.
+// Headers of a task message on mesh.tasks.<queue>.<id> (and of its
+// schedule and dead letter). Mesh-Task-Backoff holds the task's Backoff in
+// JSON; Mesh-Task-Record-Seq is HeaderRecordSeq.
 const (
 	HeaderID         = "Mesh-Task-Id"
 	HeaderType       = "Mesh-Task-Type"
@@ -70,7 +68,9 @@ const (
 	HeaderMaxRetries = "Mesh-Task-Max-Retries"
 	HeaderTimeout    = "Mesh-Task-Timeout-Ms"
 	HeaderRunAt      = "Mesh-Task-Run-At"
+	HeaderCreatedAt  = "Mesh-Task-Created-At" // a delayed task's, when its message is stored later
 	HeaderSchedule   = "Mesh-Task-Schedule"
+	HeaderUniqueKey  = "Mesh-Task-Unique-Key"
 	HeaderLastError  = "Mesh-Task-Last-Error"
 	headerBackoff    = "Mesh-Task-Backoff"
 	headerEvery      = "Mesh-Schedule-Every-Ms"
@@ -126,12 +126,6 @@ var (
 	// ErrFinished: the task has already finished (succeeded, dead or
 	// cancelled), so it cannot be cancelled.
 	ErrFinished = bus.NewError(409, "task_finished", "the task has finished")
-	// ErrStaleReport: a worker's report does not match the delivery it
-	// claims (another queue or type, a message that is not the task's or
-	// was not delivered, a delivery already reported or replaced by a
-	// newer one, an outcome without its start). Nothing changed; the
-	// worker leaves the message alone.
-	ErrStaleReport = bus.NewError(409, "stale_report", "the report does not match the task's delivery")
 	// ErrQueueNotFound: no queue of this name (nothing was ever submitted to it).
 	ErrQueueNotFound = bus.NewError(404, "queue_not_found", "no such queue")
 	// ErrInvalidQueue: empty, too long, or outside the queue charset.
@@ -402,7 +396,7 @@ type TaskInfo struct {
 	Queue      string `json:"queue"`
 	Type       string `json:"type"`
 	State      string `json:"state"`
-	Attempts   int    `json:"attempts"` // attempts started so far
+	Attempts   int    `json:"attempts"` // attempts made so far
 	MaxRetries int    `json:"max_retries"`
 	TimeoutMs  int64  `json:"timeout_ms"`
 	LastError  string `json:"last_error,omitempty"`
@@ -418,6 +412,8 @@ type TaskInfo struct {
 	StartedAt       bus.Time `json:"started_at,omitempty,omitzero"`
 	FinishedAt      bus.Time `json:"finished_at,omitempty,omitzero"`
 	NextRetryAt     bus.Time `json:"next_retry_at,omitempty,omitzero"`
+	// Worker that made the last attempt (its WorkerConfig.Name).
+	Worker string `json:"worker,omitempty"`
 }
 
 // CancelRequest cancels a task.
@@ -554,56 +550,6 @@ type ScheduleRmRequest struct {
 type ScheduleRmReply struct {
 	Removed bool `json:"removed"`
 }
-
-// StartedRequest is a worker's report that it is about to run a delivery.
-type StartedRequest struct {
-	ID        string `json:"id"`
-	Queue     string `json:"queue"`
-	Type      string `json:"type"`
-	Attempt   int    `json:"attempt"`    // the delivery count (num_delivered)
-	StreamSeq uint64 `json:"stream_seq"` // the message's stream sequence
-	Worker    string `json:"worker,omitempty"`
-}
-
-// StartedReply tells the worker whether to run the task.
-type StartedReply struct {
-	// Run: run the handler. When false, Action says what to do with the
-	// message (term, or nak when the service could not decide).
-	Run     bool   `json:"run"`
-	Action  string `json:"action,omitempty"`
-	DelayMs int64  `json:"delay_ms,omitempty"`
-	State   string `json:"state"`
-}
-
-// FinishedRequest is a worker's report of an attempt's outcome.
-type FinishedRequest struct {
-	ID        string `json:"id"`
-	Queue     string `json:"queue"`
-	Attempt   int    `json:"attempt"`
-	StreamSeq uint64 `json:"stream_seq"`
-	Error     string `json:"error,omitempty"`      // empty: success
-	SkipRetry bool   `json:"skip_retry,omitempty"` // the error is final: no retry
-	// Interrupted: the worker stopped before the attempt ended (a graceful
-	// shutdown). The attempt does not count; the task is delivered again.
-	Interrupted bool  `json:"interrupted,omitempty"`
-	Result      Bytes `json:"result,omitempty"`
-}
-
-// FinishedReply tells the worker what to do with the message.
-type FinishedReply struct {
-	// Action: ack (succeeded), nak (retry after delay_ms) or term (dead or
-	// cancelled: never deliver it again).
-	Action  string `json:"action"`
-	DelayMs int64  `json:"delay_ms,omitempty"`
-	State   string `json:"state"`
-}
-
-// Actions a worker takes on a message.
-const (
-	ActionAck  = "ack"
-	ActionNak  = "nak"
-	ActionTerm = "term"
-)
 
 // CheckQueue reports whether name can name a queue: 1 to MaxQueueLen
 // letters, digits, '-' or '_' (it becomes a subject token and a consumer
@@ -812,43 +758,6 @@ func (r *ScheduleRequest) Validate() error {
 
 // Validate implements bus.Validator.
 func (r *ScheduleRmRequest) Validate() error { return checkName(r.Name) }
-
-// Validate implements bus.Validator.
-func (r *StartedRequest) Validate() error {
-	if err := checkID(r.ID); err != nil {
-		return err
-	}
-	if err := CheckQueue(r.Queue); err != nil {
-		return err
-	}
-	if r.Attempt < 1 {
-		return ErrInvalid.With("attempt must be at least 1")
-	}
-	if r.StreamSeq == 0 {
-		return ErrInvalid.With("stream_seq is required (the message's stream sequence)")
-	}
-	if len(r.Worker) > 256 {
-		return ErrInvalid.With("worker must be at most 256 bytes")
-	}
-	return checkType(r.Type)
-}
-
-// Validate implements bus.Validator.
-func (r *FinishedRequest) Validate() error {
-	if err := checkID(r.ID); err != nil {
-		return err
-	}
-	if err := CheckQueue(r.Queue); err != nil {
-		return err
-	}
-	if r.Attempt < 1 {
-		return ErrInvalid.With("attempt must be at least 1")
-	}
-	if r.StreamSeq == 0 {
-		return ErrInvalid.With("stream_seq is required (the message's stream sequence)")
-	}
-	return nil
-}
 
 func truncate(s string, n int) string {
 	if len(s) <= n {

@@ -33,10 +33,6 @@ func TestStrictRequests(t *testing.T) {
 		{scheduler.SubjectSubmit, `{"queue":"strict","type":"t","unique_key":"u","unique_for_ms":18446744073710}`, scheduler.ErrInvalid, "unique_for_ms must be 0 (one hour) or in [1000, 31622400000]"},
 		{scheduler.SubjectAddSched, `{"name":"strict","queue":"strict","type":"t","every":60000}`, bus.ErrUnknownField, "every: unknown field; did you mean every_ms?"},
 		{scheduler.SubjectAddSched, `{"name":"strict","queue":"strict","type":"t","every_ms":9223372036000}`, scheduler.ErrInvalidSchedule, "every_ms must be whole seconds in [1000, 31622400000]"},
-		{scheduler.SubjectStarted, `{"id":"x1","queue":"strict","type":"t","attempt":1,"stream_seq":1,"wrker":"w"}`, bus.ErrUnknownField, "wrker: unknown field; did you mean worker?"},
-		{scheduler.SubjectStarted, `{"id":"x1","queue":"strict","type":"t","attempt":1}`, scheduler.ErrInvalid, "stream_seq is required"},
-		{scheduler.SubjectFinished, `{"id":"x1","queue":"strict","attempt":1,"stream_seq":1,"skip_retries":true}`, bus.ErrUnknownField, "skip_retries: unknown field; did you mean skip_retry?"},
-		{scheduler.SubjectFinished, `{"id":"x1","queue":"strict","attempt":"1","stream_seq":1}`, bus.ErrInvalid, "attempt: expected an integer, got a string"},
 		{scheduler.SubjectStatus, `{"task":"x1"}`, bus.ErrUnknownField, "task: unknown field; the fields are id"},
 		{scheduler.SubjectQueues, `{"queue":"strict"}`, bus.ErrUnknownField, "queue: unknown field; this request takes no fields"},
 	} {

@@ -29,9 +29,11 @@ type Task struct {
 	Queue   string
 	Type    string
 	Payload []byte
-	// Attempt is the delivery count: 1 for the first delivery. It counts
-	// the deliveries given back at a worker's shutdown, which the service
-	// does not count against max_retries.
+	// Attempt is 1 for the first attempt: the message's delivery count, or
+	// the attempts the task's record counts plus one if more (a requeued
+	// task's message counts from 1 again). Deliveries given back at a
+	// worker's shutdown count. A delivery count that started over (the
+	// queue's consumer made again) shows here; the record counts right.
 	Attempt    int
 	MaxRetries int
 	Schedule   string // the periodic schedule that made it, if any
@@ -40,8 +42,8 @@ type Task struct {
 	result []byte
 }
 
-// SetResult sets the result kept in the task's state when the attempt
-// succeeds (truncated to the service's bound).
+// SetResult sets the result kept in the task's record when the attempt
+// succeeds (truncated to WorkerConfig.MaxResult).
 func (t *Task) SetResult(b []byte) {
 	t.mu.Lock()
 	t.result = b
@@ -71,36 +73,51 @@ type WorkerConfig struct {
 	// Queues to serve, with the number of tasks run at once for each. A
 	// concurrency ≤ 0: 1.
 	Queues map[string]int
-	// Name of the worker, shown in the task events. Zero: the connection's
-	// name, else host/pid.
+	// Prefetch is how many of a queue's tasks are pulled ahead of its
+	// free slots, so that a slot that frees gets its next task without a
+	// round trip. A task pulled waits in the worker for a slot while its
+	// ack wait runs: with tasks that last longer than the queues' ack wait
+	// (Config.AckWait) a small prefetch keeps them from being delivered
+	// again meanwhile (the second delivery finishes once, but runs). Zero:
+	// twice the queue's concurrency.
+	Prefetch int
+	// Name of the worker, shown in the task events and records. Zero: the
+	// connection's name, else host/pid.
 	Name string
 	// ShutdownGrace bounds how long Stop waits for the tasks in flight
 	// before cancelling their contexts. Zero: 10s.
 	ShutdownGrace time.Duration
+	// MaxResult bounds the result kept in a task's record; a longer one is
+	// truncated. Zero: DefaultMaxResult.
+	MaxResult int
 	// Logger, zero: no logs.
 	Logger zerolog.Logger
 }
 
 // Worker runs tasks from queues with handlers by task type. It speaks the
-// worker protocol of schemas/README.md.
+// worker protocol of doc.go: no request to the service per task, one
+// record written per attempt.
 type Worker struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
+	writes   *bus.Writes // the records, acknowledged in callbacks
+	events   *bus.Events
 	cfg      WorkerConfig
 	log      zerolog.Logger
 	handlers map[string]Handler
 
-	mu       sync.Mutex
-	running  map[string]context.CancelCauseFunc // by task id
-	started  bool
-	stopping chan struct{}
-	iters    []jetstream.MessagesContext
-	sub      *nats.Subscription
-	loops    sync.WaitGroup
-	inflight sync.WaitGroup // tasks running, and outcomes being reported
-	reports  chan struct{}  // bounds the outcomes being reported
-	hardStop context.CancelFunc
-	hardCtx  context.Context
+	mu        sync.Mutex
+	running   map[string]context.CancelCauseFunc // by task id
+	cancelled cancelledIDs
+	started   bool
+	stopping  chan struct{}
+	iters     map[string]jetstream.MessagesContext // by queue
+	sub       *nats.Subscription
+	loops     sync.WaitGroup
+	inflight  sync.WaitGroup // tasks running, and outcomes being written
+	records   chan struct{}  // bounds the records being written
+	hardStop  context.CancelFunc
+	hardCtx   context.Context
 }
 
 // errCancelled is the cause of a handler context cancelled with its task.
@@ -122,6 +139,9 @@ func NewWorker(nc *nats.Conn, cfg WorkerConfig) (*Worker, error) {
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = 10 * time.Second
 	}
+	if cfg.MaxResult <= 0 {
+		cfg.MaxResult = DefaultMaxResult
+	}
 	if cfg.Name == "" {
 		cfg.Name = nc.Opts.Name
 	}
@@ -133,12 +153,18 @@ func NewWorker(nc *nats.Conn, cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
+	writes, err := bus.NewWrites(nc, bus.DefaultTimeout)
+	if err != nil {
+		return nil, err
+	}
 	total := 0
 	for _, conc := range cfg.Queues {
 		total += max(conc, 1)
 	}
-	w := &Worker{nc: nc, js: js, cfg: cfg, log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), reports: make(chan struct{}, total),
-		handlers: map[string]Handler{}, running: map[string]context.CancelCauseFunc{}, stopping: make(chan struct{})}
+	w := &Worker{nc: nc, js: js, writes: writes, events: bus.NewEvents(nc, "task", cfg.Name), cfg: cfg,
+		log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), records: make(chan struct{}, 2*total),
+		handlers: map[string]Handler{}, running: map[string]context.CancelCauseFunc{}, stopping: make(chan struct{}),
+		iters: map[string]jetstream.MessagesContext{}}
 	w.hardCtx, w.hardStop = context.WithCancel(context.Background())
 	return w, nil
 }
@@ -173,59 +199,102 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	w.sub = sub
 	for q, conc := range w.cfg.Queues {
+		conc = max(conc, 1)
+		prefetch := w.cfg.Prefetch
+		if prefetch <= 0 {
+			prefetch = 2 * conc
+		}
 		w.loops.Add(1)
-		go w.serve(q, max(conc, 1))
+		go w.serve(q, conc, prefetch)
 	}
 	return w.nc.Flush()
 }
 
-// serve finds a queue's consumer, then runs its tasks until Stop.
-func (w *Worker) serve(queue string, conc int) {
+// serve finds a queue's consumer, then runs its tasks until Stop; it
+// finds the consumer again if it goes (deleted, made again).
+func (w *Worker) serve(queue string, conc, prefetch int) {
 	defer w.loops.Done()
-	// Until the queue exists, look again when a task is submitted to it
-	// (the submit creates it), and every second.
+	for {
+		cons := w.find(queue)
+		if cons == nil {
+			return // stopping
+		}
+		w.mu.Lock()
+		select {
+		case <-w.stopping:
+			w.mu.Unlock()
+			return
+		default:
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(prefetch), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
+		if err != nil {
+			w.mu.Unlock()
+			w.log.Error().Err(err).Str("queue", queue).Msg("cannot pull from the queue")
+			return
+		}
+		w.iters[queue] = it
+		w.mu.Unlock()
+		if !w.loop(queue, conc, cons.CachedInfo().Config.AckWait, it) {
+			return
+		}
+		it.Stop()
+		w.log.Warn().Str("queue", queue).Msg("the queue's consumer went; looking for it again")
+	}
+}
+
+// find finds a queue's consumer: until the queue exists, it looks again
+// when a task is submitted to it (the submit creates it), and every
+// second. It returns nil once the worker stops.
+func (w *Worker) find(queue string) jetstream.Consumer {
 	sub, submitted, err := signalTaskEvents(w.nc, bus.EventSubject("task", "submitted"), func(_, q string) bool { return q == queue })
 	if err == nil {
 		defer sub.Unsubscribe()
 	}
-	var cons jetstream.Consumer
 	for {
 		ctx, cancel := context.WithTimeout(w.hardCtx, bus.DefaultTimeout)
-		var err error
-		cons, err = w.js.Consumer(ctx, Stream, queue)
+		cons, err := w.js.Consumer(ctx, Stream, queue)
 		cancel()
 		if err == nil {
-			break
+			return cons
 		}
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			w.log.Warn().Err(err).Str("queue", queue).Msg("cannot find the queue; retrying")
 		}
 		select {
 		case <-w.stopping:
-			return
+			return nil
 		case <-submitted:
 		case <-time.After(time.Second):
 		}
 	}
-	if sub != nil {
-		_ = sub.Unsubscribe()
+}
+
+// cancelledIDs keeps the ids of the tasks recently cancelled, up to
+// maxCancelled, so that a task pulled ahead is not run once cancelled.
+type cancelledIDs struct {
+	ids  map[string]struct{}
+	ring []string
+	next int
+}
+
+const maxCancelled = 10_000
+
+func (c *cancelledIDs) add(id string) {
+	if c.ids == nil {
+		c.ids, c.ring = map[string]struct{}{}, make([]string, maxCancelled)
 	}
-	w.mu.Lock()
-	select {
-	case <-w.stopping:
-		w.mu.Unlock()
+	if _, ok := c.ids[id]; ok {
 		return
-	default:
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(conc), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
-	if err != nil {
-		w.mu.Unlock()
-		w.log.Error().Err(err).Str("queue", queue).Msg("cannot pull from the queue")
-		return
-	}
-	w.iters = append(w.iters, it)
-	w.mu.Unlock()
-	w.loop(queue, conc, cons.CachedInfo().Config.AckWait, it)
+	delete(c.ids, c.ring[c.next])
+	c.ring[c.next] = id
+	c.ids[id] = struct{}{}
+	c.next = (c.next + 1) % maxCancelled
+}
+
+func (c *cancelledIDs) has(id string) bool {
+	_, ok := c.ids[id]
+	return ok
 }
 
 func (w *Worker) onCancelled(m *nats.Msg) {
@@ -234,6 +303,7 @@ func (w *Worker) onCancelled(m *nats.Msg) {
 		return
 	}
 	w.mu.Lock()
+	w.cancelled.add(id)
 	cancel := w.running[id]
 	w.mu.Unlock()
 	if cancel != nil {
@@ -241,8 +311,9 @@ func (w *Worker) onCancelled(m *nats.Msg) {
 	}
 }
 
-// loop pulls a queue's tasks and runs up to conc at once.
-func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstream.MessagesContext) {
+// loop pulls a queue's tasks and runs up to conc at once, until Stop
+// (false) or until the queue's consumer goes (true).
+func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstream.MessagesContext) bool {
 	slots := make(chan struct{}, conc)
 	nakRest := func() {
 		for {
@@ -258,13 +329,21 @@ func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstrea
 		case slots <- struct{}{}:
 		case <-w.stopping:
 			nakRest()
-			return
+			return false
 		}
 		msg, err := it.Next()
 		if err != nil {
 			<-slots
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || w.nc.IsClosed() {
-				return
+				select {
+				case <-w.stopping:
+					return false
+				default:
+					return !w.nc.IsClosed()
+				}
+			}
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return true
 			}
 			// Missed heartbeats and the like: the iterator recovers.
 			select {
@@ -278,7 +357,7 @@ func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstrea
 			_ = msg.Nak()
 			<-slots
 			nakRest()
-			return
+			return false
 		default:
 		}
 		w.inflight.Add(1)
@@ -289,6 +368,34 @@ func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstrea
 	}
 }
 
+// delivery is one delivery of a task's message, and what its record
+// write expects.
+type delivery struct {
+	msg     jetstream.Msg
+	info    TaskInfo // the task, then its record being written
+	backoff *Backoff
+	seq     uint64 // the message's stream sequence
+	attempt int
+	expect  uint64 // the sequence of the task's last record (0: none)
+}
+
+// adopt takes in the task's record read at seq: it returns false when the
+// record says the task finished (the delivery is dropped).
+func (d *delivery) adopt(rec *TaskInfo, seq uint64) bool {
+	d.expect = seq
+	if !sameTask(rec, d.info.CreatedAt.Time) {
+		return true // an earlier task of the same id: replaced
+	}
+	if terminal(rec.State) {
+		return false
+	}
+	if rec.State == StateFailed {
+		d.attempt = max(d.attempt, rec.Attempts+1)
+		d.info.LastError = rec.LastError
+	}
+	return true
+}
+
 // run handles one delivery, following the worker protocol.
 func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 	meta, err := msg.Metadata()
@@ -297,17 +404,48 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 		return
 	}
 	h := msg.Headers()
-	t := &Task{ID: h.Get(HeaderID), Queue: queue, Type: h.Get(HeaderType), Payload: msg.Data(),
-		Attempt: int(meta.NumDelivered), Schedule: h.Get(HeaderSchedule)}
-	t.MaxRetries, _ = strconv.Atoi(h.Get(HeaderMaxRetries))
-	if t.ID == "" {
+	info, backoff := taskOfMsg(h, meta.Timestamp)
+	if info.ID == "" {
 		w.log.Error().Str("queue", queue).Msg("a message without a task id; terminated")
 		_ = msg.TermWithReason("no " + HeaderID)
 		return
 	}
-	// The task can be cancelled from the moment the service hears of its
-	// start: a cancel of a running task is announced after that, so the
-	// handler's context is in place before the start is reported.
+	info.Queue = queue
+	d := &delivery{msg: msg, info: info, backoff: backoff, seq: meta.Sequence.Stream, attempt: int(meta.NumDelivered)}
+	d.expect, _ = strconv.ParseUint(h.Get(HeaderRecordSeq), 10, 64)
+	w.mu.Lock()
+	cancelled := w.cancelled.has(info.ID)
+	w.mu.Unlock()
+	if cancelled {
+		_ = msg.Ack() // its record says cancelled; its message is being removed
+		return
+	}
+	if meta.NumDelivered > 1 || d.expect != 0 {
+		ctx, cancel := context.WithTimeout(w.hardCtx, bus.DefaultTimeout)
+		rec, seq, ok, err := readRecord(ctx, w.nc, queue, info.ID)
+		cancel()
+		if err != nil {
+			w.log.Warn().Err(err).Str("task", info.ID).Msg("cannot read the task's record; it goes back to its queue")
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		if ok && !d.adopt(&rec, seq) {
+			_ = msg.Ack()
+			return
+		}
+	}
+	if d.attempt > d.info.MaxRetries+1 {
+		lastErr := d.info.LastError
+		if lastErr == "" {
+			lastErr = "its retries are spent"
+		}
+		d.attempt--
+		w.outcome(d, StateDead, lastErr, nil)
+		return
+	}
+
+	t := &Task{ID: info.ID, Queue: queue, Type: info.Type, Payload: msg.Data(), Attempt: d.attempt,
+		MaxRetries: info.MaxRetries, Schedule: info.Schedule}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	w.mu.Lock()
 	w.running[t.ID] = cancel
@@ -318,31 +456,7 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 		w.mu.Unlock()
 		cancel(nil)
 	}()
-	rctx, rcancel := context.WithTimeout(w.hardCtx, bus.DefaultTimeout)
-	sr, err := bus.Request[StartedRequest, StartedReply](rctx, w.nc, SubjectStarted, StartedRequest{
-		ID: t.ID, Queue: queue, Type: t.Type, Attempt: t.Attempt, StreamSeq: meta.Sequence.Stream, Worker: w.cfg.Name,
-	})
-	rcancel()
-	if errors.Is(err, ErrStaleReport) {
-		// Not a delivery the service accepts (a newer one replaced it, or
-		// it came back before its ack wait): the message is left alone,
-		// and comes back after its ack wait unless another delivery ends.
-		w.log.Warn().Err(err).Str("task", t.ID).Msg("the service refused the start; the message is left to its next delivery")
-		return
-	}
-	if err != nil {
-		// Without the service's word, the task is not run: its state would
-		// not say so.
-		w.log.Warn().Err(err).Str("task", t.ID).Msg("cannot report the start; the task goes back to its queue")
-		_ = msg.NakWithDelay(time.Second)
-		return
-	}
-	if !sr.Run {
-		w.act(msg, sr.Action, sr.DelayMs)
-		return
-	}
-
-	timeout, _ := strconv.ParseInt(h.Get(HeaderTimeout), 10, 64)
+	timeout := info.TimeoutMs
 	if timeout <= 0 {
 		timeout = MaxTimeoutMs
 	}
@@ -351,6 +465,9 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 	stopCancel := context.AfterFunc(w.hardCtx, func() { cancel(errShutdown) })
 	defer stopCancel()
 
+	d.info.StartedAt = bus.Time{Time: time.Now()}
+	d.info.State, d.info.Attempts, d.info.Worker = StateRunning, d.attempt, w.cfg.Name
+	w.emit("started", &d.info, nil)
 	// Keep the delivery while the handler runs.
 	done := make(chan struct{})
 	var progress sync.WaitGroup
@@ -370,65 +487,159 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 	close(done)
 	progress.Wait()
 
-	fin := FinishedRequest{ID: t.ID, Queue: queue, Attempt: t.Attempt, StreamSeq: meta.Sequence.Stream}
-	if herr != nil {
-		fin.Error = herr.Error()
-		if fin.Error == "" {
-			fin.Error = "failed"
-		}
-		switch cause := context.Cause(ctx); {
-		case errors.Is(herr, ErrSkipRetry):
-			fin.SkipRetry = true
-		case errors.Is(cause, errShutdown):
-			// Not the task's fault: run it again elsewhere, without
-			// counting an attempt.
-			fin.Error, fin.Interrupted = "interrupted: the worker stopped", true
-		case errors.Is(cause, errCancelled):
-			fin.Error, fin.SkipRetry = "cancelled: "+fin.Error, true
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			fin.Error = fmt.Sprintf("timed out after %dms: %s", timeout, fin.Error)
-		}
-	} else {
+	if herr == nil {
 		t.mu.Lock()
-		fin.Result = t.result
+		result := t.result
 		t.mu.Unlock()
+		w.outcome(d, StateSucceeded, "", result)
+		return
 	}
-	// The slot goes to the next task while the outcome is reported; the
-	// message is acknowledged once it is recorded. Reports in flight are
-	// bounded like the tasks.
-	w.reports <- struct{}{}
-	w.inflight.Add(1)
-	go func() {
-		defer func() { <-w.reports; w.inflight.Done() }()
-		w.report(msg, fin)
-	}()
+	msgErr := herr.Error()
+	if msgErr == "" {
+		msgErr = "failed"
+	}
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errShutdown):
+		// Not the task's fault: it runs again, elsewhere.
+		_ = msg.Nak()
+	case errors.Is(cause, errCancelled):
+		// The cancel wrote its record, and removes its message.
+		_ = msg.Ack()
+	case errors.Is(herr, ErrSkipRetry):
+		w.outcome(d, StateDead, msgErr, nil)
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		w.outcome(d, StateFailed, fmt.Sprintf("timed out after %dms: %s", timeout, msgErr), nil)
+	default:
+		w.outcome(d, StateFailed, msgErr, nil)
+	}
 }
 
-// report sends an attempt's outcome, then does what the service says with
-// the message. If the outcome cannot be recorded, the message is nak'd: the
-// task runs again.
-func (w *Worker) report(msg jetstream.Msg, fin FinishedRequest) {
-	for attempt := 0; ; attempt++ {
-		rctx, rcancel := context.WithTimeout(context.Background(), bus.DefaultTimeout)
-		fr, err := bus.Request[FinishedRequest, FinishedReply](rctx, w.nc, SubjectFinished, fin)
-		rcancel()
-		if err == nil {
-			w.act(msg, fr.Action, fr.DelayMs)
-			return
+// outcome records an attempt's outcome (state succeeded, failed or dead)
+// and then acks, naks or terms the message. The record is written
+// asynchronously: the slot goes to the next task at once, the message is
+// settled once the record is stored.
+func (w *Worker) outcome(d *delivery, state, lastErr string, result []byte) {
+	info := &d.info
+	info.Attempts, info.Worker, info.NextRetryAt = d.attempt, w.cfg.Name, bus.Time{}
+	info.Result, info.ResultEncoding, info.ResultTruncated = "", "", false
+	now := time.Now()
+	switch state {
+	case StateSucceeded:
+		info.LastError = ""
+		truncateResult(info, result, w.cfg.MaxResult)
+	case StateFailed:
+		if d.attempt > info.MaxRetries {
+			state = StateDead // its last retry
 		}
-		if errors.Is(err, ErrStaleReport) {
-			// Another delivery of the task replaced this one: the message
-			// is its worker's now.
-			w.log.Warn().Err(err).Str("task", fin.ID).Msg("the service refused the outcome; the message is left to the task's newer delivery")
-			return
-		}
-		if attempt >= 2 || w.nc.IsClosed() || errors.Is(err, bus.ErrInvalid) || errors.Is(err, bus.ErrNotFound) {
-			w.log.Warn().Err(err).Str("task", fin.ID).Msg("cannot report the outcome; the task goes back to its queue")
-			_ = msg.NakWithDelay(time.Second)
-			return
-		}
-		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+		info.LastError = truncate(lastErr, MaxErrorLen)
+	default:
+		info.LastError = truncate(lastErr, MaxErrorLen)
 	}
+	info.State = state
+	var delay time.Duration
+	if state == StateFailed {
+		delay = retryDelay(d.backoff, d.attempt)
+		info.NextRetryAt = bus.Time{Time: now.Add(delay)}
+	} else {
+		info.FinishedAt = bus.Time{Time: now}
+	}
+	if state == StateDead {
+		// A copy of the message in the dead letters first: the record
+		// that says dead points there.
+		ctx, cancel := context.WithTimeout(context.Background(), bus.DefaultTimeout)
+		m := deadLetter(d.msg.Headers(), d.msg.Data(), info.Queue, info.LastError)
+		m.Header.Set(jetstream.MsgIDHeader, deadLetterID(info.ID, d.seq, d.attempt))
+		_, err := w.js.PublishMsg(ctx, m)
+		cancel()
+		if err != nil {
+			w.log.Warn().Err(err).Str("task", info.ID).Msg("cannot write the dead letter; the task goes back to its queue")
+			_ = d.msg.NakWithDelay(time.Second)
+			return
+		}
+	}
+	m, err := recordMsg(*info, d.expect)
+	if err != nil {
+		_ = d.msg.NakWithDelay(time.Second)
+		return
+	}
+	w.records <- struct{}{}
+	w.inflight.Add(1)
+	w.writes.Publish(m, func(ack *jetstream.PubAck, err error) {
+		switch {
+		case err == nil:
+			<-w.records
+			w.settle(d, delay)
+			w.inflight.Done()
+		case writtenFirst(err):
+			// Someone wrote first: decided again on their record, off
+			// the goroutine of the acknowledgements.
+			go func() {
+				defer func() { <-w.records; w.inflight.Done() }()
+				w.again(d, state, lastErr, result)
+			}()
+		default:
+			<-w.records
+			w.log.Warn().Err(err).Str("task", info.ID).Msg("cannot write the task's record; it goes back to its queue")
+			_ = d.msg.NakWithDelay(time.Second)
+			w.inflight.Done()
+		}
+	})
+}
+
+// settle acks, naks or terms a delivery whose record is stored, and tells.
+func (w *Worker) settle(d *delivery, delay time.Duration) {
+	switch d.info.State {
+	case StateSucceeded:
+		_ = d.msg.Ack()
+	case StateFailed:
+		_ = d.msg.NakWithDelay(delay)
+	default:
+		_ = d.msg.Term()
+	}
+	var extra map[string]any
+	switch d.info.State {
+	case StateFailed:
+		extra = map[string]any{"error": d.info.LastError, "retry_in_ms": delay.Milliseconds()}
+	case StateDead:
+		extra = map[string]any{"error": d.info.LastError}
+	}
+	w.emit(d.info.State, &d.info, extra)
+}
+
+// again decides an outcome again once its record's write was refused:
+// another write came first. A record saying the task finished (a cancel,
+// a twin delivery that finished) drops the outcome; a failure recorded by
+// another delivery counts as an attempt.
+func (w *Worker) again(d *delivery, state, lastErr string, result []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), bus.DefaultTimeout)
+	rec, seq, ok, err := readRecord(ctx, w.nc, d.info.Queue, d.info.ID)
+	cancel()
+	if err != nil {
+		w.log.Warn().Err(err).Str("task", d.info.ID).Msg("cannot read the task's record; it goes back to its queue")
+		_ = d.msg.NakWithDelay(time.Second)
+		return
+	}
+	if !ok {
+		d.expect = 0 // gone meanwhile (evicted)
+	} else if !d.adopt(&rec, seq) {
+		_ = d.msg.Ack()
+		return
+	}
+	w.outcome(d, state, lastErr, result)
+}
+
+// emit publishes a live task event (not stored unless the events stream
+// keeps task events).
+func (w *Worker) emit(what string, info *TaskInfo, extra map[string]any) {
+	data := map[string]any{"id": info.ID, "queue": info.Queue, "type": info.Type,
+		"state": info.State, "attempts": info.Attempts, "worker": info.Worker}
+	if info.Schedule != "" {
+		data["schedule"] = info.Schedule
+	}
+	for k, v := range extra {
+		data[k] = v
+	}
+	_ = w.events.Emit(what, data)
 }
 
 // call runs the handler, turning a panic into a final error.
@@ -450,21 +661,11 @@ func (w *Worker) call(ctx context.Context, t *Task) (err error) {
 	return h(ctx, t)
 }
 
-func (w *Worker) act(msg jetstream.Msg, action string, delayMs int64) {
-	switch action {
-	case ActionAck:
-		_ = msg.Ack()
-	case ActionTerm:
-		_ = msg.Term()
-	default:
-		_ = msg.NakWithDelay(time.Duration(max(delayMs, 0)) * time.Millisecond)
-	}
-}
-
 // Stop stops pulling, naks the tasks pulled but not started, and waits for
-// the tasks in flight to finish. If ctx ends or ShutdownGrace passes
-// first, their contexts are cancelled and their messages nak'd (they run
-// again elsewhere); Stop then returns once the handlers have returned.
+// the tasks in flight to finish and their records to be written. If ctx
+// ends or ShutdownGrace passes first, their contexts are cancelled and
+// their messages nak'd (they run again elsewhere); Stop then returns once
+// the handlers have returned.
 func (w *Worker) Stop(ctx context.Context) error {
 	w.mu.Lock()
 	select {

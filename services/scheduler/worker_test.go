@@ -62,7 +62,8 @@ func TestLongTaskAndTimeout(t *testing.T) {
 
 // Stop lets a task in flight finish within the grace; a task still running
 // when the grace is over has its context cancelled and runs again on
-// another worker, without counting as a failure.
+// another worker. The delivery given back counts as an attempt (the
+// worker writes no record for it): with one retry the task runs again.
 func TestWorkerGracefulStop(t *testing.T) {
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})
@@ -102,7 +103,7 @@ func TestWorkerGracefulStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	endless, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "g", Type: "endless", MaxRetries: intp(0)})
+	endless, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "g", Type: "endless", MaxRetries: intp(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,13 +119,13 @@ func TestWorkerGracefulStop(t *testing.T) {
 		t.Fatalf("short = %+v", info)
 	}
 	// The interrupted task was given back, not failed: another worker runs
-	// it, as attempt 2 (max_retries 0 would have made a failure final).
+	// it, as attempt 2.
 	var attempt atomic.Int32
 	work(t, s.URL(), map[string]int{"g": 1}, map[string]scheduler.Handler{
 		"endless": func(ctx context.Context, task *scheduler.Task) error { attempt.Store(int32(task.Attempt)); return nil },
 	})
 	info := waitDone(t, c, endless)
-	if info.State != scheduler.StateSucceeded || attempt.Load() != 2 {
+	if info.State != scheduler.StateSucceeded || attempt.Load() != 2 || info.Attempts != 2 {
 		t.Fatalf("endless = %+v (attempt %d)", info, attempt.Load())
 	}
 }
