@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,16 +13,13 @@ import (
 // immediate tasks straight to JetStream (-systems mesh-direct).
 const meshDirectName = "mesh scheduler (direct)"
 
-// errNoDirect: the scheduler under test has no direct submit.
-var errNoDirect = errors.New("this scheduler's Client has no direct submit (it comes with the v2 store)")
-
 // newClient is the Client of the mesh rows: the service path, or the
-// direct submit when direct.
-func newClient(nc *nats.Conn, direct bool) (*scheduler.Client, error) {
+// direct submit (scheduler.WithDirect) when direct.
+func newClient(nc *nats.Conn, direct bool) *scheduler.Client {
 	if direct {
-		return nil, errNoDirect
+		return scheduler.NewClient(nc, scheduler.WithDirect())
 	}
-	return scheduler.NewClient(nc), nil
+	return scheduler.NewClient(nc)
 }
 
 // meshDirectSystem is the mesh scheduler with the direct submit: the

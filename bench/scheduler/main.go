@@ -25,7 +25,7 @@
 //     store for the scheduler, with no service: the task message as the
 //     record of a live task (a subject per task) and one outcome write to
 //     a bounded history stream, pipelined before the ack (record.go).
-//   - mesh scheduler (direct) (-systems mesh-direct, not by default): the
+//   - mesh scheduler (direct): the
 //     mesh scheduler with the Client's direct submit, which publishes an
 //     immediate task straight to JetStream (the v2 store's Client option);
 //     its service path is the mesh row's and is not measured again.
@@ -112,7 +112,7 @@ func main() {
 	var systems string
 	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL` (JetStream enabled)")
 	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port` for asynq; empty: no asynq row")
-	flag.StringVar(&systems, "systems", "mesh,asynq,raw,floor,statefloor", "systems to run, in order: mesh, mesh-direct, asynq, floor, raw, record, statefloor, statesvc")
+	flag.StringVar(&systems, "systems", "mesh,mesh-direct,asynq,raw,floor,statefloor", "systems to run, in order: mesh, mesh-direct, asynq, floor, raw, record, statefloor, statesvc")
 	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
 	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
 	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")

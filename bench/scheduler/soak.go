@@ -50,10 +50,9 @@ const defaultHistoryMaxBytes = 1 << 30
 const retention = 24 * time.Hour
 
 // historyBound is the scheduler's configuration with its history bounded
-// by maxBytes. The v1 store keeps finished tasks' states in its state
-// bucket, bounded by StateMaxBytes.
+// by maxBytes.
 func historyBound(maxBytes int64) scheduler.Config {
-	return scheduler.Config{StateMaxBytes: maxBytes}
+	return scheduler.Config{HistoryMaxBytes: maxBytes}
 }
 
 // sample is one row of the soak's series.
@@ -73,16 +72,14 @@ type storeFigures struct {
 	oldest         time.Time // the time of its first record
 }
 
-// storeOf reads the figures of the store of finished tasks. The v1 store
-// is the state bucket, which also holds the live tasks' states; its
-// queues reply has only an estimate of the bytes, so the figures come
-// from the bucket's stream.
+// storeOf reads the figures of the store of finished tasks, the history
+// stream.
 func (m *meshSystem) storeOf(ctx context.Context) (storeFigures, error) {
 	js, err := jetstream.New(m.conns[0])
 	if err != nil {
 		return storeFigures{}, err
 	}
-	st, err := js.Stream(ctx, "KV_"+scheduler.Bucket)
+	st, err := js.Stream(ctx, scheduler.HistoryStream)
 	if err != nil {
 		return storeFigures{}, err
 	}
@@ -139,7 +136,7 @@ func soak(ctx context.Context, cfg config, w io.Writer) error {
 		fmt.Fprintf(w, "; rate: half the drain of %d such tasks measured first", sc.probe)
 	}
 	fmt.Fprintf(w, "\nRSS: VmRSS of nats-server (-nats-pid) and of this process (the scheduler's service and worker); heap: this process's Go heap after a GC\n")
-	fmt.Fprintf(w, "history: the store of finished tasks (v1: the state bucket's stream, live states included)\n\n")
+	fmt.Fprintf(w, "history: the store of finished tasks (%s)\n\n", scheduler.HistoryStream)
 
 	q := queueName("soak")
 	var succeeded atomic.Int64

@@ -74,10 +74,7 @@ func newMesh(ctx context.Context, url string, cfg scheduler.Config, direct bool)
 		m.close()
 		return nil, err
 	}
-	if m.client, err = newClient(cnc, direct); err != nil {
-		m.close()
-		return nil, err
-	}
+	m.client = newClient(cnc, direct)
 	return m, nil
 }
 
