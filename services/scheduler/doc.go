@@ -22,22 +22,20 @@
 //	mesh.scheduler.dead.list         {queue, limit, cursor}                               {tasks: [{id, queue, type, last_error, died_at, seq, payload_bytes}], next_cursor}
 //	mesh.scheduler.dead.requeue      {id} | {queue, all: true}                            {ids}
 //	mesh.scheduler.dead.delete       {id} | {queue, all: true}                            {ids}
-//	mesh.scheduler.started           {id, queue, type, attempt, stream_seq, worker}       {run, action, delay_ms, state}
-//	mesh.scheduler.finished          {id, queue, attempt, stream_seq, error,              {action, delay_ms, state}
-//	                                  skip_retry, interrupted, result}
-//	mesh.tasks.<queue>               a task: headers Mesh-Task-*, body the payload        (JetStream work queue; consumer <queue>)
+//	mesh.tasks.<queue>.<id>          a queued task: headers Mesh-Task-*, body the payload (stream MESH_TASKS, work queue; consumer <queue>)
+//	mesh.history.<queue>.<id>        a task's record: its last outcome, TaskInfo in JSON  (stream MESH_TASK_HISTORY; written by workers)
 //	mesh.dead.<queue>                a dead task, with Mesh-Task-Last-Error               (stream MESH_TASKS_DEAD)
 //	mesh.events.task.submitted|queued|started|succeeded|failed|dead|cancelled|requeued     event data {id, queue, type, state, attempts, ...}
 //	mesh.events.task.paused|resumed|scheduled|unscheduled                                  event data {queue} or {schedule, ...}
 //
-// started and finished are the worker protocol (schemas/README.md, "Worker
-// protocol"): a worker in any language pulls from the durable consumer
-// named after the queue and reports each delivery's start and outcome.
+// A worker in any language pulls from the durable consumer named after the
+// queue and writes each attempt's record itself, with no request to the
+// service: see "Worker protocol" below, and schemas/README.md. Task events
+// are live (core NATS): submitted, started, the outcome, cancelled...
 //
 // Errors: duplicate (409, with the existing id at the end of the message:
 // DuplicateID), task_not_found, schedule_not_found, queue_not_found (404),
-// task_finished (409, cancelling a finished task), stale_report (409, a
-// worker's report that matches no delivery of the task), invalid_queue,
+// task_finished (409, cancelling a finished task), invalid_queue,
 // invalid_schedule, invalid (400), payload_too_large (413). The Client
 // returns them as the package's sentinels (ErrDuplicate, ...). A field the
 // request does not have is refused with unknown_field (400), a wrong type
@@ -48,59 +46,99 @@
 // # Task ids and submits sent again
 //
 // A submit may name its task (id: letters, digits, '-' and '_'); the
-// service makes an id otherwise. The first state of a task is a
-// create-only write of its key, so a submit with the id of a task whose
-// state is kept (live, or finished within Retention) makes no second task:
-// with the same queue and type it is the same submit sent again, answered
-// with that task and its current state; otherwise it is refused with
-// duplicate (409). The Go Client makes an id for every submit and sends
-// it again with that id when it got no answer (a timeout, no service, a
-// 503), so a retried submit never makes a second task.
+// service makes an id otherwise. A task's message is stored with
+// Nats-Msg-Id = its id and only if its subject, mesh.tasks.<queue>.<id>,
+// holds no message (Nats-Expected-Last-Subject-Sequence 0). So a submit
+// with the id of a task still in its queue, or of one submitted within the
+// stream's deduplication window (DedupWindow, 2 minutes), makes no second
+// task: with the same queue and type it is the same submit sent again,
+// answered with that task and its current state; otherwise it is refused
+// with duplicate (409). The Go Client makes an id for every submit and
+// sends it again with that id when it got no answer (a timeout, no
+// service, a 503), so a retried submit never makes a second task. An id
+// is not kept beyond that: the id of a task that finished more than
+// DedupWindow ago names a new task when submitted again (its outcome
+// replaces the earlier task's record, which a record older than the
+// message tells apart).
 //
 // # Batches
 //
 // A submit with tasks (up to MaxBatch, within the server's max payload)
-// submits each task on its own, 64 at a time so that their writes are
-// pipelined, and answers each in order: its id and state, or the coded
-// error that refused it (nothing of that task is enqueued). A batch that is
-// not one (empty, too long, tasks beside other fields) is refused whole.
-// Client.SubmitMany splits a slice into batches and sends a batch that got
-// no answer again with the same ids.
+// checks each task on its own, publishes their messages pipelined (one
+// wait for the store's acknowledgements, not one per task) and answers
+// each in order: its id and state, or the coded error that refused it
+// (nothing of that task is stored). A batch that is not one (empty, too
+// long, tasks beside other fields) is refused whole. Client.SubmitMany
+// splits a slice into batches and sends a batch that got no answer again
+// with the same ids.
+//
+// # The direct path
+//
+// A Client made WithDirect stores a task's message itself, as the service
+// would, for the immediate tasks without a unique key of a queue it has
+// submitted to through the service once (the service creates a queue's
+// consumer on its first submit): one round trip to the store, none to the
+// service. It checks the task with the same Validate and the service's
+// defaults. A message the store already has is left to the service to
+// answer (the same task, or duplicate). Its user needs permission to
+// publish on mesh.tasks.> (the compose stack's client user has it).
 //
 // # Storage
 //
-// Stream MESH_TASKS (work-queue retention, message schedules allowed) holds
-// the queues mesh.tasks.<queue>, each with one durable pull consumer named
-// after the queue; the delayed tasks' server schedules
-// mesh.scheduler.at.<queue>.<id>; the periodic schedules
+// Stream MESH_TASKS (work-queue retention, message schedules allowed, one
+// message per subject) holds the queued tasks, one subject per task,
+// mesh.tasks.<queue>.<id>, and one durable pull consumer per queue named
+// after it (filter mesh.tasks.<queue>.*); the delayed tasks' server
+// schedules mesh.scheduler.at.<queue>.<id>; the periodic schedules
 // mesh.scheduler.every.<name>; and the staging subjects
-// mesh.scheduler.due.<queue> where both fire, consumed by the scheduler
-// instances (consumer scheduler-staging). Stream MESH_TASKS_DEAD keeps dead
-// tasks (DeadRetention) and captures the queues' max-deliveries advisories
+// mesh.scheduler.due.> (and .tick.>) where they fire, consumed by the
+// scheduler instances (consumer scheduler-staging). A queued task is its
+// message: the message's stream timestamp is its created_at (a delayed
+// task's message carries Mesh-Task-Created-At). A second message for a live
+// task is refused by the store, not checked by the service: every task
+// message expects no message on its subject. (DiscardNewPerSubject would
+// refuse it without the header, but nats-server refuses discard new on a
+// stream with message schedules.)
+//
+// Stream MESH_TASK_HISTORY keeps one record per task, the last outcome of
+// its last attempt, on mesh.history.<queue>.<id> (limits retention, one
+// message per subject, MaxAge Retention, MaxBytes HistoryMaxBytes, direct
+// gets allowed): failed (attempts, last_error, next_retry_at), succeeded
+// (result up to MaxResult, result_truncated past it), dead, cancelled, or
+// queued by a requeue. Stream MESH_TASKS_DEAD keeps dead tasks
+// (DeadRetention) and captures the queues' max-deliveries advisories
 // (consumer scheduler-advisories), so that none is lost while no instance
-// runs. The KV bucket MESH_TASK_STATE holds one state per task, t.<id>,
-// kept for Retention once the task has finished (a per-key TTL; the bucket
-// is bounded by StateMaxBytes, the oldest finished states making room),
-// and the unique keys u.<queue>.<hash> with the TTL of their window.
+// runs. The KV bucket MESH_TASK_STATE holds only the unique keys,
+// u.<queue>.<hash>, each with the TTL of its window.
 //
 // # Finished tasks never block new work
 //
-// The bucket is bounded in bytes (StateMaxBytes) and, like every KV
-// bucket, refuses a write past its bound. So that finished history never
-// stops submits or outcomes, the oldest finished states make room: every
-// CleanEvery an instance reads the bucket's size, and past 80% of the bound
-// it reads the states oldest first and purges the finished ones
-// (succeeded, dead, cancelled) down to 60%, each at its own revision (a
-// state written since stays), with a purge marker that expires in a
-// second. Live states (scheduled, queued, running, failed), unique keys
-// and the state of a finished task whose unique key still names it (else
-// the next submit would take the key over) are never purged. A write that finds the bucket full cleans at once and
-// is tried again, so an outcome finds room; a submit is refused (429
-// overloaded) only while the bucket stays above 90% once cleaned, that is
-// while live tasks fill it, which keeps the last tenth for outcomes. A
-// finished task's state is kept for Retention or until the bucket needs
-// its room, whichever comes first; its dead letter, if any, for
-// DeadRetention. The queues reply shows the bucket's figures (states).
+// The records are bounded by HistoryMaxBytes (1 GiB by default, `mesh
+// up|serve --scheduler-history-max-bytes`) and by Retention (24 h), and
+// the oldest records go first (DiscardOld): a record is never refused for
+// room, a submit never waits for history. A record evicted reads as none:
+// status answers task_not_found for a finished task whose record went,
+// and a write of the task's record then expects none. Queued tasks are
+// bounded by the stream's own limits only (none by default).
+//
+// # Status and cancel read the queue
+//
+// status reads the task's message (mesh.tasks.*.<id>, one direct get): a
+// task in its queue is queued, running once the queue's consumer has
+// delivered it (its sequence is at most the consumer's delivered one),
+// failed while its record says so (a retry waits); else its schedule or
+// staging message (mesh.scheduler.*.*.<id>): scheduled; else its record.
+// The state is read from the queue, so it never contradicts it.
+//
+// cancel writes the task's record cancelled (compare-and-set on the record
+// it read, so that an outcome stored meanwhile wins, or loses to it), then
+// removes its message (a delete by sequence) or its schedule and staging
+// messages (a purge of their subjects), then emits task.cancelled: a worker
+// running the task cancels its handler's context, one that pulled it ahead
+// does not run it, and one that runs it anyway (it had not heard) drops
+// its outcome when the record's write finds the record cancelled. A
+// delayed task cancelled while an instance holds it on its timer is
+// released all the same, and dropped that way.
 //
 // # Delayed tasks never run early
 //
@@ -135,159 +173,101 @@
 // of the interval, which is exact until the stream skips ticks (its server
 // was down at one) and counts again from its restart.
 //
-// # The queue and the states do not drift
+// # Worker protocol
 //
-// The state of a task and its message are in two streams, so they cannot
-// be written in one atomic batch (nats.go 1.55 has no atomic batch API
-// either). Instead every transition is ordered so that a crash between its
-// two writes leaves something a later step repairs, and every state is
-// written by one party at a time, under compare-and-set:
+// A worker pulls from the durable consumer <queue> of MESH_TASKS with a
+// bounded prefetch (WorkerConfig.Prefetch, twice the queue's concurrency
+// by default, so that a slot that frees finds its next task in the
+// worker). For each delivery:
 //
-//   - submit writes the state first (queued or scheduled) carrying the
-//     message to publish, then publishes it with Nats-Msg-Id = id. The
-//     next write of the state (the worker's start, or the release of a
-//     delayed task) drops the carried message. If the instance dies between
-//     the two writes of submit, the state still carries the message: every
-//     instance looks for states still carrying theirs RepairAfter after
-//     their submit and publishes the message again. The stream's
-//     deduplication window (DedupWindow, over three times RepairAfter)
-//     makes that a no-op when the first publish had landed, even if the
-//     task already ran; the repair then drops the carried message. So a
-//     task costs no write to confirm its enqueue: only one that waits
-//     longer than RepairAfter costs a deduplicated publish and a write.
-//     The state written is the commit: if the publish then gets no answer
-//     (a leader election, a lost connection), submit still answers with
-//     the id and the repair enqueues the task, retrying for as long as the
-//     stream stays away; any other failure (the stream refusing the
-//     message, say) would fail again, and undoes the submit and fails it.
-//     A write that no stream takes (a stream electing its leader after a
-//     node's loss) stored nothing: submit sends it again for up to 2 s
-//     (bus.RetryNoStream) before failing.
-//     A state write that itself gets no answer may have landed: submit
-//     reads the state back and goes on if it is there; if not, it purges
-//     the key, so that the write cannot land later (it expects no earlier
-//     write), and fails. Either way a retry makes no second task. When
-//     neither the read nor the purge is answered, submit answers 503 and
-//     keeps the unique key (taken over as below if the task does not
-//     exist).
-//   - a unique key is written before the state. A submit whose state
-//     write fails gives the key back; if that fails too, the key names a
-//     task that does not exist, and the next submit with that key takes it
-//     over once it is older than RepairAfter (asked to try again before).
-//   - a worker asks the service (mesh.scheduler.started) before running a
-//     delivery; the service marks it running, or answers that it was
-//     cancelled, finished or has spent its attempts (then it is dead). So
-//     a cancelled task's message that is still in the queue is dropped by
-//     the first worker to get it. A cancel served by the instance that
-//     enqueued the task removes the message at once: that instance knows
-//     its stream sequence from the publish, which no write records; a
-//     cancel served elsewhere leaves the message for that first worker
-//     (until then the queue's depth counts it).
-//   - a worker reports the outcome (mesh.scheduler.finished) before it
-//     acknowledges the message; the service writes succeeded, failed (and
-//     the retry delay, which the worker applies with a nak) or dead. A
-//     worker that dies in between leaves the message unacknowledged; it is
-//     delivered again and the service, seeing a finished state, tells the
-//     next worker to drop it.
-//   - a dead task is copied to mesh.dead.<queue> (deduplicated by id)
-//     before its state says dead, and removed from the queue after.
+//  1. attempt = its delivery count (num_delivered). If that is more than 1
+//     or the message carries Mesh-Task-Record-Seq (a requeued task), read
+//     the task's record (a direct get, last by subject
+//     mesh.history.<queue>.<id>): a final one (succeeded, dead,
+//     cancelled) means the task has finished: ack the message and stop; a
+//     failed one with attempts a makes attempt max(attempt, a+1); its
+//     sequence is what the next write expects. On a first delivery, the
+//     write expects Mesh-Task-Record-Seq, or no record. A record older than
+//     the task's message (its created_at) is an earlier task's of the same
+//     id: replaced, not read.
+//  2. attempt past max_retries+1: the task is dead (step 5) without running.
+//     A task whose cancel event the worker heard (it keeps the last 10,000
+//     cancelled ids) is acked and not run.
+//  3. Run the handler, with the timeout of Mesh-Task-Timeout-Ms; send
+//     in-progress every third of the consumer's AckWait; cancel the
+//     handler's context on the live event mesh.events.task.cancelled for
+//     the task.
+//  4. Write the outcome's record, asynchronously, with
+//     Nats-Expected-Last-Subject-Sequence = the sequence expected (0 for
+//     none); the message is acked, nak'd with the retry delay, or termed
+//     only once that write's acknowledgement came (the slot goes to the
+//     next task at once). succeeded: ack. failed with retries left: record
+//     failed (attempts, last_error, next_retry_at), nak with the delay
+//     computed by the worker from Mesh-Task-Backoff (see Backoff; default
+//     exponential from 1 s, ±25% jitter, at most 10 min). A handler
+//     interrupted by the worker's shutdown: nak, no record (the delivery
+//     counts as an attempt). A handler cancelled by a cancel: ack (the
+//     cancel wrote the record).
+//  5. Dead (retries spent, or SkipRetry): publish a copy of the message to
+//     mesh.dead.<queue> (Nats-Msg-Id dead-<id>-<stream seq>-<attempt>, with
+//     Mesh-Task-Last-Error), then the record dead, then term.
+//  6. A write refused with wrong last sequence (10071): someone wrote
+//     first. Read the record: a final one (a cancel, a twin delivery that
+//     finished) means ack and drop the outcome; a failure by another
+//     delivery counts as an attempt: decide again and write again,
+//     expecting its sequence.
+//  7. A write that fails otherwise (no answer, a store error): nak with a
+//     delay; the task runs again, never left running.
+//  8. Events: task.started and the outcome (succeeded, failed, dead), live
+//     (core NATS), data {id, queue, type, state, attempts, worker}.
 //
-// The only writer of task states is the scheduler service; workers never
-// touch the bucket, which keeps the worker protocol to two requests and
-// the acknowledgements. An instance caches the states it wrote, with their
-// revisions, so that the compare-and-set of a worker's report needs no
-// read first when the same instance serves the task; a stale entry only
-// fails the compare-and-set, and the state is read again. The cache is
-// bounded in bytes (CacheMaxBytes, 32 MiB by default, `mesh up|serve
-// --scheduler-cache-max-bytes`; the oldest entries go first) and holds no
-// payloads or results: a finished state with a result is not cached. Its
-// figures (entries, bytes, evictions) are in the queues reply, as cache. A start report
-// for a cached state is written in the subscription's callback and answered
-// from the write's acknowledgement (bus.Writes, bus.Deferred), with no
-// worker: it is on the way from a submit to the task's start, and every
-// hand-off between goroutines there costs a thread's wake-up
-// (TestStartOnStaleState covers the stale entry).
-//
-// # Reports must match a delivery
-//
-// Whoever may publish to mesh.scheduler.started and .finished could
-// otherwise run, finish or kill any task, so each report is checked
-// against the delivery it claims before it changes anything; a report
-// that does not match is refused with ErrStaleReport (409), one for an id
-// without a state with ErrNotFound (no state is made up from a report).
-// A start must name the task's queue and type; its stream_seq must be the
-// task's message (the state knows it, or the message at that sequence is
-// read: subject mesh.tasks.<queue>, Mesh-Task-Id, and still in the work
-// queue); the queue's consumer must have delivered that far (its
-// delivered sequence, cached per queue and asked again only for a
-// sequence beyond it); the attempt must be within the consumer's
-// MaxDeliver and newer than the last start accepted for that message; and
-// a running task is taken over only by a start that comes at least the
-// consumer's AckWait after the one it replaces, as a redelivery after a
-// worker's death does. The state keeps the accepted delivery (Seq and
-// Delivery), and an outcome must name exactly that one: an outcome sent
-// again gets the first one's reply and writes nothing, and a dead
-// worker's late outcome, after a newer delivery started, is refused. The
-// Worker leaves a message alone when a report of its delivery is refused:
-// the newer delivery owns it, or it comes back after its ack wait.
-//
-// What the server does not tell is which client holds a delivery (an
-// acknowledgement is not checked against the delivery that sent it), so a
-// client that knows a task's id and its message's sequence can still
-// claim a delivery that the consumer has made, once its ack wait has
-// passed. The NATS permissions decide who may report at all.
+// The compare-and-set is what the first version's report checks were: an
+// outcome is stored only as the next write after the record its worker
+// read, so a dead worker's late outcome after a newer delivery's record is
+// refused, and twin deliveries (the ack wait passed while the first still
+// ran) finish once. What is lost: a worker user may write any record of the
+// queues it may publish to (the compose stack's worker user may publish
+// mesh.history.>; mesh.history.<queue>.> narrows it to queues). A client
+// user cannot.
 //
 // # Retries, timeouts, dead letters
 //
 // max_retries counts retries after the first attempt (default 3). A failed
 // attempt is retried after a backoff (exponential from 1 s to 10 min with
 // ±25% jitter by default, or constant) through the worker's NakWithDelay.
-// A delivery that a stopping worker gives back unfinished (reported as
-// interrupted) does not count as an attempt.
+// A delivery that a stopping worker gives back unfinished counts as an
+// attempt (no record is written for it): give a task a retry for it to
+// survive a worker's shutdown in the middle of it.
 // timeout_ms bounds each attempt: the worker cancels the handler's context
 // then; while the handler runs the worker reports progress (InProgress)
 // at a third of the consumer's AckWait, so a task may run longer than the
 // AckWait but a dead worker loses its tasks after one AckWait. Per-task
-// retries are enforced by the service at each start and outcome; the
-// consumers' MaxDeliver is a backstop for deliveries nobody reports: past
+// retries are enforced by the workers; the consumers' MaxDeliver is a
+// backstop for deliveries nobody finishes: past
 // it the server emits the max-deliveries advisory and leaves the message in
 // the work queue, and an instance moves it (by its stream sequence) to the
-// dead letters and deletes it.
+// dead letters, writes its record dead and deletes it.
 //
 // # Costs
 //
-// A task costs, in JetStream writes: its state (submit), its message, its
-// state at start and at the outcome, and the acknowledgement that removes
-// it from the work queue, and three events (submitted, started and the
-// outcome) in MESH_EVENTS where that stream exists; a bare work queue costs
-// the message and the acknowledgement. Every hop is a round trip: submit
-// makes two in a row behind the request, a worker one before running a
-// task and one after it (the next task does not wait for that one: the
-// acknowledgement follows the report in the background). Checking a start
-// against its delivery adds reads, no write: the queue's consumer info
-// when the start names a sequence beyond the delivered one last seen (one
-// request for the starts waiting on it), and the task's message when the
-// instance does not know its sequence (it did not enqueue it). list and the
-// repair at start read every state (a scan of the bucket), so list is for
-// people and tools, not for a hot path. The scheduler bench's "floor +
-// state" row makes the same stored writes with no service in between, a
-// ceiling for this design's drain rate (bench/README.md).
-//
-// In sum, per task: 5 stored writes of its own plus 3 stored events, about
-// 16 messages through nats-server (a submit's request and reply, its two
-// writes and their acknowledgements, the delivery, the two reports with
-// their replies and their writes' acknowledgements, the ack), and 3 round
-// trips behind a service (submit, start, outcome). A task of a batch
-// submit costs the same writes, but its request and reply are shared by
-// the batch and its writes are pipelined with its batch's. Measured
-// (bench scheduler, CPU time of nats-server and the bench process per
-// task drained, 2026-12-02): 417 µs on a quiet 2-vCPU VM, against 45 µs
-// for a bare work queue; the drain rate is bounded by that CPU, not by
-// the round trips.
-// A store whose record of a live task is its message and whose one write
-// per task beyond the message and its ack is the outcome, pipelined before
-// the ack, measured 122 µs per task on a loaded machine where the bare
-// queue took 35 µs (bench/README.md, "a candidate store").
+// Per task, on the service path: 3 stored operations of its own (its
+// message, its outcome's record, and the ack that removes the message from
+// the work queue; the first version made 5 stored writes and 3 stored
+// events); about 11 messages through nats-server (the submit's request and
+// reply, the message's publish and acknowledgement, the delivery, the
+// record's publish and acknowledgement, the ack, and 3 live events:
+// submitted, started, the outcome), plus the pull requests, shared by the
+// tasks of a prefetch; and 1 round trip behind the service (the submit,
+// which waits for the store's acknowledgement). On the direct path: the
+// same stored operations, 8 messages (no request, no submitted event) and
+// no round trip behind a service. A worker waits for nothing per task: the
+// record's write is pipelined, the ack follows its acknowledgement. A task
+// of a batch shares the batch's request and reply, and its message is
+// pipelined with the batch's. A retry adds a record and a nak per failed
+// attempt and a direct get per redelivery; a unique key adds a KV create
+// to the submit; a death adds the dead letter. status is two or three
+// direct gets and a consumer info; list and the queues' figures are for
+// people and tools, not for a hot path.
 //
 // # Dead letters people can act on
 //
@@ -310,8 +290,11 @@
 //   - AckWait is per queue (a consumer setting), not per task: the task
 //     timeout is enforced by the worker, and the AckWait only detects dead
 //     workers. MaxDeliver is likewise a per-queue backstop, not retries+1.
-//   - Retries use NakWithDelay with the service's backoff rather than the
-//     consumer's BackOff list, which is per consumer too.
+//   - Retries use NakWithDelay with the task's backoff, computed by the
+//     worker, rather than the consumer's BackOff list, which is per
+//     consumer too.
+//   - A task's uniqueness while it is live is the store's (a message
+//     expects none on its subject), not a check of the service's.
 //   - Unique keys hold for unique_for_ms from submission, not until the
 //     task finishes.
 //   - A resume is a pause that ends 20 ms later: nats-server 2.15 wakes the
