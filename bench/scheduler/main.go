@@ -537,19 +537,22 @@ func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 			stateFloor = &rs[i]
 		}
 	}
-	if direct != nil && asq != nil {
-		fmt.Fprintf(w, "\nmesh (direct) / asynq: enqueue %s, batch %s, drain %s, CPU per task %s\n",
+	if mesh == nil && direct == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	if asq != nil && mesh != nil {
+		fmt.Fprintf(w, "mesh / asynq: enqueue %s (target ≥ 1×), service path %s (≥ 0.5×), batch %s (≥ 3×), drain %s (≥ 2×), CPU per task %s\n",
+			ratio(mesh.enqueue, asq.enqueue), ratio(mesh.enqueueSvc, asq.enqueue), ratio(mesh.enqueueBatch, asq.enqueue),
+			ratio(mesh.drain, asq.drain), ratio(float64(mesh.cpuPerTask), float64(asq.cpuPerTask)))
+	}
+	if asq != nil && direct != nil {
+		fmt.Fprintf(w, "mesh (direct) / asynq: enqueue %s, batch %s, drain %s, CPU per task %s\n",
 			ratio(direct.enqueue, asq.enqueue), ratio(direct.enqueueBatch, asq.enqueue), ratio(direct.drain, asq.drain),
 			ratio(float64(direct.cpuPerTask), float64(asq.cpuPerTask)))
 	}
 	if mesh == nil {
 		return
-	}
-	fmt.Fprintln(w)
-	if asq != nil {
-		fmt.Fprintf(w, "mesh / asynq: enqueue %s (target ≥ 1×), service path %s (≥ 0.5×), batch %s (≥ 3×), drain %s (≥ 2×), CPU per task %s\n",
-			ratio(mesh.enqueue, asq.enqueue), ratio(mesh.enqueueSvc, asq.enqueue), ratio(mesh.enqueueBatch, asq.enqueue),
-			ratio(mesh.drain, asq.drain), ratio(float64(mesh.cpuPerTask), float64(asq.cpuPerTask)))
 	}
 	if raw != nil {
 		fmt.Fprintf(w, "mesh / JetStream raw: drain %s\n", ratio(mesh.drain, raw.drain))
