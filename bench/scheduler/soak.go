@@ -122,7 +122,7 @@ func soak(ctx context.Context, cfg config, w io.Writer) error {
 
 	submitter := "Client.Submit"
 	if sc.direct {
-		submitter = "Client.Submit, direct"
+		submitter = "Client.Submit with WithDirect"
 	}
 	fmt.Fprintf(w, "# Task scheduler soak: %s at %.0f tasks/s\n\n", sc.duration, sc.rate)
 	fmt.Fprintf(w, "machine: %s, %d CPUs, %s", machine.CPUModel(), runtime.NumCPU(), runtime.Version())
@@ -130,7 +130,7 @@ func soak(ctx context.Context, cfg config, w io.Writer) error {
 		fmt.Fprintf(w, ", mesh %s", cfg.source)
 	}
 	fmt.Fprintf(w, "\nload average at the start: %s\n", loadAverage())
-	fmt.Fprintf(w, "submits: %.0f tasks/s (%s from %d producers); %d workers; results of %d B; history bound %s (default %s)",
+	fmt.Fprintf(w, "submits: %.0f tasks/s (%s, from %d producers); %d workers; results of %d B; history bound %s (default %s)",
 		sc.rate, submitter, cfg.producers, cfg.workers, sc.resultBytes, mib(sc.historyMaxBytes), mib(defaultHistoryMaxBytes))
 	if cfg.soak.rate == 0 {
 		fmt.Fprintf(w, "; rate: half the drain of %d such tasks measured first", sc.probe)
