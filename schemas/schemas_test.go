@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -303,7 +304,8 @@ func checkReply(t *testing.T, sch map[string]*jsonschema.Schema, d docs, ctx con
 			return
 		}
 	}
-	rerr := bus.ReplyError(reply)
+	var rerr *bus.Error
+	errors.As(bus.ReplyError(reply), &rerr)
 	if rerr == nil && packedReply {
 		for _, bad := range d.checkTypes(t, repName, d[repName], p, "reply") {
 			t.Errorf("%s: %s", what, bad)

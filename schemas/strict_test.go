@@ -3,6 +3,7 @@ package schemas_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -314,7 +315,8 @@ func TestRequestsRefuseWhatTheyDoNotKnow(t *testing.T) {
 						if err != nil {
 							t.Fatalf("%s %q, %s (%s): %v", base, e.Title, m.what, run, err)
 						}
-						rerr := bus.ReplyError(reply)
+						var rerr *bus.Error
+						errors.As(bus.ReplyError(reply), &rerr)
 						tried++
 						switch {
 						case rerr == nil:

@@ -228,7 +228,7 @@ func TestRequestTimeout(t *testing.T) {
 	defer close(block)
 	startService(t, s, bus.Config{Name: "slow", Version: "1.0.0", Endpoints: []bus.Endpoint{{
 		Name: "wait", Subject: "test.wait",
-		Handler: func(ctx context.Context, _ *bus.Msg) (any, error) { <-block; return nil, nil },
+		Handler: func(ctx context.Context, r *bus.Call) { <-block; r.Reply(nil, nil) },
 	}}})
 	c, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
@@ -247,7 +247,7 @@ func TestHandlersRunConcurrently(t *testing.T) {
 	release := make(chan struct{})
 	startService(t, s, bus.Config{Name: "conc", Version: "1.0.0", MaxConcurrent: limit, Endpoints: []bus.Endpoint{{
 		Name: "work", Subject: "test.work",
-		Handler: func(ctx context.Context, _ *bus.Msg) (any, error) {
+		Handler: func(ctx context.Context, r *bus.Call) {
 			n := running.Add(1)
 			for {
 				p := peak.Load()
@@ -258,7 +258,7 @@ func TestHandlersRunConcurrently(t *testing.T) {
 			arrived <- struct{}{}
 			<-release
 			running.Add(-1)
-			return map[string]int{"ok": 1}, nil
+			r.Reply(map[string]int{"ok": 1}, nil)
 		},
 	}}})
 	nc := s.Connect()
@@ -335,10 +335,10 @@ func TestStopFinishesInFlight(t *testing.T) {
 	release := make(chan struct{})
 	svc, err := bus.NewService(s.Connect(), bus.Config{Name: "drain", Version: "1.0.0", Endpoints: []bus.Endpoint{{
 		Name: "slow", Subject: "test.slow",
-		Handler: func(ctx context.Context, _ *bus.Msg) (any, error) {
+		Handler: func(ctx context.Context, r *bus.Call) {
 			close(started)
 			<-release
-			return map[string]bool{"done": true}, nil
+			r.Reply(map[string]bool{"done": true}, nil)
 		},
 	}}})
 	if err != nil {
@@ -380,10 +380,10 @@ func TestStopCancelsHandlers(t *testing.T) {
 	started := make(chan struct{})
 	svc, err := bus.NewService(s.Connect(), bus.Config{Name: "stuck", Version: "1.0.0", Endpoints: []bus.Endpoint{{
 		Name: "stuck", Subject: "test.stuck",
-		Handler: func(ctx context.Context, _ *bus.Msg) (any, error) {
+		Handler: func(ctx context.Context, r *bus.Call) {
 			close(started)
 			<-ctx.Done()
-			return nil, ctx.Err()
+			r.Reply(nil, ctx.Err())
 		},
 	}}})
 	if err != nil {
@@ -414,6 +414,7 @@ func TestConfigValidation(t *testing.T) {
 		{Name: "ok", Version: "1.0.0", Endpoints: []bus.Endpoint{{Name: "a", Subject: "x..y", Handler: h}}},
 		{Name: "ok", Version: "1.0.0", Endpoints: []bus.Endpoint{{Name: "a", Subject: "x.>.y", Handler: h}}},
 		{Name: "ok", Version: "1.0.0", Endpoints: []bus.Endpoint{{Name: "a", Subject: "x"}}},
+		{Name: "ok", Version: "1.0.0", Endpoints: []bus.Endpoint{{Name: "a", Subject: "x", Handler: func(*bus.Call) {}}}},
 	} {
 		if _, err := bus.NewService(nc, cfg); err == nil {
 			t.Errorf("config %+v accepted", cfg)
@@ -556,7 +557,7 @@ func (p scribbler) Put(b any) {
 	p <- buf
 }
 
-// A Pooled reply goes out as it is, and its buffer goes back to the pool
+// A pooled reply goes out as it is, and its buffer goes back to the pool
 // once, after the reply has left: reusing it at once changes nothing sent.
 func TestPooledReply(t *testing.T) {
 	s := bustest.RunServer(t)
@@ -564,10 +565,10 @@ func TestPooledReply(t *testing.T) {
 	made := make(chan *[]byte, 4)
 	startService(t, s, bus.Config{Name: "pooled", Version: "1.0.0", Endpoints: []bus.Endpoint{{
 		Name: "p", Subject: "test.pooled", Inline: true,
-		Handler: func(_ context.Context, m *bus.Msg) (any, error) {
-			b := []byte("reply to " + string(m.Data))
+		Handler: func(_ context.Context, r *bus.Call) {
+			b := []byte("reply to " + string(r.Data()))
 			made <- &b
-			return bus.Pooled{Buf: &b, Pool: pool}, nil
+			r.ReplyPooled(&b, pool)
 		},
 	}}})
 	nc := s.Connect()
@@ -625,23 +626,25 @@ func TestMalformedBodiesRetainNoMemory(t *testing.T) {
 }
 
 // An Inline endpoint answers in the subscription's callback; a request that
-// continues on a worker does not hold up the next one, and both are counted.
-func TestInlineContinue(t *testing.T) {
+// goes on on a worker (Call.Go) does not hold up the next one, and both are
+// counted.
+func TestInlineGo(t *testing.T) {
 	s := bustest.RunServer(t)
 	release := make(chan struct{})
 	svc := startService(t, s, bus.Config{Name: "inline", Version: "1.0.0", Endpoints: []bus.Endpoint{{
 		Name: "op", Subject: "test.inline", Inline: true,
-		Handler: func(ctx context.Context, m *bus.Msg) (any, error) {
-			if string(m.Data) == `{"slow":true}` {
-				return bus.Continue(func(ctx context.Context) (any, error) {
+		Handler: func(ctx context.Context, r *bus.Call) {
+			switch string(r.Data()) {
+			case `{"slow":true}`:
+				r.Go(func(ctx context.Context) {
 					<-release
-					return map[string]string{"from": "worker"}, nil
-				}), nil
+					r.Reply(map[string]string{"from": "worker"}, nil)
+				})
+			case `{"panic":true}`:
+				r.Go(func(ctx context.Context) { panic("boom") })
+			default:
+				r.Reply(map[string]string{"from": "callback"}, nil)
 			}
-			if string(m.Data) == `{"panic":true}` {
-				return bus.Continue(func(ctx context.Context) (any, error) { panic("boom") }), nil
-			}
-			return map[string]string{"from": "callback"}, nil
 		},
 	}}})
 	nc := s.Connect()
@@ -674,10 +677,10 @@ func TestInlineContinue(t *testing.T) {
 	}
 }
 
-// A Deferred reply comes from another goroutine, may continue on a
-// worker, and is counted; Stop waits for it; a Deferred that panics before
-// replying is a 500.
-func TestDeferred(t *testing.T) {
+// A LegacyHandler's Deferred reply comes from another goroutine, may
+// continue on a worker, and is counted; Stop waits for it; a Deferred that
+// panics before replying is a 500.
+func TestLegacyDeferred(t *testing.T) {
 	s := bustest.RunServer(t)
 	later := make(chan func(any, error), 1)
 	svc := startService(t, s, bus.Config{Name: "deferred", Version: "1.0.0", Endpoints: []bus.Endpoint{{
@@ -833,5 +836,72 @@ func TestWrites(t *testing.T) {
 	}
 	if o := write("elsewhere", jetstream.WithRetryAttempts(0)); !bus.NoStream(o.err) {
 		t.Fatalf("no stream: %v", o.err)
+	}
+}
+
+// A call is answered once: from another goroutine after its handler
+// returned, the first answer counts and is sent, the others do nothing, and
+// Stop waits for the answer.
+func TestCallAnsweredOnce(t *testing.T) {
+	s := bustest.RunServer(t)
+	calls := make(chan *bus.Call, 1)
+	svc := startService(t, s, bus.Config{Name: "once", Version: "1.0.0", Endpoints: []bus.Endpoint{{
+		Name: "op", Subject: "test.once", Inline: true,
+		Handler: func(_ context.Context, r *bus.Call) { calls <- r },
+	}}})
+	nc := s.Connect()
+	got := make(chan *nats.Msg, 1)
+	go func() {
+		m, err := bus.RequestMsg(ctx(t), nc, &nats.Msg{Subject: "test.once", Data: []byte(`{}`)})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- m
+	}()
+	r := <-calls
+	stopped := make(chan error, 1)
+	go func() { stopped <- svc.Stop(ctx(t)) }()
+	pool := make(scribbler, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.ReplyRaw([]byte(`"first"`)) })
+	wg.Wait()
+	wg.Go(func() { r.Reply(nil, bus.ErrInternal) })
+	wg.Go(func() { b := []byte("x"); r.ReplyPooled(&b, pool) })
+	wg.Wait()
+	if m := <-got; m == nil || string(m.Data) != `"first"` {
+		t.Fatalf("reply = %v", m)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	if len(pool) != 1 {
+		t.Fatal("the buffer of a second answer was not put back")
+	}
+	st := svc.Stats().Endpoints[0]
+	if st.NumRequests != 1 || st.NumErrors != 0 {
+		t.Fatalf("stats = %d requests, %d errors; want 1 and 0", st.NumRequests, st.NumErrors)
+	}
+}
+
+// A compare-and-set refused for a stale sequence or, on a cluster, for a
+// write in flight is a conflict; only the latter is in flight; other
+// JetStream errors are neither.
+func TestConflict(t *testing.T) {
+	stale := &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}
+	inFlight := &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequenceConstant}
+	other := &jetstream.APIError{Code: 400, ErrorCode: 10054}
+	for _, tc := range []struct {
+		err                error
+		conflict, inFlight bool
+	}{
+		{fmt.Errorf("release: %w", stale), true, false},
+		{fmt.Errorf("release: %w", inFlight), true, true},
+		{other, false, false},
+		{errors.New("10071"), false, false},
+		{nil, false, false},
+	} {
+		if bus.Conflict(tc.err) != tc.conflict || bus.InFlight(tc.err) != tc.inFlight {
+			t.Errorf("%v: Conflict %v, InFlight %v; want %v, %v", tc.err, bus.Conflict(tc.err), bus.InFlight(tc.err), tc.conflict, tc.inFlight)
+		}
 	}
 }

@@ -129,7 +129,7 @@ var decPool = sync.Pool{New: func() any { return &decoder{d: msgpack.NewDecoder(
 // MaxDepth are errors. An empty body leaves v as is. Strings are taken as
 // they come: msgpack's str type must hold UTF-8 but the decoder does not
 // check it, and JSON replaces invalid sequences. Requests are decoded
-// strictly instead, by Msg.Decode (see decode.go).
+// strictly instead, by Call.Decode (see decode.go).
 func (c Codec) Unmarshal(data []byte, v any) error {
 	if c == JSON {
 		if len(bytes.TrimSpace(data)) == 0 {

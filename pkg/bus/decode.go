@@ -17,7 +17,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// Requests are decoded strictly (Msg.Decode, Typed); replies leniently
+// Requests are decoded strictly (Call.Decode, Typed); replies leniently
 // (Codec.Unmarshal), so that a client keeps reading the replies of a newer
 // service that added a field.
 //

@@ -56,7 +56,9 @@ func send(t *testing.T, nc *nats.Conn, subject string, body []byte) *bus.Error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return bus.ReplyError(reply)
+	var e *bus.Error
+	errors.As(bus.ReplyError(reply), &e)
+	return e
 }
 
 // Unknown fields and wrong types are refused in both codecs with a message
@@ -95,7 +97,8 @@ func TestStrictDecodeNamesTheField(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e := bus.ReplyError(reply)
+			var e *bus.Error
+			errors.As(bus.ReplyError(reply), &e)
 			switch {
 			case tc.code == "" && e != nil:
 				t.Errorf("%s %s: %v", codec, tc.body, e)

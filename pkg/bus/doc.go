@@ -18,7 +18,7 @@
 // milliseconds (Time); durations as integer milliseconds in fields named
 // *_ms.
 //
-// Requests are read strictly (Msg.Decode, Typed): a field the type does
+// Requests are read strictly (Call.Decode, Typed): a field the type does
 // not have is ErrUnknownField ("ttl: unknown field; did you mean ttl_ms?"),
 // a wrong type ErrInvalid naming the field and the JSON type expected; a
 // JSON body must be UTF-8 text; a msgpack body nests at most MaxDepth
@@ -43,12 +43,19 @@
 // reply, and counts requests, errors and processing time per endpoint when
 // the reply is sent.
 //
+// A handler gets a *Call, the request and its handle, which it answers
+// exactly once (Reply, ReplyRaw, ReplyPooled), before it returns or later
+// from any goroutine; Typed is the one-line form for a function of a typed
+// request that returns its reply:
+//
+//	bus.Endpoint{Name: "get", Subject: "mesh.kv.get", Handler: bus.Typed(s.get)}
+//
 // Every hand-off between goroutines wakes a thread, which on a small VM
 // costs more than a short handler's work. An Inline endpoint runs its
-// handler in the subscription's callback; such a handler returns a Continue
-// for work that must wait (it runs on a worker), or a Deferred when its
-// reply comes from a callback, such as the acknowledgement of a JetStream
-// write sent with Writes: the reply then leaves from that callback, with no
+// handler in the subscription's callback; such a handler hands work that
+// must wait to a worker (Call.Go), and answers from a callback when its
+// reply comes from one, such as the acknowledgement of a JetStream write
+// sent with Writes: the reply then leaves from that callback, with no
 // worker at all.
 //
 // # Subjects

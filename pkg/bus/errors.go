@@ -119,6 +119,25 @@ func Unanswered(err error) bool {
 	return false
 }
 
+// Conflict reports a JetStream compare-and-set that failed: the subject's
+// last sequence was not the one expected (10071), or, on a clustered
+// stream, another write naming the subject, as the one it writes or the
+// one it checks, was still being replicated (InFlight).
+func Conflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// InFlight reports a compare-and-set that a clustered stream refused
+// because another write naming the same subject was still being replicated
+// (10164): nothing tells whether the expected sequence was right, and the
+// write may succeed once that one is applied.
+func InFlight(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
 // NoStream reports an error that says no stream took a JetStream write (no
 // responders: the stream is electing a leader, or is gone). Nothing was
 // stored, so the write may be sent again as it was.
@@ -160,10 +179,10 @@ func errorReply(c Codec, err *Error) *nats.Msg {
 	return m
 }
 
-// ReplyError returns the coded error carried by a reply, or nil when the reply
-// is not an error. The code comes from the body when it has one, else it is
-// the generic code of the status.
-func ReplyError(m *nats.Msg) *Error {
+// ReplyError returns the coded error carried by a reply, an *Error, or nil
+// when the reply is not an error. The code comes from the body when it has
+// one, else it is the generic code of the status.
+func ReplyError(m *nats.Msg) error {
 	if m.Header == nil {
 		return nil
 	}

@@ -1,7 +1,6 @@
 package bus
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,88 +18,13 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Handler serves one request. It returns the reply value, encoded in the
-// request's codec (a Raw or Pooled value is sent as it is), or an error,
-// sent as a coded error (see AsError).
-// Handlers run concurrently, up to Config.MaxConcurrent at once per service.
-// ctx is cancelled when the service is stopped and its grace period is over.
-type Handler func(ctx context.Context, req *Msg) (any, error)
-
-// Msg is one incoming request.
-type Msg struct {
-	*nats.Msg
-	Codec Codec // the codec of the request, also used for the reply
-}
-
-// Raw is a reply sent as it is, without encoding.
-type Raw []byte
-
-// Pooled is a reply sent as it is, like Raw, from a buffer that the
-// service puts back in Pool (a *sync.Pool) once the reply is sent, as the
-// connection copies it: a handler that answers often reuses its buffers.
-type Pooled struct {
-	Buf  *[]byte
-	Pool interface{ Put(any) }
-}
-
-// Continue is what an Inline handler returns when a request needs work that
-// may block (a request to another service, a wait): the service runs the
-// function on a worker, as it runs the handlers of other endpoints, and
-// replies with its result.
-type Continue func(ctx context.Context) (any, error)
-
-// Deferred is what an Inline handler returns when its reply comes from a
-// callback, such as the acknowledgement of a JetStream write arriving: the
-// service calls it at once, in the subscription's callback, with reply,
-// which must be called exactly once, from any goroutine, and must not
-// block meanwhile. reply takes what a handler returns, a Continue included.
-// This saves the hand-offs to a worker and back that waiting for the
-// acknowledgement there would cost.
-type Deferred func(reply func(resp any, err error))
-
-// Validator is implemented by request types that check themselves after
-// decoding. An error that is not an *Error becomes ErrInvalid.
-type Validator interface {
-	Validate() error
-}
-
-// Decode decodes the request body into v, a pointer to a struct, strictly,
-// and validates it when v is a Validator. A field v does not have is
-// ErrUnknownField; a malformed body, a wrong type or text that is not UTF-8
-// is ErrInvalid; both name the field (see decode.go).
-func (r *Msg) Decode(v any) error {
-	if err := r.Codec.decodeRequest(r.Data, v); err != nil {
-		return err
-	}
-	if val, ok := v.(Validator); ok {
-		if err := val.Validate(); err != nil {
-			var e *Error
-			if errors.As(err, &e) {
-				return err
-			}
-			return ErrInvalid.With("%s", err.Error())
-		}
-	}
-	return nil
-}
-
-// Typed adapts a function of a typed request to a Handler: the body is
-// decoded into a Req (and validated, see Validator) before fn is called.
-func Typed[Req, Resp any](fn func(ctx context.Context, req *Req) (Resp, error)) Handler {
-	return func(ctx context.Context, r *Msg) (any, error) {
-		req := new(Req)
-		if err := r.Decode(req); err != nil {
-			return nil, err
-		}
-		return fn(ctx, req)
-	}
-}
-
 // Endpoint is one request/reply endpoint of a service.
 type Endpoint struct {
-	Name     string // shown by `nats micro info`; letters, digits, '-' and '_'
-	Subject  string // the subject it listens on
-	Handler  Handler
+	Name    string // shown by `nats micro info`; letters, digits, '-' and '_'
+	Subject string // the subject it listens on
+	// Handler is a Handler, or a LegacyHandler until the services that
+	// still write one answer through a *Call.
+	Handler  any
 	Metadata map[string]string
 	// NoQueue makes every instance receive every request (for subjects that
 	// name one instance). By default instances share requests through the
@@ -108,9 +32,10 @@ type Endpoint struct {
 	NoQueue bool
 	// Inline runs the handler in the subscription's callback, one request
 	// at a time, without the hand-off to a worker: for handlers that answer
-	// from memory in a microsecond or so, where the hand-off would cost more
-	// than the work. Such a handler must not block; for a request that
-	// needs to, it returns a Continue, which runs on a worker.
+	// from memory in a microsecond or so, or from the acknowledgement of a
+	// JetStream write (Writes), where the hand-off would cost more than the
+	// work. Such a handler must not block; for a request that needs to, it
+	// calls Call.Go, which runs the rest on a worker.
 	Inline bool
 }
 
@@ -181,17 +106,16 @@ type Service struct {
 	done     chan struct{}
 }
 
+// job is a request for a worker: its handler to run, or fn, the work it
+// handed over (Call.Go).
 type job struct {
-	ep *endpoint
-	m  *nats.Msg
-	// Set when an Inline handler continues on a worker.
-	cont  Continue
-	codec Codec
-	start time.Time
+	c  *Call
+	fn func(ctx context.Context)
 }
 
 type endpoint struct {
 	Endpoint
+	handler   Handler
 	queue     string
 	sub       *nats.Subscription
 	requests  atomic.Int64
@@ -238,8 +162,12 @@ func NewService(nc *nats.Conn, cfg Config) (*Service, error) {
 		case e.Handler == nil:
 			return nil, fmt.Errorf("bus: service %s: endpoint %s: nil handler", cfg.Name, e.Name)
 		}
+		h := handler(e.Handler)
+		if h == nil {
+			return nil, fmt.Errorf("bus: service %s: endpoint %s: handler of type %T, want a bus.Handler", cfg.Name, e.Name, e.Handler)
+		}
 		seen[e.Name] = true
-		ep := &endpoint{Endpoint: e}
+		ep := &endpoint{Endpoint: e, handler: h}
 		if !e.NoQueue {
 			ep.queue = cfg.QueueGroup
 		}
@@ -407,19 +335,20 @@ func (s *Service) Stop(ctx context.Context) error {
 // for its holder) holds up only its own worker.
 func (s *Service) dispatcher(ep *endpoint) nats.MsgHandler {
 	return func(m *nats.Msg) {
+		c := &Call{msg: Msg{Msg: m}, s: s, ep: ep}
 		s.gate.RLock()
 		if s.closing {
 			s.gate.RUnlock()
-			s.refuse(ep, m)
+			s.refuse(c)
 			return
 		}
-		s.pending.Add(1)
+		s.pending.Add(1) // until the call is answered
 		s.gate.RUnlock()
 		if ep.Inline {
-			s.serve(job{ep: ep, m: m})
+			s.serve(job{c: c})
 			return
 		}
-		s.enqueue(job{ep: ep, m: m})
+		s.enqueue(job{c: c})
 	}
 }
 
@@ -428,8 +357,7 @@ func (s *Service) enqueue(j job) {
 	select {
 	case s.queue <- j:
 	case <-s.stopping:
-		s.refuse(j.ep, j.m)
-		s.pending.Done()
+		j.c.Reply(nil, s.stoppingErr())
 		return
 	}
 	if s.claimWorker() {
@@ -468,98 +396,52 @@ func (s *Service) work() {
 	}
 }
 
-func (s *Service) refuse(ep *endpoint, m *nats.Msg) {
-	s.reply(ep, m, DetectCodec(m.Header, m.Data), time.Now(), nil, ErrUnavailable.With("service %s is stopping", s.cfg.Name))
+func (s *Service) stoppingErr() *Error {
+	return ErrUnavailable.With("service %s is stopping", s.cfg.Name)
 }
 
-// serve runs a counted request's handler (or its continuation) and replies,
-// unless an Inline handler continues on a worker.
+// refuse answers a request that came as the service stops, which Stop
+// does not wait for.
+func (s *Service) refuse(c *Call) {
+	c.msg.Codec = DetectCodec(c.msg.Header, c.msg.Data)
+	c.start = time.Now()
+	c.replied.Store(true)
+	s.send(c, nil, s.stoppingErr())
+}
+
+// serve runs a counted request's handler, or the work it handed over, and
+// answers the request if that panics first.
 func (s *Service) serve(j job) {
-	ep, m := j.ep, j.m
-	var (
-		resp any
-		err  error
-	)
-	if j.cont != nil {
-		resp, err = s.call(ep, m.Subject, func() (any, error) { return j.cont(s.ctx) })
-	} else {
-		j.start = time.Now()
-		j.codec = DetectCodec(m.Header, m.Data)
-		if s.cfg.MaxRequestBytes > 0 && len(m.Data) > s.cfg.MaxRequestBytes {
-			err = ErrTooLarge.With("request of %d bytes exceeds the limit of %d", len(m.Data), s.cfg.MaxRequestBytes)
-		} else {
-			req := &Msg{Msg: m, Codec: j.codec}
-			resp, err = s.call(ep, m.Subject, func() (any, error) { return ep.Handler(s.ctx, req) })
-		}
-		if d, ok := resp.(Deferred); ok && err == nil {
-			var once sync.Once // a handler that panics after replying
-			later := j         // only a deferred request's job goes to the heap
-			reply := func(resp any, err error) { once.Do(func() { s.settle(later, resp, err) }) }
-			if _, err := s.call(ep, m.Subject, func() (any, error) { d(reply); return nil, nil }); err != nil {
-				reply(nil, err)
-			}
-			return
-		}
-	}
-	s.settle(j, resp, err)
-}
-
-// settle replies to a counted request, unless it continues on a worker.
-func (s *Service) settle(j job, resp any, err error) {
-	if cont, ok := resp.(Continue); ok && err == nil && j.cont == nil {
-		j.cont = cont
-		s.enqueue(j)
-		return
-	}
-	s.reply(j.ep, j.m, j.codec, j.start, resp, err)
-	s.pending.Done()
-}
-
-func (s *Service) call(ep *endpoint, subject string, fn func() (any, error)) (resp any, err error) {
+	c := j.c
 	defer func() {
-		if r := recover(); r != nil {
-			s.log.Error().Str("endpoint", ep.Name).Str("subject", subject).
-				Interface("panic", r).Bytes("stack", debug.Stack()).Msg("handler panicked")
-			resp, err = nil, ErrInternal.With("internal error: the %s handler failed", ep.Name)
+		if p := recover(); p != nil {
+			s.log.Error().Str("endpoint", c.ep.Name).Str("subject", c.msg.Subject).
+				Interface("panic", p).Bytes("stack", debug.Stack()).Msg("handler panicked")
+			c.Reply(nil, ErrInternal.With("internal error: the %s handler failed", c.ep.Name))
 		}
 	}()
-	return fn()
+	if j.fn != nil {
+		j.fn(s.ctx)
+		return
+	}
+	c.start = time.Now()
+	c.msg.Codec = DetectCodec(c.msg.Header, c.msg.Data)
+	if s.cfg.MaxRequestBytes > 0 && len(c.msg.Data) > s.cfg.MaxRequestBytes {
+		c.Reply(nil, ErrTooLarge.With("request of %d bytes exceeds the limit of %d", len(c.msg.Data), s.cfg.MaxRequestBytes))
+		return
+	}
+	c.ep.handler(s.ctx, c)
 }
 
-// reply records a request in the stats and sends its reply (or error).
-func (s *Service) reply(ep *endpoint, m *nats.Msg, c Codec, start time.Time, resp any, err error) {
-	var (
-		data []byte // a successful reply
-		cerr *Error
-	)
-	if err == nil {
-		var merr error
-		switch r := resp.(type) {
-		case Raw:
-			data = r
-		case Pooled:
-			data = *r.Buf
-			defer r.Pool.Put(r.Buf) // the reply is copied when published
-		default:
-			var buf *bytes.Buffer
-			buf, merr = c.encode(resp)
-			if buf != nil {
-				defer putBuffer(buf)
-				data = buf.Bytes()
-			}
-		}
-		switch {
-		case merr != nil:
-			cerr = ErrInternal.With("encoding the reply: %v", merr)
-		case int64(len(data)) > s.nc.MaxPayload():
-			cerr = ErrTooLarge.With("reply of %d bytes exceeds the server's max payload", len(data))
-		}
-	} else {
-		cerr = AsError(err)
+// send records a request in the stats and sends its reply, data or cerr.
+func (s *Service) send(c *Call, data []byte, cerr *Error) {
+	ep, m := c.ep, c.msg.Msg
+	if cerr == nil && int64(len(data)) > s.nc.MaxPayload() {
+		cerr = ErrTooLarge.With("reply of %d bytes exceeds the server's max payload", len(data))
 	}
 	// Counted before the reply leaves, so that a client that has its reply
 	// finds the request in the stats.
-	d := time.Since(start)
+	d := time.Since(c.start)
 	ep.requests.Add(1)
 	ep.procNanos.Add(int64(d))
 	if cerr != nil {
@@ -577,7 +459,7 @@ func (s *Service) reply(ep *endpoint, m *nats.Msg, c Codec, start time.Time, res
 	if m.Reply != "" {
 		var rerr error
 		if cerr != nil {
-			rerr = m.RespondMsg(errorReply(c, cerr))
+			rerr = m.RespondMsg(errorReply(c.msg.Codec, cerr))
 		} else {
 			rerr = m.Respond(data)
 		}

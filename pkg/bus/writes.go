@@ -10,7 +10,7 @@ import (
 
 // Writes publishes JetStream messages and hands each one's acknowledgement
 // to a callback, on the goroutine that receives acknowledgements, instead
-// of a goroutine waiting for it: with Deferred, a handler answers from
+// of a goroutine waiting for it: an Inline handler answers its Call from
 // there, with no hand-off to a worker and back (each costs a thread's
 // wake-up).
 type Writes struct {

@@ -184,7 +184,8 @@
 // one). An MGET of up to 16 keys that the node holds and has is answered
 // straight from the request's bytes, without copying a key; any other
 // takes the general path. msgpack replies of GET hits and of MGETs are
-// written into pooled buffers (bus.Pooled), up to 64 KiB. otter reads a coarse clock (100 ms), as it needs
+// written into pooled buffers (bus.Call.ReplyPooled), up to 64 KiB. otter
+// reads a coarse clock (100 ms), as it needs
 // the time only to drop expired entries: a read checks the entry's own
 // expiry exactly, and otter drops an entry once its clock passes the
 // expiry, never before. Work that waits on another node runs on the

@@ -3,6 +3,9 @@ package cache
 import (
 	"encoding/binary"
 	"math"
+	"sync"
+
+	"github.com/meshkit/mesh/pkg/bus"
 )
 
 // A GET is the request the cache serves most, and its cost is mostly the
@@ -275,4 +278,40 @@ func readBin(b []byte) (v, rest []byte, ok bool) {
 		return nil, nil, false
 	}
 	return b[h : h+n : h+n], b[h+n:], true
+}
+
+// hitBufs are the buffers of msgpack replies (GET hits, MGETs) up to
+// maxPooled bytes: reused, they spare the allocation and its garbage
+// collection.
+var hitBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+const maxPooled = 64 << 10
+
+// appended is a msgpack reply written into a buffer, one of hitBufs when
+// it is at most maxPooled bytes.
+type appended struct {
+	buf    *[]byte
+	pooled bool
+}
+
+// appendReply is the reply that write appends to an empty buffer of at
+// least size bytes.
+func appendReply(size int, write func([]byte) []byte) appended {
+	if size > maxPooled {
+		b := write(make([]byte, 0, size))
+		return appended{buf: &b}
+	}
+	b := hitBufs.Get().(*[]byte)
+	*b = write((*b)[:0])
+	return appended{buf: b, pooled: true}
+}
+
+// send answers c with the reply; a pooled buffer goes back to hitBufs once
+// sent.
+func (a appended) send(c *bus.Call) {
+	if a.pooled {
+		c.ReplyPooled(a.buf, &hitBufs)
+		return
+	}
+	c.ReplyRaw(*a.buf)
 }

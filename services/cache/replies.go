@@ -12,7 +12,7 @@ import (
 
 // replies sends requests whose replies are handed to callbacks by one
 // subscription, instead of a goroutine waiting for each: a node answers a
-// set from its replica's reply (bus.Deferred), with no worker and so no
+// set from its replica's reply (answering its bus.Call there), with no worker and so no
 // hand-off between goroutines, each of which costs a thread's wake-up.
 type replies struct {
 	nc     *nats.Conn

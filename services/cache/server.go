@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/meshkit/mesh/pkg/bus"
 	"github.com/meshkit/mesh/pkg/ring"
@@ -89,8 +90,8 @@ type Server struct {
 		version uint64 // of the current ring
 		r       *ring.Ring
 	}
-	calls map[string]*call
-	timer *time.Timer // ends the grace period
+	fills singleflight.Group // the misses being resolved (fill)
+	timer *time.Timer        // ends the grace period
 
 	replies *replies // of the copies a set sends (own)
 
@@ -105,13 +106,6 @@ type Server struct {
 type oldRing struct {
 	r     *ring.Ring
 	until time.Time
-}
-
-// call is a load in flight, shared by the requests that miss the same key.
-type call struct {
-	done chan struct{}
-	rep  GetReply
-	err  error
 }
 
 // New returns a cache node ready to Start.
@@ -155,10 +149,9 @@ func New(nc *nats.Conn, cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{
-		nc:    nc,
-		cfg:   cfg,
-		log:   cfg.Logger.With().Str("service", Service).Str("node", cfg.ID).Logger(),
-		calls: map[string]*call{},
+		nc:  nc,
+		cfg: cfg,
+		log: cfg.Logger.With().Str("service", Service).Str("node", cfg.ID).Logger(),
 	}
 	var err error
 	s.ann, err = membership.NewAnnouncer(nc, membership.AnnouncerConfig{

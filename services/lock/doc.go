@@ -40,7 +40,7 @@
 // anything waits, so the keys of the requests it receives take their places
 // in line in the order the requests arrived (bus.Endpoint Inline). When the
 // key's acknowledgement shows it first in line, the grant is answered from
-// the callback that receives acknowledgements (bus.Deferred); otherwise the
+// the callback that receives acknowledgements (bus.Call.Reply there); otherwise the
 // request waits on a worker. A release of a lock the mirror shows held
 // purges the key in the callback too and is answered from the
 // acknowledgement; any other release (a token the mirror does not show

@@ -312,3 +312,59 @@ func TestLimitMismatchRace(t *testing.T) {
 		}
 	}
 }
+
+// Stop waits for an expiry being told: it returns only once the expired
+// event is out, so that the goroutine telling it does not outlive the
+// server.
+func TestStopAwaitsExpiry(t *testing.T) {
+	s := bustest.RunServer(t)
+	srv, err := lock.New(bustest.Connect(t, s.URL()), lock.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	telling, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	lock.BeforeExpired(srv, func() {
+		once.Do(func() { close(telling) })
+		<-release
+	})
+	if err := srv.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	watch := bustest.Connect(t, s.URL())
+	expired := make(chan struct{}, 1)
+	sub, err := watch.Subscribe(bus.EventSubject("lock", "expired"), func(*nats.Msg) { expired <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	doomed := bustest.Connect(t, s.URL())
+	if _, err := lock.NewClient(doomed).TryAcquire(ctx(t), "stop.expiry", lock.Options{TTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	doomed.Close() // no release, no renewal
+	select {
+	case <-telling:
+	case <-ctx(t).Done():
+		t.Fatal("the expiry was not told")
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.Stop(ctx(t)) }()
+	select {
+	case err := <-stopped:
+		t.Fatalf("Stop returned (%v) while an expiry was being told", err)
+	case <-time.After(bustest.Scale(300 * time.Millisecond)):
+	}
+	close(release)
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-expired:
+	case <-ctx(t).Done():
+		t.Fatal("no expired event")
+	}
+}

@@ -63,6 +63,8 @@ type Server struct {
 	// (startLease): key -> closed once written, or given up.
 	leasing sync.Map
 
+	tellers tellers // the expiries this instance is telling (tellExpiry)
+
 	beforeRefusal func(name string) // tests: hold a refusal before its key is taken out
 	beforeExpired func()            // tests: hold an expired event before it is emitted
 }
@@ -169,13 +171,17 @@ func (s *Server) allowBatches(ctx context.Context) error {
 	return err
 }
 
-// Stop stops serving. Waiting acquires give up and leave the line.
+// Stop stops serving. Waiting acquires give up and leave the line. The
+// expiries being told are told, unless ctx ends first.
 func (s *Server) Stop(ctx context.Context) error {
 	err := s.svc.Stop(ctx)
 	if s.feed != nil {
 		s.feed.stop()
 	}
-	s.heard.stop()
+	s.heard.stop() // nothing is granted any more: no expiry waits to be heard
+	if terr := s.tellers.stop(ctx); err == nil {
+		err = terr
+	}
 	return err
 }
 
@@ -197,33 +203,88 @@ func (s *Server) onMsg(msg jetstream.Msg) {
 		s.mirror.told(name, expired.id)
 		return
 	}
-	go func() {
-		defer s.mirror.told(name, expired.id)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		err := s.purge(ctx, name, expired.id, meta.Sequence.Stream)
-		for isInFlight(err) {
-			// On a cluster, a write naming the key was in flight: another
-			// instance's marker, or a refusal checking the expired holder's
-			// key, which changes nothing. Try again once it is applied.
-			if s.catchUp(ctx) != nil {
-				break
-			}
-			err = s.purge(ctx, name, expired.id, meta.Sequence.Stream)
+	if !s.tellers.do(func(ctx context.Context) { s.tellExpiry(ctx, name, expired, meta.Sequence.Stream) }) {
+		s.mirror.told(name, expired.id)
+	}
+}
+
+// tellExpiry tells the expiry of the key of name seen at seq: it replaces
+// the server's marker with its own, compare-and-set on seq, and emits the
+// expired event, or, if another instance's marker came first, waits to
+// hear that instance's event.
+func (s *Server) tellExpiry(ctx context.Context, name string, expired *contender, seq uint64) {
+	defer s.mirror.told(name, expired.id)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := s.purge(ctx, name, expired.id, seq)
+	for bus.InFlight(err) {
+		// On a cluster, a write naming the key was in flight: another
+		// instance's marker, or a refusal checking the expired holder's
+		// key, which changes nothing. Try again once it is applied.
+		if s.catchUp(ctx) != nil {
+			break
 		}
-		switch {
-		case err == nil:
-			if s.beforeExpired != nil {
-				s.beforeExpired()
-			}
-			s.emit("expired", name, expired)
-		case isConflict(err):
-			// Another instance replaced the marker and tells the expiry:
-			// wait for its event, up to the 5 s of ctx (it may have died
-			// meanwhile; on a loaded machine a second was seen to be short).
-			s.heard.wait(ctx, expiryKey(name, expired.token))
+		err = s.purge(ctx, name, expired.id, seq)
+	}
+	switch {
+	case err == nil:
+		if s.beforeExpired != nil {
+			s.beforeExpired()
 		}
-	}()
+		s.emit("expired", name, expired)
+	case bus.Conflict(err):
+		// Another instance replaced the marker and tells the expiry: wait
+		// for its event, up to the 5 s of ctx (it may have died meanwhile;
+		// on a loaded machine a second was seen to be short).
+		s.heard.wait(ctx, expiryKey(name, expired.token))
+	}
+}
+
+// tellers runs the goroutines that tell expiries, which Stop awaits.
+type tellers struct {
+	mu      sync.Mutex
+	stopped bool
+	wg      sync.WaitGroup
+	ctx     context.Context // cancelled when Stop stops waiting
+	cancel  context.CancelFunc
+}
+
+// do runs fn on a goroutine of its own, unless Stop was called.
+func (t *tellers) do(fn func(ctx context.Context)) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return false
+	}
+	if t.ctx == nil {
+		t.ctx, t.cancel = context.WithCancel(context.Background())
+	}
+	ctx := t.ctx
+	t.wg.Go(func() { fn(ctx) })
+	return true
+}
+
+// stop waits for the goroutines running, cancelling their context if ctx
+// ends first, and runs no more.
+func (t *tellers) stop(ctx context.Context) error {
+	t.mu.Lock()
+	t.stopped = true
+	cancel := t.cancel
+	t.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	idle := make(chan struct{})
+	go func() { t.wg.Wait(); close(idle) }()
+	var err error
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	cancel()
+	<-idle
+	return err
 }
 
 func (s *Server) key(name, id string) string { return "w." + name + "." + id }
@@ -282,7 +343,7 @@ func (s *Server) refuse(ctx context.Context, name, id string, g guard) error {
 	if len(g.keys) > 1 {
 		err := s.refuseBatch(ctx, name, id, g.keys)
 		var apiErr *jetstream.APIError
-		if err == nil || isConflict(err) || !errors.As(err, &apiErr) {
+		if err == nil || bus.Conflict(err) || !errors.As(err, &apiErr) {
 			return err
 		}
 		// The stream refused the batch as such (an instance starting
@@ -351,31 +412,6 @@ const (
 	headerBatchCommit = "Nats-Batch-Commit"
 )
 
-// isConflict reports a failed compare-and-set: the key's last revision was
-// not the one expected (10071), or, on a clustered stream, another write
-// naming the key, whether it writes the key or checks it, was still being
-// replicated (errInFlight).
-func isConflict(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == errInFlight)
-}
-
-// errInFlight is JetStream's error code for a compare-and-set refused
-// because another write naming the same key, as the key it writes or as the
-// key it checks, is still being replicated (nats-server's
-// JSStreamWrongLastSequenceConstantErr): nothing tells whether the expected
-// revision was right. On a cluster, the purge of a refused request, which
-// checks the holder's key, makes the holder's own release or renewal fail
-// so for a moment. nats-server has no name for it in nats.go.
-const errInFlight = 10164
-
-// isInFlight reports a compare-and-set refused for a write in flight
-// (errInFlight).
-func isInFlight(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == errInFlight
-}
-
 // holderPatience bounds how long a request retries compare-and-sets that
 // conflict while what it rests on stands (the holder's key still holds
 // with the token, a waiter's key is still in line, a refused key's keys
@@ -396,318 +432,6 @@ func (s *Server) retryConflict(ctx context.Context, name, what string, until tim
 		return bus.ErrConflict.With("lock %s: %s: other requests wrote or checked the key at every try for %v (%v); nothing changed", name, what, holderPatience, err)
 	}
 	return s.catchUp(ctx)
-}
-
-// acquire joins the line in the subscription's callback (the endpoint is
-// Inline): the keys of the requests an instance receives are published in
-// the order the requests arrived, so their revisions, their places in line,
-// keep that order. When the acknowledgement shows the key first in line
-// (nobody holds the lock), the grant is answered from there; otherwise the
-// request waits on a worker.
-func (s *Server) acquire(_ context.Context, m *bus.Msg) (any, error) {
-	r := new(AcquireRequest)
-	if err := m.Decode(r); err != nil {
-		return nil, err
-	}
-	if err := checkTTL(r.TTLms, s.cfg.MaxTTL.Milliseconds()); err != nil {
-		return nil, err
-	}
-	if r.Deadline != nil && !r.Deadline.IsZero() && time.Since(r.Deadline.Time) > DeadlineSkew {
-		return nil, ErrExpired.With("lock %s: the request arrived %v after its deadline", r.Name, time.Since(r.Deadline.Time).Round(time.Millisecond))
-	}
-	arrived := time.Now()
-	id := nuid.Next()
-	rec := record{Owner: r.Owner, TTLms: r.TTLms, Limit: r.Limit, Since: bus.Time{Time: arrived}}
-	if limit, ok := s.mirror.limit(r.Name); ok && limit != r.limit() {
-		return bus.Continue(func(ctx context.Context) (any, error) { return s.acquireChecked(ctx, r, id, rec, arrived) }), nil
-	}
-	key := nats.NewMsg(s.prefix + s.key(r.Name, id))
-	key.Data, _ = json.Marshal(rec)
-	return bus.Deferred(func(reply func(any, error)) {
-		s.writes.Publish(key, func(ack *jetstream.PubAck, err error) {
-			var rev uint64
-			if err == nil {
-				rev = ack.Sequence
-				// A grant after an expiry waits until the expiry is told,
-				// on a worker.
-				if s.mirror.freeBefore(r.Name, rev, r.Limit) && !s.mirror.expiring(r.Name) {
-					reply(s.grant(r, rec, rev, time.Now()), nil)
-					return
-				}
-			}
-			reply(bus.Continue(func(ctx context.Context) (any, error) { return s.wait(ctx, r, id, rec, arrived, rev, err) }), nil)
-		}, joinOpts(r)...)
-	}), nil
-}
-
-// acquireChecked serves, on a worker, a request for a name that the
-// mirror shows held or waited for with another limit: it is refused with
-// limit_mismatch, writing nothing, if a view caught up with the bucket
-// shows it still (the mirror may lag: the others may have left); else it
-// joins the line.
-func (s *Server) acquireChecked(ctx context.Context, r *AcquireRequest, id string, rec record, arrived time.Time) (*AcquireReply, error) {
-	if err := s.catchUp(ctx); err != nil {
-		return nil, err
-	}
-	if limit, ok := s.mirror.limit(r.Name); ok && limit != r.limit() {
-		return nil, ErrLimitMismatch.With("lock %s has limit %d while it has holders or waiters; this request asked for %d", r.Name, limit, r.limit())
-	}
-	data, _ := json.Marshal(rec)
-	var rev uint64
-	ack, err := s.js.Publish(ctx, s.prefix+s.key(r.Name, id), data, joinOpts(r)...)
-	if err == nil {
-		rev = ack.Sequence
-	}
-	return s.wait(ctx, r, id, rec, arrived, rev, err)
-}
-
-// grant answers a request whose key, written at token, holds the lock.
-func (s *Server) grant(r *AcquireRequest, rec record, token uint64, written time.Time) *AcquireReply {
-	s.emit("acquired", r.Name, &contender{token: token, rec: rec})
-	return &AcquireReply{Token: token, ExpiresAt: bus.Time{Time: written.Add(time.Duration(r.TTLms) * time.Millisecond)}}
-}
-
-// refuseStaleAfter: a refusal decided this long after the request's key was
-// written is decided again on a view caught up with the bucket.
-const refuseStaleAfter = 20 * time.Millisecond
-
-// maxRefusals bounds how many times a refusal is decided again because the
-// lock changed before the refused key was taken out; past it, the key is
-// taken out regardless.
-const maxRefusals = 3
-
-// wait waits in line for a request whose key was written at rev, or, when
-// writing it failed (joinErr), writes it again while no stream takes it.
-func (s *Server) wait(ctx context.Context, r *AcquireRequest, id string, rec record, arrived time.Time, rev uint64, joinErr error) (*AcquireReply, error) {
-	ttl := time.Duration(r.TTLms) * time.Millisecond
-	// leave takes this request's key out of the line before answering cause.
-	// The key is this request's alone, so no compare-and-set is needed. If
-	// that fails, the key may hold the lock (or a place in line) until its
-	// TTL runs out, so the answer is "unavailable", an unknown outcome,
-	// rather than cause.
-	leave := func(cause error) error {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := s.purge(cctx, r.Name, id, 0); err != nil {
-			s.log.Warn().Err(err).Str("lock", r.Name).Msg("cannot leave the line; the key expires with its ttl")
-			return bus.ErrUnavailable.With("%v, and the request's key could not be removed: it expires within %dms", cause, r.TTLms)
-		}
-		return cause
-	}
-	if err := joinErr; err != nil {
-		if bus.NoStream(err) {
-			// No stream took the key: nothing is stored to take out.
-			rev, err = s.rejoin(ctx, r, id, rec, arrived)
-		}
-		switch {
-		case bus.NoStream(err):
-			return nil, bus.ErrUnavailable.With("lock %s: joining the line: the bucket takes no writes", r.Name)
-		case errors.Is(err, jetstream.ErrAsyncPublishTimeout):
-			return nil, leave(bus.ErrTimeout.With("lock %s: joining the line: no acknowledgement from the bucket", r.Name))
-		case err != nil:
-			return nil, leave(fmt.Errorf("lock %s: joining the line: %w", r.Name, err))
-		}
-	}
-	var err error
-	token := rev
-	rec.Token = token
-	written := time.Now()
-	acked, caughtUp, refusals := written, false, 0
-
-	// Wait in line: the mirror wakes this request when the lock changes.
-	// While waiting, the key is renewed at ttl/3, so that it outlives this
-	// request only by the ttl if this instance dies. A refusal is decided
-	// only once the mirror has seen this request's own key: every release
-	// that completed before the request began was written before that key,
-	// so it is in view.
-	var deadline <-chan time.Time
-	if r.WaitMs > 0 {
-		t := time.NewTimer(time.Duration(r.WaitMs)*time.Millisecond - time.Since(arrived))
-		defer t.Stop()
-		deadline = t.C
-	}
-	giveUp, waited := r.WaitMs == 0, false
-	// The caller's deadline, when the request carries one (the Go SDK
-	// sends it), also ends the wait: past it nobody reads the answer, so
-	// the request leaves the line rather than take the lock for a caller
-	// that is gone. A request already past its deadline (it arrived within
-	// the clock skew allowed, or waited on a busy instance) is answered at
-	// once, as a try.
-	var callerGone <-chan time.Time
-	if r.Deadline != nil && !r.Deadline.IsZero() {
-		if d := time.Until(r.Deadline.Time); d > 0 {
-			t := time.NewTimer(d)
-			defer t.Stop()
-			callerGone = t.C
-		} else {
-			giveUp = true
-		}
-	}
-	gone := func() error {
-		return leave(ErrWaitTimeout.With("lock %s: the caller's deadline passed while it waited", r.Name))
-	}
-	// again follows a refusal whose purge conflicted (cause is what the
-	// refusal answers, g what it rested on): the name changed after the view
-	// that refused this key, or, on a cluster, another request's write
-	// naming one of the keys checked was in flight (another refusal checking
-	// the same holder, the holder's lease started at its grant). The line
-	// is looked at again on a view caught up with the bucket, so that the
-	// write in flight is in view. Only a change of what the refusal rested
-	// on counts towards maxRefusals, past which the key is taken out
-	// regardless; a write in flight that changed nothing counts only once it
-	// kept conflicting for holderPatience.
-	var conflicted time.Time
-	again := func(cause error, g guard) error {
-		if conflicted.IsZero() {
-			conflicted = time.Now()
-		}
-		if err := s.catchUp(ctx); err != nil {
-			return leave(err)
-		}
-		if s.mirror.stands(r.Name, id, g) && time.Since(conflicted) < holderPatience {
-			return nil
-		}
-		if refusals == maxRefusals {
-			return leave(cause)
-		}
-		refusals++
-		return nil
-	}
-	refresh := time.NewTicker(ttl / 3)
-	defer refresh.Stop()
-	var behind <-chan time.Time // bounds the wait for the mirror to see our key
-	if giveUp {
-		behind = time.After(5 * time.Second)
-	}
-	// When the mirror already knows every key written before this one, it
-	// can tell at once whether this key holds the lock, without waiting to
-	// see the key itself.
-	for !s.mirror.freeBefore(r.Name, token, r.Limit) {
-		changed, seen := s.mirror.watch(r.Name, rev)
-		if seen {
-			present, holds, mismatch, g := s.mirror.position(r.Name, id)
-			if holds {
-				break
-			}
-			switch {
-			case mismatch && !caughtUp:
-				// Decided on a view caught up with the bucket, as a refusal
-				// is (below): the first in line may have left.
-				caughtUp = true
-				if err := s.catchUp(ctx); err != nil {
-					return nil, leave(err)
-				}
-				continue
-			case mismatch:
-				// The first in line asked with another limit. The key is
-				// taken out only while that key stands unchanged, else the
-				// line is looked at again, as for a refusal.
-				limit, _ := s.mirror.limit(r.Name)
-				cause := ErrLimitMismatch.With("lock %s has limit %d while it has holders or waiters; this request asked for %d", r.Name, limit, r.limit())
-				err := s.refuse(ctx, r.Name, id, g)
-				if err == nil {
-					return nil, cause
-				}
-				if !isConflict(err) {
-					return nil, leave(cause)
-				}
-				if err := again(cause, g); err != nil {
-					return nil, err
-				}
-				continue
-			case !present:
-				// Our key is gone: it expired while this request waited.
-				return nil, leave(bus.ErrInternal.With("lock %s: the waiting request's key expired", r.Name))
-			case giveUp && !caughtUp && time.Since(acked) > refuseStaleAfter:
-				// A refusal decided long after the key was written may rest
-				// on a view that lags the bucket: the keys ahead may be gone,
-				// and this key first in line. Refused then, it would stand
-				// there until taken out, and others would be told the lock
-				// is held while nobody holds it. Decide on a view that has
-				// caught up with the bucket instead.
-				caughtUp = true
-				if err := s.catchUp(ctx); err != nil {
-					return nil, leave(err)
-				}
-				continue
-			case giveUp:
-				cause := ErrLocked.With("lock %s is held", r.Name)
-				if r.WaitMs > 0 {
-					cause = ErrWaitTimeout.With("lock %s was still held after %dms", r.Name, r.WaitMs)
-				}
-				err := s.refuse(ctx, r.Name, id, g)
-				if err == nil {
-					return nil, cause
-				}
-				if !isConflict(err) {
-					return nil, leave(cause)
-				}
-				// The keys ahead may be gone, and this one first in line.
-				caughtUp = true
-				if err := again(cause, g); err != nil {
-					return nil, err
-				}
-				continue
-			}
-		}
-		waited = true
-		select {
-		case <-changed:
-		case <-callerGone:
-			return nil, gone()
-		case <-refresh.C:
-			at := time.Now() // the server's TTL runs from a moment after
-			if rev, err = s.keepPlace(ctx, r.Name, id, rec, rev); err != nil {
-				return nil, leave(fmt.Errorf("lock %s: renewing the place in line: %w", r.Name, err))
-			}
-			written = at
-		case <-deadline:
-			giveUp, deadline, behind = true, nil, time.After(5*time.Second)
-		case <-behind:
-			return nil, leave(bus.ErrUnavailable.With("lock %s: the lock service is behind its bucket", r.Name))
-		case <-ctx.Done():
-			return nil, leave(bus.ErrUnavailable.With("lock %s: the lock service is stopping", r.Name))
-		}
-	}
-	// Granted. An expiry that let this key through is told first, so that
-	// the expired event comes before this acquired event.
-	if s.mirror.expiring(r.Name) {
-		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		s.mirror.awaitTold(tctx, r.Name)
-		cancel()
-	}
-	if callerGone != nil && !time.Now().Before(r.Deadline.Time) {
-		return nil, gone()
-	}
-	// If it waited, the lease starts now, with its TTL: the key is written
-	// again (it was last written when it joined the line or at its last
-	// renewal in line), unless that was less than 1% of the TTL ago.
-	if waited && time.Since(written) > ttl/leaseSlack {
-		written = time.Now()
-		s.startLease(r.Name, id, rec, rev, written)
-	}
-	return s.grant(r, rec, token, written), nil
-}
-
-// keepPlace renews a waiting request's key, last written at rev, and
-// returns its new revision. A conflict (on a cluster, a write in flight that
-// checks the key, as a semaphore's refusal checks the keys ahead of it) is
-// retried on a view caught up with the bucket while the key stands at rev,
-// up to holderPatience.
-func (s *Server) keepPlace(ctx context.Context, name, id string, rec record, rev uint64) (uint64, error) {
-	until := time.Now().Add(holderPatience)
-	for {
-		seq, err := s.write(ctx, name, id, rec, rev)
-		if err == nil || !isConflict(err) {
-			return seq, err
-		}
-		if err := s.retryConflict(ctx, name, "renewing the place in line", until, err); err != nil {
-			return 0, err
-		}
-		if now, ok := s.mirror.rev(name, id); !ok || now != rev {
-			return 0, err // expired, or taken out
-		}
-	}
 }
 
 // leaseSlack: a lease granted after a wait in line loses at most
@@ -747,7 +471,7 @@ func (s *Server) startLease(name, id string, rec record, rev uint64, at time.Tim
 		case err == nil:
 			s.mirror.wrote(name, id, ack.Sequence, at)
 			done()
-		case isInFlight(err):
+		case bus.InFlight(err):
 			go func() {
 				defer done()
 				s.restartLease(name, id, rec, rev, at)
@@ -781,7 +505,7 @@ func (s *Server) restartLease(name, id string, rec record, rev uint64, at time.T
 			s.mirror.wrote(name, id, seq, at)
 			return
 		}
-		if !isInFlight(err) {
+		if !bus.InFlight(err) {
 			s.log.Warn().Err(err).Str("lock", name).Msg("starting a lease: the key keeps the TTL of its last write")
 			return
 		}
@@ -819,30 +543,6 @@ func joinOpts(r *AcquireRequest) []jetstream.PublishOpt {
 	return []jetstream.PublishOpt{jetstream.WithMsgTTL(time.Duration(r.TTLms) * time.Millisecond), jetstream.WithExpectLastSequencePerSubject(0)}
 }
 
-// rejoin sends a request's key again while no stream takes it (the
-// bucket's stream electing a leader, as when a NATS node dies) until the
-// request's wait ends, or for a second for a try: nothing was stored, so no
-// second key can be made. It returns the key's revision, or the last
-// publication's error.
-func (s *Server) rejoin(ctx context.Context, r *AcquireRequest, id string, rec record, arrived time.Time) (uint64, error) {
-	until := arrived.Add(max(time.Duration(r.WaitMs)*time.Millisecond, time.Second))
-	if r.Deadline != nil && !r.Deadline.IsZero() && r.Deadline.Add(-100*time.Millisecond).Before(until) {
-		until = r.Deadline.Add(-100 * time.Millisecond) // answer before the caller gives up
-	}
-	ctx, cancel := context.WithDeadline(ctx, until.Add(time.Second)) // no call outlasts it by much
-	defer cancel()
-	data, _ := json.Marshal(rec)
-	var rev uint64
-	err := bus.RetryNoStream(ctx, until, func() error {
-		ack, err := s.js.Publish(ctx, s.prefix+s.key(r.Name, id), data, joinOpts(r)...)
-		if err == nil {
-			rev = ack.Sequence
-		}
-		return err
-	})
-	return rev, err
-}
-
 // find returns the holder of name with token. A token is only ever given
 // to a holder, so when the mirror does not show it holding, the mirror may be
 // behind (the grant, or the release of an earlier holder, went through
@@ -878,45 +578,46 @@ func (s *Server) find(ctx context.Context, name string, token uint64) (contender
 // answers from the purge's acknowledgement; anything else (a token the
 // mirror does not show holding, a renewal through another instance
 // meanwhile) is left to release on a worker.
-func (s *Server) releaseNow(_ context.Context, m *bus.Msg) (any, error) {
+func (s *Server) releaseNow(_ context.Context, c *bus.Call) {
 	r := new(ReleaseRequest)
-	if err := m.Decode(r); err != nil {
-		return nil, err
+	if err := c.Decode(r); err != nil {
+		c.Reply(nil, err)
+		return
 	}
-	slow := bus.Continue(func(ctx context.Context) (any, error) { return s.release(ctx, r) })
-	c, found, holds := s.mirror.byToken(r.Name, r.Token)
+	slow := func(ctx context.Context) { c.Reply(s.release(ctx, r)) }
+	h, found, holds := s.mirror.byToken(r.Name, r.Token)
 	if !found || !holds {
-		return slow, nil
+		c.Go(slow)
+		return
 	}
-	if _, starting := s.leasing.Load(s.key(r.Name, c.id)); starting {
+	if _, starting := s.leasing.Load(s.key(r.Name, h.id)); starting {
 		// The key is being written again at its grant: a purge expecting
 		// its revision before would conflict.
-		return slow, nil
+		c.Go(slow)
+		return
 	}
-	purge := s.purgeMsg(r.Name, c.id, c.rev)
-	return bus.Deferred(func(reply func(any, error)) {
-		s.writes.Publish(purge, func(_ *jetstream.PubAck, err error) {
-			switch {
-			case err == nil:
-				s.emit("released", r.Name, &c)
-				reply(&ReleaseReply{Released: true}, nil)
-			case isConflict(err):
-				// Renewed meanwhile, or, on a cluster, a write naming the
-				// key in flight: on a worker, once the mirror has caught up.
-				reply(bus.Continue(func(ctx context.Context) (any, error) {
-					if err := s.catchUp(ctx); err != nil {
-						return nil, err
-					}
-					return s.release(ctx, r)
-				}), nil)
-			case errors.Is(err, jetstream.ErrAsyncPublishTimeout):
-				// The purge may or may not have been applied.
-				reply(nil, bus.ErrUnavailable.With("lock %s: release: no acknowledgement from the bucket", r.Name))
-			default:
-				reply(nil, fmt.Errorf("lock %s: release: %w", r.Name, err))
-			}
-		})
-	}), nil
+	s.writes.Publish(s.purgeMsg(r.Name, h.id, h.rev), func(_ *jetstream.PubAck, err error) {
+		switch {
+		case err == nil:
+			s.emit("released", r.Name, &h)
+			c.Reply(&ReleaseReply{Released: true}, nil)
+		case bus.Conflict(err):
+			// Renewed meanwhile, or, on a cluster, a write naming the key
+			// in flight: on a worker, once the mirror has caught up.
+			c.Go(func(ctx context.Context) {
+				if err := s.catchUp(ctx); err != nil {
+					c.Reply(nil, err)
+					return
+				}
+				slow(ctx)
+			})
+		case errors.Is(err, jetstream.ErrAsyncPublishTimeout):
+			// The purge may or may not have been applied.
+			c.Reply(nil, bus.ErrUnavailable.With("lock %s: release: no acknowledgement from the bucket", r.Name))
+		default:
+			c.Reply(nil, fmt.Errorf("lock %s: release: %w", r.Name, err))
+		}
+	})
 }
 
 // release releases on a worker. A compare-and-set that conflicts while the
@@ -941,7 +642,7 @@ func (s *Server) release(ctx context.Context, r *ReleaseRequest) (*ReleaseReply,
 			s.emit("released", r.Name, &c)
 			return &ReleaseReply{Released: true}, nil
 		}
-		if !isConflict(err) {
+		if !bus.Conflict(err) {
 			return nil, fmt.Errorf("lock %s: release: %w", r.Name, err)
 		}
 		if err := s.retryConflict(ctx, r.Name, "release", until, err); err != nil {
@@ -974,7 +675,7 @@ func (s *Server) renew(ctx context.Context, r *RenewRequest) (*RenewReply, error
 			s.mirror.wrote(r.Name, c.id, rev, at)
 			return &RenewReply{ExpiresAt: bus.Time{Time: at.Add(time.Duration(r.TTLms) * time.Millisecond)}}, nil
 		}
-		if !isConflict(err) {
+		if !bus.Conflict(err) {
 			return nil, fmt.Errorf("lock %s: renew: %w", r.Name, err)
 		}
 		if err := s.retryConflict(ctx, r.Name, "renew", until, err); err != nil {

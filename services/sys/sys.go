@@ -39,39 +39,40 @@ type InfoRequest struct{}
 
 // InfoReply describes the process that answered.
 type InfoReply struct {
-	Node        string   `json:"node"`
-	MeshVersion string   `json:"mesh_version"`
-	GoVersion   string   `json:"go_version"`
-	Started     bus.Time `json:"started"`
-	UptimeMs    int64    `json:"uptime_ms"`
-	Services    []string `json:"services"`
-	Server      Server   `json:"server"`
+	Node        string     `json:"node"`
+	MeshVersion string     `json:"mesh_version"`
+	GoVersion   string     `json:"go_version"`
+	Started     bus.Time   `json:"started"`
+	UptimeMs    int64      `json:"uptime_ms"`
+	Services    []string   `json:"services"`
+	Server      NATSServer `json:"server"`
 }
 
-// Server describes the NATS server the process is connected to.
-type Server struct {
+// NATSServer describes the NATS server the process is connected to.
+type NATSServer struct {
 	Name    string `json:"name"`
 	Version string `json:"version"`
 	Cluster string `json:"cluster,omitempty"`
 }
 
-// Service answers on the sys subjects.
-type Service struct {
-	*bus.Service
+// Server is the sys service of one process: it answers on the sys
+// subjects.
+type Server struct {
+	svc     *bus.Service
 	nc      *nats.Conn
 	cfg     Config
 	started time.Time
 }
 
 // New returns the service of this process, ready to Start.
-func New(nc *nats.Conn, cfg Config) (*Service, error) {
+func New(nc *nats.Conn, cfg Config) (*Server, error) {
 	if cfg.MeshVersion == "" {
 		cfg.MeshVersion = "dev"
 	}
 	if cfg.Node == "" {
 		cfg.Node, _ = os.Hostname()
 	}
-	s := &Service{nc: nc, cfg: cfg, started: time.Now()}
+	s := &Server{nc: nc, cfg: cfg, started: time.Now()}
 	svc, err := bus.NewService(nc, bus.Config{
 		Name:        "sys",
 		Version:     Version,
@@ -87,11 +88,21 @@ func New(nc *nats.Conn, cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.Service = svc
+	s.svc = svc
 	return s, nil
 }
 
-func (s *Service) info(context.Context, *InfoRequest) (*InfoReply, error) {
+// Start starts serving.
+func (s *Server) Start(ctx context.Context) error { return s.svc.Start(ctx) }
+
+// Stop stops serving, once the requests in flight are answered (see
+// bus.Service.Stop).
+func (s *Server) Stop(ctx context.Context) error { return s.svc.Stop(ctx) }
+
+// Done is closed once the service has stopped.
+func (s *Server) Done() <-chan struct{} { return s.svc.Done() }
+
+func (s *Server) info(context.Context, *InfoRequest) (*InfoReply, error) {
 	services := s.cfg.Services
 	if services == nil {
 		services = []string{}
@@ -103,7 +114,7 @@ func (s *Service) info(context.Context, *InfoRequest) (*InfoReply, error) {
 		Started:     bus.Time{Time: s.started},
 		UptimeMs:    time.Since(s.started).Milliseconds(),
 		Services:    services,
-		Server: Server{
+		Server: NATSServer{
 			Name:    s.nc.ConnectedServerName(),
 			Version: s.nc.ConnectedServerVersion(),
 			Cluster: s.nc.ConnectedClusterName(),
@@ -111,4 +122,4 @@ func (s *Service) info(context.Context, *InfoRequest) (*InfoReply, error) {
 	}, nil
 }
 
-func echo(_ context.Context, m *bus.Msg) (any, error) { return bus.Raw(m.Data), nil }
+func echo(_ context.Context, r *bus.Call) { r.ReplyRaw(r.Data()) }
