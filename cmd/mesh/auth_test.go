@@ -108,7 +108,7 @@ func TestUpAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer wnc.Close()
-	w, err := scheduler.NewWorker(wnc, scheduler.WorkerConfig{Queues: map[string]int{"authq": 1}})
+	w, err := scheduler.NewWorker(wnc, scheduler.WorkerConfig{Queues: map[string]int{"authq": 1, "authq2": 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,17 +129,6 @@ func TestUpAuth(t *testing.T) {
 		id, err := direct.Submit(cctx, scheduler.SubmitRequest{Queue: "authq2", Type: "x"})
 		if err != nil {
 			t.Fatalf("direct submit %d: %v", i, err)
-		}
-		if i == 0 {
-			w2, err := scheduler.NewWorker(wnc, scheduler.WorkerConfig{Queues: map[string]int{"authq2": 1}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			w2.Handle("x", func(context.Context, *scheduler.Task) error { return nil })
-			if err := w2.Start(cctx); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = w2.Stop(context.Background()) }()
 		}
 		if info, err := direct.Wait(cctx, id); err != nil || info.State != scheduler.StateSucceeded {
 			t.Fatalf("direct submit %d: %+v, %v", i, info, err)
