@@ -23,8 +23,9 @@ func newClient(nc *nats.Conn, direct bool) *scheduler.Client {
 }
 
 // meshDirectSystem is the mesh scheduler with the direct submit: the
-// enqueue and batch scenarios submit through the direct Client; the service
-// path is the mesh row's and is not measured again.
+// enqueue scenarios submit through the direct Client. The service path
+// and the batches (SubmitMany asks the service) are the mesh row's and
+// are not measured again.
 type meshDirectSystem struct{ m *meshSystem }
 
 func newMeshDirect(ctx context.Context, url string) (*meshDirectSystem, error) {
@@ -39,10 +40,6 @@ func (d *meshDirectSystem) name() string { return meshDirectName }
 
 func (d *meshDirectSystem) enqueue(ctx context.Context, queue string, payload []byte, runAt time.Time) error {
 	return d.m.enqueue(ctx, queue, payload, runAt)
-}
-
-func (d *meshDirectSystem) enqueueBatch(ctx context.Context, queue string, payloads [][]byte) (int, error) {
-	return d.m.enqueueBatch(ctx, queue, payloads)
 }
 
 func (d *meshDirectSystem) work(ctx context.Context, queue string, n int, handle func([]byte)) (func(), error) {

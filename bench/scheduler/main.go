@@ -27,8 +27,9 @@
 //     a bounded history stream, pipelined before the ack (record.go).
 //   - mesh scheduler (direct): the
 //     mesh scheduler with the Client's direct submit, which publishes an
-//     immediate task straight to JetStream (the v2 store's Client option);
-//     its service path is the mesh row's and is not measured again.
+//     immediate task straight to JetStream (scheduler.WithDirect); its
+//     service path and batches (SubmitMany asks the service) are the mesh
+//     row's and are not measured again.
 //
 // The mesh scheduler also enqueues -tasks more by JSON requests on
 // mesh.scheduler.submit (the service path of a client in any language)
@@ -547,8 +548,8 @@ func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 			ratio(mesh.drain, asq.drain), ratio(float64(mesh.cpuPerTask), float64(asq.cpuPerTask)))
 	}
 	if asq != nil && direct != nil {
-		fmt.Fprintf(w, "mesh (direct) / asynq: enqueue %s, batch %s, drain %s, CPU per task %s\n",
-			ratio(direct.enqueue, asq.enqueue), ratio(direct.enqueueBatch, asq.enqueue), ratio(direct.drain, asq.drain),
+		fmt.Fprintf(w, "mesh (direct) / asynq: enqueue %s, drain %s, CPU per task %s\n",
+			ratio(direct.enqueue, asq.enqueue), ratio(direct.drain, asq.drain),
 			ratio(float64(direct.cpuPerTask), float64(asq.cpuPerTask)))
 	}
 	if mesh == nil {
