@@ -38,7 +38,8 @@ type ClientOption func(*Client)
 // DefaultMaxPayload): a service configured otherwise applies its own only
 // to the tasks it stores. It needs permission to publish on mesh.tasks.>
 // (the compose stack's client user has it). No task.submitted event is
-// sent for a task stored directly.
+// sent for a task stored directly. It applies to Submit: SubmitMany's
+// batches go through the service, one request for up to MaxBatch tasks.
 func WithDirect() ClientOption { return func(c *Client) { c.direct = true } }
 
 // NewClient returns a client that talks to the scheduler service over nc.

@@ -573,8 +573,10 @@ func (w *Worker) outcome(d *delivery, state, lastErr string, result []byte) {
 		case writtenFirst(err):
 			// Someone wrote first: decided again on their record, off
 			// the goroutine of the acknowledgements.
+			// Its slot is freed first: deciding again takes one.
+			<-w.records
 			go func() {
-				defer func() { <-w.records; w.inflight.Done() }()
+				defer w.inflight.Done()
 				w.again(d, state, lastErr, result)
 			}()
 		default:

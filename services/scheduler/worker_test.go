@@ -2,10 +2,13 @@ package scheduler_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/meshkit/mesh/pkg/bus/bustest"
 	"github.com/meshkit/mesh/services/scheduler"
@@ -127,5 +130,55 @@ func TestWorkerGracefulStop(t *testing.T) {
 	info := waitDone(t, c, endless)
 	if info.State != scheduler.StateSucceeded || attempt.Load() != 2 || info.Attempts != 2 {
 		t.Fatalf("endless = %+v (attempt %d)", info, attempt.Load())
+	}
+}
+
+// BenchmarkWorkerDrain drains a queue of b.N tasks already submitted with
+// a worker of concurrency 8, by prefetch: as many as the concurrency, and
+// the default (twice that).
+func BenchmarkWorkerDrain(b *testing.B) {
+	for _, prefetch := range []int{8, 0} {
+		b.Run(fmt.Sprintf("prefetch=%d", prefetch), func(b *testing.B) {
+			s := bustest.RunServer(b)
+			srv, err := scheduler.New(bustest.Connect(b, s.URL()), scheduler.Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := srv.Start(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			defer srv.Stop(context.Background())
+			c := scheduler.NewClient(bustest.Connect(b, s.URL()))
+			reqs := make([]scheduler.SubmitRequest, b.N)
+			for i := range reqs {
+				reqs[i] = scheduler.SubmitRequest{Queue: "drain", Type: "x"}
+			}
+			if _, err := c.SubmitMany(context.Background(), reqs); err != nil {
+				b.Fatal(err)
+			}
+			// Done once recorded: the success is told after its record's
+			// write is acknowledged.
+			var done counter
+			sub, err := bustest.Connect(b, s.URL()).Subscribe("mesh.events.task.succeeded", func(*nats.Msg) { done.add() })
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			w, err := scheduler.NewWorker(bustest.Connect(b, s.URL()), scheduler.WorkerConfig{Queues: map[string]int{"drain": 8}, Prefetch: prefetch})
+			if err != nil {
+				b.Fatal(err)
+			}
+			w.Handle("x", func(context.Context, *scheduler.Task) error { return nil })
+			b.ResetTimer()
+			start := time.Now()
+			if err := w.Start(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			<-done.reached(int64(b.N))
+			elapsed := time.Since(start)
+			b.StopTimer()
+			_ = w.Stop(context.Background())
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "tasks/s")
+		})
 	}
 }
