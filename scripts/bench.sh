@@ -8,7 +8,9 @@
 #   scripts/bench.sh cache [flags]     mesh cache vs Redis vs the raw NATS echo, then
 #                                      the memory of 1M items (cache -memory 1000000)
 #   scripts/bench.sh scheduler [flags] mesh scheduler vs asynq (Redis) vs a bare JetStream
-#                                      work queue: enqueue, drain, idle latency, lateness
+#                                      work queue: enqueue, drain, idle latency, lateness;
+#                                      with -soak DURATION, the mesh scheduler alone at a
+#                                      steady rate for DURATION (no Redis)
 #
 # Flags after the benchmark's name go to its program (e.g. `transport
 # -duration 2s -cpuprofile /tmp/cpu.prof`). The servers a benchmark needs
@@ -167,17 +169,24 @@ bench_lock() {
 
 # The scheduler: JetStream file store in a temporary directory with the
 # server's default sync, and Redis for asynq (no persistence, as in
-# start_redis).
+# start_redis); soak mode (-soak DURATION) runs the mesh alone, no Redis.
 bench_scheduler() {
 	start_nats -js -sd "$tmp/js"
-	start_redis
+	local soak="" redis=()
+	for a in "$@"; do
+		case "$a" in -soak | -soak=* | --soak | --soak=*) soak=1 ;; esac
+	done
+	if [ -z "$soak" ]; then
+		start_redis
+		redis=(-redis "127.0.0.1:$redis_port")
+	fi
 	local rev
 	rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 	if git status --porcelain -- services/scheduler pkg/bus 2>/dev/null | grep -v '_test\.go$' | grep -q .; then
 		rev="$rev with uncommitted changes to services/scheduler or pkg/bus"
 	fi
-	in_bench go run ./scheduler -nats "nats://127.0.0.1:$nats_port" -redis "127.0.0.1:$redis_port" \
-		-server-pids "$nats_pid,$redis_pid" -source "$rev" "$@"
+	in_bench go run ./scheduler -nats "nats://127.0.0.1:$nats_port" "${redis[@]}" -nats-pid "$nats_pid" \
+		-server-pids "$nats_pid${redis_pid:+,$redis_pid}" -source "$rev" "$@"
 	stop_servers
 }
 

@@ -25,6 +25,11 @@
 //     store for the scheduler, with no service: the task message as the
 //     record of a live task (a subject per task) and one outcome write to
 //     a bounded history stream, pipelined before the ack (record.go).
+//   - mesh scheduler (direct): the
+//     mesh scheduler with the Client's direct submit, which publishes an
+//     immediate task straight to JetStream (scheduler.WithDirect); its
+//     service path and batches (SubmitMany asks the service) are the mesh
+//     row's and are not measured again.
 //
 // The mesh scheduler also enqueues -tasks more by JSON requests on
 // mesh.scheduler.submit (the service path of a client in any language)
@@ -42,6 +47,9 @@
 //     running: enqueue-to-start latency (p50, p99);
 //   - delayed: -delayed tasks due 2 to 3 s ahead: start minus due time
 //     (p50, p99, max) and how many started early.
+//
+// Soak mode (-soak DURATION, soak.go) runs the mesh scheduler alone at a
+// steady rate instead of the table.
 //
 // nats-server (JetStream on) and redis-server run as processes of their
 // own: scripts/bench.sh scheduler starts them on loopback ports and runs
@@ -68,6 +76,7 @@ import (
 
 	"github.com/meshkit/mesh/bench/internal/machine"
 	"github.com/meshkit/mesh/pkg/bus"
+	"github.com/meshkit/mesh/services/scheduler"
 )
 
 // Names of the systems, as the table shows them.
@@ -94,7 +103,9 @@ type config struct {
 	cpuprofile         string
 	batch              int
 	serverPids         []int
+	natsPID            int
 	source             string
+	soak               soakConfig
 }
 
 func main() {
@@ -102,7 +113,7 @@ func main() {
 	var systems string
 	flag.StringVar(&cfg.natsURL, "nats", bus.DefaultURL, "NATS server `URL` (JetStream enabled)")
 	flag.StringVar(&cfg.redisAddr, "redis", "", "Redis `host:port` for asynq; empty: no asynq row")
-	flag.StringVar(&systems, "systems", "mesh,asynq,raw,floor,statefloor", "systems to run, in order: mesh, asynq, floor, raw, record, statefloor, statesvc")
+	flag.StringVar(&systems, "systems", "mesh,mesh-direct,asynq,raw,floor,statefloor", "systems to run, in order: mesh, mesh-direct, asynq, floor, raw, record, statefloor, statesvc")
 	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
 	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
 	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")
@@ -116,6 +127,16 @@ func main() {
 	flag.IntVar(&cfg.batch, "batch", 1000, "tasks per batch of the batch enqueue scenario")
 	var pids string
 	flag.StringVar(&pids, "server-pids", "", "comma-separated `pids` of the server processes (nats-server, redis-server) whose CPU time counts in CPU per task")
+	flag.IntVar(&cfg.natsPID, "nats-pid", 0, "nats-server's `pid`, for its RSS in soak mode")
+	flag.DurationVar(&cfg.soak.duration, "soak", 0, "soak mode: run the mesh scheduler for `duration` at a steady rate instead of the table (see bench/README.md)")
+	flag.Float64Var(&cfg.soak.rate, "soak-rate", 0, "soak mode: tasks/s submitted; 0: half the drain rate of -soak-probe such tasks, measured first")
+	flag.IntVar(&cfg.soak.probe, "soak-probe", 5000, "soak mode: tasks of the drain that sets the rate when -soak-rate is 0")
+	flag.IntVar(&cfg.soak.resultBytes, "soak-result-bytes", 16<<10, "soak mode: bytes of the result each task sets")
+	flag.Int64Var(&cfg.soak.historyMaxBytes, "soak-history-max-bytes", 64<<20, "soak mode: the scheduler's bound on the history of finished tasks, in bytes")
+	flag.DurationVar(&cfg.soak.every, "soak-every", 10*time.Second, "soak mode: interval between two rows")
+	flag.IntVar(&cfg.soak.check, "soak-check", 100, "soak mode: the last tasks whose records are read at the end")
+	flag.Float64Var(&cfg.soak.rssTolerance, "soak-rss-tolerance", 10, "soak mode: RSS growth after warm-up, in %, still called flat")
+	flag.BoolVar(&cfg.soak.direct, "soak-direct", false, "soak mode: submit with the Client's direct publish to JetStream")
 	flag.Parse()
 	var err error
 	if cfg.serverPids, err = parsePids(pids); err != nil {
@@ -130,7 +151,11 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	err = run(context.Background(), cfg, os.Stdout)
+	if cfg.soak.duration > 0 {
+		err = soak(context.Background(), cfg, os.Stdout)
+	} else {
+		err = run(context.Background(), cfg, os.Stdout)
+	}
 	stop()
 	if err != nil {
 		fatal(err)
@@ -168,7 +193,9 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		var sys system
 		switch name {
 		case "mesh":
-			sys, err = newMesh(ctx, cfg.natsURL)
+			sys, err = newMesh(ctx, cfg.natsURL, scheduler.Config{}, false)
+		case "mesh-direct":
+			sys, err = newMeshDirect(ctx, cfg.natsURL)
 		case "asynq":
 			if cfg.redisAddr == "" {
 				fmt.Fprintln(os.Stderr, "bench: no -redis: skipping asynq")
@@ -186,7 +213,7 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		case "record":
 			sys, err = newRecord(ctx, cfg.natsURL)
 		default:
-			return fmt.Errorf("unknown system %q (mesh, asynq, floor, raw, record, statefloor, statesvc)", name)
+			return fmt.Errorf("unknown system %q (mesh, mesh-direct, asynq, floor, raw, record, statefloor, statesvc)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -432,14 +459,7 @@ type immediateOnly interface{ immediateOnly() }
 // waitFor polls cond (the handlers count tasks; there is no event to await
 // across three systems) until it holds or limit passes.
 func waitFor(cond func() bool, limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return true
+	return waitEvery(cond, 5*time.Millisecond, limit)
 }
 
 func quantile(ds []time.Duration, q float64) time.Duration {
@@ -501,13 +521,15 @@ func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 			ms(r.idleP50), ms(r.idleP99), ms(r.lateP50), ms(r.lateP99), ms(r.lateMax), r.early, r.delayedN, us(r.cpuPerTask), r.errors)
 	}
 	tw.Flush()
-	var mesh, asq, floor, stateFloor, raw *result
+	var mesh, direct, asq, floor, stateFloor, raw *result
 	for i := range rs {
 		switch rs[i].system {
 		case rawName:
 			raw = &rs[i]
 		case meshName:
 			mesh = &rs[i]
+		case meshDirectName:
+			direct = &rs[i]
 		case asynqName:
 			asq = &rs[i]
 		case floorName:
@@ -516,14 +538,22 @@ func report(w io.Writer, cfg config, rtt time.Duration, rs []result) {
 			stateFloor = &rs[i]
 		}
 	}
-	if mesh == nil {
+	if mesh == nil && direct == nil {
 		return
 	}
 	fmt.Fprintln(w)
-	if asq != nil {
+	if asq != nil && mesh != nil {
 		fmt.Fprintf(w, "mesh / asynq: enqueue %s (target ≥ 1×), service path %s (≥ 0.5×), batch %s (≥ 3×), drain %s (≥ 2×), CPU per task %s\n",
 			ratio(mesh.enqueue, asq.enqueue), ratio(mesh.enqueueSvc, asq.enqueue), ratio(mesh.enqueueBatch, asq.enqueue),
 			ratio(mesh.drain, asq.drain), ratio(float64(mesh.cpuPerTask), float64(asq.cpuPerTask)))
+	}
+	if asq != nil && direct != nil {
+		fmt.Fprintf(w, "mesh (direct) / asynq: enqueue %s, drain %s, CPU per task %s\n",
+			ratio(direct.enqueue, asq.enqueue), ratio(direct.drain, asq.drain),
+			ratio(float64(direct.cpuPerTask), float64(asq.cpuPerTask)))
+	}
+	if mesh == nil {
+		return
 	}
 	if raw != nil {
 		fmt.Fprintf(w, "mesh / JetStream raw: drain %s\n", ratio(mesh.drain, raw.drain))

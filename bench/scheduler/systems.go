@@ -37,9 +37,15 @@ type meshSystem struct {
 	srv    *scheduler.Server
 	conns  []*nats.Conn
 	client *scheduler.Client
+	// result is what each task's handler sets as its result (soak mode);
+	// nil: none.
+	result []byte
 }
 
-func newMesh(ctx context.Context, url string) (*meshSystem, error) {
+// newMesh starts the scheduler's service in this process with cfg (the
+// table's rows: the defaults) and a Client on a connection of its own,
+// which submits straight to JetStream when direct.
+func newMesh(ctx context.Context, url string, cfg scheduler.Config, direct bool) (*meshSystem, error) {
 	m := &meshSystem{url: url}
 	nc, err := m.connect("bench-scheduler-service")
 	if err != nil {
@@ -55,7 +61,7 @@ func newMesh(ctx context.Context, url string) (*meshSystem, error) {
 		m.close()
 		return nil, fmt.Errorf("event stream: %w", err)
 	}
-	if m.srv, err = scheduler.New(nc, scheduler.Config{}); err != nil {
+	if m.srv, err = scheduler.New(nc, cfg); err != nil {
 		m.close()
 		return nil, err
 	}
@@ -68,7 +74,7 @@ func newMesh(ctx context.Context, url string) (*meshSystem, error) {
 		m.close()
 		return nil, err
 	}
-	m.client = scheduler.NewClient(cnc)
+	m.client = newClient(cnc, direct)
 	return m, nil
 }
 
@@ -97,6 +103,9 @@ func (m *meshSystem) work(ctx context.Context, queue string, n int, handle func(
 		return nil, err
 	}
 	w.Handle("noop", func(_ context.Context, t *scheduler.Task) error {
+		if m.result != nil {
+			t.SetResult(m.result)
+		}
 		handle(t.Payload)
 		return nil
 	})
