@@ -117,6 +117,7 @@ func main() {
 	flag.IntVar(&cfg.tasks, "tasks", 20_000, "tasks of the enqueue and drain scenarios")
 	flag.IntVar(&cfg.producers, "producers", 16, "goroutines enqueueing in the enqueue scenario")
 	flag.IntVar(&cfg.workers, "workers", 16, "workers (tasks run at once)")
+	flag.IntVar(&meshPrefetch, "mesh-prefetch", 0, "mesh rows: tasks a worker pulls ahead (WorkerConfig.Prefetch; 0: its default)")
 	flag.IntVar(&cfg.rate, "rate", 100, "tasks per second of the idle-latency scenario")
 	flag.DurationVar(&cfg.idle, "idle", 10*time.Second, "duration of the idle-latency scenario")
 	flag.IntVar(&cfg.delayed, "delayed", 200, "tasks of the delayed scenario, due 2 to 3 s ahead")

@@ -93,12 +93,16 @@ func (m *meshSystem) enqueue(ctx context.Context, queue string, payload []byte, 
 	return err
 }
 
+// meshPrefetch is -mesh-prefetch: the mesh workers' WorkerConfig.Prefetch
+// (zero: the worker's default).
+var meshPrefetch int
+
 func (m *meshSystem) work(ctx context.Context, queue string, n int, handle func([]byte)) (func(), error) {
 	nc, err := m.connect("bench-scheduler-worker")
 	if err != nil {
 		return nil, err
 	}
-	w, err := scheduler.NewWorker(nc, scheduler.WorkerConfig{Queues: map[string]int{queue: n}})
+	w, err := scheduler.NewWorker(nc, scheduler.WorkerConfig{Queues: map[string]int{queue: n}, Prefetch: meshPrefetch})
 	if err != nil {
 		return nil, err
 	}

@@ -162,7 +162,7 @@ func NewWorker(nc *nats.Conn, cfg WorkerConfig) (*Worker, error) {
 		total += max(conc, 1)
 	}
 	w := &Worker{nc: nc, js: js, writes: writes, events: bus.NewEvents(nc, "task", cfg.Name), cfg: cfg,
-		log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), records: make(chan struct{}, 2*total),
+		log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), records: make(chan struct{}, max(2*total, 256)),
 		handlers: map[string]Handler{}, running: map[string]context.CancelCauseFunc{}, stopping: make(chan struct{}),
 		iters: map[string]jetstream.MessagesContext{}}
 	w.hardCtx, w.hardStop = context.WithCancel(context.Background())

@@ -137,7 +137,7 @@ func TestWorkerGracefulStop(t *testing.T) {
 // a worker of concurrency 8, by prefetch: as many as the concurrency, and
 // the default (twice that).
 func BenchmarkWorkerDrain(b *testing.B) {
-	for _, prefetch := range []int{8, 0} {
+	for _, prefetch := range []int{8, 0, 64, 256, 1000} {
 		b.Run(fmt.Sprintf("prefetch=%d", prefetch), func(b *testing.B) {
 			s := bustest.RunServer(b)
 			srv, err := scheduler.New(bustest.Connect(b, s.URL()), scheduler.Config{})
