@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -271,7 +272,10 @@ func TestTaskCommands(t *testing.T) {
 	if q := queue(); q.Paused || q.Depth < 1 || q.Scheduled < 1 {
 		t.Fatalf("queue mail: %+v, want one queued and one scheduled", q)
 	}
-	ok(t, url, []string{"task", "queues"}, "mail")
+	// The cancelled task's record is the one record.
+	if out := ok(t, url, []string{"task", "queues"}, "mail").stdout; !regexp.MustCompile(`(?m)^history: records 1, bytes [1-9][0-9]*, max_bytes [1-9][0-9]*, oldest 20[0-9-]+T`).MatchString(out) {
+		t.Fatalf("task queues prints no history figures:\n%s", out)
+	}
 	ok(t, url, []string{"task", "pause", "mail"}, "paused mail")
 	if q := queue(); !q.Paused {
 		t.Fatalf("after pause: %+v", q)

@@ -30,7 +30,7 @@ type taskCmd struct {
 	Status taskStatusCmd `cmd:"" help:"Show a task's state."`
 	Cancel taskCancelCmd `cmd:"" help:"Cancel a task (scheduled, queued or running)."`
 	List   taskListCmd   `cmd:"" help:"List tasks, by queue and state."`
-	Queues taskQueuesCmd `cmd:"" help:"Show every queue: depth, in flight, scheduled, dead, paused."`
+	Queues taskQueuesCmd `cmd:"" help:"Show every queue: depth, in flight, scheduled, dead, paused; and the task records (history): records, bytes, max_bytes, oldest."`
 	Pause  taskPauseCmd  `cmd:"" help:"Stop delivering a queue's tasks until resumed."`
 	Resume taskResumeCmd `cmd:"" help:"Deliver a paused queue's tasks again."`
 	Dead   taskDeadCmd   `cmd:"" help:"Dead letters: list, requeue or remove dead tasks."`
@@ -244,27 +244,37 @@ type taskQueuesCmd struct {
 }
 
 func (c *taskQueuesCmd) Run(a *app) error {
-	var qs []scheduler.QueueInfo
+	var r scheduler.QueuesReply
 	err := a.withTasks("mesh task queues", func(ctx context.Context, tasks *scheduler.Client) (err error) {
-		qs, err = tasks.Queues(ctx)
+		r, err = tasks.QueuesHistory(ctx)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	if c.JSON {
-		return a.printJSON(qs)
+		return a.printJSON(r.Queues)
 	}
-	if len(qs) == 0 {
+	if len(r.Queues) == 0 {
 		fmt.Fprintln(a.out, "no queues")
-		return nil
+	} else {
+		w := tabwriter.NewWriter(a.out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "QUEUE\tDEPTH\tIN FLIGHT\tSCHEDULED\tDEAD\tPAUSED")
+		for _, q := range r.Queues {
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%v\n", q.Name, q.Depth, q.InFlight, q.Scheduled, q.Dead, q.Paused)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
 	}
-	w := tabwriter.NewWriter(a.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "QUEUE\tDEPTH\tIN FLIGHT\tSCHEDULED\tDEAD\tPAUSED")
-	for _, q := range qs {
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%v\n", q.Name, q.Depth, q.InFlight, q.Scheduled, q.Dead, q.Paused)
+	if h := r.History; h != nil {
+		oldest := "-"
+		if !h.Oldest.IsZero() {
+			oldest = h.Oldest.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(a.out, "history: records %d, bytes %d, max_bytes %d, oldest %s\n", h.Records, h.Bytes, h.MaxBytes, oldest)
 	}
-	return w.Flush()
+	return nil
 }
 
 type taskPauseCmd struct {

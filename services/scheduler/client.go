@@ -271,8 +271,13 @@ func (c *Client) List(ctx context.Context, req ListRequest) (ListReply, error) {
 
 // Queues returns the figures of every queue.
 func (c *Client) Queues(ctx context.Context) ([]QueueInfo, error) {
-	r, err := bus.Request[QueuesRequest, QueuesReply](ctx, c.nc, SubjectQueues, QueuesRequest{})
+	r, err := c.QueuesHistory(ctx)
 	return r.Queues, err
+}
+
+// QueuesHistory returns the figures of every queue, and of the task records.
+func (c *Client) QueuesHistory(ctx context.Context) (QueuesReply, error) {
+	return bus.Request[QueuesRequest, QueuesReply](ctx, c.nc, SubjectQueues, QueuesRequest{})
 }
 
 // Pause stops the delivery of a queue's tasks until Resume (ErrQueueNotFound

@@ -254,9 +254,13 @@
 // max_retries counts retries after the first attempt (default 3). A failed
 // attempt is retried after a backoff (exponential from 1 s to 10 min with
 // ±25% jitter by default, or constant) through the worker's NakWithDelay.
-// A delivery that a stopping worker gives back unfinished counts as an
-// attempt (no record is written for it): give a task a retry for it to
-// survive a worker's shutdown in the middle of it.
+// A delivery that a stopping worker gives back unfinished (its handler
+// still running after WorkerConfig.ShutdownGrace) counts as an attempt, as
+// the consumer counts it (no record is written for it; the store's first
+// version did not count it): give a task a retry for it to survive a
+// worker's shutdown in the middle of it. So does a task pulled ahead
+// (WorkerConfig.Prefetch) that the stopping worker gives back unstarted: a
+// task with no retry left goes dead on its next delivery without running.
 // timeout_ms bounds each attempt: the worker cancels the handler's context
 // then; while the handler runs the worker reports progress (InProgress)
 // at a third of the consumer's AckWait, so a task may run longer than the

@@ -152,3 +152,48 @@ func TestDirectSubmit(t *testing.T) {
 		t.Fatalf("%d tasks ran, want 21", len(runs))
 	}
 }
+
+// A delayed submit whose id names a task still in its queue is that task:
+// another task's (other type) is refused, the same submit is answered with
+// the task in the queue, alone or in a batch; no schedule is stored.
+func TestDelayedSubmitOfQueuedID(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	req := scheduler.SubmitRequest{ID: "job-7", Queue: "jobs", Type: "build"}
+	if _, err := c.Submit(ctx(t), req); err != nil {
+		t.Fatal(err)
+	}
+	later := req
+	later.DelayMs = 60_000
+	other := later
+	other.Type = "deploy"
+	if got, err := c.Submit(ctx(t), other); !errors.Is(err, scheduler.ErrDuplicate) || got != "job-7" {
+		t.Fatalf("delayed, same id, other type = %q, %v; want ErrDuplicate naming job-7", got, err)
+	}
+	if got, err := c.Submit(ctx(t), later); err != nil || got != "job-7" {
+		t.Fatalf("delayed, same id and type = %q, %v; want job-7, nil", got, err)
+	}
+	res, err := c.SubmitMany(ctx(t), []scheduler.SubmitRequest{later, other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].ID != "job-7" || res[0].Error != nil || res[0].State != scheduler.StateQueued {
+		t.Fatalf("batch, same task = %+v", res[0])
+	}
+	if res[1].Error == nil || !errors.Is(res[1].Error, scheduler.ErrDuplicate) {
+		t.Fatalf("batch, other type = %+v", res[1])
+	}
+	if info, err := c.Status(ctx(t), "job-7"); err != nil || info.State != scheduler.StateQueued || info.Type != "build" {
+		t.Fatalf("status = %+v, %v", info, err)
+	}
+	qs, err := c.Queues(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qs {
+		if q.Name == "jobs" && q.Scheduled != 0 {
+			t.Fatalf("queue %+v: a schedule was stored", q)
+		}
+	}
+}

@@ -66,8 +66,6 @@ type Config struct {
 	// Logger, zero: no logs. Observer, zero: none.
 	Logger   zerolog.Logger
 	Observer bus.Observer
-
-	v1Config
 }
 
 // Defaults of Config and of a task, which the Client's direct path

@@ -91,8 +91,12 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 		return nil, err
 	}
 	until := now.Add(noStreamWait)
-	if err := s.claim(ctx, r, t, until); err != nil {
+	live, err := s.claim(ctx, r, t, until)
+	if err != nil {
 		return nil, err
+	}
+	if live {
+		return s.existing(ctx, r, &t.info)
 	}
 	var ack *jetstream.PubAck
 	err = bus.RetryNoStream(ctx, until, func() (err error) {
@@ -102,15 +106,27 @@ func (s *Server) submit(ctx context.Context, r *SubmitRequest) (*SubmitReply, er
 	return s.stored(ctx, r, t, ack, err)
 }
 
-// claim ensures the task's queue and takes its unique key, if any.
-func (s *Server) claim(ctx context.Context, r *SubmitRequest, t *newTask, until time.Time) error {
+// claim ensures the task's queue and takes its unique key, if any. A
+// delayed task whose id names a task still in a queue is that task (live):
+// its schedule's subject is not the queue's, so the store would take it,
+// and drop it at its release.
+func (s *Server) claim(ctx context.Context, r *SubmitRequest, t *newTask, until time.Time) (live bool, err error) {
 	if err := s.ensureQueue(ctx, r.Queue); err != nil {
-		return err
+		return false, err
+	}
+	if t.info.State == StateScheduled {
+		m, err := readLast(ctx, s.nc, Stream, TaskSubjectPrefix+"*."+t.info.ID)
+		if err != nil {
+			return false, fmt.Errorf("scheduler: reading task %s: %w", t.info.ID, err)
+		}
+		if m != nil {
+			return true, nil
+		}
 	}
 	if t.ukey == "" {
-		return nil
+		return false, nil
 	}
-	return s.claimUnique(ctx, t.ukey, r, t.info.ID, until)
+	return false, s.claimUnique(ctx, t.ukey, r, t.info.ID, until)
 }
 
 // stored answers a submit once its message's write is answered (ack) or
@@ -173,8 +189,16 @@ func (s *Server) submitBatch(ctx context.Context, tasks []SubmitRequest) *Submit
 		if err == nil {
 			t, err = s.prepare(r, now)
 		}
+		live := false
 		if err == nil {
-			err = s.claim(ctx, r, t, until)
+			live, err = s.claim(ctx, r, t, until)
+		}
+		if err == nil && live {
+			var e *SubmitReply
+			if e, err = s.existing(ctx, r, &t.info); err == nil {
+				results[i] = SubmitResult{ID: e.ID, State: e.State, RunAt: e.RunAt}
+				continue
+			}
 		}
 		if err != nil {
 			results[i] = SubmitResult{ID: r.ID, Error: bus.AsError(err)}
