@@ -483,23 +483,9 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 	d.info.State, d.info.Attempts, d.info.Worker = StateRunning, d.attempt, w.cfg.Name
 	_ = w.events.Emit("started", taskEventOf(&d.info))
 	// Keep the delivery while the handler runs.
-	done := make(chan struct{})
-	var progress sync.WaitGroup
-	progress.Go(func() {
-		tick := time.NewTicker(max(ackWait/3, 10*time.Millisecond))
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-				_ = msg.InProgress()
-			}
-		}
-	})
+	stopProgress := inProgress(msg, max(ackWait/3, 10*time.Millisecond))
 	herr := w.call(ctx, t)
-	close(done)
-	progress.Wait()
+	stopProgress()
 
 	if herr == nil {
 		t.mu.Lock()
@@ -525,6 +511,31 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 		w.outcome(d, StateFailed, fmt.Sprintf("timed out after %dms: %s", timeout, msgErr), nil)
 	default:
 		w.outcome(d, StateFailed, msgErr, nil)
+	}
+}
+
+// inProgress reports msg in progress every period until the function it
+// returns is called; none is sent once that returns. A timer, not a
+// goroutine per task: most tasks end before the first report.
+func inProgress(msg jetstream.Msg, period time.Duration) (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	mu.Lock()
+	defer mu.Unlock()
+	var tick *time.Timer
+	tick = time.AfterFunc(period, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			_ = msg.InProgress()
+			tick.Reset(period)
+		}
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		tick.Stop()
+		mu.Unlock()
 	}
 }
 
