@@ -329,6 +329,19 @@ func (w *Worker) onCancelled(m *nats.Msg) {
 // (false) or until the queue's consumer goes (true).
 func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstream.MessagesContext) bool {
 	slots := make(chan struct{}, conc)
+	// conc runners, not a goroutine per task: a runner's stack has grown
+	// to what a task needs once.
+	tasks := make(chan jetstream.Msg)
+	defer close(tasks)
+	for range conc {
+		go func() {
+			for msg := range tasks {
+				w.run(queue, ackWait, msg)
+				<-slots
+				w.inflight.Done()
+			}
+		}()
+	}
 	nakRest := func() {
 		for {
 			msg, err := it.Next()
@@ -375,10 +388,7 @@ func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstrea
 		default:
 		}
 		w.inflight.Add(1)
-		go func() {
-			defer func() { <-slots; w.inflight.Done() }()
-			w.run(queue, ackWait, msg)
-		}()
+		tasks <- msg // a runner is free, or about to be: a slot is held
 	}
 }
 
