@@ -200,7 +200,15 @@ func (t *Time) parse(s string) error {
 }
 
 // MarshalJSON implements json.Marshaler.
-func (t Time) MarshalJSON() ([]byte, error) { return json.Marshal(t.String()) }
+// The layout has no character that JSON escapes: the string is quoted as
+// it is, without a second encoder.
+func (t Time) MarshalJSON() ([]byte, error) {
+	if t.IsZero() {
+		return []byte(`""`), nil
+	}
+	b := append(make([]byte, 0, len(TimeLayout)+8), '"')
+	return append(t.UTC().AppendFormat(b, TimeLayout), '"'), nil
+}
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (t *Time) UnmarshalJSON(b []byte) error {

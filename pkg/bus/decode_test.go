@@ -3,9 +3,11 @@ package bus_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -192,5 +194,30 @@ func TestMsgpackNestingBounded(t *testing.T) {
 	}
 	if e := send(t, nc, "test.dec", at(bus.MaxDepth+1)); e == nil {
 		t.Fatalf("%d levels accepted", bus.MaxDepth+1)
+	}
+}
+
+func TestTimeMarshalJSON(t *testing.T) {
+	at := time.Date(2026, 3, 4, 5, 6, 7, 891_000_000, time.FixedZone("x", 3600))
+	for _, tm := range []bus.Time{{}, {Time: at}} {
+		got, err := json.Marshal(struct {
+			At bus.Time `json:"at"`
+		}{tm})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(map[string]string{"at": tm.String()})
+		if string(got) != string(want) {
+			t.Errorf("%v encodes as %s, want %s", tm, got, want)
+		}
+		var back struct {
+			At bus.Time `json:"at"`
+		}
+		if err := json.Unmarshal(got, &back); err != nil || !back.At.Equal(tm.Time) {
+			t.Errorf("%s decodes as %v (%v), want %v", got, back.At, err, tm)
+		}
+	}
+	if s := (bus.Time{Time: at}).String(); s != "2026-03-04T04:06:07.891Z" {
+		t.Errorf("String() = %s", s)
 	}
 }

@@ -75,11 +75,19 @@ type WorkerConfig struct {
 	Queues map[string]int
 	// Prefetch is how many of a queue's tasks are pulled ahead of its
 	// free slots, so that a slot that frees gets its next task without a
-	// round trip. A task pulled waits in the worker for a slot while its
-	// ack wait runs: with tasks that last longer than the queues' ack wait
-	// (Config.AckWait) a small prefetch keeps them from being delivered
-	// again meanwhile (the second delivery finishes once, but runs). Zero:
-	// twice the queue's concurrency.
+	// round trip; the pull asks for more once half of them are taken, so
+	// a short-task drain costs one pull round trip per Prefetch/2 tasks.
+	// A task pulled waits in the worker for a slot while its ack wait
+	// runs, up to about Prefetch/concurrency task durations: past the
+	// queue's ack wait (Config.AckWait, 30s by default) it is delivered
+	// again meanwhile (the second delivery finishes once, but runs).
+	// The first progress report of a task comes a third of the ack wait
+	// after it starts, so a task pulled is safe while it waits less than
+	// two thirds of the ack wait. Zero: 16 times the queue's concurrency,
+	// at most 256 (and never under twice the concurrency): safe for tasks
+	// shorter than about the ack wait / 24 (1.25s with a 30s ack wait).
+	// Queues of longer tasks want a smaller Prefetch (twice the
+	// concurrency: tasks up to a third of the ack wait).
 	Prefetch int
 	// Name of the worker, shown in the task events and records. Zero: the
 	// connection's name, else host/pid.
@@ -202,12 +210,18 @@ func (w *Worker) Start(ctx context.Context) error {
 		conc = max(conc, 1)
 		prefetch := w.cfg.Prefetch
 		if prefetch <= 0 {
-			prefetch = 2 * conc
+			prefetch = defaultPrefetch(conc)
 		}
 		w.loops.Add(1)
 		go w.serve(q, conc, prefetch)
 	}
 	return w.nc.Flush()
+}
+
+// defaultPrefetch is the prefetch of a queue of concurrency conc when
+// WorkerConfig.Prefetch is zero: see there.
+func defaultPrefetch(conc int) int {
+	return max(min(16*conc, 256), 2*conc)
 }
 
 // serve finds a queue's consumer, then runs its tasks until Stop; it
@@ -315,6 +329,19 @@ func (w *Worker) onCancelled(m *nats.Msg) {
 // (false) or until the queue's consumer goes (true).
 func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstream.MessagesContext) bool {
 	slots := make(chan struct{}, conc)
+	// conc runners, not a goroutine per task: a runner's stack has grown
+	// to what a task needs once.
+	tasks := make(chan jetstream.Msg)
+	defer close(tasks)
+	for range conc {
+		go func() {
+			for msg := range tasks {
+				w.run(queue, ackWait, msg)
+				<-slots
+				w.inflight.Done()
+			}
+		}()
+	}
 	nakRest := func() {
 		for {
 			msg, err := it.Next()
@@ -361,10 +388,7 @@ func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstrea
 		default:
 		}
 		w.inflight.Add(1)
-		go func() {
-			defer func() { <-slots; w.inflight.Done() }()
-			w.run(queue, ackWait, msg)
-		}()
+		tasks <- msg // a runner is free, or about to be: a slot is held
 	}
 }
 
@@ -467,25 +491,11 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 
 	d.info.StartedAt = bus.Time{Time: time.Now()}
 	d.info.State, d.info.Attempts, d.info.Worker = StateRunning, d.attempt, w.cfg.Name
-	w.emit("started", &d.info, nil)
+	_ = w.events.Emit("started", taskEventOf(&d.info))
 	// Keep the delivery while the handler runs.
-	done := make(chan struct{})
-	var progress sync.WaitGroup
-	progress.Go(func() {
-		tick := time.NewTicker(max(ackWait/3, 10*time.Millisecond))
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-				_ = msg.InProgress()
-			}
-		}
-	})
+	stopProgress := inProgress(msg, max(ackWait/3, 10*time.Millisecond))
 	herr := w.call(ctx, t)
-	close(done)
-	progress.Wait()
+	stopProgress()
 
 	if herr == nil {
 		t.mu.Lock()
@@ -511,6 +521,31 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 		w.outcome(d, StateFailed, fmt.Sprintf("timed out after %dms: %s", timeout, msgErr), nil)
 	default:
 		w.outcome(d, StateFailed, msgErr, nil)
+	}
+}
+
+// inProgress reports msg in progress every period until the function it
+// returns is called; none is sent once that returns. A timer, not a
+// goroutine per task: most tasks end before the first report.
+func inProgress(msg jetstream.Msg, period time.Duration) (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	mu.Lock()
+	defer mu.Unlock()
+	var tick *time.Timer
+	tick = time.AfterFunc(period, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			_ = msg.InProgress()
+			tick.Reset(period)
+		}
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		tick.Stop()
+		mu.Unlock()
 	}
 }
 
@@ -598,14 +633,15 @@ func (w *Worker) settle(d *delivery, delay time.Duration) {
 	default:
 		_ = d.msg.Term()
 	}
-	var extra map[string]any
+	ev := taskEventOf(&d.info)
 	switch d.info.State {
 	case StateFailed:
-		extra = map[string]any{"error": d.info.LastError, "retry_in_ms": delay.Milliseconds()}
+		retryIn := delay.Milliseconds()
+		ev.Error, ev.RetryInMs = d.info.LastError, &retryIn
 	case StateDead:
-		extra = map[string]any{"error": d.info.LastError}
+		ev.Error = d.info.LastError
 	}
-	w.emit(d.info.State, &d.info, extra)
+	_ = w.events.Emit(d.info.State, ev)
 }
 
 // again decides an outcome again once its record's write was refused:
@@ -630,18 +666,24 @@ func (w *Worker) again(d *delivery, state, lastErr string, result []byte) {
 	w.outcome(d, state, lastErr, result)
 }
 
-// emit publishes a live task event (not stored unless the events stream
-// keeps task events).
-func (w *Worker) emit(what string, info *TaskInfo, extra map[string]any) {
-	data := map[string]any{"id": info.ID, "queue": info.Queue, "type": info.Type,
-		"state": info.State, "attempts": info.Attempts, "worker": info.Worker}
-	if info.Schedule != "" {
-		data["schedule"] = info.Schedule
-	}
-	for k, v := range extra {
-		data[k] = v
-	}
-	_ = w.events.Emit(what, data)
+// workerEvent is the data of the task events a worker publishes (live,
+// not stored unless the events stream keeps task events): a struct, not a
+// map, as they are encoded twice per task.
+type workerEvent struct {
+	ID        string `json:"id"`
+	Queue     string `json:"queue"`
+	Type      string `json:"type"`
+	State     string `json:"state"`
+	Attempts  int    `json:"attempts"`
+	Worker    string `json:"worker"`
+	Schedule  string `json:"schedule,omitempty"`
+	Error     string `json:"error,omitempty"`
+	RetryInMs *int64 `json:"retry_in_ms,omitempty"`
+}
+
+func taskEventOf(info *TaskInfo) *workerEvent {
+	return &workerEvent{ID: info.ID, Queue: info.Queue, Type: info.Type, State: info.State,
+		Attempts: info.Attempts, Worker: info.Worker, Schedule: info.Schedule}
 }
 
 // call runs the handler, turning a panic into a final error.
