@@ -195,10 +195,11 @@
 // # Worker protocol
 //
 // A worker pulls from the durable consumer <queue> of MESH_TASKS with a
-// bounded prefetch (WorkerConfig.Prefetch, 16 times the queue's
-// concurrency, at most 256, by default, so that a slot that frees finds
-// its next task in the worker and a drain of short tasks pulls in large
-// batches). For each delivery:
+// bounded prefetch (WorkerConfig.Prefetch, twice the queue's concurrency
+// by default, so that a slot that frees finds its next task in the
+// worker; larger for queues of short tasks, which then pull in large
+// batches, smaller would let a pulled task wait past its ack wait). For
+// each delivery:
 //
 //  1. attempt = its delivery count (num_delivered). If that is more than 1
 //     or the message carries Mesh-Task-Record-Seq (a requeued task), read
