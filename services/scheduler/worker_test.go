@@ -201,7 +201,10 @@ func TestGiveBackAtStop(t *testing.T) {
 	}
 	var attempts sync.Map
 	work(t, s.URL(), map[string]int{"gb": 1}, map[string]scheduler.Handler{
-		"block": func(ctx context.Context, task *scheduler.Task) error { attempts.Store(task.ID, task.Attempt); return nil },
+		"block": func(ctx context.Context, task *scheduler.Task) error {
+			attempts.Store(task.ID, task.Attempt)
+			return nil
+		},
 	})
 	for _, id := range ids {
 		info := waitDone(t, c, id)
