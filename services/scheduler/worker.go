@@ -388,7 +388,7 @@ type delivery struct {
 	// delivered is the message's delivery count (num_delivered).
 	delivered int
 	expect    uint64    // the sequence of the task's last record (0: none)
-	rec       *TaskInfo // the task's last record, if read and the task's
+	rec       *TaskInfo // the task's last record read (nil: none, or an earlier task's)
 }
 
 // adopt takes in the task's record read at seq: it returns false when the
