@@ -106,10 +106,11 @@
 // message per subject, MaxAge Retention, MaxBytes HistoryMaxBytes, direct
 // gets allowed): failed (attempts, last_error, next_retry_at), succeeded
 // (result up to MaxResult, result_truncated past it), dead, cancelled, or
-// queued by a requeue. Stream MESH_TASKS_DEAD keeps dead tasks
-// (DeadRetention) and captures the queues' max-deliveries advisories
-// (consumer scheduler-advisories), so that none is lost while no instance
-// runs. The KV bucket MESH_TASK_STATE holds only the unique keys,
+// queued by a requeue or by a worker giving the task back at shutdown;
+// returned counts the deliveries given back. Stream MESH_TASKS_DEAD keeps
+// dead tasks (DeadRetention) and captures the queues' max-deliveries
+// advisories (consumer scheduler-advisories), so that none is lost while
+// no instance runs. The KV bucket MESH_TASK_STATE holds only the unique keys,
 // u.<queue>.<hash>, each with the TTL of its window.
 //
 // # Finished tasks never block new work
@@ -205,9 +206,11 @@
 //     or the message carries Mesh-Task-Record-Seq (a requeued task), read
 //     the task's record (a direct get, last by subject
 //     mesh.history.<queue>.<id>): a final one (succeeded, dead,
-//     cancelled) means the task has finished: ack the message and stop; a
-//     failed one with attempts a makes attempt max(attempt, a+1); its
-//     sequence is what the next write expects. On a first delivery, the
+//     cancelled) means the task has finished: ack the message and stop;
+//     another (failed, queued) with attempts a and returned r (the
+//     deliveries given back, 0 if absent) makes attempt
+//     max(num_delivered−r, a+1), and is carried on (returned) by the next
+//     write; its sequence is what the next write expects. On a first delivery, the
 //     write expects Mesh-Task-Record-Seq, or no record. A record older than
 //     the task's message (its created_at) is an earlier task's of the same
 //     id: replaced, not read.
@@ -226,9 +229,8 @@
 //     failed (attempts, last_error, next_retry_at), nak with the delay
 //     computed by the worker from Mesh-Task-Backoff (see Backoff; default
 //     exponential from 1 s, ±25% jitter, at most 10 min). A handler
-//     interrupted by the worker's shutdown: nak, no record (the delivery
-//     counts as an attempt). A handler cancelled by a cancel: ack (the
-//     cancel wrote the record).
+//     interrupted by the worker's shutdown: given back (step 9). A handler
+//     cancelled by a cancel: ack (the cancel wrote the record).
 //  5. Dead (retries spent, or SkipRetry): publish a copy of the message to
 //     mesh.dead.<queue> (Nats-Msg-Id dead-<id>-<stream seq>-<attempt>, with
 //     Mesh-Task-Last-Error), then the record dead, then term.
@@ -241,6 +243,12 @@
 //     delay; the task runs again, never left running.
 //  8. Events: task.started and the outcome (succeeded, failed, dead), live
 //     (core NATS), data {id, queue, type, state, attempts, worker}.
+//  9. Given back at shutdown (pulled ahead and not started, after steps 1
+//     and 2's record read; or interrupted): write the record
+//     compare-and-set with returned + 1 and the rest as read (state queued
+//     if the task has none), then nak. The delivery is then not an
+//     attempt. If that write fails the nak goes anyway and the delivery
+//     counts as an attempt (as it does for a worker that dies).
 //
 // The compare-and-set is what the first version's report checks were: an
 // outcome is stored only as the next write after the record its worker
@@ -256,13 +264,12 @@
 // max_retries counts retries after the first attempt (default 3). A failed
 // attempt is retried after a backoff (exponential from 1 s to 10 min with
 // ±25% jitter by default, or constant) through the worker's NakWithDelay.
-// A delivery that a stopping worker gives back unfinished (its handler
-// still running after WorkerConfig.ShutdownGrace) counts as an attempt, as
-// the consumer counts it (no record is written for it; the store's first
-// version did not count it): give a task a retry for it to survive a
-// worker's shutdown in the middle of it. So does a task pulled ahead
-// (WorkerConfig.Prefetch) that the stopping worker gives back unstarted: a
-// task with no retry left goes dead on its next delivery without running.
+// A delivery that a stopping worker gives back, unfinished (its handler
+// still running after WorkerConfig.ShutdownGrace) or pulled ahead
+// (WorkerConfig.Prefetch) and unstarted, is not an attempt: the worker
+// counts it in the task's record (returned) before the nak (step 9). The
+// consumer counts it still, towards MaxDeliver (the backstop below). A
+// delivery lost with its worker (no nak, the ack wait passed) counts.
 // timeout_ms bounds each attempt: the worker cancels the handler's context
 // then; while the handler runs the worker reports progress (InProgress)
 // at a third of the consumer's AckWait, so a task may run longer than the

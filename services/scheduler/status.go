@@ -78,7 +78,7 @@ func (s *Server) state(ctx context.Context, f *found) (TaskInfo, error) {
 	case f.msg != nil:
 		info.State = StateQueued
 		if f.rec.ID != "" {
-			info.Attempts, info.LastError = f.rec.Attempts, f.rec.LastError
+			info.Attempts, info.LastError, info.Returned = f.rec.Attempts, f.rec.LastError, f.rec.Returned
 		}
 		c, err := s.tasks.Consumer(ctx, info.Queue)
 		if err != nil {

@@ -415,6 +415,9 @@ type TaskInfo struct {
 	NextRetryAt     bus.Time `json:"next_retry_at,omitempty,omitzero"`
 	// Worker that made the last attempt (its WorkerConfig.Name).
 	Worker string `json:"worker,omitempty"`
+	// Returned counts the deliveries of the task's message that stopping
+	// workers gave back (unstarted, or interrupted): they are not attempts.
+	Returned int `json:"returned,omitempty"`
 }
 
 // CancelRequest cancels a task.

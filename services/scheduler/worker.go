@@ -31,9 +31,10 @@ type Task struct {
 	Payload []byte
 	// Attempt is 1 for the first attempt: the message's delivery count, or
 	// the attempts the task's record counts plus one if more (a requeued
-	// task's message counts from 1 again). Deliveries given back at a
-	// worker's shutdown count. A delivery count that started over (the
-	// queue's consumer made again) shows here; the record counts right.
+	// task's message counts from 1 again), less the deliveries given back
+	// by stopping workers (unstarted or interrupted), which the record
+	// counts as returned. A delivery count that started over (the queue's
+	// consumer made again) shows here; the record counts right.
 	Attempt    int
 	MaxRetries int
 	Schedule   string // the periodic schedule that made it, if any
@@ -93,7 +94,9 @@ type WorkerConfig struct {
 	// connection's name, else host/pid.
 	Name string
 	// ShutdownGrace bounds how long Stop waits for the tasks in flight
-	// before cancelling their contexts. Zero: 10s.
+	// before cancelling their contexts. A task still running when the
+	// grace ends is given back and does not count as an attempt. Zero:
+	// 10s.
 	ShutdownGrace time.Duration
 	// MaxResult bounds the result kept in a task's record; a longer one is
 	// truncated. Zero: DefaultMaxResult.
@@ -340,20 +343,27 @@ func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstrea
 			}
 		}()
 	}
-	nakRest := func() {
+	// giveBackRest gives back msg (if any) and the tasks pulled but not
+	// started; once a record cannot be written, the rest are just nak'd.
+	giveBackRest := func(msg jetstream.Msg) {
+		written := true
 		for {
-			msg, err := it.Next()
-			if err != nil {
+			if msg != nil && written {
+				written = w.giveBackUnstarted(queue, msg)
+			} else if msg != nil {
+				_ = msg.Nak()
+			}
+			var err error
+			if msg, err = it.Next(); err != nil {
 				return
 			}
-			_ = msg.Nak()
 		}
 	}
 	for {
 		select {
 		case slots <- struct{}{}:
 		case <-w.stopping:
-			nakRest()
+			giveBackRest(nil)
 			return false
 		}
 		msg, err := it.Next()
@@ -379,9 +389,8 @@ func (w *Worker) loop(queue string, conc int, ackWait time.Duration, it jetstrea
 		}
 		select {
 		case <-w.stopping:
-			_ = msg.Nak()
 			<-slots
-			nakRest()
+			giveBackRest(msg)
 			return false
 		default:
 		}
@@ -398,49 +407,57 @@ type delivery struct {
 	backoff *Backoff
 	seq     uint64 // the message's stream sequence
 	attempt int
-	expect  uint64 // the sequence of the task's last record (0: none)
+	// delivered is the message's delivery count (num_delivered).
+	delivered int
+	expect    uint64    // the sequence of the task's last record (0: none)
+	rec       *TaskInfo // the task's last record read (nil: none, or an earlier task's)
 }
 
 // adopt takes in the task's record read at seq: it returns false when the
-// record says the task finished (the delivery is dropped).
+// record says the task finished (the delivery is dropped). The deliveries
+// the record counts as given back are not attempts.
 func (d *delivery) adopt(rec *TaskInfo, seq uint64) bool {
-	d.expect = seq
+	d.expect, d.rec = seq, nil
 	if !sameTask(rec, d.info.CreatedAt.Time) {
 		return true // an earlier task of the same id: replaced
 	}
 	if terminal(rec.State) {
 		return false
 	}
+	d.rec, d.info.Returned = rec, rec.Returned
+	d.attempt = max(d.delivered-rec.Returned, rec.Attempts+1)
 	if rec.State == StateFailed {
-		d.attempt = max(d.attempt, rec.Attempts+1)
 		d.info.LastError = rec.LastError
 	}
 	return true
 }
 
-// run handles one delivery, following the worker protocol.
-func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
+// prepare reads a delivery's task, and the task's record when there may
+// be one. It returns nil once it has settled the message (malformed,
+// cancelled, finished, or its record unreadable).
+func (w *Worker) prepare(queue string, msg jetstream.Msg) *delivery {
 	meta, err := msg.Metadata()
 	if err != nil {
 		_ = msg.Term()
-		return
+		return nil
 	}
 	h := msg.Headers()
 	info, backoff := taskOfMsg(h, meta.Timestamp)
 	if info.ID == "" {
 		w.log.Error().Str("queue", queue).Msg("a message without a task id; terminated")
 		_ = msg.TermWithReason("no " + HeaderID)
-		return
+		return nil
 	}
 	info.Queue = queue
-	d := &delivery{msg: msg, info: info, backoff: backoff, seq: meta.Sequence.Stream, attempt: int(meta.NumDelivered)}
+	d := &delivery{msg: msg, info: info, backoff: backoff, seq: meta.Sequence.Stream,
+		attempt: int(meta.NumDelivered), delivered: int(meta.NumDelivered)}
 	d.expect, _ = strconv.ParseUint(h.Get(HeaderRecordSeq), 10, 64)
 	w.mu.Lock()
 	cancelled := w.cancelled.has(info.ID)
 	w.mu.Unlock()
 	if cancelled {
 		_ = msg.Ack() // its record says cancelled; its message is being removed
-		return
+		return nil
 	}
 	if meta.NumDelivered > 1 || d.expect != 0 {
 		ctx, cancel := context.WithTimeout(w.hardCtx, bus.DefaultTimeout)
@@ -449,13 +466,23 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 		if err != nil {
 			w.log.Warn().Err(err).Str("task", info.ID).Msg("cannot read the task's record; it goes back to its queue")
 			_ = msg.NakWithDelay(time.Second)
-			return
+			return nil
 		}
 		if ok && !d.adopt(&rec, seq) {
 			_ = msg.Ack()
-			return
+			return nil
 		}
 	}
+	return d
+}
+
+// run handles one delivery, following the worker protocol.
+func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
+	d := w.prepare(queue, msg)
+	if d == nil {
+		return
+	}
+	info := d.info
 	if d.attempt > d.info.MaxRetries+1 {
 		lastErr := d.info.LastError
 		if lastErr == "" {
@@ -509,7 +536,7 @@ func (w *Worker) run(queue string, ackWait time.Duration, msg jetstream.Msg) {
 	switch cause := context.Cause(ctx); {
 	case errors.Is(cause, errShutdown):
 		// Not the task's fault: it runs again, elsewhere.
-		_ = msg.Nak()
+		w.giveBack(d)
 	case errors.Is(cause, errCancelled):
 		// The cancel wrote its record, and removes its message.
 		_ = msg.Ack()
@@ -656,12 +683,48 @@ func (w *Worker) again(d *delivery, state, lastErr string, result []byte) {
 		return
 	}
 	if !ok {
-		d.expect = 0 // gone meanwhile (evicted)
+		d.expect, d.rec = 0, nil // gone meanwhile (evicted)
 	} else if !d.adopt(&rec, seq) {
 		_ = d.msg.Ack()
 		return
 	}
 	w.outcome(d, state, lastErr, result)
+}
+
+// giveBackUnstarted gives back a delivery pulled and not started; it
+// returns false when the task's record could not be written.
+func (w *Worker) giveBackUnstarted(queue string, msg jetstream.Msg) bool {
+	if d := w.prepare(queue, msg); d != nil {
+		return w.giveBack(d)
+	}
+	return true
+}
+
+// giveBack gives a delivery back at shutdown, unstarted or interrupted:
+// the task's record counts it as returned (compare-and-set, the rest of
+// the record unchanged; queued if the task has none), then the message is
+// nak'd, so that its next delivery does not count it as an attempt. If
+// the record cannot be written the delivery counts; giveBack then returns
+// false unless another write came first.
+func (w *Worker) giveBack(d *delivery) bool {
+	rec := d.info
+	if d.rec != nil {
+		rec = *d.rec
+	} else {
+		rec.State, rec.Attempts, rec.LastError, rec.Worker, rec.StartedAt = StateQueued, 0, "", "", bus.Time{}
+	}
+	rec.Returned++
+	m, err := recordMsg(rec, d.expect)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), bus.DefaultTimeout)
+		_, err = w.js.PublishMsg(ctx, m)
+		cancel()
+	}
+	_ = d.msg.Nak()
+	if err != nil {
+		w.log.Warn().Err(err).Str("task", d.info.ID).Msg("cannot write the record of a task given back; the delivery counts as an attempt")
+	}
+	return err == nil || writtenFirst(err)
 }
 
 // workerEvent is the data of the task events a worker publishes (live,
@@ -703,11 +766,12 @@ func (w *Worker) call(ctx context.Context, t *Task) (err error) {
 	return h(ctx, t)
 }
 
-// Stop stops pulling, naks the tasks pulled but not started, and waits for
-// the tasks in flight to finish and their records to be written. If ctx
-// ends or ShutdownGrace passes first, their contexts are cancelled and
-// their messages nak'd (they run again elsewhere); Stop then returns once
-// the handlers have returned.
+// Stop stops pulling, gives back the tasks pulled but not started, and
+// waits for the tasks in flight to finish and their records to be
+// written. If ctx ends or ShutdownGrace passes first, their contexts are
+// cancelled and their tasks given back (they run again elsewhere); Stop
+// then returns once the handlers have returned. A task given back does not
+// count as an attempt (its record counts it as returned).
 func (w *Worker) Stop(ctx context.Context) error {
 	w.mu.Lock()
 	select {

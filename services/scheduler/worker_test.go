@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -65,8 +66,9 @@ func TestLongTaskAndTimeout(t *testing.T) {
 
 // Stop lets a task in flight finish within the grace; a task still running
 // when the grace is over has its context cancelled and runs again on
-// another worker. The delivery given back counts as an attempt (the
-// worker writes no record for it): with one retry the task runs again.
+// another worker. The delivery given back does not count as an attempt
+// (its record counts it as returned): a task without retries runs again,
+// as attempt 1.
 func TestWorkerGracefulStop(t *testing.T) {
 	s := bustest.RunServer(t)
 	serve(t, s.URL(), scheduler.Config{})
@@ -106,7 +108,7 @@ func TestWorkerGracefulStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	endless, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "g", Type: "endless", MaxRetries: intp(1)})
+	endless, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "g", Type: "endless", MaxRetries: intp(0)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,14 +124,93 @@ func TestWorkerGracefulStop(t *testing.T) {
 		t.Fatalf("short = %+v", info)
 	}
 	// The interrupted task was given back, not failed: another worker runs
-	// it, as attempt 2.
+	// it, as attempt 1.
 	var attempt atomic.Int32
 	work(t, s.URL(), map[string]int{"g": 1}, map[string]scheduler.Handler{
 		"endless": func(ctx context.Context, task *scheduler.Task) error { attempt.Store(int32(task.Attempt)); return nil },
 	})
 	info := waitDone(t, c, endless)
-	if info.State != scheduler.StateSucceeded || attempt.Load() != 2 || info.Attempts != 2 {
+	if info.State != scheduler.StateSucceeded || attempt.Load() != 1 || info.Attempts != 1 || info.Returned != 1 {
 		t.Fatalf("endless = %+v (attempt %d)", info, attempt.Load())
+	}
+}
+
+// A stopping worker gives back the tasks it pulled ahead and did not start,
+// and the one it interrupts: none counts as an attempt, so tasks without
+// retries run on the next worker (first version's rule) instead of going
+// dead unrun. Before the status and list of the tasks given back, none
+// shows as finished (their records say queued beside their messages).
+func TestGiveBackAtStop(t *testing.T) {
+	s := bustest.RunServer(t)
+	serve(t, s.URL(), scheduler.Config{})
+	c := client(t, s.URL())
+	if _, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "gb", Type: "warmup"}); err != nil {
+		t.Fatal(err) // creates the queue
+	}
+	started := make(chan string, 10)
+	w, err := scheduler.NewWorker(bustest.Connect(t, s.URL()), scheduler.WorkerConfig{Queues: map[string]int{"gb": 1},
+		Prefetch: 4, ShutdownGrace: bustest.Scale(100 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Handle("warmup", func(ctx context.Context, task *scheduler.Task) error { return nil })
+	w.Handle("block", func(ctx context.Context, task *scheduler.Task) error {
+		started <- task.ID
+		<-ctx.Done() // until interrupted
+		return ctx.Err()
+	})
+	if err := w.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for range 3 {
+		id, err := c.Submit(ctx(t), scheduler.SubmitRequest{Queue: "gb", Type: "block", MaxRetries: intp(0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	<-started
+	eventually(t, func() (bool, string) { // the other two pulled ahead
+		_, inFlight, _ := queueHolds(t, s.URL(), "gb")
+		return inFlight == 3, fmt.Sprintf("%d delivered, want 3", inFlight)
+	})
+	if err := w.Stop(context.Background()); err == nil {
+		t.Fatal("stop: no error; want the grace passed")
+	}
+	for _, id := range ids {
+		if info, err := c.Status(ctx(t), id); err != nil || info.State == scheduler.StateDead || info.State == scheduler.StateSucceeded || info.Returned != 1 {
+			t.Fatalf("status of %s given back = %+v, %v; want live, returned once", id, info, err)
+		}
+	}
+	page, err := c.List(ctx(t), scheduler.ListRequest{Queue: "gb", Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := 0
+	for _, info := range page.Tasks {
+		if info.Type == "block" {
+			listed++
+			if info.State != scheduler.StateQueued && info.State != scheduler.StateRunning {
+				t.Fatalf("list shows %+v, given back", info)
+			}
+		}
+	}
+	if listed != 3 {
+		t.Fatalf("list shows %d of the 3 tasks given back: %+v", listed, page.Tasks)
+	}
+	var attempts sync.Map
+	work(t, s.URL(), map[string]int{"gb": 1}, map[string]scheduler.Handler{
+		"block": func(ctx context.Context, task *scheduler.Task) error {
+			attempts.Store(task.ID, task.Attempt)
+			return nil
+		},
+	})
+	for _, id := range ids {
+		info := waitDone(t, c, id)
+		if a, _ := attempts.Load(id); info.State != scheduler.StateSucceeded || info.Attempts != 1 || a != 1 {
+			t.Fatalf("%s = %+v (attempt %v); want succeeded at attempt 1", id, info, a)
+		}
 	}
 }
 
