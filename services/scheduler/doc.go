@@ -301,6 +301,18 @@
 // direct gets and a consumer info; list and the queues' figures are for
 // people and tools, not for a hot path.
 //
+// Measured (bench/scheduler, a quiet 2-vCPU VM, 2026-12-08, NATS's default
+// sync, 20,000 no-op tasks, 16 handlers, CPU time of nats-server and of
+// the process holding the service, the worker and the producers, per task
+// drained): 136 µs per task on the direct path and 213 µs on the service
+// path, against 766 µs for the first version, 154 µs for asynq with Redis
+// and 29 µs for a bare work queue. The same store driven by a hand-written
+// worker with nothing but the message, the record and the ack (the bench's
+// "record + history" row) takes 105 µs and drains 37,000 tasks/s, against
+// 17,000–21,000 for this Worker: the difference is the Worker's own work
+// per task (its events, contexts and progress timer, the record's JSON by
+// reflection), not the store.
+//
 // # Dead letters people can act on
 //
 // A task dies when its worker copies its message to mesh.dead.<queue> in
