@@ -585,7 +585,7 @@ func TestSemaphoreRefusalRestsOnEveryKeyAhead(t *testing.T) {
 				url = bustest.RunCluster(t, 3).URL()
 			}
 			refusing, resume, _ := serveHoldingRefusal(t, url)
-			c := client(t, url)
+			c := reach(t, url) // on a cluster, the service's interest reaches the client's node a moment later
 			sem := opts
 			sem.Limit = 2
 			var holders []*lock.Lease
