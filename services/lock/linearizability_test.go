@@ -292,10 +292,18 @@ func (w *linClient) releaseStale() {
 
 func (w *linClient) run(cfg linRun) {
 	more := cfg.ops
+	fault := cfg.keepGoing != nil
 	for i := 0; ; i++ {
 		if i >= more {
-			if cfg.keepGoing == nil {
+			// After a fault, the run goes on (up to its deadline) while
+			// the outcomes the fault left unknown are more than half the
+			// share a history may have: on a loaded machine a fault lasts
+			// longer, and the history after it must outweigh it.
+			if cfg.keepGoing == nil && (!fault || w.h.unknownShare() <= linMaxUnknown/2) {
 				break
+			}
+			if cfg.keepGoing == nil {
+				more = i + 1
 			}
 			select {
 			case <-cfg.keepGoing:
@@ -469,6 +477,20 @@ func linCheck(t *testing.T, h *linHistory, ws []*linClient, js jetstream.JetStre
 // that completed, with a known outcome, before it was restarted.
 func linDuringFault(h *linHistory) int {
 	return linCompleted(h, h.stopped, h.restarted)
+}
+
+// unknownShare is the share of the operations so far whose outcome is
+// unknown.
+func (h *linHistory) unknownShare() float64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, op := range h.ops {
+		if op.Output.(linOutput).result == linUnknown {
+			n++
+		}
+	}
+	return float64(n) / float64(max(len(h.ops), 1))
 }
 
 // linCompleted counts the operations called at from or later that
